@@ -1,0 +1,51 @@
+//! Pure types and the decision state machine of `idem`: exactly-once effects for
+//! retried HTTP requests.
+//!
+//! This crate does no I/O and needs no async runtime. It holds what every part of
+//! `idem` agrees on: the validated [`IdempotencyKey`], the [`TenantId`] that scopes it,
+//! the request [`Fingerprint`], the [`StoredResponse`] that a replay returns, and the one
+//! function, [`decide`], that turns a key's record into what the request does.
+//!
+//! ```
+//! use chrono::{Duration, Utc};
+//! use idem_core::{
+//!     decide, BodyMode, Decision, Fingerprint, IdempotencyKey, Record, RecordState,
+//!     StoredResponse,
+//! };
+//!
+//! let key = IdempotencyKey::parse("\"order-4711\"")?;
+//! assert_eq!(key.as_str(), "order-4711");
+//!
+//! let fingerprint = Fingerprint::builder("POST", "/payments")
+//!     .body(br#"{"amount":100,"currency":"EUR"}"#, BodyMode::CanonicalJson)
+//!     .finish();
+//!
+//! let now = Utc::now();
+//! assert_eq!(decide(None, &fingerprint, now), Decision::Execute);
+//!
+//! let record = Record {
+//!     fingerprint,
+//!     state: RecordState::Completed(StoredResponse {
+//!         status: 201,
+//!         headers: vec![("content-type".into(), b"application/json".to_vec())],
+//!         body: br#"{"id":"..."}"#.to_vec(),
+//!     }),
+//!     expires_at: now + Duration::hours(24),
+//! };
+//! assert_eq!(decide(Some(&record), &fingerprint, now), Decision::Replay);
+//! # Ok::<(), idem_core::KeyError>(())
+//! ```
+
+mod decision;
+mod fingerprint;
+mod key;
+mod response;
+mod tenant;
+
+pub use decision::{Decision, Record, RecordState, decide};
+pub use fingerprint::{
+    BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,
+};
+pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use response::{FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse};
+pub use tenant::{MAX_TENANT_LEN, TenantError, TenantId};

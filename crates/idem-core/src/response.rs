@@ -1,0 +1,166 @@
+//! What is stored of a response, and which responses are stored at all.
+
+use std::collections::BTreeSet;
+
+/// A response as stored beside its key and replayed byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The replayable headers, names lower-case, in the order the handler sent them.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Headers that describe a connection rather than a response; never stored.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Which response headers are stored and replayed.
+///
+/// Defaults to `content-type`, `location`, `etag` and `link`; apps add their own.
+/// Hop-by-hop headers (and `content-length`, which is recomputed) are never stored,
+/// whatever the list says.
+///
+/// ```
+/// use idem_core::HeaderAllowList;
+///
+/// let list = HeaderAllowList::default().with("X-Request-Cost");
+/// assert!(list.allows("Content-Type"));
+/// assert!(list.allows("x-request-cost"));
+/// assert!(!list.allows("set-cookie"));
+/// assert!(!HeaderAllowList::default().with("Transfer-Encoding").allows("transfer-encoding"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderAllowList {
+    names: BTreeSet<String>,
+}
+
+impl Default for HeaderAllowList {
+    fn default() -> Self {
+        HeaderAllowList {
+            names: ["content-type", "location", "etag", "link"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl HeaderAllowList {
+    /// An empty list: only the body and status are replayed.
+    pub fn empty() -> Self {
+        HeaderAllowList {
+            names: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a header name (case-insensitive).
+    pub fn with(mut self, name: &str) -> Self {
+        self.names.insert(name.to_ascii_lowercase());
+        self
+    }
+
+    /// Whether a header of this name is stored and replayed.
+    pub fn allows(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        !HOP_BY_HOP.contains(&name.as_str()) && self.names.contains(&name)
+    }
+}
+
+/// Which response statuses are final: stored with the handler's writes and replayed.
+///
+/// By default 2xx and 4xx are final except 408, 409, 425 and 429, which tell the
+/// client to try again; 1xx, 3xx and 5xx are not final (nothing is stored, the
+/// handler's writes roll back, and a retry runs again).
+///
+/// ```
+/// use idem_core::FinalStatuses;
+///
+/// let f = FinalStatuses::default();
+/// assert!(f.is_final(201));
+/// assert!(f.is_final(400));
+/// assert!(!f.is_final(429));
+/// assert!(!f.is_final(503));
+/// let f = FinalStatuses::default().with(503).without(404);
+/// assert!(f.is_final(503));
+/// assert!(!f.is_final(404));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalStatuses {
+    extra: BTreeSet<u16>,
+    excluded: BTreeSet<u16>,
+}
+
+impl Default for FinalStatuses {
+    fn default() -> Self {
+        FinalStatuses {
+            extra: BTreeSet::new(),
+            excluded: [408, 409, 425, 429].into_iter().collect(),
+        }
+    }
+}
+
+impl FinalStatuses {
+    /// Marks a status final.
+    pub fn with(mut self, status: u16) -> Self {
+        self.excluded.remove(&status);
+        self.extra.insert(status);
+        self
+    }
+
+    /// Marks a status not final.
+    pub fn without(mut self, status: u16) -> Self {
+        self.extra.remove(&status);
+        self.excluded.insert(status);
+        self
+    }
+
+    /// Whether a response with this status is stored and its writes committed.
+    pub fn is_final(&self, status: u16) -> bool {
+        if self.excluded.contains(&status) {
+            return false;
+        }
+        self.extra.contains(&status)
+            || (200..500).contains(&status) && !(300..400).contains(&status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_finality_matches_the_contract() {
+        let f = FinalStatuses::default();
+        for s in [200, 201, 204, 400, 401, 403, 404, 410, 413, 422] {
+            assert!(f.is_final(s), "{s} should be final");
+        }
+        for s in [100, 301, 304, 408, 409, 425, 429, 500, 502, 503, 504] {
+            assert!(!f.is_final(s), "{s} should not be final");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_never_allowed() {
+        let mut list = HeaderAllowList::default();
+        for h in HOP_BY_HOP {
+            list = list.with(h);
+        }
+        for h in HOP_BY_HOP {
+            assert!(!list.allows(h));
+        }
+        assert!(list.allows("ETag"));
+    }
+}
