@@ -1,1 +1,54 @@
-//! placeholder
+//! A Tower layer for Axum that gives retried HTTP requests exactly-once effects.
+//!
+//! A client that times out on `POST /payments` and retries with the same
+//! `Idempotency-Key` must be charged once and must receive the response the first
+//! attempt produced. [`IdempotencyLayer`] claims the key, the handler's own writes
+//! (through the [`Tx`] extractor) and the stored response in ONE Postgres
+//! transaction: either all of it commits or none of it does, so a crash, a panic or a
+//! 5xx leaves no trace and a retry simply runs again.
+//!
+//! ```no_run
+//! use axum::{Json, Router, http::StatusCode, routing::post};
+//! use idem_axum::{IdempotencyLayer, Tx};
+//! use serde_json::{Value, json};
+//!
+//! async fn create_payment(mut tx: Tx, Json(body): Json<Value>) -> Result<(StatusCode, Json<Value>), StatusCode> {
+//!     let amount = body["amount"].as_i64().ok_or(StatusCode::BAD_REQUEST)?;
+//!     let id: uuid::Uuid = sqlx::query_scalar("INSERT INTO payments (amount) VALUES ($1) RETURNING id")
+//!         .bind(amount)
+//!         .fetch_one(&mut *tx)
+//!         .await
+//!         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     Ok((StatusCode::CREATED, Json(json!({ "id": id, "amount": amount }))))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+//!     idem_sqlx::MIGRATOR.run(&pool).await?;
+//!
+//!     let app = Router::new()
+//!         .route("/payments", post(create_payment))
+//!         .layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See [`IdempotencyLayer`] for the options and [`Problem`] for every answer the layer
+//! makes itself.
+
+mod layer;
+mod problem;
+mod service;
+mod tenant;
+mod tx;
+
+pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId};
+pub use layer::{FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer};
+pub use problem::{PROBLEM_JSON, Problem};
+pub use service::{IdempotencyService, ResponseFuture};
+pub use tenant::TenantSource;
+pub use tx::Tx;

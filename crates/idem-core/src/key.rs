@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// The longest key accepted, in bytes (after removing Structured-Field quotes).
@@ -73,6 +74,13 @@ impl IdempotencyKey {
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A short SHA-256 hash of the key (16 hex digits), for logs and spans: it tells
+    /// requests apart without revealing the key, which may be a secret-like token.
+    pub fn short_hash(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..8])
     }
 }
 
@@ -149,6 +157,26 @@ mod tests {
         let quoted = IdempotencyKey::parse("\"abc-123\"").expect("quoted key");
         assert_eq!(bare, quoted);
         assert_eq!(bare.as_str(), "abc-123");
+    }
+
+    #[test]
+    fn short_hash_hides_the_key_but_is_stable() {
+        let key = IdempotencyKey::parse("secret-key").expect("key");
+        let hash = key.short_hash();
+        assert_eq!(hash.len(), 16);
+        assert!(!hash.contains("secret"));
+        assert_eq!(
+            hash,
+            IdempotencyKey::parse("\"secret-key\"")
+                .expect("key")
+                .short_hash()
+        );
+        assert_ne!(
+            hash,
+            IdempotencyKey::parse("secret-kez")
+                .expect("key")
+                .short_hash()
+        );
     }
 
     #[test]

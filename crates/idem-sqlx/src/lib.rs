@@ -1,1 +1,54 @@
-//! placeholder
+//! The Postgres store of `idem`: unique-constraint key claims, completion with the
+//! response, and replay lookup, all inside the caller's transaction.
+//!
+//! The key claim, the handler's own writes and the stored response commit in one
+//! transaction: either all of it happened or none of it did. The tables live in the
+//! `idem` schema; run [`MIGRATOR`] once at start-up.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use idem_core::{BodyMode, Fingerprint, IdempotencyKey, StoredResponse, TenantId};
+//! use idem_sqlx::{Claim, ClaimRequest, Completion};
+//!
+//! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! idem_sqlx::MIGRATOR.run(&pool).await?;
+//!
+//! let tenant = TenantId::new("acme")?;
+//! let key = IdempotencyKey::parse("order-4711")?;
+//! let fingerprint = Fingerprint::builder("POST", "/payments")
+//!     .body(br#"{"amount":100}"#, BodyMode::Raw)
+//!     .finish();
+//!
+//! let mut tx = pool.begin().await?;
+//! let request = ClaimRequest {
+//!     tenant: &tenant,
+//!     key: &key,
+//!     fingerprint,
+//!     method: "POST",
+//!     path: "/payments",
+//!     retention: Duration::from_secs(24 * 3600),
+//!     wait: Duration::from_secs(5),
+//! };
+//! match idem_sqlx::claim(&mut tx, &request).await? {
+//!     Claim::Claimed => {
+//!         // ... the handler's own writes on `tx` ...
+//!         let response = StoredResponse { status: 201, headers: vec![], body: b"{}".to_vec() };
+//!         idem_sqlx::complete(&mut tx, &tenant, &key, Completion::Response(&response)).await?;
+//!         tx.commit().await?;
+//!     }
+//!     Claim::Replay(record) => println!("replay {:?}", record.state),
+//!     Claim::Mismatch(_) => println!("same key, different request"),
+//!     Claim::InFlight => println!("still running; retry later"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod keys;
+mod migrate;
+
+pub use error::StoreError;
+pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, sweep_expired};
+pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};

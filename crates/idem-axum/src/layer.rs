@@ -1,0 +1,237 @@
+//! The layer and its configuration builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use idem_core::{BodyMode, FinalStatuses, HeaderAllowList, TenantId};
+use sqlx::PgPool;
+use tower::Layer;
+
+use crate::{IdempotencyService, TenantSource};
+
+/// The header that carries the key, by default.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header that marks a replayed response.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// What the layer does when the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Answer 503 + Retry-After; nothing runs. The default, and the only safe choice
+    /// for requests with effects.
+    #[default]
+    Closed,
+    /// Run the handler without idempotency (and without a `Tx`). For low-risk routes.
+    Open,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) header: HeaderName,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) key_required: bool,
+    pub(crate) tenant: TenantSource,
+    pub(crate) body_mode: BodyMode,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) in_flight_wait: Duration,
+    pub(crate) mismatch_status: StatusCode,
+    pub(crate) retention: Duration,
+    pub(crate) final_statuses: FinalStatuses,
+    pub(crate) replay_headers: HeaderAllowList,
+    pub(crate) failure_mode: FailureMode,
+    pub(crate) retry_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            header: HeaderName::from_static(IDEMPOTENCY_KEY),
+            methods: vec![Method::POST, Method::PATCH],
+            key_required: true,
+            tenant: TenantSource::Extension,
+            body_mode: BodyMode::Raw,
+            fingerprint_headers: Vec::new(),
+            max_request_body: 1024 * 1024,
+            max_response_body: 1024 * 1024,
+            in_flight_wait: Duration::from_secs(5),
+            mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
+            retention: Duration::from_secs(24 * 3600),
+            final_statuses: FinalStatuses::default(),
+            replay_headers: HeaderAllowList::default(),
+            failure_mode: FailureMode::Closed,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A [`tower::Layer`] that makes requests carrying an `Idempotency-Key` exactly-once.
+///
+/// For each request whose method takes part (POST and PATCH by default) the layer
+/// validates the key, resolves the tenant, buffers and fingerprints the body, then in
+/// one Postgres transaction claims (tenant, key), runs the handler with the transaction
+/// available as [`Tx`](crate::Tx), stores the final response and commits. A retry with
+/// the same key and request replays the stored response byte for byte with
+/// `Idempotent-Replayed: true`. Everything the layer answers itself is
+/// `application/problem+json` (see [`Problem`](crate::Problem)).
+///
+/// | option | default |
+/// |---|---|
+/// | [`header_name`](Self::header_name) | `Idempotency-Key` |
+/// | [`methods`](Self::methods) | POST, PATCH |
+/// | [`require_key`](Self::require_key) | `true` (400 without a key) |
+/// | [`tenant`](Self::tenant) | the [`TenantId`] request extension |
+/// | [`canonical_json`](Self::canonical_json) | off (raw body bytes) |
+/// | [`fingerprint_header`](Self::fingerprint_header) | none |
+/// | [`max_request_body`](Self::max_request_body) | 1 MiB (413 beyond) |
+/// | [`max_response_body`](Self::max_response_body) | 1 MiB (passed through, not stored, beyond) |
+/// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
+/// | [`mismatch_status`](Self::mismatch_status) | 422 |
+/// | [`retention`](Self::retention) | 24 h |
+/// | [`final_statuses`](Self::final_statuses) | 2xx, 4xx but 408/409/425/429 |
+/// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link |
+/// | [`failure_mode`](Self::failure_mode) | closed (503 + Retry-After) |
+/// | [`retry_after`](Self::retry_after) | 1 s |
+///
+/// ```no_run
+/// use axum::{Router, routing::post, http::StatusCode};
+/// use idem_axum::{IdempotencyLayer, Tx};
+///
+/// async fn pay(mut tx: Tx) -> StatusCode {
+///     match sqlx::query("INSERT INTO payments DEFAULT VALUES").execute(&mut *tx).await {
+///         Ok(_) => StatusCode::CREATED,
+///         Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+///     }
+/// }
+///
+/// # async fn run(pool: sqlx::PgPool) {
+/// let app: Router = Router::new()
+///     .route("/payments", post(pay))
+///     .layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct IdempotencyLayer {
+    pub(crate) pool: PgPool,
+    pub(crate) config: Arc<Config>,
+}
+
+impl IdempotencyLayer {
+    /// A layer over this pool, with the defaults in the table above. Size the pool for
+    /// the concurrency of keyed requests: each holds one connection from the claim to
+    /// the commit (waiters on an in-flight key hold one too).
+    pub fn new(pool: PgPool) -> Self {
+        IdempotencyLayer {
+            pool,
+            config: Arc::new(Config::default()),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The header that carries the key.
+    pub fn header_name(self, name: HeaderName) -> Self {
+        self.with(|c| c.header = name)
+    }
+
+    /// The methods that take part; requests with other methods pass through untouched.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.with(|c| c.methods = methods.into_iter().collect())
+    }
+
+    /// Whether a request without a key is refused (400 `key-missing`, the default) or
+    /// passed through without idempotency (and without a `Tx`).
+    pub fn require_key(self, required: bool) -> Self {
+        self.with(|c| c.key_required = required)
+    }
+
+    /// Where the tenant comes from.
+    pub fn tenant(self, source: TenantSource) -> Self {
+        self.with(|c| c.tenant = source)
+    }
+
+    /// Every request belongs to one tenant ([`TenantId::single`]).
+    pub fn single_tenant(self) -> Self {
+        self.tenant(TenantSource::Fixed(TenantId::single()))
+    }
+
+    /// Fingerprints the body as canonical JSON, so key order and whitespace do not make
+    /// two requests differ. Bodies that are not JSON are fingerprinted raw.
+    pub fn canonical_json(self) -> Self {
+        self.with(|c| c.body_mode = BodyMode::CanonicalJson)
+    }
+
+    /// Adds a request header to the fingerprint (for example a content-negotiation or
+    /// account header that changes what the request means).
+    pub fn fingerprint_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.fingerprint_headers.push(name))
+    }
+
+    /// The largest request body the layer buffers; larger ones get 413.
+    pub fn max_request_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_request_body = bytes)
+    }
+
+    /// The largest response body that is stored. A larger final response still
+    /// commits (with its status only) and streams to the client; a retry then gets
+    /// 409 `response-not-stored` instead of a replay.
+    pub fn max_response_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_response_body = bytes)
+    }
+
+    /// How long a request waits for another one holding the same key to finish
+    /// before answering 409 `in-flight` with Retry-After. Zero answers at once.
+    pub fn in_flight_wait(self, wait: Duration) -> Self {
+        self.with(|c| c.in_flight_wait = wait)
+    }
+
+    /// The status for a key reused with a different request: 422 (the IETF draft's
+    /// choice, default) or 409.
+    pub fn mismatch_status(self, status: StatusCode) -> Self {
+        self.with(|c| c.mismatch_status = status)
+    }
+
+    /// How long a key counts after its request; afterwards it runs as new.
+    pub fn retention(self, retention: Duration) -> Self {
+        self.with(|c| c.retention = retention)
+    }
+
+    /// Which statuses are final (stored, writes committed).
+    pub fn final_statuses(self, statuses: FinalStatuses) -> Self {
+        self.with(|c| c.final_statuses = statuses)
+    }
+
+    /// Adds a response header to those stored and replayed.
+    pub fn replay_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.replay_headers = c.replay_headers.clone().with(name.as_str()))
+    }
+
+    /// What happens when the store is unreachable.
+    pub fn failure_mode(self, mode: FailureMode) -> Self {
+        self.with(|c| c.failure_mode = mode)
+    }
+
+    /// The Retry-After sent with 409 `in-flight` and 503 answers (whole seconds, at
+    /// least 1).
+    pub fn retry_after(self, after: Duration) -> Self {
+        self.with(|c| c.retry_after = after)
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService {
+            inner,
+            pool: self.pool.clone(),
+            config: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The answers the layer makes itself: `application/problem+json` (RFC 9457), one
+//! stable `type` per case.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+/// The media type of every answer the layer makes itself.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every case in which the layer answers instead of (or after) the handler.
+///
+/// The `type` of each is `urn:idem:problem:<slug>`, stable across releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// 400 `key-missing`: the route requires an idempotency key and none was sent.
+    KeyMissing {
+        /// The header that was expected.
+        header: String,
+    },
+    /// 400 `key-invalid`: the key is empty, too long, not visible ASCII, a malformed
+    /// quoted string, or sent more than once.
+    KeyInvalid {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// 401 `tenant-unresolved`: no tenant could be resolved for the request.
+    TenantUnresolved,
+    /// 413 `body-too-large`: the request body is over the limit.
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// 400 `body-unreadable`: the request body could not be read.
+    BodyUnreadable,
+    /// 422 (or 409) `key-mismatch`: the key was used for a different request.
+    KeyMismatch {
+        /// The status configured for mismatches.
+        status: StatusCode,
+    },
+    /// 409 `in-flight`: a request with the same key is still running.
+    InFlight {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// 409 `response-not-stored`: the original request completed (its effects are
+    /// committed) but its response was too large to store, so it cannot be replayed.
+    ResponseNotStored {
+        /// The status the original request answered with.
+        original_status: u16,
+    },
+    /// 503 `store-unavailable`: the store could not be reached or failed; nothing ran.
+    StoreUnavailable {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// 503 `commit-failed`: the handler ran but its transaction did not commit; nothing
+    /// happened, and a retry runs again.
+    CommitFailed {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// 500 `handler-panicked`: the handler panicked; its writes were rolled back.
+    HandlerPanicked,
+    /// 500 `transaction-held`: the handler kept its `Tx` beyond the request (for example
+    /// by moving it into a spawned task); the layer cannot commit, so nothing happened.
+    TransactionHeld,
+    /// 500 `response-unreadable`: the handler's response body failed while it was being
+    /// buffered; its writes were rolled back.
+    ResponseUnreadable,
+    /// 500 `record-corrupt`: a stored record could not be replayed.
+    RecordCorrupt,
+    /// 500 `transaction-unavailable`: a handler asked for `Tx` where the layer gave none
+    /// (the route is not behind the layer, or the request carried no key).
+    TransactionUnavailable,
+}
+
+#[derive(Serialize)]
+struct Body9457<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl Problem {
+    /// The stable slug of this case; the problem `type` is `urn:idem:problem:<slug>`.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Problem::KeyMissing { .. } => "key-missing",
+            Problem::KeyInvalid { .. } => "key-invalid",
+            Problem::TenantUnresolved => "tenant-unresolved",
+            Problem::BodyTooLarge { .. } => "body-too-large",
+            Problem::BodyUnreadable => "body-unreadable",
+            Problem::KeyMismatch { .. } => "key-mismatch",
+            Problem::InFlight { .. } => "in-flight",
+            Problem::ResponseNotStored { .. } => "response-not-stored",
+            Problem::StoreUnavailable { .. } => "store-unavailable",
+            Problem::CommitFailed { .. } => "commit-failed",
+            Problem::HandlerPanicked => "handler-panicked",
+            Problem::TransactionHeld => "transaction-held",
+            Problem::ResponseUnreadable => "response-unreadable",
+            Problem::RecordCorrupt => "record-corrupt",
+            Problem::TransactionUnavailable => "transaction-unavailable",
+        }
+    }
+
+    /// The HTTP status of this case.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Problem::KeyMissing { .. } | Problem::KeyInvalid { .. } | Problem::BodyUnreadable => {
+                StatusCode::BAD_REQUEST
+            }
+            Problem::TenantUnresolved => StatusCode::UNAUTHORIZED,
+            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::KeyMismatch { status } => *status,
+            Problem::InFlight { .. } | Problem::ResponseNotStored { .. } => StatusCode::CONFLICT,
+            Problem::StoreUnavailable { .. } | Problem::CommitFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Problem::HandlerPanicked
+            | Problem::TransactionHeld
+            | Problem::ResponseUnreadable
+            | Problem::RecordCorrupt
+            | Problem::TransactionUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Problem::KeyMissing { .. } => "Idempotency key missing",
+            Problem::KeyInvalid { .. } => "Idempotency key invalid",
+            Problem::TenantUnresolved => "Tenant not resolved",
+            Problem::BodyTooLarge { .. } => "Request body too large",
+            Problem::BodyUnreadable => "Request body unreadable",
+            Problem::KeyMismatch { .. } => "Idempotency key reused for a different request",
+            Problem::InFlight { .. } => "Request with this idempotency key in progress",
+            Problem::ResponseNotStored { .. } => "Original response not stored",
+            Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
+            Problem::CommitFailed { .. } => "Request not committed",
+            Problem::HandlerPanicked => "Handler failed",
+            Problem::TransactionHeld => "Transaction still held",
+            Problem::ResponseUnreadable => "Response body failed",
+            Problem::RecordCorrupt => "Stored response unreadable",
+            Problem::TransactionUnavailable => "No transaction for this request",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Problem::KeyMissing { header } => {
+                format!("This endpoint requires an `{header}` header.")
+            }
+            Problem::KeyInvalid { reason } => format!("{reason}."),
+            Problem::TenantUnresolved => {
+                "The request is not associated with a tenant; authenticate first.".into()
+            }
+            Problem::BodyTooLarge { limit } => {
+                format!("The request body is larger than {limit} bytes.")
+            }
+            Problem::BodyUnreadable => "The request body could not be read.".into(),
+            Problem::KeyMismatch { .. } => "This idempotency key was already used with a \
+                different request (method, path, body or headers differ). Use a new key."
+                .into(),
+            Problem::InFlight { retry_after } => format!(
+                "A request with this idempotency key is still being processed. Retry in {} s.",
+                retry_after.as_secs().max(1)
+            ),
+            Problem::ResponseNotStored { original_status } => format!(
+                "The original request completed with status {original_status}, but its \
+                 response was too large to store and cannot be replayed."
+            ),
+            Problem::StoreUnavailable { .. } => {
+                "The request was not processed; retry with the same idempotency key.".into()
+            }
+            Problem::CommitFailed { .. } => "The request could not be committed and had no \
+                effect; retry with the same idempotency key."
+                .into(),
+            Problem::HandlerPanicked => {
+                "The request failed and had no effect; it may be retried.".into()
+            }
+            Problem::TransactionHeld => "The request's transaction was still in use when the \
+                handler returned, so nothing was committed."
+                .into(),
+            Problem::ResponseUnreadable => {
+                "The response failed while it was produced; the request had no effect.".into()
+            }
+            Problem::RecordCorrupt => "The stored response for this key cannot be read.".into(),
+            Problem::TransactionUnavailable => "This request has no idempotent transaction.".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Problem::InFlight { retry_after }
+            | Problem::StoreUnavailable { retry_after }
+            | Problem::CommitFailed { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The problem+json response.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let body = Body9457 {
+            kind: format!("urn:idem:problem:{}", self.slug()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(after) = self.retry_after() {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+impl axum::response::IntoResponse for Problem {
+    fn into_response(self) -> axum::response::Response {
+        Problem::into_response(self)
+    }
+}

@@ -1,0 +1,490 @@
+//! The service the layer wraps around a handler, and its response future.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use idem_core::{
+    Fingerprint, IdempotencyKey, KeyError, Record, RecordState, StoredResponse, TenantId,
+};
+use idem_sqlx::{Claim, ClaimRequest, Completion};
+use sqlx::PgPool;
+use tower::Service;
+use tracing::Instrument;
+
+use crate::Problem;
+use crate::layer::{Config, FailureMode, IDEMPOTENT_REPLAYED};
+use crate::tx::TxSlot;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
+#[derive(Debug, Clone)]
+pub struct IdempotencyService<S> {
+    pub(crate) inner: S,
+    pub(crate) pool: PgPool,
+    pub(crate) config: Arc<Config>,
+}
+
+/// The response future of [`IdempotencyService`].
+pub struct ResponseFuture<E> {
+    inner: BoxFuture<'static, Result<Response<Body>, E>>,
+}
+
+impl<E> std::fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, B> Service<Request<Body>> for IdempotencyService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The clone is not necessarily ready; keep the ready one for this call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let pool = self.pool.clone();
+
+        if !config.methods.contains(req.method()) {
+            return passthrough(inner, req);
+        }
+        let key = match read_key(&config, &req) {
+            Ok(Some(key)) => key,
+            Ok(None) if !config.key_required => return passthrough(inner, req),
+            Ok(None) => {
+                return ready(Problem::KeyMissing {
+                    header: config.header.to_string(),
+                });
+            }
+            Err(reason) => return ready(Problem::KeyInvalid { reason }),
+        };
+        let (parts, body) = req.into_parts();
+        let Some(tenant) = config.tenant.resolve(&parts) else {
+            return ready(Problem::TenantUnresolved);
+        };
+
+        let span = tracing::info_span!(
+            "idempotent_request",
+            tenant = %tenant,
+            key_hash = %key.short_hash(),
+            method = %parts.method,
+            path = %parts.uri.path(),
+            outcome = tracing::field::Empty,
+        );
+        let fut = async move {
+            let body = match Limited::read(body, config.max_request_body).await {
+                Ok(body) => body,
+                Err(problem) => return Ok(outcome(problem.into_response(), "rejected")),
+            };
+            let fingerprint = fingerprint(&config, &parts, &body);
+            let job = Job {
+                config,
+                pool,
+                tenant,
+                key,
+                fingerprint,
+            };
+            // The claim -> handler -> commit section runs in its own task, so a client
+            // that disconnects (dropping this future) cannot cut a transaction in half.
+            let task = tokio::spawn(
+                job.run(inner, Request::from_parts(parts, Body::from(body)))
+                    .in_current_span(),
+            );
+            match task.await {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotent request task failed");
+                    Ok(outcome(
+                        Problem::HandlerPanicked.into_response(),
+                        "panicked",
+                    ))
+                }
+            }
+        }
+        .instrument(span);
+        ResponseFuture {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
+fn passthrough<S, B>(mut inner: S, req: Request<Body>) -> ResponseFuture<S::Error>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let fut = inner.call(req);
+    ResponseFuture {
+        inner: Box::pin(async move { fut.await.map(|r| r.map(Body::new)) }),
+    }
+}
+
+fn ready<E: Send + 'static>(problem: Problem) -> ResponseFuture<E> {
+    let response = problem.into_response();
+    ResponseFuture {
+        inner: Box::pin(async move { Ok(response) }),
+    }
+}
+
+/// Records the outcome on the request's span and passes the response on.
+fn outcome(response: Response<Body>, outcome: &'static str) -> Response<Body> {
+    tracing::Span::current().record("outcome", outcome);
+    tracing::debug!(
+        status = response.status().as_u16(),
+        outcome,
+        "idempotency outcome"
+    );
+    response
+}
+
+fn read_key(config: &Config, req: &Request<Body>) -> Result<Option<IdempotencyKey>, String> {
+    let mut values = req.headers().get_all(&config.header).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!(
+            "the `{}` header was sent more than once",
+            config.header
+        ));
+    }
+    IdempotencyKey::from_bytes(value.as_bytes())
+        .map(Some)
+        .map_err(|e: KeyError| e.to_string())
+}
+
+fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    let mut builder = Fingerprint::builder(parts.method.as_str(), path);
+    for name in &config.fingerprint_headers {
+        builder = builder.header(
+            name.as_str(),
+            parts.headers.get(name).map(HeaderValue::as_bytes),
+        );
+    }
+    builder.body(body, config.body_mode).finish()
+}
+
+/// Reads a body into memory, up to a limit.
+struct Limited;
+
+impl Limited {
+    async fn read(body: Body, limit: usize) -> Result<Bytes, Problem> {
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(Problem::BodyTooLarge { limit })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "request body unreadable");
+                Err(Problem::BodyUnreadable)
+            }
+        }
+    }
+}
+
+/// One keyed request, from the claim to the commit.
+struct Job {
+    config: Arc<Config>,
+    pool: PgPool,
+    tenant: TenantId,
+    key: IdempotencyKey,
+    fingerprint: Fingerprint,
+}
+
+impl Job {
+    async fn run<S, B>(self, inner: S, mut req: Request<Body>) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.config;
+        let retry_after = config.retry_after;
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency store unavailable");
+                return self.unavailable(inner, req).await;
+            }
+        };
+        let path = req.uri().path().to_owned();
+        let claim = ClaimRequest {
+            tenant: &self.tenant,
+            key: &self.key,
+            fingerprint: self.fingerprint,
+            method: req.method().as_str(),
+            path: &path,
+            retention: config.retention,
+            wait: config.in_flight_wait,
+        };
+        let claimed = idem_sqlx::claim(&mut tx, &claim).await;
+        if !matches!(claimed, Ok(Claim::Claimed)) {
+            rollback(tx).await;
+            return match claimed {
+                Ok(Claim::Replay(record)) => Ok(replay(config, &record)),
+                Ok(Claim::Mismatch(_)) => {
+                    let problem = Problem::KeyMismatch {
+                        status: config.mismatch_status,
+                    };
+                    Ok(outcome(problem.into_response(), "mismatch"))
+                }
+                Ok(Claim::InFlight | Claim::Claimed) => {
+                    let problem = Problem::InFlight { retry_after };
+                    Ok(outcome(problem.into_response(), "in_flight"))
+                }
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, "idempotency claim failed");
+                    self.unavailable(inner, req).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotency claim failed");
+                    Ok(outcome(
+                        Problem::RecordCorrupt.into_response(),
+                        "store_error",
+                    ))
+                }
+            };
+        }
+
+        let slot = TxSlot::new(tx);
+        req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(self.key.clone());
+        req.extensions_mut().insert(self.tenant.clone());
+        let result = AssertUnwindSafe(call(inner, req)).catch_unwind().await;
+        let Some(mut tx) = slot.take() else {
+            // A Tx outlived the handler; it rolls back when its holder drops it.
+            tracing::error!("a Tx was still held when the handler returned; nothing committed");
+            return Ok(outcome(
+                Problem::TransactionHeld.into_response(),
+                "transaction_held",
+            ));
+        };
+        let response = match result {
+            Err(_panic) => {
+                rollback(tx).await;
+                return Ok(outcome(
+                    Problem::HandlerPanicked.into_response(),
+                    "panicked",
+                ));
+            }
+            Ok(Err(e)) => {
+                rollback(tx).await;
+                tracing::Span::current().record("outcome", "handler_error");
+                return Err(e);
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !config.final_statuses.is_final(status.as_u16()) {
+            rollback(tx).await;
+            return Ok(outcome(response.map(Body::new), "rolled_back"));
+        }
+
+        let (parts, body) = response.into_parts();
+        let buffered = match buffer(Body::new(body), config.max_response_body).await {
+            Ok(buffered) => buffered,
+            Err(e) => {
+                tracing::warn!(error = %e, "response body failed; rolling back");
+                rollback(tx).await;
+                return Ok(outcome(
+                    Problem::ResponseUnreadable.into_response(),
+                    "rolled_back",
+                ));
+            }
+        };
+        let (completion_result, body) = match buffered {
+            Buffered::Complete(bytes) => {
+                let stored = StoredResponse {
+                    status: status.as_u16(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .filter(|(name, _)| config.replay_headers.allows(name.as_str()))
+                        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                        .collect(),
+                    body: bytes.to_vec(),
+                };
+                let done = idem_sqlx::complete(
+                    &mut tx,
+                    &self.tenant,
+                    &self.key,
+                    Completion::Response(&stored),
+                )
+                .await;
+                (done, Body::from(bytes))
+            }
+            Buffered::TooLarge(body) => {
+                let done = idem_sqlx::complete(
+                    &mut tx,
+                    &self.tenant,
+                    &self.key,
+                    Completion::StatusOnly(status.as_u16()),
+                )
+                .await;
+                (done, body)
+            }
+        };
+        if let Err(e) = completion_result {
+            tracing::warn!(error = %e, "storing the response failed; rolling back");
+            rollback(tx).await;
+            let problem = Problem::CommitFailed { retry_after };
+            return Ok(outcome(problem.into_response(), "commit_failed"));
+        }
+        if let Err(e) = tx.commit().await {
+            tracing::warn!(error = %e, "commit failed");
+            let problem = Problem::CommitFailed { retry_after };
+            return Ok(outcome(problem.into_response(), "commit_failed"));
+        }
+        Ok(outcome(Response::from_parts(parts, body), "executed"))
+    }
+
+    /// The store could not be reached: fail closed (503), or run the handler without
+    /// idempotency when the route fails open.
+    async fn unavailable<S, B>(
+        self,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match self.config.failure_mode {
+            FailureMode::Closed => {
+                let problem = Problem::StoreUnavailable {
+                    retry_after: self.config.retry_after,
+                };
+                Ok(outcome(problem.into_response(), "store_unavailable"))
+            }
+            FailureMode::Open => {
+                tracing::Span::current().record("outcome", "failed_open");
+                call(inner, req).await.map(|r| r.map(Body::new))
+            }
+        }
+    }
+}
+
+async fn call<S, B>(mut inner: S, req: Request<Body>) -> Result<Response<B>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+{
+    inner.call(req).await
+}
+
+async fn rollback(tx: sqlx::Transaction<'static, sqlx::Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        // The connection is closed rather than returned to the pool in a bad state.
+        tracing::warn!(error = %e, "rollback failed");
+    }
+}
+
+enum Buffered {
+    Complete(Bytes),
+    /// Over the limit: what was read so far, followed by the rest of the body.
+    TooLarge(Body),
+}
+
+async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, axum::Error> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                let head = buf.freeze();
+                let stream = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) })
+                    .chain(body.into_data_stream());
+                return Ok(Buffered::TooLarge(Body::from_stream(stream)));
+            }
+        }
+    }
+    Ok(Buffered::Complete(buf.freeze()))
+}
+
+fn replay(config: &Config, record: &Record) -> Response<Body> {
+    match &record.state {
+        RecordState::Completed(stored) => match replay_response(stored) {
+            Some(mut response) => {
+                response.headers_mut().insert(
+                    HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                    HeaderValue::from_static("true"),
+                );
+                outcome(response, "replayed")
+            }
+            None => {
+                tracing::error!("stored response cannot be rebuilt");
+                outcome(Problem::RecordCorrupt.into_response(), "store_error")
+            }
+        },
+        RecordState::CompletedUnstored { status } => {
+            let problem = Problem::ResponseNotStored {
+                original_status: *status,
+            };
+            let mut response = problem.into_response();
+            response.headers_mut().insert(
+                HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+            outcome(response, "replayed_unstored")
+        }
+        RecordState::InFlight => {
+            let problem = Problem::InFlight {
+                retry_after: config.retry_after,
+            };
+            outcome(problem.into_response(), "in_flight")
+        }
+    }
+}
+
+fn replay_response(stored: &StoredResponse) -> Option<Response<Body>> {
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(stored.status).ok()?;
+    for (name, value) in &stored.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(value).ok()?;
+        response.headers_mut().append(name, value);
+    }
+    Some(response)
+}

@@ -1,0 +1,275 @@
+//! Claims, completion and replay lookup of idempotency keys, on the caller's connection.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use idem_core::{
+    Decision, Fingerprint, IdempotencyKey, Record, RecordState, StoredResponse, TenantId, decide,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgExecutor, Row};
+
+use crate::StoreError;
+
+/// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// How many times a claim re-reads a key that vanished or was replaced under it.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// What a request asks of the store when it claims a key.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// The tenant that owns the key.
+    pub tenant: &'a TenantId,
+    /// The idempotency key.
+    pub key: &'a IdempotencyKey,
+    /// The request's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The request method, kept for operators.
+    pub method: &'a str,
+    /// The request path, kept for operators.
+    pub path: &'a str,
+    /// How long the key counts after it is claimed.
+    pub retention: Duration,
+    /// How long to wait for a transaction that holds the same key to finish before
+    /// answering [`Claim::InFlight`]. Zero waits (almost) not at all.
+    pub wait: Duration,
+}
+
+/// The outcome of [`claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is this transaction's: run the handler, then [`complete`] and commit.
+    Claimed,
+    /// A finished record with the same fingerprint: answer from it.
+    Replay(Record),
+    /// A live record of a different request.
+    Mismatch(Record),
+    /// Another transaction holds the key and did not finish within the wait.
+    InFlight,
+}
+
+/// Claims `(tenant, key)` inside the caller's transaction.
+///
+/// The claim is a unique-constraint `INSERT`. When another transaction holds the same
+/// key, the insert waits for it (at most `wait`, through a transaction-local
+/// `lock_timeout`), then sees its committed row. The existing row is read in a new
+/// statement (the inserting statement's snapshot predates that commit), and
+/// [`idem_core::decide`] says what to do with it. An expired row is replaced by an
+/// `UPDATE` that only matches while it is still expired, so two requests cannot both
+/// take it over.
+///
+/// On [`Claim::Claimed`] the transaction's `lock_timeout` is back at its default, so the
+/// handler's own statements are not bound by the claim's wait. On the other outcomes
+/// the caller should roll the transaction back.
+pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+    match claim_inner(conn, req).await {
+        Err(StoreError::Database(sqlx::Error::Database(e)))
+            if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+        {
+            Ok(Claim::InFlight)
+        }
+        other => other,
+    }
+}
+
+async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+    // lock_timeout = 0 disables the timeout; a zero wait means "do not wait".
+    let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
+    let lock_timeout = format!("{wait_ms}ms");
+    let retention_secs = req.retention.as_secs_f64();
+
+    for _ in 0..CLAIM_ATTEMPTS {
+        let inserted = sqlx::query(
+            "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied) \
+             INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
+             SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6) FROM cfg \
+             ON CONFLICT (tenant_id, key) DO NOTHING \
+             RETURNING set_config('lock_timeout', NULL, true)",
+        )
+        .bind(req.tenant.as_str())
+        .bind(req.key.as_str())
+        .bind(req.fingerprint.as_bytes().as_slice())
+        .bind(req.method)
+        .bind(req.path)
+        .bind(retention_secs)
+        .bind(&lock_timeout)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if inserted.is_some() {
+            return Ok(Claim::Claimed);
+        }
+
+        // A new statement, so a new snapshot: it sees the row that made the insert conflict.
+        let Some((record, now)) = select_record(&mut *conn, req.tenant, req.key).await? else {
+            continue; // swept between the two statements; claim again
+        };
+        match decide(Some(&record), &req.fingerprint, now) {
+            Decision::Replay => return Ok(Claim::Replay(record)),
+            Decision::Mismatch => return Ok(Claim::Mismatch(record)),
+            Decision::InFlight => return Ok(Claim::InFlight),
+            Decision::Execute => {
+                let replaced = sqlx::query(
+                    "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, \
+                       created_at = now(), expires_at = now() + make_interval(secs => $6), \
+                       completed_at = NULL, response_status = NULL, response_header_names = NULL, \
+                       response_header_values = NULL, response_body = NULL, \
+                       recovery_point = NULL, locked_until = NULL \
+                     WHERE tenant_id = $1 AND key = $2 AND expires_at <= now() \
+                     RETURNING set_config('lock_timeout', NULL, true)",
+                )
+                .bind(req.tenant.as_str())
+                .bind(req.key.as_str())
+                .bind(req.fingerprint.as_bytes().as_slice())
+                .bind(req.method)
+                .bind(req.path)
+                .bind(retention_secs)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if replaced.is_some() {
+                    return Ok(Claim::Claimed);
+                }
+                // Someone else replaced it first; read it again.
+            }
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// What [`complete`] stores for a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Completion<'a> {
+    /// The whole response, to be replayed byte for byte.
+    Response(&'a StoredResponse),
+    /// Only the status: the body was larger than the storage limit.
+    StatusOnly(u16),
+}
+
+/// Stores the final response on the key this transaction claimed. Commit afterwards:
+/// the response becomes visible together with the handler's writes.
+pub async fn complete(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    completion: Completion<'_>,
+) -> Result<(), StoreError> {
+    let (status, names, values, body) = match completion {
+        Completion::Response(r) => {
+            let (names, values): (Vec<String>, Vec<Vec<u8>>) = r.headers.iter().cloned().unzip();
+            (r.status, Some(names), Some(values), Some(r.body.as_slice()))
+        }
+        Completion::StatusOnly(status) => (status, None, None, None),
+    };
+    let status = i16::try_from(status)
+        .map_err(|_| StoreError::Corrupt(format!("status {status} out of range")))?;
+    let done = sqlx::query(
+        "UPDATE idem.keys SET response_status = $3, response_header_names = $4, \
+           response_header_values = $5, response_body = $6, completed_at = now() \
+         WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .bind(status)
+    .bind(names)
+    .bind(values)
+    .bind(body)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::NotClaimed)
+    }
+}
+
+/// Reads the committed record of `(tenant, key)`, with the store's current time.
+/// Expired records are returned as they are; [`idem_core::decide`] treats them as absent.
+pub async fn lookup<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
+    select_record(executor, tenant, key).await
+}
+
+async fn select_record<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT fingerprint, response_status, response_header_names, response_header_values, \
+           response_body, completed_at, expires_at, now() AS db_now \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_optional(executor)
+    .await?;
+    row.map(|row| decode_record(&row)).transpose()
+}
+
+fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
+    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+    let fingerprint =
+        Fingerprint::from_slice(&fingerprint).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
+    let status: Option<i16> = row.try_get("response_status")?;
+    let state = match (completed_at, status) {
+        (None, _) => RecordState::InFlight,
+        (Some(_), None) => {
+            return Err(StoreError::Corrupt("completed without a status".into()));
+        }
+        (Some(_), Some(status)) => {
+            let status = u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("status {status}")))?;
+            let body: Option<Vec<u8>> = row.try_get("response_body")?;
+            match body {
+                None => RecordState::CompletedUnstored { status },
+                Some(body) => {
+                    let names: Vec<String> = row
+                        .try_get::<Option<Vec<String>>, _>("response_header_names")?
+                        .unwrap_or_default();
+                    let values: Vec<Vec<u8>> = row
+                        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
+                        .unwrap_or_default();
+                    if names.len() != values.len() {
+                        return Err(StoreError::Corrupt(
+                            "header names and values differ in number".into(),
+                        ));
+                    }
+                    RecordState::Completed(StoredResponse {
+                        status,
+                        headers: names.into_iter().zip(values).collect(),
+                        body,
+                    })
+                }
+            }
+        }
+    };
+    let record = Record {
+        fingerprint,
+        state,
+        expires_at: row.try_get("expires_at")?,
+    };
+    Ok((record, row.try_get("db_now")?))
+}
+
+/// Deletes up to `limit` expired keys and returns how many it deleted. Safe to run
+/// from several processes at once (`FOR UPDATE SKIP LOCKED`); run it periodically to
+/// keep the table small. Expired keys count as absent whether or not they are swept.
+pub async fn sweep_expired<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \
+           SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() \
+           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
