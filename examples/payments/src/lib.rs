@@ -1,0 +1,226 @@
+//! An example payments API on `idem-axum`.
+//!
+//! `POST /payments` requires an `Idempotency-Key`: a client that retries after a
+//! timeout is charged once and receives the first attempt's response. The tenant comes
+//! from an `X-Tenant-Id` header through [`auth`], a stand-in for real authentication.
+//!
+//! ```no_run
+//! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! payments::migrate(&pool).await?;
+//! let app = payments::app(pool);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use idem_axum::{IdempotencyLayer, TenantId, Tx};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The header the stand-in authentication reads the tenant from.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The application's own migrations (table `payments`), in the default
+/// `_sqlx_migrations` history table, beside idem's own.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs idem's migrations, then the application's.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    idem_sqlx::MIGRATOR.run(pool).await?;
+    MIGRATOR.run(pool).await
+}
+
+/// The router with the idempotency layer configured as the example uses it.
+pub fn app(pool: PgPool) -> Router {
+    let idempotency = IdempotencyLayer::new(pool.clone()).canonical_json();
+    app_with(pool, idempotency)
+}
+
+/// The router with a caller-configured idempotency layer.
+pub fn app_with(pool: PgPool, idempotency: IdempotencyLayer) -> Router {
+    Router::new()
+        .route("/payments", post(create_payment))
+        .route("/payments/{id}", get(show_payment))
+        .layer(idempotency)
+        // Outermost: authentication runs before the idempotency layer.
+        .layer(middleware::from_fn(auth))
+        .with_state(pool)
+}
+
+/// Stand-in authentication: takes the tenant from `X-Tenant-Id` and puts it in the
+/// request extensions, where the idempotency layer and the handlers read it. A real
+/// service derives the tenant from a verified credential instead.
+pub async fn auth(mut req: Request, next: Next) -> Response {
+    let tenant = req
+        .headers()
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TenantId::new(v).ok());
+    match tenant {
+        Some(tenant) => {
+            req.extensions_mut().insert(tenant);
+            next.run(req).await
+        }
+        None => problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Missing or invalid X-Tenant-Id header.",
+        ),
+    }
+}
+
+/// A payment as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Payment {
+    /// The payment's id.
+    pub id: Uuid,
+    /// The amount in minor units (cents).
+    pub amount: i64,
+    /// The ISO 4217 currency code.
+    pub currency: String,
+    /// The client's own reference, if any.
+    pub reference: Option<String>,
+    /// Always `created` in this example.
+    pub status: String,
+    /// When the payment was created.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPayment {
+    amount: serde_json::Value,
+    currency: String,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+fn validate(body: &[u8]) -> Result<(i64, String, Option<String>), String> {
+    let new: NewPayment =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let amount = new
+        .amount
+        .as_i64()
+        .filter(|a| *a > 0)
+        .ok_or("`amount` must be a positive integer in minor units")?;
+    if new.currency.len() != 3 || !new.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("`currency` must be three upper-case letters (ISO 4217)".into());
+    }
+    if new.reference.as_ref().is_some_and(|r| r.len() > 255) {
+        return Err("`reference` must be at most 255 bytes".into());
+    }
+    Ok((amount, new.currency, new.reference))
+}
+
+async fn create_payment(
+    Extension(tenant): Extension<TenantId>,
+    mut tx: Tx,
+    body: Bytes,
+) -> Response {
+    let (amount, currency, reference) = match validate(&body) {
+        Ok(v) => v,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
+    };
+    let id = Uuid::now_v7();
+    let created_at: Result<DateTime<Utc>, sqlx::Error> = sqlx::query_scalar(
+        "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+    )
+    .bind(id)
+    .bind(tenant.as_str())
+    .bind(amount)
+    .bind(&currency)
+    .bind(&reference)
+    .fetch_one(&mut *tx)
+    .await;
+    let created_at = match created_at {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "inserting payment failed");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "The payment could not be created.",
+            );
+        }
+    };
+    let payment = Payment {
+        id,
+        amount,
+        currency,
+        reference,
+        status: "created".into(),
+        created_at,
+    };
+    let mut response = (StatusCode::CREATED, Json(&payment)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/payments/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn show_payment(
+    State(pool): State<PgPool>,
+    Extension(tenant): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return problem(StatusCode::NOT_FOUND, "not-found", "No such payment.");
+    };
+    let row: Result<Option<(i64, String, Option<String>, String, DateTime<Utc>)>, _> =
+        sqlx::query_as(
+            "SELECT amount, currency, reference, status, created_at FROM payments \
+             WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(id)
+        .bind(tenant.as_str())
+        .fetch_optional(&pool)
+        .await;
+    match row {
+        Ok(Some((amount, currency, reference, status, created_at))) => Json(Payment {
+            id,
+            amount,
+            currency,
+            reference,
+            status,
+            created_at,
+        })
+        .into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "not-found", "No such payment."),
+        Err(e) => {
+            tracing::error!(error = %e, "reading payment failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The payment could not be read.",
+            )
+        }
+    }
+}
+
+/// An application-level problem+json answer.
+fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("urn:payments:problem:{slug}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(idem_axum::PROBLEM_JSON),
+    );
+    response
+}
