@@ -146,7 +146,8 @@ impl IdempotencyLayer {
     }
 
     /// Whether a request without a key is refused (400 `key-missing`, the default) or
-    /// passed through without idempotency (and without a `Tx`).
+    /// runs without idempotency: its handler still gets a `Tx`, committed on a final
+    /// response, but no key is claimed and no response is stored.
     pub fn require_key(self, required: bool) -> Self {
         self.with(|c| c.key_required = required)
     }

@@ -74,7 +74,7 @@ pub enum Problem {
     /// 500 `record-corrupt`: a stored record could not be replayed.
     RecordCorrupt,
     /// 500 `transaction-unavailable`: a handler asked for `Tx` where the layer gave none
-    /// (the route is not behind the layer, or the request carried no key).
+    /// (the route is not behind the layer, or the method does not take part).
     TransactionUnavailable,
 }
 

@@ -82,14 +82,29 @@ where
             return passthrough(inner, req);
         }
         let key = match read_key(&config, &req) {
-            Ok(Some(key)) => key,
-            Ok(None) if !config.key_required => return passthrough(inner, req),
-            Ok(None) => {
+            Ok(key) => key,
+            Err(reason) => return ready(Problem::KeyInvalid { reason }),
+        };
+        let Some(key) = key else {
+            if config.key_required {
                 return ready(Problem::KeyMissing {
                     header: config.header.to_string(),
                 });
             }
-            Err(reason) => return ready(Problem::KeyInvalid { reason }),
+            // No key on a route where it is optional: the handler still gets a `Tx`,
+            // committed on a final response, but nothing is claimed or stored.
+            let span = tracing::info_span!(
+                "unkeyed_request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                outcome = tracing::field::Empty,
+            );
+            let job = Job {
+                config,
+                pool,
+                keyed: None,
+            };
+            return spawn_job(job, inner, req, span);
         };
         let (parts, body) = req.into_parts();
         let Some(tenant) = config.tenant.resolve(&parts) else {
@@ -105,7 +120,7 @@ where
             outcome = tracing::field::Empty,
         );
         let fut = async move {
-            let body = match Limited::read(body, config.max_request_body).await {
+            let body = match read_body(body, config.max_request_body).await {
                 Ok(body) => body,
                 Err(problem) => return Ok(outcome(problem.into_response(), "rejected")),
             };
@@ -113,31 +128,62 @@ where
             let job = Job {
                 config,
                 pool,
-                tenant,
-                key,
-                fingerprint,
+                keyed: Some(Keyed {
+                    tenant,
+                    key,
+                    fingerprint,
+                }),
             };
-            // The claim -> handler -> commit section runs in its own task, so a client
-            // that disconnects (dropping this future) cannot cut a transaction in half.
-            let task = tokio::spawn(
-                job.run(inner, Request::from_parts(parts, Body::from(body)))
-                    .in_current_span(),
-            );
-            match task.await {
-                Ok(result) => result,
-                Err(e) => {
-                    tracing::error!(error = %e, "idempotent request task failed");
-                    Ok(outcome(
-                        Problem::HandlerPanicked.into_response(),
-                        "panicked",
-                    ))
-                }
-            }
+            run_spawned(job, inner, Request::from_parts(parts, Body::from(body))).await
         }
         .instrument(span);
         ResponseFuture {
             inner: Box::pin(fut),
         }
+    }
+}
+
+/// Runs a job in its own task, so a client that disconnects (dropping the response
+/// future) cannot cut the claim -> handler -> commit section in half.
+async fn run_spawned<S, B>(
+    job: Job,
+    inner: S,
+    req: Request<Body>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match tokio::spawn(job.run(inner, req).in_current_span()).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "idempotent request task failed");
+            Ok(outcome(
+                Problem::HandlerPanicked.into_response(),
+                "panicked",
+            ))
+        }
+    }
+}
+
+fn spawn_job<S, B>(
+    job: Job,
+    inner: S,
+    req: Request<Body>,
+    span: tracing::Span,
+) -> ResponseFuture<S::Error>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ResponseFuture {
+        inner: Box::pin(run_spawned(job, inner, req).instrument(span)),
     }
 }
 
@@ -203,31 +249,32 @@ fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
     builder.body(body, config.body_mode).finish()
 }
 
-/// Reads a body into memory, up to a limit.
-struct Limited;
-
-impl Limited {
-    async fn read(body: Body, limit: usize) -> Result<Bytes, Problem> {
-        match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Problem::BodyTooLarge { limit })
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "request body unreadable");
-                Err(Problem::BodyUnreadable)
-            }
+/// Reads the request body into memory, up to a limit (413 beyond).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Problem::BodyTooLarge { limit })
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "request body unreadable");
+            Err(Problem::BodyUnreadable)
         }
     }
 }
 
-/// One keyed request, from the claim to the commit.
-struct Job {
-    config: Arc<Config>,
-    pool: PgPool,
+/// What identifies a keyed request.
+struct Keyed {
     tenant: TenantId,
     key: IdempotencyKey,
     fingerprint: Fingerprint,
+}
+
+/// One request in a transaction, from the claim (when keyed) to the commit.
+struct Job {
+    config: Arc<Config>,
+    pool: PgPool,
+    keyed: Option<Keyed>,
 }
 
 impl Job {
@@ -247,49 +294,53 @@ impl Job {
                 return self.unavailable(inner, req).await;
             }
         };
-        let path = req.uri().path().to_owned();
-        let claim = ClaimRequest {
-            tenant: &self.tenant,
-            key: &self.key,
-            fingerprint: self.fingerprint,
-            method: req.method().as_str(),
-            path: &path,
-            retention: config.retention,
-            wait: config.in_flight_wait,
-        };
-        let claimed = idem_sqlx::claim(&mut tx, &claim).await;
-        if !matches!(claimed, Ok(Claim::Claimed)) {
-            rollback(tx).await;
-            return match claimed {
-                Ok(Claim::Replay(record)) => Ok(replay(config, &record)),
-                Ok(Claim::Mismatch(_)) => {
-                    let problem = Problem::KeyMismatch {
-                        status: config.mismatch_status,
-                    };
-                    Ok(outcome(problem.into_response(), "mismatch"))
-                }
-                Ok(Claim::InFlight | Claim::Claimed) => {
-                    let problem = Problem::InFlight { retry_after };
-                    Ok(outcome(problem.into_response(), "in_flight"))
-                }
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, "idempotency claim failed");
-                    self.unavailable(inner, req).await
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "idempotency claim failed");
-                    Ok(outcome(
-                        Problem::RecordCorrupt.into_response(),
-                        "store_error",
-                    ))
-                }
+        if let Some(keyed) = &self.keyed {
+            let path = req.uri().path().to_owned();
+            let claim = ClaimRequest {
+                tenant: &keyed.tenant,
+                key: &keyed.key,
+                fingerprint: keyed.fingerprint,
+                method: req.method().as_str(),
+                path: &path,
+                retention: config.retention,
+                wait: config.in_flight_wait,
             };
+            let claimed = idem_sqlx::claim(&mut tx, &claim).await;
+            if !matches!(claimed, Ok(Claim::Claimed)) {
+                rollback(tx).await;
+                return match claimed {
+                    Ok(Claim::Replay(record)) => Ok(replay(config, &record)),
+                    Ok(Claim::Mismatch(_)) => {
+                        let problem = Problem::KeyMismatch {
+                            status: config.mismatch_status,
+                        };
+                        Ok(outcome(problem.into_response(), "mismatch"))
+                    }
+                    Ok(Claim::InFlight | Claim::Claimed) => {
+                        let problem = Problem::InFlight { retry_after };
+                        Ok(outcome(problem.into_response(), "in_flight"))
+                    }
+                    Err(e) if e.is_unavailable() => {
+                        tracing::warn!(error = %e, "idempotency claim failed");
+                        self.unavailable(inner, req).await
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "idempotency claim failed");
+                        Ok(outcome(
+                            Problem::RecordCorrupt.into_response(),
+                            "store_error",
+                        ))
+                    }
+                };
+            }
         }
 
         let slot = TxSlot::new(tx);
         req.extensions_mut().insert(slot.clone());
-        req.extensions_mut().insert(self.key.clone());
-        req.extensions_mut().insert(self.tenant.clone());
+        if let Some(keyed) = &self.keyed {
+            req.extensions_mut().insert(keyed.key.clone());
+            req.extensions_mut().insert(keyed.tenant.clone());
+        }
         let result = AssertUnwindSafe(call(inner, req)).catch_unwind().await;
         let Some(mut tx) = slot.take() else {
             // A Tx outlived the handler; it rolls back when its holder drops it.
@@ -320,6 +371,16 @@ impl Job {
             return Ok(outcome(response.map(Body::new), "rolled_back"));
         }
 
+        let Some(keyed) = &self.keyed else {
+            return Ok(match tx.commit().await {
+                Ok(()) => outcome(response.map(Body::new), "committed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit failed");
+                    let problem = Problem::CommitFailed { retry_after };
+                    outcome(problem.into_response(), "commit_failed")
+                }
+            });
+        };
         let (parts, body) = response.into_parts();
         let buffered = match buffer(Body::new(body), config.max_response_body).await {
             Ok(buffered) => buffered,
@@ -346,8 +407,8 @@ impl Job {
                 };
                 let done = idem_sqlx::complete(
                     &mut tx,
-                    &self.tenant,
-                    &self.key,
+                    &keyed.tenant,
+                    &keyed.key,
                     Completion::Response(&stored),
                 )
                 .await;
@@ -356,8 +417,8 @@ impl Job {
             Buffered::TooLarge(body) => {
                 let done = idem_sqlx::complete(
                     &mut tx,
-                    &self.tenant,
-                    &self.key,
+                    &keyed.tenant,
+                    &keyed.key,
                     Completion::StatusOnly(status.as_u16()),
                 )
                 .await;

@@ -54,9 +54,10 @@ impl TxSlot {
 /// Drop `Tx` before the handler returns (the usual case). A `Tx` still alive when the
 /// handler's response is ready makes the layer answer 500 `transaction-held` and
 /// commit nothing. Extracting `Tx` twice in one request is rejected the same way.
-/// On a request that has no idempotent transaction (not behind the layer, or without
-/// a key on a route where the key is optional) extraction fails with 500
-/// `transaction-unavailable`.
+/// A request without a key on a route where the key is optional also gets a `Tx`
+/// (committed on a final response; nothing is claimed or stored). On a request the
+/// layer does not handle (not behind the layer, or a method that does not take part)
+/// extraction fails with 500 `transaction-unavailable`.
 pub struct Tx {
     guard: OwnedMappedMutexGuard<Option<PgTx>, PgTx>,
 }

@@ -1,0 +1,204 @@
+//! Services on real sockets, and a router whose handlers count their executions.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::Query;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use idem_axum::{IdempotencyLayer, TenantId, Tx};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// A router served on a loopback socket for the duration of a test.
+pub struct TestApp {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// A client with no proxy and a generous timeout.
+    pub client: reqwest::Client,
+    task: JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Serves `router` on 127.0.0.1 with an ephemeral port.
+    pub async fn spawn(router: Router) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("serve");
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        TestApp { addr, client, task }
+    }
+
+    /// The URL of `path` on this app.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A POST to `path` as `tenant` with `key` (if any) and a JSON body.
+    pub fn post(
+        &self,
+        path: &str,
+        tenant: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("x-tenant-id", tenant)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned());
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The tenant of the test router: the `x-tenant-id` header, through the layer's
+/// resolver (so the test router needs no auth middleware).
+pub fn tenant_from_header() -> idem_axum::TenantSource {
+    idem_axum::TenantSource::resolver(|parts| {
+        parts
+            .headers
+            .get("x-tenant-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| TenantId::new(v).ok())
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Knobs {
+    /// Sleep this long inside the handler, holding the transaction.
+    #[serde(default)]
+    sleep_ms: u64,
+    /// Answer with this status (after writing).
+    #[serde(default)]
+    status: Option<u16>,
+    /// Answer with a body of this many bytes.
+    #[serde(default)]
+    body_bytes: Option<usize>,
+}
+
+async fn effect(
+    Extension(tenant): Extension<TenantId>,
+    Query(knobs): Query<Knobs>,
+    mut tx: Tx,
+    body: Bytes,
+) -> Response {
+    let note = String::from_utf8_lossy(&body).into_owned();
+    let id: i64 = match sqlx::query_scalar(
+        "INSERT INTO effects (tenant_id, note) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(tenant.as_str())
+    .bind(&note)
+    .fetch_one(&mut *tx)
+    .await
+    {
+        Ok(id) => id,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    drop(tx);
+    if knobs.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.sleep_ms)).await;
+    }
+    let status = knobs
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::CREATED);
+    if let Some(n) = knobs.body_bytes {
+        return (status, "x".repeat(n)).into_response();
+    }
+    let mut response = (status, Json(json!({ "id": id, "note": note }))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/effects/{id}")).expect("location"),
+    );
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"e{id}\"")).expect("etag"),
+    );
+    headers.insert("x-not-replayed", HeaderValue::from_static("first-only"));
+    response
+}
+
+async fn panics(mut tx: Tx) -> StatusCode {
+    let _ = sqlx::query("INSERT INTO effects (tenant_id, note) VALUES ('panic', 'panic')")
+        .execute(&mut *tx)
+        .await;
+    panic!("handler panicked on purpose");
+}
+
+async fn holds_tx(tx: Tx) -> StatusCode {
+    // Moves the transaction into a task that outlives the handler.
+    tokio::spawn(async move {
+        let mut tx = tx;
+        let _ = sqlx::query("INSERT INTO effects (tenant_id, note) VALUES ('held', 'held')")
+            .execute(&mut *tx)
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    StatusCode::CREATED
+}
+
+async fn count(Extension(pool): Extension<PgPool>) -> Json<i64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(-1);
+    Json(n)
+}
+
+/// A router whose handlers write one `effects` row per execution:
+/// - `POST /effects?sleep_ms=&status=&body_bytes=`: writes, then answers 201 JSON with
+///   `Location`, `ETag` and an `x-not-replayed` header (or the given status / body size);
+/// - `POST /panic`: writes, then panics;
+/// - `POST /hold`: moves its `Tx` into a task that outlives it;
+/// - `GET /effects`: the number of rows, untouched by the layer.
+///
+/// The tenant comes from `x-tenant-id` through the layer's resolver unless the layer
+/// was given another source.
+pub fn effects_router(pool: PgPool, layer: IdempotencyLayer) -> Router {
+    Router::new()
+        .route("/effects", post(effect).get(count))
+        .route("/panic", post(panics))
+        .route("/hold", post(holds_tx))
+        .layer(layer)
+        .layer(axum::middleware::from_fn(tenant_extension))
+        .layer(Extension(pool))
+}
+
+async fn tenant_extension(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(t) = req
+        .headers()
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TenantId::new(v).ok())
+    {
+        req.extensions_mut().insert(t);
+    }
+    next.run(req).await
+}

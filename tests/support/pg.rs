@@ -1,0 +1,189 @@
+//! Postgres for tests: one server per test binary, one fresh database per test.
+//!
+//! `DATABASE_URL` set: that server is used. Otherwise a container is started through
+//! testcontainers' Postgres module with the image named by `IDEM_TEST_PG_IMAGE`
+//! (default `postgres:17`). The container lives in a guard shared by the running tests
+//! and is removed when the last of them drops it: nothing is left behind.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::testcontainers::ImageExt;
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use tokio::sync::oneshot;
+
+/// A running Postgres server shared by the tests of one binary.
+pub struct PgServer {
+    options: PgConnectOptions,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+static SERVER: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
+
+fn server() -> Arc<PgServer> {
+    let mut shared = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = shared.upgrade() {
+        return server;
+    }
+    let server = Arc::new(start_server());
+    *shared = Arc::downgrade(&server);
+    server
+}
+
+fn start_server() -> PgServer {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return PgServer {
+            options: PgConnectOptions::from_str(&url).expect("DATABASE_URL is a Postgres URL"),
+            stop: None,
+            thread: None,
+        };
+    }
+    let image = std::env::var("IDEM_TEST_PG_IMAGE").unwrap_or_else(|_| "postgres:17".to_owned());
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // The container is owned by a thread with its own runtime, so it outlives the
+    // runtime of the test that happened to start it and is removed from there.
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime for the Postgres container");
+        rt.block_on(async move {
+            let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+            let started = Postgres::default()
+                .with_name(name)
+                .with_tag(tag)
+                .start()
+                .await;
+            let container = match started {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = url_tx.send(Err(format!("starting {image}: {e}")));
+                    return;
+                }
+            };
+            let port = container.get_host_port_ipv4(5432).await;
+            let _ = url_tx.send(
+                port.map(|p| format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres"))
+                    .map_err(|e| e.to_string()),
+            );
+            let _ = stop_rx.await;
+            if let Err(e) = container.rm().await {
+                eprintln!("removing the Postgres container failed: {e}");
+            }
+        });
+    });
+    let url = url_rx
+        .recv()
+        .expect("container thread answers")
+        .unwrap_or_else(|e| panic!("Postgres container: {e}"));
+    PgServer {
+        options: PgConnectOptions::from_str(&url).expect("container URL"),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// A fresh database with idem's and the payments example's migrations applied, plus
+/// the `effects` table of the test router.
+pub struct TestDb {
+    /// A pool on the fresh database.
+    pub pool: PgPool,
+    /// Options to connect to the fresh database (for more pools).
+    pub options: PgConnectOptions,
+    /// The database's name.
+    pub name: String,
+    _server: Arc<PgServer>,
+}
+
+impl TestDb {
+    /// Another pool on the same database.
+    pub async fn pool(&self, max_connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(self.options.clone())
+            .await
+            .expect("pool on the test database")
+    }
+
+    /// Rows in the test router's `effects` table (one per handler execution that
+    /// committed).
+    pub async fn effects(&self) -> i64 {
+        self.count("SELECT count(*) FROM effects").await
+    }
+
+    /// Rows in `idem.keys`.
+    pub async fn keys(&self) -> i64 {
+        self.count("SELECT count(*) FROM idem.keys").await
+    }
+
+    /// Rows in the example's `payments` table.
+    pub async fn payments(&self) -> i64 {
+        self.count("SELECT count(*) FROM payments").await
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+/// Creates a fresh database on the shared server and migrates it.
+pub async fn test_db() -> TestDb {
+    test_db_with(10).await
+}
+
+/// Like [`test_db`], with a pool of `max_connections`.
+pub async fn test_db_with(max_connections: u32) -> TestDb {
+    let server = tokio::task::spawn_blocking(server)
+        .await
+        .expect("starting the Postgres server");
+    let name = format!("idem_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect_with(&server.options)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    admin.close().await.ok();
+    let options = server.options.clone().database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options.clone())
+        .await
+        .expect("pool on the test database");
+    payments::migrate(&pool).await.expect("migrations");
+    sqlx::query(
+        "CREATE TABLE effects (id bigserial PRIMARY KEY, tenant_id text NOT NULL, \
+         note text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await
+    .expect("effects table");
+    TestDb {
+        pool,
+        options,
+        name,
+        _server: server,
+    }
+}
