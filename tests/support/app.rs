@@ -1,13 +1,15 @@
 //! Services on real sockets, and a router whose handlers count their executions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::Query;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Extension, Json, Router};
 use idem_axum::{IdempotencyLayer, TenantId, Tx};
 use serde_json::json;
@@ -98,8 +100,25 @@ struct Knobs {
     body_bytes: Option<usize>,
 }
 
+/// Server-side switches a test flips between a request and its retry (the retry must
+/// be the same request, so the switch cannot travel in it).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Answer 503 (after writing) this many times.
+    pub fail_next: AtomicUsize,
+    /// Panic (after writing) this many times.
+    pub panic_next: AtomicUsize,
+}
+
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 async fn effect(
     Extension(tenant): Extension<TenantId>,
+    Extension(faults): Extension<Arc<Faults>>,
     Query(knobs): Query<Knobs>,
     mut tx: Tx,
     body: Bytes,
@@ -117,6 +136,12 @@ async fn effect(
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     drop(tx);
+    if take_one(&faults.fail_next) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+    }
+    if take_one(&faults.panic_next) {
+        panic!("handler panicked on purpose");
+    }
     if knobs.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.sleep_ms)).await;
     }
@@ -161,6 +186,10 @@ async fn holds_tx(tx: Tx) -> StatusCode {
     StatusCode::CREATED
 }
 
+async fn echo(body: Bytes) -> (StatusCode, Bytes) {
+    (StatusCode::OK, body)
+}
+
 async fn count(Extension(pool): Extension<PgPool>) -> Json<i64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
         .fetch_one(&pool)
@@ -174,18 +203,21 @@ async fn count(Extension(pool): Extension<PgPool>) -> Json<i64> {
 ///   `Location`, `ETag` and an `x-not-replayed` header (or the given status / body size);
 /// - `POST /panic`: writes, then panics;
 /// - `POST /hold`: moves its `Tx` into a task that outlives it;
+/// - `POST /echo`: answers its body, touching no database;
 /// - `GET /effects`: the number of rows, untouched by the layer.
 ///
-/// The tenant comes from `x-tenant-id` through the layer's resolver unless the layer
-/// was given another source.
-pub fn effects_router(pool: PgPool, layer: IdempotencyLayer) -> Router {
+/// A middleware outside the layer puts the `x-tenant-id` header's tenant into the
+/// request extensions (the layer's default tenant source).
+pub fn effects_router(pool: PgPool, layer: IdempotencyLayer, faults: Arc<Faults>) -> Router {
     Router::new()
         .route("/effects", post(effect).get(count))
         .route("/panic", post(panics))
         .route("/hold", post(holds_tx))
+        .route("/echo", post(echo))
         .layer(layer)
         .layer(axum::middleware::from_fn(tenant_extension))
         .layer(Extension(pool))
+        .layer(Extension(faults))
 }
 
 async fn tenant_extension(

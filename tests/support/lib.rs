@@ -6,6 +6,52 @@ pub mod app;
 pub mod pg;
 pub mod proxy;
 
-pub use app::{TestApp, effects_router};
-pub use pg::{TestDb, test_db};
+pub use app::{Faults, TestApp, effects_router, tenant_from_header};
+pub use pg::{TestDb, test_db, test_db_with};
 pub use proxy::Proxy;
+
+use std::sync::Arc;
+
+use idem_axum::IdempotencyLayer;
+
+/// Serves the effects router behind a layer on `db`'s pool, configured by `configure`.
+pub async fn effects_app(
+    db: &TestDb,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> (TestApp, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let layer = configure(IdempotencyLayer::new(db.pool.clone()));
+    let app = TestApp::spawn(effects_router(db.pool.clone(), layer, faults.clone())).await;
+    (app, faults)
+}
+
+/// Reads a problem+json answer, checking its media type, and returns its `type`.
+pub async fn problem_type(response: reqwest::Response) -> String {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        content_type,
+        idem_axum::PROBLEM_JSON,
+        "problem answers are problem+json"
+    );
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(
+        body["status"], status,
+        "problem status matches the HTTP status"
+    );
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body["type"].as_str().expect("problem type").to_owned()
+}
+
+/// Whether a response carries `Idempotent-Replayed: true`.
+pub fn replayed(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(idem_axum::IDEMPOTENT_REPLAYED)
+        .is_some_and(|v| v == "true")
+}

@@ -1,0 +1,122 @@
+//! A key past its retention is gone: the request runs as new.
+
+use std::time::Duration;
+
+use idem_tests::{effects_app, replayed, test_db};
+
+async fn expire_all(db: &idem_tests::TestDb) {
+    sqlx::query("UPDATE idem.keys SET expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .expect("expire keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_executes_again_and_replaces_the_old_record() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    let first = app
+        .post("/effects", "t1", Some("e1"), "n")
+        .send()
+        .await
+        .expect("first");
+    let first_body = first.bytes().await.expect("body");
+    expire_all(&db).await;
+
+    let again = app
+        .post("/effects", "t1", Some("e1"), "n")
+        .send()
+        .await
+        .expect("again");
+    assert_eq!(again.status(), 201);
+    assert!(!replayed(&again), "an expired key runs as new");
+    let again_body = again.bytes().await.expect("body");
+    assert_ne!(again_body, first_body);
+    assert_eq!(db.effects().await, 2);
+    assert_eq!(
+        db.keys().await,
+        1,
+        "the record was replaced, not duplicated"
+    );
+
+    let third = app
+        .post("/effects", "t1", Some("e1"), "n")
+        .send()
+        .await
+        .expect("third");
+    assert!(replayed(&third));
+    assert_eq!(
+        third.bytes().await.expect("body"),
+        again_body,
+        "the new record is replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_may_be_reused_for_a_different_request() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    app.post("/effects", "t1", Some("e2"), "a")
+        .send()
+        .await
+        .expect("first");
+    expire_all(&db).await;
+    let other = app
+        .post("/effects", "t1", Some("e2"), "b")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 201, "no mismatch against an expired record");
+    assert_eq!(db.effects().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_retention_bounds_how_long_a_key_counts() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.retention(Duration::from_millis(300))).await;
+    app.post("/effects", "t1", Some("e3"), "n")
+        .send()
+        .await
+        .expect("first");
+    let soon = app
+        .post("/effects", "t1", Some("e3"), "n")
+        .send()
+        .await
+        .expect("soon");
+    assert!(replayed(&soon));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = app
+        .post("/effects", "t1", Some("e3"), "n")
+        .send()
+        .await
+        .expect("later");
+    assert!(!replayed(&later));
+    assert_eq!(db.effects().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_deletes_only_expired_keys() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    app.post("/effects", "t1", Some("old"), "n")
+        .send()
+        .await
+        .expect("old");
+    sqlx::query("UPDATE idem.keys SET expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .expect("expire");
+    app.post("/effects", "t1", Some("new"), "n")
+        .send()
+        .await
+        .expect("new");
+    let swept = idem_sqlx::sweep_expired(&db.pool, 100)
+        .await
+        .expect("sweep");
+    assert_eq!(swept, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idem.keys")
+        .fetch_all(&db.pool)
+        .await
+        .expect("keys");
+    assert_eq!(left, vec!["new".to_owned()]);
+}

@@ -1,0 +1,29 @@
+//! idem's migrations live in their own schema and history table, beside the app's.
+
+use idem_tests::test_db;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idem_and_app_migrations_keep_separate_histories_and_rerun_cleanly() {
+    let db = test_db().await; // ran idem's MIGRATOR, then the example's own
+    let idem_versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM idem._sqlx_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .expect("idem history");
+    let expected: Vec<i64> = idem_sqlx::MIGRATOR.iter().map(|m| m.version).collect();
+    assert_eq!(idem_versions, expected);
+    let app_versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .expect("app history");
+    let expected: Vec<i64> = payments::MIGRATOR.iter().map(|m| m.version).collect();
+    assert_eq!(
+        app_versions, expected,
+        "the app's history holds only the app's versions"
+    );
+
+    // Both run again (as on every start) without error, in either order.
+    payments::MIGRATOR.run(&db.pool).await.expect("app again");
+    idem_sqlx::MIGRATOR.run(&db.pool).await.expect("idem again");
+}

@@ -1,0 +1,153 @@
+//! A key reused for a different request is refused, and nothing runs.
+
+use http::StatusCode;
+use idem_tests::{TestApp, effects_app, problem_type, replayed, test_db};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_with_a_different_body_is_422_and_does_not_execute() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    let first = app
+        .post("/effects", "t1", Some("m1"), "a")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let other = app
+        .post("/effects", "t1", Some("m1"), "b")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 422);
+    assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
+    assert_eq!(db.effects().await, 1, "the mismatching request did not run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_on_a_different_path_is_a_mismatch() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    app.post("/effects", "t1", Some("m2"), "a")
+        .send()
+        .await
+        .expect("first");
+    let other = app
+        .post("/effects?status=201", "t1", Some("m2"), "a")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 422, "the query is part of the request");
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatch_answers_409_when_configured() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.mismatch_status(StatusCode::CONFLICT)).await;
+    app.post("/effects", "t1", Some("m3"), "a")
+        .send()
+        .await
+        .expect("first");
+    let other = app
+        .post("/effects", "t1", Some("m3"), "b")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 409);
+    assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_fingerprint_headers_make_requests_differ() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| {
+        l.fingerprint_header(http::HeaderName::from_static("x-account"))
+    })
+    .await;
+    let a = app
+        .post("/effects", "t1", Some("m4"), "a")
+        .header("x-account", "1")
+        .send()
+        .await
+        .expect("a");
+    assert_eq!(a.status(), 201);
+    let same = app
+        .post("/effects", "t1", Some("m4"), "a")
+        .header("x-account", "1")
+        .send()
+        .await
+        .expect("same");
+    assert!(replayed(&same));
+    let b = app
+        .post("/effects", "t1", Some("m4"), "a")
+        .header("x-account", "2")
+        .send()
+        .await
+        .expect("b");
+    assert_eq!(b.status(), 422);
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_json_mode_treats_reordered_keys_and_whitespace_as_the_same_request() {
+    let db = test_db().await;
+    // The payments example fingerprints canonical JSON.
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    let first = app
+        .post(
+            "/payments",
+            "t1",
+            Some("c1"),
+            r#"{"amount":100,"currency":"EUR","reference":"r"}"#,
+        )
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let reordered = app
+        .post(
+            "/payments",
+            "t1",
+            Some("c1"),
+            "{ \"reference\": \"r\",\n  \"currency\": \"EUR\", \"amount\": 100 }",
+        )
+        .send()
+        .await
+        .expect("reordered");
+    assert_eq!(reordered.status(), 201);
+    assert!(replayed(&reordered));
+    let changed = app
+        .post(
+            "/payments",
+            "t1",
+            Some("c1"),
+            r#"{"amount":101,"currency":"EUR","reference":"r"}"#,
+        )
+        .send()
+        .await
+        .expect("changed");
+    assert_eq!(
+        changed.status(),
+        422,
+        "a changed value is still a different request"
+    );
+    assert_eq!(db.payments().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_treats_reordered_json_as_a_different_request() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    app.post("/effects", "t1", Some("r1"), r#"{"a":1,"b":2}"#)
+        .send()
+        .await
+        .expect("first");
+    let reordered = app
+        .post("/effects", "t1", Some("r1"), r#"{"b":2,"a":1}"#)
+        .send()
+        .await
+        .expect("second");
+    assert_eq!(reordered.status(), 422);
+    assert_eq!(db.effects().await, 1);
+}

@@ -1,0 +1,149 @@
+//! A retry after success gets the stored response, byte for byte.
+
+use idem_tests::{TestApp, effects_app, replayed, test_db};
+
+const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR","reference":"inv-1"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_success_replays_status_headers_and_body_byte_for_byte() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+
+    let first = app
+        .post("/payments", "t1", Some("pay-1"), PAYMENT)
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    assert!(!replayed(&first));
+    let first_headers = first.headers().clone();
+    let first_body = first.bytes().await.expect("body");
+
+    let retry = app
+        .post("/payments", "t1", Some("pay-1"), PAYMENT)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status(), 201);
+    assert!(
+        replayed(&retry),
+        "a replay carries Idempotent-Replayed: true"
+    );
+    for name in ["content-type", "location"] {
+        assert_eq!(
+            retry.headers().get(name),
+            first_headers.get(name),
+            "{name} replayed"
+        );
+    }
+    assert!(first_headers.get("location").is_some());
+    let retry_body = retry.bytes().await.expect("body");
+    assert_eq!(retry_body, first_body, "the body is replayed byte for byte");
+    assert_eq!(db.payments().await, 1, "one payment for two requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sequential_retries_execute_once_and_store_one_row() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    let mut bodies = Vec::new();
+    for i in 0..20 {
+        let r = app
+            .post("/effects", "t1", Some("k-20"), "note")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 201);
+        assert_eq!(replayed(&r), i > 0, "only the first is executed");
+        bodies.push(r.bytes().await.expect("body"));
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every retry gets the same body"
+    );
+    assert_eq!(db.effects().await, 1);
+    assert_eq!(db.keys().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_carries_only_allow_listed_headers() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    let first = app
+        .post("/effects", "t1", Some("k-h"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(
+        first.headers().get("x-not-replayed").map(|v| v.as_bytes()),
+        Some(&b"first-only"[..])
+    );
+    let etag = first.headers().get("etag").cloned();
+    assert!(etag.is_some());
+
+    let retry = app
+        .post("/effects", "t1", Some("k-h"), "n")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    assert_eq!(
+        retry.headers().get("etag").cloned(),
+        etag,
+        "ETag is on the allow-list"
+    );
+    assert!(
+        retry.headers().get("location").is_some(),
+        "Location is on the allow-list"
+    );
+    assert!(
+        retry.headers().get("x-not-replayed").is_none(),
+        "other headers are not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_headers_added_to_the_allow_list_are_replayed() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| {
+        l.replay_header(http::HeaderName::from_static("x-not-replayed"))
+    })
+    .await;
+    app.post("/effects", "t1", Some("k-x"), "n")
+        .send()
+        .await
+        .expect("first");
+    let retry = app
+        .post("/effects", "t1", Some("k-x"), "n")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    assert_eq!(
+        retry.headers().get("x-not-replayed").map(|v| v.as_bytes()),
+        Some(&b"first-only"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_requests_pass_through_untouched() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    app.post("/effects", "t1", Some("k-g"), "n")
+        .send()
+        .await
+        .expect("post");
+    for _ in 0..3 {
+        let r = app
+            .client
+            .get(app.url("/effects"))
+            .header("x-tenant-id", "t1")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "GET needs no key");
+        assert!(!replayed(&r));
+        assert_eq!(r.json::<i64>().await.expect("count"), 1);
+    }
+    assert_eq!(db.keys().await, 1, "GETs claim no keys");
+}

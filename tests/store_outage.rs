@@ -1,0 +1,127 @@
+//! An unreachable store fails closed (503 + Retry-After); after it recovers, the retry
+//! executes once. Routes configured to fail open keep serving.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use idem_axum::{FailureMode, IdempotencyLayer};
+use idem_tests::{Faults, Proxy, TestApp, TestDb, effects_router, problem_type, replayed, test_db};
+use sqlx::postgres::PgPoolOptions;
+
+/// A pool that reaches the test database through a proxy the test can cut.
+async fn pool_through_proxy(db: &TestDb) -> (Proxy, sqlx::PgPool) {
+    let upstream: SocketAddr = format!(
+        "{}:{}",
+        resolve(db.options.get_host()),
+        db.options.get_port()
+    )
+    .parse()
+    .expect("upstream address");
+    let proxy = Proxy::start(upstream).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(db.options.clone().host("127.0.0.1").port(proxy.addr.port()))
+        .await
+        .expect("pool through the proxy");
+    (proxy, pool)
+}
+
+fn resolve(host: &str) -> &str {
+    if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes_once() {
+    let db = test_db().await;
+    let (proxy, pool) = pool_through_proxy(&db).await;
+    let layer = IdempotencyLayer::new(pool.clone()).retry_after(Duration::from_secs(3));
+    let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
+
+    let warm = app
+        .post("/effects", "t1", Some("before"), "n")
+        .send()
+        .await
+        .expect("warm");
+    assert_eq!(warm.status(), 201);
+
+    proxy.cut();
+    for key in ["down-1", "down-2"] {
+        let started = Instant::now();
+        let r = app
+            .post("/effects", "t1", Some(key), "n")
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no request hangs"
+        );
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            r.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        assert_eq!(problem_type(r).await, "urn:idem:problem:store-unavailable");
+    }
+    assert_eq!(
+        db.effects().await,
+        1,
+        "nothing ran while the store was down"
+    );
+
+    proxy.restore();
+    for key in ["down-1", "down-2"] {
+        let r = app
+            .post("/effects", "t1", Some(key), "n")
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(r.status(), 201);
+        assert!(!replayed(&r), "the retry executes");
+        let again = app
+            .post("/effects", "t1", Some(key), "n")
+            .send()
+            .await
+            .expect("again");
+        assert!(replayed(&again), "and only once");
+    }
+    assert_eq!(db.effects().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_route_keeps_serving_without_idempotency_while_the_store_is_down() {
+    let db = test_db().await;
+    let (proxy, pool) = pool_through_proxy(&db).await;
+    let closed = TestApp::spawn(effects_router(
+        pool.clone(),
+        IdempotencyLayer::new(pool.clone()),
+        Default::default(),
+    ))
+    .await;
+    let open = TestApp::spawn(effects_router(
+        pool.clone(),
+        IdempotencyLayer::new(pool).failure_mode(FailureMode::Open),
+        std::sync::Arc::new(Faults::default()),
+    ))
+    .await;
+    proxy.cut();
+    let r = closed
+        .post("/echo", "t1", Some("e1"), "ping")
+        .send()
+        .await
+        .expect("closed");
+    assert_eq!(r.status(), 503);
+    let r = open
+        .post("/echo", "t1", Some("e1"), "ping")
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(r.status(), 200, "fail-open runs the handler");
+    assert!(!replayed(&r));
+    assert_eq!(r.bytes().await.expect("body"), "ping");
+}
