@@ -110,6 +110,11 @@ async fn a_panicking_handler_rolls_back_and_returns_its_connection_to_the_pool()
     assert_eq!(retry.status(), 201, "the pool still serves requests");
     assert!(!replayed(&retry));
     assert_eq!(db.effects().await, 1);
+    // Connections return to the pool asynchronously; give them a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while db.pool.num_idle() as u32 != db.pool.size() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         db.pool.size(),
         db.pool.num_idle() as u32,
