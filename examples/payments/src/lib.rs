@@ -81,7 +81,7 @@ pub async fn auth(mut req: Request, next: Next) -> Response {
 }
 
 /// A payment as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct Payment {
     /// The payment's id.
     pub id: Uuid,
@@ -178,25 +178,16 @@ async fn show_payment(
     let Ok(id) = Uuid::parse_str(&id) else {
         return problem(StatusCode::NOT_FOUND, "not-found", "No such payment.");
     };
-    let row: Result<Option<(i64, String, Option<String>, String, DateTime<Utc>)>, _> =
-        sqlx::query_as(
-            "SELECT amount, currency, reference, status, created_at FROM payments \
-             WHERE id = $1 AND tenant_id = $2",
-        )
-        .bind(id)
-        .bind(tenant.as_str())
-        .fetch_optional(&pool)
-        .await;
+    let row: Result<Option<Payment>, _> = sqlx::query_as(
+        "SELECT id, amount, currency, reference, status, created_at FROM payments \
+         WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(tenant.as_str())
+    .fetch_optional(&pool)
+    .await;
     match row {
-        Ok(Some((amount, currency, reference, status, created_at))) => Json(Payment {
-            id,
-            amount,
-            currency,
-            reference,
-            status,
-            created_at,
-        })
-        .into_response(),
+        Ok(Some(payment)) => Json(payment).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, "not-found", "No such payment."),
         Err(e) => {
             tracing::error!(error = %e, "reading payment failed");

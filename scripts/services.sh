@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need, idempotently: a Docker engine and the local
-# Postgres image. Source it (`. .ci/services.sh`) to get IDEM_TEST_PG_IMAGE exported.
+# Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name.
+# Needs root (apt-get, dockerd). Usage: scripts/services.sh
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,5 +27,4 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { tail -n 40 "$log" >&2; echo "dockerd did not start" >&2; exit 1; }
 fi
 
-export IDEM_TEST_PG_IMAGE="${IDEM_TEST_PG_IMAGE:-idem-postgres:15}"
-"$here/postgres-image.sh" "$IDEM_TEST_PG_IMAGE"
+"$here/postgres-image.sh" "${1:-idem-postgres:15}"

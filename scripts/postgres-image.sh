@@ -2,7 +2,7 @@
 # Builds a local Postgres image that behaves like the official one, for machines that
 # reach no container registry. Idempotent: does nothing when the image already exists.
 #
-# Usage: .ci/postgres-image.sh [name:tag]   (default idem-postgres:15)
+# Usage: scripts/postgres-image.sh [name:tag]   (default idem-postgres:15)
 set -euo pipefail
 
 image="${1:-idem-postgres:15}"
