@@ -120,3 +120,30 @@ async fn the_sweeper_deletes_only_expired_keys() {
         .expect("keys");
     assert_eq!(left, vec!["new".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_an_expired_key_execute_once() {
+    let db = idem_tests::test_db_with(12).await;
+    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(20))).await;
+    app.post("/effects", "t1", Some("e4"), "n")
+        .send()
+        .await
+        .expect("first");
+    expire_all(&db).await;
+    let retries = (0..10).map(|_| {
+        app.post("/effects?sleep_ms=100", "t1", Some("e4"), "n")
+            .send()
+    });
+    let responses = futures_util::future::join_all(retries).await;
+    let mut executed = 0;
+    for r in responses {
+        let r = r.expect("response");
+        assert!(r.status() == 201 || r.status() == 409, "got {}", r.status());
+        if r.status() == 201 && !replayed(&r) {
+            executed += 1;
+        }
+    }
+    assert_eq!(executed, 1, "one retry takes the expired key over");
+    assert_eq!(db.effects().await, 2);
+    assert_eq!(db.keys().await, 1);
+}

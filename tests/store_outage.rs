@@ -10,13 +10,12 @@ use sqlx::postgres::PgPoolOptions;
 
 /// A pool that reaches the test database through a proxy the test can cut.
 async fn pool_through_proxy(db: &TestDb) -> (Proxy, sqlx::PgPool) {
-    let upstream: SocketAddr = format!(
-        "{}:{}",
-        resolve(db.options.get_host()),
-        db.options.get_port()
-    )
-    .parse()
-    .expect("upstream address");
+    let upstream: SocketAddr =
+        tokio::net::lookup_host((db.options.get_host(), db.options.get_port()))
+            .await
+            .expect("resolve the database host")
+            .next()
+            .expect("an address for the database host");
     let proxy = Proxy::start(upstream).await;
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -25,14 +24,6 @@ async fn pool_through_proxy(db: &TestDb) -> (Proxy, sqlx::PgPool) {
         .await
         .expect("pool through the proxy");
     (proxy, pool)
-}
-
-fn resolve(host: &str) -> &str {
-    if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

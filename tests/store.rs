@@ -1,0 +1,144 @@
+//! The store's claim, completion and lookup, on a caller's transaction.
+
+use std::time::Duration;
+
+use idem_core::{BodyMode, Fingerprint, IdempotencyKey, RecordState, StoredResponse, TenantId};
+use idem_sqlx::{Claim, ClaimRequest, Completion, StoreError};
+use idem_tests::test_db;
+
+fn request<'a>(tenant: &'a TenantId, key: &'a IdempotencyKey, body: &[u8]) -> ClaimRequest<'a> {
+    ClaimRequest {
+        tenant,
+        key,
+        fingerprint: Fingerprint::builder("POST", "/p")
+            .body(body, BodyMode::Raw)
+            .finish(),
+        method: "POST",
+        path: "/p",
+        retention: Duration::from_secs(3600),
+        wait: Duration::from_millis(200),
+    }
+}
+
+fn response() -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("link".into(), b"</a>; rel=\"a\"".to_vec()),
+            ("link".into(), b"</b>; rel=\"b\"".to_vec()),
+        ],
+        body: b"{\"ok\":true}".to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_leaves_the_transaction_lock_timeout_at_its_default() {
+    let db = test_db().await;
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("k").expect("key");
+    let mut tx = db.pool.begin().await.expect("begin");
+    let before: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("show");
+    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+        .await
+        .expect("claim");
+    assert_eq!(claim, Claim::Claimed);
+    let after: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("show");
+    assert_eq!(
+        after, before,
+        "the handler's statements are not bound by the claim's wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_claim_is_replayed_with_every_header_in_order() {
+    let db = test_db().await;
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("k").expect("key");
+    let stored = response();
+    let mut tx = db.pool.begin().await.expect("begin");
+    assert_eq!(
+        idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+            .await
+            .expect("claim"),
+        Claim::Claimed
+    );
+    idem_sqlx::complete(&mut tx, &tenant, &key, Completion::Response(&stored))
+        .await
+        .expect("complete");
+    tx.commit().await.expect("commit");
+
+    let mut tx = db.pool.begin().await.expect("begin");
+    match idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+        .await
+        .expect("claim")
+    {
+        Claim::Replay(record) => assert_eq!(record.state, RecordState::Completed(stored.clone())),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    tx.rollback().await.expect("rollback");
+    let mut tx = db.pool.begin().await.expect("begin");
+    let other = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"b"))
+        .await
+        .expect("claim");
+    assert!(matches!(other, Claim::Mismatch(_)));
+    tx.rollback().await.expect("rollback");
+
+    let (record, _) = idem_sqlx::lookup(&db.pool, &tenant, &key)
+        .await
+        .expect("lookup")
+        .expect("record");
+    assert_eq!(record.state, RecordState::Completed(stored));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_held_by_a_running_transaction_is_in_flight_after_the_wait() {
+    let db = test_db().await;
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("k").expect("key");
+    let mut holder = db.pool.begin().await.expect("begin");
+    assert_eq!(
+        idem_sqlx::claim(&mut holder, &request(&tenant, &key, b"a"))
+            .await
+            .expect("claim"),
+        Claim::Claimed
+    );
+
+    let mut waiter = db.pool.begin().await.expect("begin");
+    let started = std::time::Instant::now();
+    let claim = idem_sqlx::claim(&mut waiter, &request(&tenant, &key, b"a"))
+        .await
+        .expect("claim");
+    assert_eq!(claim, Claim::InFlight);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "it waited for the holder"
+    );
+    waiter.rollback().await.expect("rollback");
+
+    // The holder rolls back: the key is free again.
+    holder.rollback().await.expect("rollback");
+    let mut next = db.pool.begin().await.expect("begin");
+    assert_eq!(
+        idem_sqlx::claim(&mut next, &request(&tenant, &key, b"b"))
+            .await
+            .expect("claim"),
+        Claim::Claimed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_key_this_transaction_did_not_claim_is_an_error() {
+    let db = test_db().await;
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("never-claimed").expect("key");
+    let mut tx = db.pool.begin().await.expect("begin");
+    let err = idem_sqlx::complete(&mut tx, &tenant, &key, Completion::StatusOnly(201)).await;
+    assert!(matches!(err, Err(StoreError::NotClaimed)), "{err:?}");
+}
