@@ -14,6 +14,10 @@
 //! # }
 //! ```
 
+mod dev_db;
+
+pub use dev_db::DevDatabase;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -25,7 +29,7 @@ use chrono::{DateTime, Utc};
 use idem_axum::{IdempotencyLayer, TenantId, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The header the stand-in authentication reads the tenant from.
@@ -106,7 +110,7 @@ struct NewPayment {
     reference: Option<String>,
 }
 
-fn validate(body: &[u8]) -> Result<(i64, String, Option<String>), String> {
+fn validate(body: &[u8]) -> Result<Valid, String> {
     let new: NewPayment =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let amount = new
@@ -120,7 +124,11 @@ fn validate(body: &[u8]) -> Result<(i64, String, Option<String>), String> {
     if new.reference.as_ref().is_some_and(|r| r.len() > 255) {
         return Err("`reference` must be at most 255 bytes".into());
     }
-    Ok((amount, new.currency, new.reference))
+    Ok(Valid {
+        amount,
+        currency: new.currency,
+        reference: new.reference,
+    })
 }
 
 async fn create_payment(
@@ -128,24 +136,51 @@ async fn create_payment(
     mut tx: Tx,
     body: Bytes,
 ) -> Response {
-    let (amount, currency, reference) = match validate(&body) {
-        Ok(v) => v,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
-    };
+    match validate(&body) {
+        Ok(new) => created(insert_payment(&mut tx, &tenant, new).await),
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
+    }
+}
+
+/// A validated payment request.
+struct Valid {
+    amount: i64,
+    currency: String,
+    reference: Option<String>,
+}
+
+/// Inserts a payment on `conn` (the request's transaction).
+async fn insert_payment(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    new: Valid,
+) -> Result<Payment, sqlx::Error> {
     let id = Uuid::now_v7();
-    let created_at: Result<DateTime<Utc>, sqlx::Error> = sqlx::query_scalar(
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
          VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
     )
     .bind(id)
     .bind(tenant.as_str())
-    .bind(amount)
-    .bind(&currency)
-    .bind(&reference)
-    .fetch_one(&mut *tx)
-    .await;
-    let created_at = match created_at {
-        Ok(t) => t,
+    .bind(new.amount)
+    .bind(&new.currency)
+    .bind(&new.reference)
+    .fetch_one(conn)
+    .await?;
+    Ok(Payment {
+        id,
+        amount: new.amount,
+        currency: new.currency,
+        reference: new.reference,
+        status: "created".into(),
+        created_at,
+    })
+}
+
+/// 201 with the payment and its `Location`, or a 500 problem.
+fn created(payment: Result<Payment, sqlx::Error>) -> Response {
+    let payment = match payment {
+        Ok(payment) => payment,
         Err(e) => {
             tracing::error!(error = %e, "inserting payment failed");
             return problem(
@@ -155,19 +190,40 @@ async fn create_payment(
             );
         }
     };
-    let payment = Payment {
-        id,
-        amount,
-        currency,
-        reference,
-        status: "created".into(),
-        created_at,
-    };
     let mut response = (StatusCode::CREATED, Json(&payment)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/payments/{id}")) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/payments/{}", payment.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+/// The same service without the idempotency layer: `POST /payments` runs the same
+/// insert in its own transaction. The benchmark's baseline; not for production.
+pub fn bare_app(pool: PgPool) -> Router {
+    Router::new()
+        .route("/payments", post(create_payment_bare))
+        .route("/payments/{id}", get(show_payment))
+        .layer(middleware::from_fn(auth))
+        .with_state(pool)
+}
+
+async fn create_payment_bare(
+    State(pool): State<PgPool>,
+    Extension(tenant): Extension<TenantId>,
+    body: Bytes,
+) -> Response {
+    let new = match validate(&body) {
+        Ok(new) => new,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
+    };
+    let result = async {
+        let mut tx = pool.begin().await?;
+        let payment = insert_payment(&mut tx, &tenant, new).await?;
+        tx.commit().await?;
+        Ok(payment)
+    }
+    .await;
+    created(result)
 }
 
 async fn show_payment(

@@ -7,14 +7,10 @@
 use std::error::Error;
 
 use sqlx::postgres::PgPoolOptions;
-use testcontainers_modules::postgres::Postgres;
-use testcontainers_modules::testcontainers::ContainerAsync;
-use testcontainers_modules::testcontainers::ImageExt;
-use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -22,20 +18,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .init();
 
-    let (url, container) = match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            tracing::info!("using the database at DATABASE_URL");
-            (url, None)
-        }
-        Err(_) => {
-            let (url, container) = start_container().await?;
-            (url, Some(container))
-        }
-    };
-
+    let database = payments::DevDatabase::from_env().await?;
     let pool = PgPoolOptions::new()
         .max_connections(20)
-        .connect(&url)
+        .connect(&database.url)
         .await?;
     payments::migrate(&pool).await?;
 
@@ -48,27 +34,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     tracing::info!("shutting down");
     pool.close().await;
-    if let Some(container) = container {
-        container.rm().await?;
-        tracing::info!("throwaway Postgres container removed");
-    }
+    database.shutdown().await?;
     Ok(())
-}
-
-async fn start_container() -> Result<(String, ContainerAsync<Postgres>), Box<dyn Error>> {
-    let image = std::env::var("IDEM_PG_IMAGE").unwrap_or_else(|_| "postgres:17".to_owned());
-    let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
-    tracing::info!(%image, "DATABASE_URL not set: starting a throwaway Postgres container");
-    let container = Postgres::default()
-        .with_name(name)
-        .with_tag(tag)
-        .start()
-        .await?;
-    let host = container.get_host().await?;
-    let port = container.get_host_port_ipv4(5432).await?;
-    let url = format!("postgres://postgres:postgres@{host}:{port}/postgres");
-    tracing::info!(%host, %port, "throwaway Postgres container ready (removed on shutdown)");
-    Ok((url, container))
 }
 
 async fn shutdown_signal() {
