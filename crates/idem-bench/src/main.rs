@@ -1,0 +1,448 @@
+//! The idem benchmark: the layer's cost measured against the same handler without it,
+//! all scenarios in one run so the ratios are fair.
+//!
+//! ```text
+//! cargo run --release -p idem-bench -- --concurrency 32 --duration 10
+//! ```
+//!
+//! Scenarios: (a) the payments POST handler doing its INSERT in a transaction, no
+//! layer; (b) the layer with unique keys; (c) the layer replaying completed keys; (d) a
+//! duplicate storm, `--storm-size` concurrent requests per key over `--storm-keys`
+//! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
+//! no HTTP. Services run in-process on loopback sockets against Postgres
+//! (`DATABASE_URL`, or a throwaway container from `IDEM_PG_IMAGE`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures the idempotency layer's cost against the bare handler")]
+struct Args {
+    /// Concurrent clients in the timed scenarios.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds each timed scenario runs.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up before each timed scenario (not counted).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Keys in the duplicate storm.
+    #[arg(long, default_value_t = 20)]
+    storm_keys: usize,
+    /// Concurrent requests per key in the duplicate storm.
+    #[arg(long, default_value_t = 100)]
+    storm_size: usize,
+    /// Completed keys the replay scenario cycles through.
+    #[arg(long, default_value_t = 1000)]
+    replay_keys: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One scenario's measurements.
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: &'static str,
+    requests: usize,
+    errors: usize,
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    executions: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    concurrency: usize,
+    duration_secs: u64,
+    rows: Vec<Row>,
+    layer_unique_over_bare: f64,
+    layer_replay_over_bare: f64,
+    bare_over_ceiling: f64,
+}
+
+const BODY: &str = r#"{"amount":1250,"currency":"EUR","reference":"bench"}"#;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,payments=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let database = payments::DevDatabase::from_env().await?;
+    let result = run(&args, &database.url).await;
+    database.shutdown().await?;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
+    // Postgres allows 100 connections by default; keep a few for everyone else.
+    let connections =
+        u32::try_from((args.concurrency.max(args.storm_size) + 8).min(90)).unwrap_or(90);
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await?;
+    payments::migrate(&pool).await?;
+
+    let bare = serve(payments::bare_app(pool.clone())).await?;
+    let layered = serve(payments::app(pool.clone())).await?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(connections as usize)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let timed = Duration::from_secs(args.duration);
+    let warmup = Duration::from_secs(args.warmup);
+    let mut rows = Vec::new();
+
+    // (a) bare handler
+    let post_bare = {
+        let client = client.clone();
+        let url = format!("{bare}/payments");
+        move |_: usize| {
+            client
+                .post(&url)
+                .header("x-tenant-id", "bench")
+                .header("content-type", "application/json")
+                .body(BODY)
+        }
+    };
+    rows.push(
+        timed_scenario(
+            "a bare handler",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            post_bare,
+        )
+        .await?,
+    );
+
+    // (b) layer, unique keys
+    let post_unique = {
+        let client = client.clone();
+        let url = format!("{layered}/payments");
+        move |_: usize| {
+            client
+                .post(&url)
+                .header("x-tenant-id", "bench")
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .header("content-type", "application/json")
+                .body(BODY)
+        }
+    };
+    rows.push(
+        timed_scenario(
+            "b layer, unique keys",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            post_unique,
+        )
+        .await?,
+    );
+
+    // (c) layer, replays of completed keys
+    let replay_keys: Arc<Vec<String>> = Arc::new(
+        (0..args.replay_keys)
+            .map(|i| format!("replay-{i}"))
+            .collect(),
+    );
+    let post_replay = {
+        let client = client.clone();
+        let url = format!("{layered}/payments");
+        let keys = replay_keys.clone();
+        move |i: usize| {
+            client
+                .post(&url)
+                .header("x-tenant-id", "bench")
+                .header("idempotency-key", &keys[i % keys.len()])
+                .header("content-type", "application/json")
+                .body(BODY)
+        }
+    };
+    for i in 0..replay_keys.len() {
+        post_replay(i).send().await?.error_for_status()?;
+    }
+    rows.push(
+        timed_scenario(
+            "c layer, replays",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            post_replay,
+        )
+        .await?,
+    );
+
+    // (d) duplicate storm
+    rows.push(storm(&client, &layered, &pool, args.storm_keys, args.storm_size).await?);
+
+    // (e) the ceiling: single-INSERT transactions, no HTTP
+    rows.push(ceiling(&pool, args.concurrency, warmup, timed).await?);
+
+    let rps = |i: usize| rows[i].requests_per_sec;
+    Ok(Report {
+        concurrency: args.concurrency,
+        duration_secs: args.duration,
+        layer_unique_over_bare: rps(1) / rps(0),
+        layer_replay_over_bare: rps(2) / rps(0),
+        bare_over_ceiling: rps(0) / rps(4),
+        rows,
+    })
+}
+
+async fn serve(router: axum::Router) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "benchmark server failed");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+async fn payments_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(pool)
+        .await
+}
+
+/// Requests made by one client loop, with their latencies.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Samples {
+    fn merge(mut all: Vec<Samples>) -> Samples {
+        let mut merged = all.pop().unwrap_or_default();
+        for s in all {
+            merged.latencies.extend(s.latencies);
+            merged.errors += s.errors;
+        }
+        merged.latencies.sort_unstable();
+        merged
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[rank.min(self.latencies.len() - 1)].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `concurrency` client loops for `warmup` (not counted), then for `duration`.
+async fn timed_scenario<F>(
+    name: &'static str,
+    pool: &PgPool,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    request: F,
+) -> Result<Row, Box<dyn std::error::Error + Send + Sync>>
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+{
+    drive(concurrency, warmup, request.clone()).await;
+    let before = payments_count(pool).await?;
+    let started = Instant::now();
+    let samples = drive(concurrency, duration, request).await;
+    let elapsed = started.elapsed();
+    let executions = payments_count(pool).await? - before;
+    Ok(row(name, &samples, elapsed, executions))
+}
+
+async fn drive<F>(concurrency: usize, duration: Duration, request: F) -> Samples
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+{
+    let deadline = Instant::now() + duration;
+    let workers = (0..concurrency).map(|w| {
+        let request = request.clone();
+        tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut i = w;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let ok = match request(i).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    samples.latencies.push(started.elapsed());
+                } else {
+                    samples.errors += 1;
+                }
+                i += concurrency;
+            }
+            samples
+        })
+    });
+    let done = futures_util::future::join_all(workers).await;
+    Samples::merge(done.into_iter().filter_map(Result::ok).collect())
+}
+
+fn row(name: &'static str, samples: &Samples, elapsed: Duration, executions: i64) -> Row {
+    Row {
+        scenario: name,
+        requests: samples.latencies.len(),
+        errors: samples.errors,
+        requests_per_sec: samples.latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: samples.percentile_ms(0.50),
+        p99_ms: samples.percentile_ms(0.99),
+        executions,
+    }
+}
+
+/// `size` concurrent requests for each of `keys` keys, one key after the other.
+async fn storm(
+    client: &reqwest::Client,
+    base: &str,
+    pool: &PgPool,
+    keys: usize,
+    size: usize,
+) -> Result<Row, Box<dyn std::error::Error + Send + Sync>> {
+    let before = payments_count(pool).await?;
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for k in 0..keys {
+        let key = format!("storm-{}-{k}", uuid::Uuid::new_v4());
+        let requests = (0..size).map(|_| {
+            let req = client
+                .post(format!("{base}/payments"))
+                .header("x-tenant-id", "bench")
+                .header("idempotency-key", &key)
+                .header("content-type", "application/json")
+                .body(BODY);
+            async move {
+                let started = Instant::now();
+                // 409 (still in flight past the wait) counts as an error here.
+                let ok = match req.send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                (ok, started.elapsed())
+            }
+        });
+        let mut samples = Samples::default();
+        for (ok, latency) in futures_util::future::join_all(requests).await {
+            if ok {
+                samples.latencies.push(latency);
+            } else {
+                samples.errors += 1;
+            }
+        }
+        all.push(samples);
+    }
+    let elapsed = started.elapsed();
+    let executions = payments_count(pool).await? - before;
+    Ok(row(
+        "d duplicate storm",
+        &Samples::merge(all),
+        elapsed,
+        executions,
+    ))
+}
+
+/// Single-INSERT transactions through sqlx from `concurrency` tasks.
+async fn ceiling(
+    pool: &PgPool,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Row, Box<dyn std::error::Error + Send + Sync>> {
+    let insert = |pool: PgPool, deadline: Instant| async move {
+        let mut samples = Samples::default();
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            let done = sqlx::query(
+                "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
+                 VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .execute(&pool)
+            .await;
+            match done {
+                Ok(_) => samples.latencies.push(started.elapsed()),
+                Err(_) => samples.errors += 1,
+            }
+        }
+        samples
+    };
+    let run = |duration: Duration| {
+        let deadline = Instant::now() + duration;
+        let tasks = (0..concurrency).map(|_| tokio::spawn(insert(pool.clone(), deadline)));
+        futures_util::future::join_all(tasks)
+    };
+    run(warmup).await;
+    let before = payments_count(pool).await?;
+    let started = Instant::now();
+    let samples: Vec<Samples> = run(duration)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let elapsed = started.elapsed();
+    let executions = payments_count(pool).await? - before;
+    Ok(row(
+        "e ceiling: sqlx INSERT",
+        &Samples::merge(samples),
+        elapsed,
+        executions,
+    ))
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "idem benchmark: concurrency {}, {} s per timed scenario",
+        report.concurrency, report.duration_secs
+    );
+    println!(
+        "{:<24} {:>9} {:>7} {:>10} {:>9} {:>9} {:>11}",
+        "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms", "executions"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<24} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>11}",
+            r.scenario, r.requests, r.errors, r.requests_per_sec, r.p50_ms, r.p99_ms, r.executions
+        );
+    }
+    println!(
+        "b/a (layer, unique keys / bare) = {:.2}   target >= 0.85",
+        report.layer_unique_over_bare
+    );
+    println!(
+        "c/a (layer, replays / bare)     = {:.2}   target >= 1.50",
+        report.layer_replay_over_bare
+    );
+    println!(
+        "a/e (bare / sqlx ceiling)       = {:.2}",
+        report.bare_over_ceiling
+    );
+}
