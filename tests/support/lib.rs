@@ -4,10 +4,12 @@
 
 pub mod app;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
 pub use pg::{TestDb, test_db, test_db_with};
+pub use process::ServiceProcess;
 pub use proxy::Proxy;
 
 use std::sync::Arc;

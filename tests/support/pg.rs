@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 /// A running Postgres server shared by the tests of one binary.
 pub struct PgServer {
+    url: String,
     options: PgConnectOptions,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -50,6 +51,7 @@ fn start_server() -> PgServer {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         return PgServer {
             options: PgConnectOptions::from_str(&url).expect("DATABASE_URL is a Postgres URL"),
+            url,
             stop: None,
             thread: None,
         };
@@ -96,6 +98,7 @@ fn start_server() -> PgServer {
         .unwrap_or_else(|e| panic!("Postgres container: {e}"));
     PgServer {
         options: PgConnectOptions::from_str(&url).expect("container URL"),
+        url,
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -110,6 +113,8 @@ pub struct TestDb {
     pub options: PgConnectOptions,
     /// The database's name.
     pub name: String,
+    /// A URL of the fresh database (for child processes).
+    pub url: String,
     _server: Arc<PgServer>,
 }
 
@@ -181,9 +186,23 @@ pub async fn test_db_with(max_connections: u32) -> TestDb {
     .await
     .expect("effects table");
     TestDb {
+        url: with_database(&server.url, &name),
         pool,
         options,
         name,
         _server: server,
     }
+}
+
+/// `url` with its database replaced by `name`, keeping credentials and parameters.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[host_start..]
+        .find('/')
+        .map_or(base.len(), |i| host_start + i);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{}/{name}{query}", &base[..host_end])
 }

@@ -133,14 +133,26 @@ fn validate(body: &[u8]) -> Result<Valid, String> {
 
 async fn create_payment(
     Extension(tenant): Extension<TenantId>,
+    delay: Option<Extension<HandlerDelay>>,
     mut tx: Tx,
     body: Bytes,
 ) -> Response {
-    match validate(&body) {
-        Ok(new) => created(insert_payment(&mut tx, &tenant, new).await),
-        Err(detail) => problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
+    let new = match validate(&body) {
+        Ok(new) => new,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
+    };
+    let payment = insert_payment(&mut tx, &tenant, new).await;
+    if let Some(Extension(HandlerDelay(delay))) = delay {
+        tokio::time::sleep(delay).await;
     }
+    created(payment)
 }
+
+/// A pause inside `POST /payments`, after its insert and before its answer, while the
+/// transaction is open. Only for failure tests (a crash or a lost connection in the
+/// middle of a request); `main` sets it from `PAYMENTS_HANDLER_DELAY_MS`.
+#[derive(Debug, Clone, Copy)]
+pub struct HandlerDelay(pub std::time::Duration);
 
 /// A validated payment request.
 struct Valid {

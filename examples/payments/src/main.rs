@@ -3,6 +3,8 @@
 //! Uses `DATABASE_URL` when set; otherwise starts a throwaway Postgres container
 //! (image from `IDEM_PG_IMAGE`, default `postgres:17`). Listens on `BIND` (default
 //! `127.0.0.1:3000`) and shuts down gracefully on Ctrl-C or SIGTERM.
+//! `PAYMENTS_HANDLER_DELAY_MS` (failure tests only) pauses every payment inside its
+//! handler, with its transaction open.
 
 use std::error::Error;
 
@@ -28,7 +30,20 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(address = %listener.local_addr()?, "payments listening");
-    axum::serve(listener, payments::app(pool.clone()))
+    let mut app = payments::app(pool.clone());
+    if let Some(ms) = std::env::var("PAYMENTS_HANDLER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(
+            ms,
+            "PAYMENTS_HANDLER_DELAY_MS: every payment waits inside its handler"
+        );
+        app = app.layer(axum::Extension(payments::HandlerDelay(
+            std::time::Duration::from_millis(ms),
+        )));
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
 
