@@ -41,6 +41,10 @@ struct Args {
     /// Completed keys the replay scenario cycles through.
     #[arg(long, default_value_t = 1000)]
     replay_keys: usize,
+    /// Run a container it starts with `fsync=off` (by default fsync is on, as in
+    /// production; ignored with `DATABASE_URL`).
+    #[arg(long)]
+    no_fsync: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -80,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let database = payments::DevDatabase::from_env().await?;
+    let database = payments::DevDatabase::from_env_with(!args.no_fsync).await?;
     let result = run(&args, &database.url).await;
     database.shutdown().await?;
     let report = result?;

@@ -81,12 +81,23 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
     let retention_secs = req.retention.as_secs_f64();
 
     for _ in 0..CLAIM_ATTEMPTS {
-        let inserted = sqlx::query(
-            "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied) \
-             INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
-             SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6) FROM cfg \
-             ON CONFLICT (tenant_id, key) DO NOTHING \
-             RETURNING set_config('lock_timeout', NULL, true)",
+        // One statement claims the key or, when a committed row is already visible to
+        // it, returns that row: a replay costs no second round trip.
+        let row = sqlx::query(
+            "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied), \
+             ins AS ( \
+               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
+               SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6) FROM cfg \
+               ON CONFLICT (tenant_id, key) DO NOTHING \
+               RETURNING set_config('lock_timeout', NULL, true) AS reset) \
+             SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
+               NULL::text[] AS response_header_names, NULL::bytea[] AS response_header_values, \
+               NULL::bytea AS response_body, NULL::timestamptz AS completed_at, \
+               NULL::timestamptz AS expires_at, now() AS db_now FROM ins \
+             UNION ALL \
+             SELECT false, fingerprint, response_status, response_header_names, \
+               response_header_values, response_body, completed_at, expires_at, now() \
+             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
         )
         .bind(req.tenant.as_str())
         .bind(req.key.as_str())
@@ -97,12 +108,19 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
         .bind(&lock_timeout)
         .fetch_optional(&mut *conn)
         .await?;
-        if inserted.is_some() {
-            return Ok(Claim::Claimed);
-        }
-
-        // A new statement, so a new snapshot: it sees the row that made the insert conflict.
-        let Some((record, now)) = select_record(&mut *conn, req.tenant, req.key).await? else {
+        let existing = match row {
+            Some(row) if row.try_get::<bool, _>("inserted")? => return Ok(Claim::Claimed),
+            Some(row) => Some(decode_record(&row)?),
+            None => None,
+        };
+        // Nothing visible to that statement: the insert waited for a transaction that
+        // committed the row after the statement's snapshot was taken. A new statement,
+        // so a new snapshot, sees it.
+        let existing = match existing {
+            Some(existing) => Some(existing),
+            None => select_record(&mut *conn, req.tenant, req.key).await?,
+        };
+        let Some((record, now)) = existing else {
             continue; // swept between the two statements; claim again
         };
         match decide(Some(&record), &req.fingerprint, now) {
