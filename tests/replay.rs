@@ -147,3 +147,40 @@ async fn get_requests_pass_through_untouched() {
     }
     assert_eq!(db.keys().await, 1, "GETs claim no keys");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_looked_up_before_the_transaction_are_the_same_answers() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.replay_lookup_first(true)).await;
+    let first = app
+        .post("/effects", "t1", Some("lf"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    assert!(!replayed(&first));
+    let first_body = first.bytes().await.expect("body");
+    for _ in 0..3 {
+        let retry = app
+            .post("/effects", "t1", Some("lf"), "n")
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(retry.status(), 201);
+        assert!(replayed(&retry));
+        assert_eq!(retry.bytes().await.expect("body"), first_body);
+    }
+    let other = app
+        .post("/effects", "t1", Some("lf"), "changed")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 422);
+    let fresh = app
+        .post("/effects", "t1", Some("lf-2"), "n")
+        .send()
+        .await
+        .expect("fresh");
+    assert!(!replayed(&fresh), "an unknown key still runs");
+    assert_eq!(db.effects().await, 2);
+}

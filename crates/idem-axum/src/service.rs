@@ -15,7 +15,8 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use idem_core::{
-    Fingerprint, IdempotencyKey, KeyError, Record, RecordState, StoredResponse, TenantId,
+    Decision, Fingerprint, IdempotencyKey, KeyError, Record, RecordState, StoredResponse, TenantId,
+    decide,
 };
 use idem_sqlx::{Claim, ClaimRequest, Completion};
 use sqlx::PgPool;
@@ -287,6 +288,9 @@ impl Job {
     {
         let config = &self.config;
         let retry_after = config.retry_after;
+        if let Some(answer) = self.answer_without_transaction().await {
+            return Ok(answer);
+        }
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(e) => {
@@ -437,6 +441,29 @@ impl Job {
             return Ok(outcome(problem.into_response(), "commit_failed"));
         }
         Ok(outcome(Response::from_parts(parts, body), "executed"))
+    }
+
+    /// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
+    /// pool, with no transaction at all. `None`: the request needs its transaction
+    /// (also when the read failed; the transaction reports the store's state).
+    async fn answer_without_transaction(&self) -> Option<Response<Body>> {
+        let keyed = self
+            .keyed
+            .as_ref()
+            .filter(|_| self.config.replay_lookup_first)?;
+        let (record, now) = idem_sqlx::lookup(&self.pool, &keyed.tenant, &keyed.key)
+            .await
+            .ok()??;
+        match decide(Some(&record), &keyed.fingerprint, now) {
+            Decision::Replay => Some(replay(&self.config, &record)),
+            Decision::Mismatch => {
+                let problem = Problem::KeyMismatch {
+                    status: self.config.mismatch_status,
+                };
+                Some(outcome(problem.into_response(), "mismatch"))
+            }
+            Decision::Execute | Decision::InFlight => None,
+        }
     }
 
     /// The store could not be reached: fail closed (503), or run the handler without

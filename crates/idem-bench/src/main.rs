@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Scenarios: (a) the payments POST handler doing its INSERT in a transaction, no
-//! layer; (b) the layer with unique keys; (c) the layer replaying completed keys; (d) a
+//! layer; (b) the layer with unique keys; (c) the layer replaying completed keys, and
+//! (c') the same with `replay_lookup_first`; (d) a
 //! duplicate storm, `--storm-size` concurrent requests per key over `--storm-keys`
 //! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
 //! no HTTP. Services run in-process on loopback sockets against Postgres
@@ -69,6 +70,7 @@ struct Report {
     rows: Vec<Row>,
     layer_unique_over_bare: f64,
     layer_replay_over_bare: f64,
+    lookup_first_replay_over_bare: f64,
     bare_over_ceiling: f64,
 }
 
@@ -108,6 +110,13 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
 
     let bare = serve(payments::bare_app(pool.clone())).await?;
     let layered = serve(payments::app(pool.clone())).await?;
+    let lookup_first = serve(payments::app_with(
+        pool.clone(),
+        idem_axum::IdempotencyLayer::new(pool.clone())
+            .canonical_json()
+            .replay_lookup_first(true),
+    ))
+    .await?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(connections as usize)
@@ -172,9 +181,9 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
             .map(|i| format!("replay-{i}"))
             .collect(),
     );
-    let post_replay = {
+    let replay_on = |base: &str| {
         let client = client.clone();
-        let url = format!("{layered}/payments");
+        let url = format!("{base}/payments");
         let keys = replay_keys.clone();
         move |i: usize| {
             client
@@ -185,6 +194,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
                 .body(BODY)
         }
     };
+    let post_replay = replay_on(&layered);
     for i in 0..replay_keys.len() {
         post_replay(i).send().await?.error_for_status()?;
     }
@@ -196,6 +206,18 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
             warmup,
             timed,
             post_replay,
+        )
+        .await?,
+    );
+    // (c') the same replays with `replay_lookup_first` (same database, same keys)
+    rows.push(
+        timed_scenario(
+            "c' replays, lookup first",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            replay_on(&lookup_first),
         )
         .await?,
     );
@@ -212,7 +234,8 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
         duration_secs: args.duration,
         layer_unique_over_bare: rps(1) / rps(0),
         layer_replay_over_bare: rps(2) / rps(0),
-        bare_over_ceiling: rps(0) / rps(4),
+        lookup_first_replay_over_bare: rps(3) / rps(0),
+        bare_over_ceiling: rps(0) / rps(5),
         rows,
     })
 }
@@ -428,12 +451,12 @@ fn print_table(report: &Report) {
         report.concurrency, report.duration_secs
     );
     println!(
-        "{:<24} {:>9} {:>7} {:>10} {:>9} {:>9} {:>11}",
+        "{:<26} {:>9} {:>7} {:>10} {:>9} {:>9} {:>11}",
         "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms", "executions"
     );
     for r in &report.rows {
         println!(
-            "{:<24} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>11}",
+            "{:<26} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>11}",
             r.scenario, r.requests, r.errors, r.requests_per_sec, r.p50_ms, r.p99_ms, r.executions
         );
     }
@@ -444,6 +467,10 @@ fn print_table(report: &Report) {
     println!(
         "c/a (layer, replays / bare)     = {:.2}   target >= 1.50",
         report.layer_replay_over_bare
+    );
+    println!(
+        "c'/a (lookup-first replays / bare) = {:.2}",
+        report.lookup_first_replay_over_bare
     );
     println!(
         "a/e (bare / sqlx ceiling)       = {:.2}",
