@@ -56,7 +56,6 @@ fn start_server() -> PgServer {
             thread: None,
         };
     }
-    let image = std::env::var("IDEM_TEST_PG_IMAGE").unwrap_or_else(|_| "postgres:17".to_owned());
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // The container is owned by a thread with its own runtime, so it outlives the
@@ -68,16 +67,10 @@ fn start_server() -> PgServer {
             .build()
             .expect("runtime for the Postgres container");
         rt.block_on(async move {
-            let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
-            let started = Postgres::default()
-                .with_name(name)
-                .with_tag(tag)
-                .start()
-                .await;
-            let container = match started {
+            let container = match postgres_image().start().await {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = url_tx.send(Err(format!("starting {image}: {e}")));
+                    let _ = url_tx.send(Err(format!("starting Postgres: {e}")));
                     return;
                 }
             };
@@ -177,14 +170,7 @@ pub async fn test_db_with(max_connections: u32) -> TestDb {
         .connect_with(options.clone())
         .await
         .expect("pool on the test database");
-    payments::migrate(&pool).await.expect("migrations");
-    sqlx::query(
-        "CREATE TABLE effects (id bigserial PRIMARY KEY, tenant_id text NOT NULL, \
-         note text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&pool)
-    .await
-    .expect("effects table");
+    prepare(&pool).await;
     TestDb {
         url: with_database(&server.url, &name),
         pool,
@@ -205,4 +191,24 @@ fn with_database(url: &str, name: &str) -> String {
         .map_or(base.len(), |i| host_start + i);
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     format!("{}/{name}{query}", &base[..host_end])
+}
+
+/// Applies idem's and the example's migrations and creates the effects router's table.
+pub async fn prepare(pool: &PgPool) {
+    payments::migrate(pool).await.expect("migrations");
+    sqlx::query(
+        "CREATE TABLE effects (id bigserial PRIMARY KEY, tenant_id text NOT NULL, \
+         note text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await
+    .expect("effects table");
+}
+
+/// The Postgres image the tests run (`IDEM_TEST_PG_IMAGE`, default `postgres:17`), as
+/// the Postgres module configured with it.
+pub fn postgres_image() -> testcontainers_modules::testcontainers::ContainerRequest<Postgres> {
+    let image = std::env::var("IDEM_TEST_PG_IMAGE").unwrap_or_else(|_| "postgres:17".to_owned());
+    let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+    Postgres::default().with_name(name).with_tag(tag)
 }
