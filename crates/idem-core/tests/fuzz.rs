@@ -1,0 +1,90 @@
+//! Fuzzing of the two parsers that read what the network sends: the idempotency key
+//! and the JSON body (canonical-JSON fingerprinting). `cargo fuzz` needs a nightly
+//! toolchain, so these are property tests with many cases; they run in every
+//! `cargo test`, bounded by their case count.
+
+use idem_core::{BodyMode, Fingerprint, IdempotencyKey, MAX_KEY_LEN, canonical_json};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 4096,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Header values as a hostile client might send them: arbitrary bytes, or quoted
+/// strings with escapes in odd places.
+fn header_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), 0x20u8..0x7f], 0..40)
+            .prop_map(|inner| {
+                let mut v = vec![b'"'];
+                v.extend(inner);
+                v.push(b'"');
+                v
+            }),
+    ]
+}
+
+/// A JSON value and a text of it pretty-printed with a random indent (whitespace
+/// between tokens, never inside strings).
+fn formatted_json() -> impl Strategy<Value = (serde_json::Value, String)> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i32>().prop_map(serde_json::Value::from),
+        "[a-z\"\\\\ é]{0,5}".prop_map(serde_json::Value::from),
+    ];
+    let value = leaf.prop_recursive(3, 20, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z]{1,3}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    (value, 0usize..5).prop_map(|(value, indent)| {
+        let indent = " ".repeat(indent);
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+        serde::Serialize::serialize(&value, &mut ser).expect("a Value serializes");
+        (value, String::from_utf8(out).expect("JSON is UTF-8"))
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn key_parsing_accepts_only_valid_keys_and_never_panics(value in header_value()) {
+        match IdempotencyKey::from_bytes(&value) {
+            Ok(key) => {
+                let k = key.as_str().as_bytes();
+                prop_assert!(!k.is_empty() && k.len() <= MAX_KEY_LEN);
+                prop_assert!(k.iter().all(|b| (0x21..=0x7e).contains(b)));
+                // A parsed key, quoted again, parses to itself.
+                let requoted = format!("\"{}\"", key.as_str().replace('\\', "\\\\").replace('"', "\\\""));
+                prop_assert_eq!(IdempotencyKey::parse(&requoted), Ok(key.clone()));
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn canonical_json_ignores_formatting_and_never_panics((value, text) in formatted_json()) {
+        let compact = serde_json::to_vec(&value).unwrap_or_default();
+        prop_assert_eq!(canonical_json(text.as_bytes()), canonical_json(&compact));
+        let fp = |body: &[u8]| Fingerprint::builder("POST", "/f").body(body, BodyMode::CanonicalJson).finish();
+        prop_assert_eq!(fp(text.as_bytes()), fp(&compact));
+    }
+
+    #[test]
+    fn canonical_json_on_arbitrary_bytes_is_a_fixed_point(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Some(canonical) = canonical_json(&bytes) {
+            prop_assert_eq!(canonical_json(&canonical), Some(canonical.clone()));
+            prop_assert!(std::str::from_utf8(&canonical).is_ok());
+        }
+    }
+}
