@@ -133,7 +133,15 @@ async fn effect(
     .await
     {
         Ok(id) => id,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        // As a real service would: the database is unavailable, try again.
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                e.to_string(),
+            )
+                .into_response();
+        }
     };
     drop(tx);
     if take_one(&faults.fail_next) {
