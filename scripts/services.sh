@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs and starts what the tests need, idempotently: a Docker engine and the local
-# Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name.
+# Installs and starts what the tests need, idempotently: a Docker engine, the local
+# Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name,
+# and nats-server with JetStream on 127.0.0.1:4222.
 # Needs root (apt-get, dockerd). Usage: scripts/services.sh
 set -euo pipefail
 
@@ -9,6 +10,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -28,3 +30,15 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 "$here/postgres-image.sh" "${1:-idem-postgres:15}"
+
+# NATS with JetStream on loopback, for the outbox relay's tests (IDEM_TEST_NATS_URL).
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  echo "starting nats-server (JetStream) on 127.0.0.1:4222"
+  store=$(mktemp -d)
+  nohup nats-server -js -a 127.0.0.1 -p 4222 -sd "$store" >"${TMPDIR:-/tmp}/idem-nats.log" 2>&1 &
+  for _ in $(seq 1 30); do
+    (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break
+    sleep 0.5
+  done
+  (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || { echo "nats-server did not start" >&2; exit 1; }
+fi

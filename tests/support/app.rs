@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use idem_axum::{IdempotencyLayer, TenantId, Tx};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, Tx};
+use idem_sqlx::Message;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -119,6 +120,7 @@ fn take_one(counter: &AtomicUsize) -> bool {
 async fn effect(
     Extension(tenant): Extension<TenantId>,
     Extension(faults): Extension<Arc<Faults>>,
+    key: Option<Extension<IdempotencyKey>>,
     Query(knobs): Query<Knobs>,
     mut tx: Tx,
     body: Bytes,
@@ -143,6 +145,13 @@ async fn effect(
                 .into_response();
         }
     };
+    let mut message = Message::new("effects.created", note.clone().into_bytes());
+    if let Some(Extension(key)) = &key {
+        message = message.from_request(&tenant, key);
+    }
+    if let Err(e) = idem_sqlx::enqueue(&mut tx, message).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+    }
     drop(tx);
     if take_one(&faults.fail_next) {
         return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
@@ -206,7 +215,8 @@ async fn count(Extension(pool): Extension<PgPool>) -> Json<i64> {
     Json(n)
 }
 
-/// A router whose handlers write one `effects` row per execution:
+/// A router whose handlers write one `effects` row (and enqueue one outbox message,
+/// topic `effects.created`) per execution:
 /// - `POST /effects?sleep_ms=&status=&body_bytes=`: writes, then answers 201 JSON with
 ///   `Location`, `ETag` and an `x-not-replayed` header (or the given status / body size);
 /// - `POST /panic`: writes, then panics;

@@ -3,11 +3,13 @@
 //! migrations applied, and services served on real sockets.
 
 pub mod app;
+pub mod nats;
 pub mod pg;
 pub mod process;
 pub mod proxy;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
+pub use nats::TestStream;
 pub use pg::{TestDb, test_db, test_db_with};
 pub use process::ServiceProcess;
 pub use proxy::Proxy;

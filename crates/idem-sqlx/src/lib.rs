@@ -1,5 +1,6 @@
 //! The Postgres store of `idem`: unique-constraint key claims, completion with the
-//! response, and replay lookup, all inside the caller's transaction.
+//! response, and replay lookup, all inside the caller's transaction; a transactional
+//! outbox with its relay; an inbox for idempotent consumers.
 //!
 //! The key claim, the handler's own writes and the stored response commit in one
 //! transaction: either all of it happened or none of it did. The tables live in the
@@ -46,9 +47,19 @@
 //! ```
 
 mod error;
+mod inbox;
 mod keys;
 mod migrate;
+#[cfg(feature = "nats")]
+mod nats;
+mod outbox;
+mod relay;
 
 pub use error::StoreError;
+pub use inbox::{InboxError, Processed, process};
 pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, sweep_expired};
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
+#[cfg(feature = "nats")]
+pub use nats::JetStreamSink;
+pub use outbox::{Message, OUTBOX_CHANNEL, OutboxMessage, dead_letters, enqueue, redrive};
+pub use relay::{OutboxRelay, Sink, SinkError};

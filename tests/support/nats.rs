@@ -1,0 +1,56 @@
+//! NATS JetStream for tests: the server at `IDEM_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`, which `scripts/services.sh` starts), one stream per test.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Context, stream};
+
+/// A JetStream stream of one test, deleted when the test calls [`TestStream::delete`].
+pub struct TestStream {
+    /// The JetStream context.
+    pub js: Context,
+    /// The stream's name.
+    pub name: String,
+    /// The subject prefix the stream captures (`<prefix>.>`).
+    pub prefix: String,
+}
+
+impl TestStream {
+    /// Creates a stream for `<unique prefix>.>` with the given duplicate window.
+    pub async fn create(duplicate_window: Duration) -> TestStream {
+        let url = std::env::var("IDEM_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let client = async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {url} (run scripts/services.sh): {e}"));
+        let js = jetstream::new(client);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("T{id}");
+        let prefix = format!("t{id}");
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .expect("create the test stream");
+        TestStream { js, name, prefix }
+    }
+
+    /// A subject inside the stream.
+    pub fn subject(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.prefix)
+    }
+
+    /// Messages stored in the stream.
+    pub async fn messages(&self) -> u64 {
+        let stream = self.js.get_stream(&self.name).await.expect("stream");
+        stream.get_info().await.expect("stream info").state.messages
+    }
+
+    /// Deletes the stream.
+    pub async fn delete(self) {
+        let _ = self.js.delete_stream(&self.name).await;
+    }
+}
