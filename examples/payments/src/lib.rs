@@ -15,6 +15,7 @@
 //! ```
 
 mod dev_db;
+pub mod ledger;
 
 pub use dev_db::DevDatabase;
 
@@ -26,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use idem_axum::{IdempotencyLayer, TenantId, Tx};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, Tx};
+use idem_sqlx::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -134,6 +136,8 @@ fn validate(body: &[u8]) -> Result<Valid, String> {
 async fn create_payment(
     Extension(tenant): Extension<TenantId>,
     delay: Option<Extension<HandlerDelay>>,
+    subject: Option<Extension<EventSubject>>,
+    key: Option<Extension<IdempotencyKey>>,
     mut tx: Tx,
     body: Bytes,
 ) -> Response {
@@ -141,11 +145,50 @@ async fn create_payment(
         Ok(new) => new,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
     };
-    let payment = insert_payment(&mut tx, &tenant, new).await;
+    let payment = match insert_payment(&mut tx, &tenant, new).await {
+        Ok(payment) => {
+            announce(
+                &mut tx,
+                &tenant,
+                key.as_ref().map(|k| &k.0),
+                subject,
+                payment,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if let Some(Extension(HandlerDelay(delay))) = delay {
         tokio::time::sleep(delay).await;
     }
     created(payment)
+}
+
+/// The subject `payment.created` messages go to (default
+/// [`ledger::PAYMENT_CREATED`]); an `Extension` of it overrides the default.
+#[derive(Debug, Clone)]
+pub struct EventSubject(pub String);
+
+/// Enqueues `payment.created` on the request's transaction: it commits with the payment
+/// and the stored response, or not at all.
+async fn announce(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    key: Option<&IdempotencyKey>,
+    subject: Option<Extension<EventSubject>>,
+    payment: Payment,
+) -> Result<Payment, sqlx::Error> {
+    let subject = subject.map_or_else(|| ledger::PAYMENT_CREATED.to_owned(), |s| s.0.0);
+    let payload = serde_json::to_vec(&payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut message = Message::new(subject, payload).header("content-type", "application/json");
+    if let Some(key) = key {
+        message = message.from_request(tenant, key);
+    }
+    match idem_sqlx::enqueue(conn, message).await {
+        Ok(_) => Ok(payment),
+        Err(idem_sqlx::StoreError::Database(e)) => Err(e),
+        Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
+    }
 }
 
 /// A pause inside `POST /payments`, after its insert and before its answer, while the
@@ -210,7 +253,8 @@ fn created(payment: Result<Payment, sqlx::Error>) -> Response {
 }
 
 /// The same service without the idempotency layer: `POST /payments` runs the same
-/// insert in its own transaction. The benchmark's baseline; not for production.
+/// insert and enqueue in its own transaction. The benchmark's baseline; not for
+/// production.
 pub fn bare_app(pool: PgPool) -> Router {
     Router::new()
         .route("/payments", post(create_payment_bare))
@@ -231,6 +275,7 @@ async fn create_payment_bare(
     let result = async {
         let mut tx = pool.begin().await?;
         let payment = insert_payment(&mut tx, &tenant, new).await?;
+        let payment = announce(&mut tx, &tenant, None, None, payment).await?;
         tx.commit().await?;
         Ok(payment)
     }
@@ -282,4 +327,32 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
         HeaderValue::from_static(idem_axum::PROBLEM_JSON),
     );
     response
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the signal to shut down gracefully.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
 }

@@ -1,0 +1,179 @@
+//! The inbox: the ledger consumer writes one row per payment, whether JetStream
+//! redelivers a message it did not see acknowledged, or the same message is published
+//! twice and stored under two stream sequence numbers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, PullConsumer};
+use futures_util::StreamExt;
+use idem_sqlx::{JetStreamSink, OutboxRelay, Processed};
+use idem_tests::{TestApp, TestDb, TestStream, test_db};
+use payments::EventSubject;
+
+async fn ledger_rows(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+        .fetch_one(&db.pool)
+        .await
+        .expect("ledger count")
+}
+
+async fn pull_consumer(stream: &TestStream) -> PullConsumer {
+    stream
+        .js
+        .get_stream(&stream.name)
+        .await
+        .expect("stream")
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("ledger".to_owned()),
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer")
+}
+
+async fn fetch(consumer: &PullConsumer, n: usize) -> Vec<async_nats::jetstream::Message> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut messages = Vec::new();
+    while let Some(m) = batch.next().await {
+        messages.push(m.expect("message"));
+    }
+    messages
+}
+
+/// Creates `n` payments through the example (each enqueues `payment.created` on the
+/// request's transaction) and relays them to the test stream.
+async fn payments_on_the_stream(db: &TestDb, stream: &TestStream, n: usize) {
+    let app = TestApp::spawn(
+        payments::app(db.pool.clone())
+            .layer(axum::Extension(EventSubject(stream.subject("created")))),
+    )
+    .await;
+    for i in 0..n {
+        let body = format!(r#"{{"amount":{},"currency":"EUR"}}"#, 100 + i);
+        let r = app
+            .post("/payments", "t1", Some(&format!("pay-{i}")), &body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
+    while relay.relay_once().await.expect("relay") > 0 {}
+    assert_eq!(stream.messages().await, n as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_writes_one_ledger_row() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    payments_on_the_stream(&db, &stream, 5).await;
+    let consumer = pull_consumer(&stream).await;
+
+    // First delivery: recorded, but the ack is withheld (as if the consumer crashed
+    // between its commit and its ack).
+    let first = fetch(&consumer, 5).await;
+    assert_eq!(first.len(), 5);
+    for m in &first {
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .expect("msg id");
+        let id = uuid::Uuid::parse_str(id.as_str()).expect("uuid");
+        let outcome = payments::ledger::record(&db.pool, id, &m.payload, "t1")
+            .await
+            .expect("record");
+        assert_eq!(outcome, Processed::Done(()));
+    }
+    assert_eq!(ledger_rows(&db).await, 5);
+
+    // JetStream redelivers after ack_wait; the inbox skips them and they are acked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = fetch(&consumer, 5).await;
+    assert_eq!(again.len(), 5, "every unacknowledged message came back");
+    for m in &again {
+        let outcome = payments::ledger::handle(&db.pool, m).await.expect("handle");
+        assert_eq!(outcome, Processed::Duplicate);
+    }
+    assert_eq!(ledger_rows(&db).await, 5, "one ledger row per payment");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fetch(&consumer, 5).await.is_empty(),
+        "acked messages are not redelivered"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_stored_twice_writes_one_ledger_row() {
+    let db = test_db().await;
+    // A short duplicate window, so JetStream stores a second publish of the same id.
+    let stream = TestStream::create(Duration::from_millis(100)).await;
+    payments_on_the_stream(&db, &stream, 1).await;
+    sqlx::query("UPDATE idem.outbox SET delivered_at = NULL")
+        .execute(&db.pool)
+        .await
+        .expect("relay it again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
+    relay.relay_once().await.expect("relay");
+    assert_eq!(
+        stream.messages().await,
+        2,
+        "two copies, two sequence numbers"
+    );
+
+    let consumer = pull_consumer(&stream).await;
+    let messages = fetch(&consumer, 2).await;
+    assert_eq!(messages.len(), 2);
+    let sequences: Vec<u64> = messages
+        .iter()
+        .map(|m| m.info().expect("info").stream_sequence)
+        .collect();
+    assert_ne!(sequences[0], sequences[1]);
+    let mut outcomes = Vec::new();
+    for m in &messages {
+        outcomes.push(payments::ledger::handle(&db.pool, m).await.expect("handle"));
+    }
+    assert_eq!(outcomes, vec![Processed::Done(()), Processed::Duplicate]);
+    assert_eq!(ledger_rows(&db).await, 1);
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
+    let db = test_db().await;
+    let id = uuid::Uuid::now_v7();
+    let failed = idem_sqlx::process(&db.pool, "ledger", id, |tx| {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO ledger_entries (payment_id, tenant_id, amount, currency, message_id) \
+                         VALUES (gen_random_uuid(), 't', 1, 'EUR', gen_random_uuid())",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+            Err::<(), String>("consumer failed after writing".into())
+        })
+    })
+    .await;
+    assert!(matches!(failed, Err(idem_sqlx::InboxError::Work(_))));
+    assert_eq!(ledger_rows(&db).await, 0, "the work rolled back");
+    let retried = idem_sqlx::process(&db.pool, "ledger", id, |_| {
+        Box::pin(async { Ok::<_, String>(7) })
+    })
+    .await
+    .expect("retry");
+    assert_eq!(
+        retried,
+        Processed::Done(7),
+        "the message id was not recorded by the failure"
+    );
+}
