@@ -54,6 +54,8 @@ mod migrate;
 mod nats;
 mod outbox;
 mod relay;
+#[cfg(feature = "http")]
+mod webhook;
 
 pub use error::StoreError;
 pub use inbox::{InboxError, Processed, process};
@@ -63,3 +65,5 @@ pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 pub use nats::JetStreamSink;
 pub use outbox::{Message, OUTBOX_CHANNEL, OutboxMessage, dead_letters, enqueue, redrive};
 pub use relay::{OutboxRelay, Sink, SinkError};
+#[cfg(feature = "http")]
+pub use webhook::WebhookSink;
