@@ -341,3 +341,28 @@ async fn a_message_with_an_unpublishable_header_is_dead_lettered_not_panicked_on
     assert_eq!(stream.messages().await, 0);
     stream.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_wakes_on_notify_without_waiting_for_its_poll() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    let shutdown = CancellationToken::new();
+    // Polls only once a minute: a prompt delivery can only come from NOTIFY.
+    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
+        .poll_interval(Duration::from_secs(60));
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, listening
+    enqueue_many(&db, &stream.subject("orders"), 3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while undelivered(&db).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit's NOTIFY did not wake the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stream.messages().await, 3);
+    shutdown.cancel();
+    task.await.expect("join").expect("relay");
+    stream.delete().await;
+}
