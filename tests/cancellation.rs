@@ -44,12 +44,5 @@ async fn a_disconnected_client_neither_loses_nor_tears_the_request() {
         "the retry receives the response the client missed"
     );
     assert_eq!(db.effects().await, 1);
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&db.name)
-    .fetch_one(&db.pool)
-    .await
-    .expect("pg_stat_activity");
-    assert_eq!(open, 0);
+    assert_eq!(db.transactions_left_open().await, 0);
 }

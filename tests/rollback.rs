@@ -4,18 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use idem_tests::{TestDb, effects_app, problem_type, replayed, test_db};
-
-async fn transactions_left_open(db: &TestDb) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&db.name)
-    .fetch_one(&db.pool)
-    .await
-    .expect("pg_stat_activity")
-}
+use idem_tests::{effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_response_stores_nothing_rolls_back_and_the_retry_executes() {
@@ -120,7 +109,7 @@ async fn a_panicking_handler_rolls_back_and_returns_its_connection_to_the_pool()
         db.pool.num_idle() as u32,
         "every connection is back"
     );
-    assert_eq!(transactions_left_open(&db).await, 0);
+    assert_eq!(db.transactions_left_open().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,5 +126,5 @@ async fn a_tx_kept_beyond_the_handler_commits_nothing() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(db.effects().await, 0);
     assert_eq!(db.keys().await, 0);
-    assert_eq!(transactions_left_open(&db).await, 0);
+    assert_eq!(db.transactions_left_open().await, 0);
 }

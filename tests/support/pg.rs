@@ -137,6 +137,19 @@ impl TestDb {
         self.count("SELECT count(*) FROM payments").await
     }
 
+    /// Sessions on this database idle inside an open transaction: a leak, unless a
+    /// request is deliberately paused inside its handler.
+    pub async fn transactions_left_open(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await
+        .expect("pg_stat_activity")
+    }
+
     async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)

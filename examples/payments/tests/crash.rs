@@ -8,16 +8,6 @@ use idem_tests::{ServiceProcess, replayed, test_db};
 const BIN: &str = env!("CARGO_BIN_EXE_payments");
 const PAYMENT: &str = r#"{"amount":990,"currency":"EUR","reference":"crash"}"#;
 
-async fn open_transactions(db: &idem_tests::TestDb) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&db.name)
-    .fetch_one(&db.pool)
-    .await
-    .expect("pg_stat_activity")
-}
-
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check().await {
@@ -50,7 +40,7 @@ async fn a_process_killed_inside_the_handler_leaves_nothing_and_the_retry_execut
     let in_flight = tokio::spawn(post(&slow).send());
     // The handler has inserted its payment and sleeps with the transaction open.
     until("the handler to be inside its transaction", async || {
-        open_transactions(&db).await == 1
+        db.transactions_left_open().await == 1
     })
     .await;
     slow.kill().await;
@@ -61,7 +51,7 @@ async fn a_process_killed_inside_the_handler_leaves_nothing_and_the_retry_execut
 
     // Postgres rolls back the dead process's transaction: claim and payment alike.
     until("the dead transaction to end", async || {
-        open_transactions(&db).await == 0
+        db.transactions_left_open().await == 0
     })
     .await;
     assert_eq!(db.payments().await, 0);
