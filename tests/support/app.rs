@@ -135,22 +135,14 @@ async fn effect(
     .await
     {
         Ok(id) => id,
-        // As a real service would: the database is unavailable, try again.
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                e.to_string(),
-            )
-                .into_response();
-        }
+        Err(e) => return unavailable(e),
     };
     let mut message = Message::new("effects.created", note.clone().into_bytes());
     if let Some(Extension(key)) = &key {
         message = message.from_request(&tenant, key);
     }
     if let Err(e) = idem_sqlx::enqueue(&mut tx, message).await {
-        return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        return unavailable(e);
     }
     drop(tx);
     if take_one(&faults.fail_next) {
@@ -181,6 +173,16 @@ async fn effect(
     );
     headers.insert("x-not-replayed", HeaderValue::from_static("first-only"));
     response
+}
+
+/// As a real service would answer when its database fails: 503, try again.
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        e.to_string(),
+    )
+        .into_response()
 }
 
 async fn panics(mut tx: Tx) -> StatusCode {

@@ -29,6 +29,32 @@ use crate::tx::TxSlot;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What the layer needs of the service it wraps (axum's routers meet it).
+trait Inner<B>:
+    Service<Request<Body>, Response = Response<B>, Future: Send + 'static, Error: Send + 'static>
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Inner<B> for S
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
+/// What the layer needs of the wrapped service's response bodies.
+trait ResponseBody: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]
 pub struct IdempotencyService<S> {
@@ -152,11 +178,8 @@ async fn run_spawned<S, B>(
     req: Request<Body>,
 ) -> Result<Response<Body>, S::Error>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Inner<B>,
+    B: ResponseBody,
 {
     match tokio::spawn(job.run(inner, req).in_current_span()).await {
         Ok(result) => result,
@@ -177,11 +200,8 @@ fn spawn_job<S, B>(
     span: tracing::Span,
 ) -> ResponseFuture<S::Error>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Inner<B>,
+    B: ResponseBody,
 {
     ResponseFuture {
         inner: Box::pin(run_spawned(job, inner, req).instrument(span)),
@@ -190,10 +210,8 @@ where
 
 fn passthrough<S, B>(mut inner: S, req: Request<Body>) -> ResponseFuture<S::Error>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Inner<B>,
+    B: ResponseBody,
 {
     let fut = inner.call(req);
     ResponseFuture {
@@ -281,10 +299,8 @@ struct Job {
 impl Job {
     async fn run<S, B>(self, inner: S, mut req: Request<Body>) -> Result<Response<Body>, S::Error>
     where
-        S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Inner<B>,
+        B: ResponseBody,
     {
         let config = &self.config;
         let retry_after = config.retry_after;
@@ -474,10 +490,8 @@ impl Job {
         req: Request<Body>,
     ) -> Result<Response<Body>, S::Error>
     where
-        S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Inner<B>,
+        B: ResponseBody,
     {
         match self.config.failure_mode {
             FailureMode::Closed => {
