@@ -111,14 +111,10 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
         let existing = match row {
             Some(row) if row.try_get::<bool, _>("inserted")? => return Ok(Claim::Claimed),
             Some(row) => Some(decode_record(&row)?),
-            None => None,
-        };
-        // Nothing visible to that statement: the insert waited for a transaction that
-        // committed the row after the statement's snapshot was taken. A new statement,
-        // so a new snapshot, sees it.
-        let existing = match existing {
-            Some(existing) => Some(existing),
-            None => select_record(&mut *conn, req.tenant, req.key).await?,
+            // Nothing visible to that statement: the insert waited for a transaction
+            // that committed the row after the statement's snapshot was taken. A new
+            // statement, so a new snapshot, sees it.
+            None => lookup(&mut *conn, req.tenant, req.key).await?,
         };
         let Some((record, now)) = existing else {
             continue; // swept between the two statements; claim again
@@ -204,14 +200,6 @@ pub async fn complete(
 /// Reads the committed record of `(tenant, key)`, with the store's current time.
 /// Expired records are returned as they are; [`idem_core::decide`] treats them as absent.
 pub async fn lookup<'e>(
-    executor: impl PgExecutor<'e>,
-    tenant: &TenantId,
-    key: &IdempotencyKey,
-) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
-    select_record(executor, tenant, key).await
-}
-
-async fn select_record<'e>(
     executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,
