@@ -5,6 +5,7 @@ use std::time::Duration;
 use idem_core::{BodyMode, Fingerprint, IdempotencyKey, RecordState, StoredResponse, TenantId};
 use idem_sqlx::{Claim, ClaimRequest, Completion, StoreError};
 use idem_tests::test_db;
+use sqlx::postgres::PgPoolOptions;
 
 fn request<'a>(tenant: &'a TenantId, key: &'a IdempotencyKey, body: &[u8]) -> ClaimRequest<'a> {
     ClaimRequest {
@@ -53,6 +54,39 @@ async fn a_claim_leaves_the_transaction_lock_timeout_at_its_default() {
     assert_eq!(
         after, before,
         "the handler's statements are not bound by the claim's wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
+    let db = test_db().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET lock_timeout = '7s'")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(db.options.clone())
+        .await
+        .expect("pool");
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("k").expect("key");
+    let mut tx = pool.begin().await.expect("begin");
+    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+        .await
+        .expect("claim");
+    assert_eq!(claim, Claim::Claimed);
+    let inside: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("show");
+    assert_eq!(
+        inside, "7s",
+        "not the claim's 200ms wait, nor the server default"
     );
 }
 

@@ -60,8 +60,9 @@ pub enum Claim {
 /// `UPDATE` that only matches while it is still expired, so two requests cannot both
 /// take it over.
 ///
-/// On [`Claim::Claimed`] the transaction's `lock_timeout` is back at its default, so the
-/// handler's own statements are not bound by the claim's wait. On the other outcomes
+/// On [`Claim::Claimed`] the transaction's `lock_timeout` is back at what it was before
+/// the claim (a session's own setting included), so the handler's own statements are
+/// not bound by the claim's wait. On the other outcomes
 /// the caller should roll the transaction back.
 pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
     match claim_inner(conn, req).await {
@@ -84,12 +85,14 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
         // One statement claims the key or, when a committed row is already visible to
         // it, returns that row: a replay costs no second round trip.
         let row = sqlx::query(
-            "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied), \
+            "WITH saved AS MATERIALIZED ( \
+               SELECT set_config('idem.lock_timeout', current_setting('lock_timeout'), true) AS v), \
+             cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied FROM saved), \
              ins AS ( \
                INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
                SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6) FROM cfg \
                ON CONFLICT (tenant_id, key) DO NOTHING \
-               RETURNING set_config('lock_timeout', NULL, true) AS reset) \
+               RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) \
              SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
                NULL::text[] AS response_header_names, NULL::bytea[] AS response_header_values, \
                NULL::bytea AS response_body, NULL::timestamptz AS completed_at, \
@@ -131,7 +134,7 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
                        response_header_values = NULL, response_body = NULL, \
                        recovery_point = NULL, locked_until = NULL \
                      WHERE tenant_id = $1 AND key = $2 AND expires_at <= now() \
-                     RETURNING set_config('lock_timeout', NULL, true)",
+                     RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)",
                 )
                 .bind(req.tenant.as_str())
                 .bind(req.key.as_str())
