@@ -10,7 +10,9 @@
 //! (c') the same with `replay_lookup_first`; (d) a
 //! duplicate storm, `--storm-size` concurrent requests per key over `--storm-keys`
 //! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
-//! no HTTP. Services run in-process on loopback sockets against Postgres
+//! no HTTP; (a0) and (b0), the statements (a) and (b) send to the database, from this
+//! process through sqlx, no HTTP: their ratio is what the database alone allows b/a
+//! to reach. Services run in-process on loopback sockets against Postgres
 //! (`DATABASE_URL`, or a throwaway container from `IDEM_PG_IMAGE`).
 
 use std::sync::Arc;
@@ -72,12 +74,15 @@ struct Report {
     layer_replay_over_bare: f64,
     lookup_first_replay_over_bare: f64,
     bare_over_ceiling: f64,
+    layer_statements_over_bare_statements: f64,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const BODY: &str = r#"{"amount":1250,"currency":"EUR","reference":"bench"}"#;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
+async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     // Postgres allows 100 connections by default; keep a few for everyone else.
     let connections =
         u32::try_from((args.concurrency.max(args.storm_size) + 8).min(90)).unwrap_or(90);
@@ -226,7 +231,11 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
     rows.push(storm(&client, &layered, &pool, args.storm_keys, args.storm_size).await?);
 
     // (e) the ceiling: single-INSERT transactions, no HTTP
-    rows.push(ceiling(&pool, args.concurrency, warmup, timed).await?);
+    let db = |name, op| db_loop(name, &pool, args.concurrency, warmup, timed, op);
+    rows.push(db("e ceiling: sqlx INSERT", single_insert).await?);
+    // (a0), (b0): the statements of (a) and (b), no HTTP: the database's share.
+    rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
+    rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
 
     let rps = |i: usize| rows[i].requests_per_sec;
     Ok(Report {
@@ -236,6 +245,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, Box<dyn std::error::Error
         layer_replay_over_bare: rps(2) / rps(0),
         lookup_first_replay_over_bare: rps(3) / rps(0),
         bare_over_ceiling: rps(0) / rps(5),
+        layer_statements_over_bare_statements: rps(7) / rps(6),
         rows,
     })
 }
@@ -292,7 +302,7 @@ async fn timed_scenario<F>(
     warmup: Duration,
     duration: Duration,
     request: F,
-) -> Result<Row, Box<dyn std::error::Error + Send + Sync>>
+) -> Result<Row, BoxError>
 where
     F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
 {
@@ -354,7 +364,7 @@ async fn storm(
     pool: &PgPool,
     keys: usize,
     size: usize,
-) -> Result<Row, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Row, BoxError> {
     let before = payments_count(pool).await?;
     let started = Instant::now();
     let mut all = Vec::new();
@@ -397,26 +407,25 @@ async fn storm(
     ))
 }
 
-/// Single-INSERT transactions through sqlx from `concurrency` tasks.
-async fn ceiling(
+/// One unit of database work, run over and over by [`db_loop`].
+type DbOp = fn(PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>>;
+
+/// Runs `op` from `concurrency` tasks through the pool, no HTTP: for `warmup` (not
+/// counted), then for `duration`.
+async fn db_loop(
+    name: &'static str,
     pool: &PgPool,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> Result<Row, Box<dyn std::error::Error + Send + Sync>> {
-    let insert = |pool: PgPool, deadline: Instant| async move {
+    op: DbOp,
+) -> Result<Row, BoxError> {
+    let work = move |pool: PgPool, deadline: Instant| async move {
         let mut samples = Samples::default();
         while Instant::now() < deadline {
             let started = Instant::now();
-            let done = sqlx::query(
-                "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
-                 VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
-            )
-            .bind(uuid::Uuid::now_v7())
-            .execute(&pool)
-            .await;
-            match done {
-                Ok(_) => samples.latencies.push(started.elapsed()),
+            match op(pool.clone()).await {
+                Ok(()) => samples.latencies.push(started.elapsed()),
                 Err(_) => samples.errors += 1,
             }
         }
@@ -424,7 +433,7 @@ async fn ceiling(
     };
     let run = |duration: Duration| {
         let deadline = Instant::now() + duration;
-        let tasks = (0..concurrency).map(|_| tokio::spawn(insert(pool.clone(), deadline)));
+        let tasks = (0..concurrency).map(|_| tokio::spawn(work(pool.clone(), deadline)));
         futures_util::future::join_all(tasks)
     };
     run(warmup).await;
@@ -437,12 +446,97 @@ async fn ceiling(
         .collect();
     let elapsed = started.elapsed();
     let executions = payments_count(pool).await? - before;
-    Ok(row(
-        "e ceiling: sqlx INSERT",
-        &Samples::merge(samples),
-        elapsed,
-        executions,
-    ))
+    Ok(row(name, &Samples::merge(samples), elapsed, executions))
+}
+
+/// (e) The ceiling: a single-INSERT transaction.
+fn single_insert(pool: PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
+    Box::pin(async move {
+        sqlx::query(
+            "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
+             VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await?;
+        Ok(())
+    })
+}
+
+/// The handler's own statements: the payment's INSERT and the outbox message.
+async fn handler_statements(conn: &mut sqlx::PgConnection) -> Result<uuid::Uuid, BoxError> {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
+         VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let message = idem_sqlx::Message::new("payments.created", BODY.as_bytes().to_vec())
+        .header("content-type", "application/json");
+    idem_sqlx::enqueue(conn, message).await?;
+    Ok(id)
+}
+
+/// (a0) What the bare handler sends, without HTTP: BEGIN, the handler's statements,
+/// COMMIT.
+fn bare_statements(pool: PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
+    Box::pin(async move {
+        let mut tx = pool.begin().await?;
+        handler_statements(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+}
+
+/// (b0) What the layer sends for a new key, without HTTP: BEGIN, the claim, the
+/// handler's statements, the stored response (the size of the payments example's),
+/// COMMIT.
+fn layer_statements(
+    pool: PgPool,
+) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
+    Box::pin(async move {
+        let tenant = idem_core::TenantId::new("bench")?;
+        let key = idem_core::IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string())?;
+        let request = idem_sqlx::ClaimRequest {
+            tenant: &tenant,
+            key: &key,
+            fingerprint: idem_core::Fingerprint::builder("POST", "/payments")
+                .body(BODY.as_bytes(), idem_core::BodyMode::CanonicalJson)
+                .finish(),
+            method: "POST",
+            path: "/payments",
+            retention: Duration::from_secs(24 * 3600),
+            wait: Duration::from_secs(5),
+        };
+        let mut tx = pool.begin().await?;
+        match idem_sqlx::claim(&mut tx, &request).await? {
+            idem_sqlx::Claim::Claimed => {}
+            other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
+        }
+        let id = handler_statements(&mut tx).await?;
+        let response = idem_core::StoredResponse {
+            status: 201,
+            headers: vec![
+                ("content-type".into(), b"application/json".to_vec()),
+                ("location".into(), format!("/payments/{id}").into_bytes()),
+            ],
+            body: format!(
+                r#"{{"id":"{id}","amount":1250,"currency":"EUR","reference":"bench","status":"created","created_at":"2026-11-23T12:00:00.000000Z"}}"#
+            )
+            .into_bytes(),
+        };
+        idem_sqlx::complete(
+            &mut tx,
+            &tenant,
+            &key,
+            idem_sqlx::Completion::Response(&response),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    })
 }
 
 fn print_table(report: &Report) {
@@ -475,5 +569,9 @@ fn print_table(report: &Report) {
     println!(
         "a/e (bare / sqlx ceiling)       = {:.2}",
         report.bare_over_ceiling
+    );
+    println!(
+        "b0/a0 (the database's share: b/a's bound) = {:.2}",
+        report.layer_statements_over_bare_statements
     );
 }
