@@ -57,6 +57,13 @@ async fn a_claim_leaves_the_transaction_lock_timeout_at_its_default() {
     );
 }
 
+async fn lock_timeout(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(conn)
+        .await
+        .expect("show lock_timeout")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
     let db = test_db().await;
@@ -74,20 +81,33 @@ async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
         .await
         .expect("pool");
     let tenant = TenantId::new("t").expect("tenant");
-    let key = IdempotencyKey::parse("k").expect("key");
+    let taken = IdempotencyKey::parse("taken").expect("key");
     let mut tx = pool.begin().await.expect("begin");
-    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &taken, b"a"))
         .await
         .expect("claim");
     assert_eq!(claim, Claim::Claimed);
-    let inside: String = sqlx::query_scalar("SHOW lock_timeout")
-        .fetch_one(&mut *tx)
-        .await
-        .expect("show");
+    let inside = lock_timeout(&mut tx).await;
     assert_eq!(
         inside, "7s",
         "not the claim's 200ms wait, nor the server default"
     );
+    tx.commit().await.expect("commit");
+
+    // A claim that finds the key taken leaves its wait in force; a second claim in the
+    // same transaction (as after a key swept between two statements) still gives the
+    // handler the session's value back.
+    let mut tx = pool.begin().await.expect("begin");
+    let found = idem_sqlx::claim(&mut tx, &request(&tenant, &taken, b"b"))
+        .await
+        .expect("claim");
+    assert!(matches!(found, Claim::Mismatch(_)), "{found:?}");
+    let fresh = IdempotencyKey::parse("fresh").expect("key");
+    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &fresh, b"a"))
+        .await
+        .expect("claim");
+    assert_eq!(claim, Claim::Claimed);
+    assert_eq!(lock_timeout(&mut tx).await, "7s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

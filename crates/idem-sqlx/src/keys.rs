@@ -83,10 +83,14 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
 
     for _ in 0..CLAIM_ATTEMPTS {
         // One statement claims the key or, when a committed row is already visible to
-        // it, returns that row: a replay costs no second round trip.
+        // it, returns that row: a replay costs no second round trip. The value of
+        // lock_timeout before the first claim of the transaction is saved once (a
+        // claim that did not insert leaves the wait in force) and put back on success.
         let row = sqlx::query(
             "WITH saved AS MATERIALIZED ( \
-               SELECT set_config('idem.lock_timeout', current_setting('lock_timeout'), true) AS v), \
+               SELECT set_config('idem.lock_timeout', coalesce( \
+                 nullif(current_setting('idem.lock_timeout', true), ''), \
+                 current_setting('lock_timeout')), true) AS v), \
              cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied FROM saved), \
              ins AS ( \
                INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
