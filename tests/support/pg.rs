@@ -3,7 +3,8 @@
 //! `DATABASE_URL` set: that server is used. Otherwise a container is started through
 //! testcontainers' Postgres module with the image named by `IDEM_TEST_PG_IMAGE`
 //! (default `postgres:17`). The container lives in a guard shared by the running tests
-//! and is removed when the last of them drops it: nothing is left behind.
+//! and is removed when the last of them drops it: nothing is left behind. On a
+//! `DATABASE_URL` server each test drops its database when it ends.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
@@ -108,7 +109,40 @@ pub struct TestDb {
     pub name: String,
     /// A URL of the fresh database (for child processes).
     pub url: String,
-    _server: Arc<PgServer>,
+    server: Arc<PgServer>,
+}
+
+impl Drop for TestDb {
+    /// On a server of the developer's (`DATABASE_URL`), the test's database is dropped
+    /// with it; a container takes its databases along when it is removed.
+    fn drop(&mut self) {
+        if self.server.stop.is_some() {
+            return;
+        }
+        let options = self.server.options.clone();
+        let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime: the async work gets a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let mut admin = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(AssertSqlSafe(drop_sql))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admin.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("dropping test database {} failed: {e}", self.name);
+        }
+    }
 }
 
 impl TestDb {
@@ -189,7 +223,7 @@ pub async fn test_db_with(max_connections: u32) -> TestDb {
         pool,
         options,
         name,
-        _server: server,
+        server,
     }
 }
 
