@@ -45,6 +45,7 @@ pub(crate) struct Config {
     pub(crate) failure_mode: FailureMode,
     pub(crate) retry_after: Duration,
     pub(crate) replay_lookup_first: bool,
+    pub(crate) store_timeout: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +67,7 @@ impl Default for Config {
             failure_mode: FailureMode::Closed,
             retry_after: Duration::from_secs(1),
             replay_lookup_first: false,
+            store_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -98,6 +100,7 @@ impl Default for Config {
 /// | [`failure_mode`](Self::failure_mode) | closed (503 + Retry-After) |
 /// | [`retry_after`](Self::retry_after) | 1 s |
 /// | [`replay_lookup_first`](Self::replay_lookup_first) | off |
+/// | [`store_timeout`](Self::store_timeout) | 10 s (then 503 + Retry-After) |
 ///
 /// ```no_run
 /// use axum::{Router, routing::post, http::StatusCode};
@@ -234,6 +237,18 @@ impl IdempotencyLayer {
     /// benchmark's table in the README).
     pub fn replay_lookup_first(self, on: bool) -> Self {
         self.with(|c| c.replay_lookup_first = on)
+    }
+
+    /// How long a request waits for the store: to open its transaction and claim the
+    /// key (on top of [`in_flight_wait`](Self::in_flight_wait)), and to store the
+    /// response and commit. Past it the request gets 503 with Retry-After (or runs
+    /// without idempotency under [`FailureMode::Open`], before the handler) instead of
+    /// hanging on a store that stopped answering. The store work is not cut off
+    /// mid-statement: it goes on in the background, and a transaction it opens too late
+    /// is rolled back. A commit that finishes after the answer is found by the retry,
+    /// which replays it. The handler's own statements are not bounded by this.
+    pub fn store_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.store_timeout = timeout)
     }
 }
 

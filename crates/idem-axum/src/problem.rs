@@ -57,8 +57,9 @@ pub enum Problem {
         /// When to retry.
         retry_after: Duration,
     },
-    /// 503 `commit-failed`: the handler ran but its transaction did not commit; nothing
-    /// happened, and a retry runs again.
+    /// 503 `commit-failed`: the handler ran but its commit failed or was not confirmed
+    /// within the store timeout. A retry with the same key is safe either way: it
+    /// replays the request if the commit went through and runs it if not.
     CommitFailed {
         /// When to retry.
         retry_after: Duration,
@@ -177,8 +178,9 @@ impl Problem {
             Problem::StoreUnavailable { .. } => {
                 "The request was not processed; retry with the same idempotency key.".into()
             }
-            Problem::CommitFailed { .. } => "The request could not be committed and had no \
-                effect; retry with the same idempotency key."
+            Problem::CommitFailed { .. } => "The request's commit could not be confirmed; retry \
+                with the same idempotency key, which returns its result if it committed and \
+                runs it if it did not."
                 .into(),
             Problem::HandlerPanicked => {
                 "The request failed and had no effect; it may be retried.".into()

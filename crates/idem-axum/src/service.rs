@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -18,7 +19,7 @@ use idem_core::{
     Decision, Fingerprint, IdempotencyKey, KeyError, Record, RecordState, StoredResponse, TenantId,
     decide,
 };
-use idem_sqlx::{Claim, ClaimRequest, Completion};
+use idem_sqlx::{Claim, ClaimRequest, Completion, StoreError};
 use sqlx::PgPool;
 use tower::Service;
 use tracing::Instrument;
@@ -283,10 +284,23 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
 }
 
 /// What identifies a keyed request.
+#[derive(Clone)]
 struct Keyed {
     tenant: TenantId,
     key: IdempotencyKey,
     fingerprint: Fingerprint,
+}
+
+type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Where the store left a request before its handler.
+enum Opened {
+    /// The transaction the handler runs in (with the key claimed, when keyed).
+    Tx(PgTx),
+    /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...).
+    Answer(Response<Body>),
+    /// The store failed: fail closed or open.
+    Unavailable,
 }
 
 /// One request in a transaction, from the claim (when keyed) to the commit.
@@ -302,58 +316,32 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        let config = &self.config;
-        let retry_after = config.retry_after;
-        if let Some(answer) = self.answer_without_transaction().await {
-            return Ok(answer);
-        }
-        let mut tx = match self.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::warn!(error = %e, "idempotency store unavailable");
+        let config = self.config.clone();
+        let opening = open(
+            self.pool.clone(),
+            config.clone(),
+            self.keyed.clone(),
+            req.method().as_str().to_owned(),
+            req.uri().path().to_owned(),
+        );
+        // The claim may wait for a running duplicate first; the store's own bound
+        // comes on top of that wait.
+        let limit = config.store_timeout.saturating_add(config.in_flight_wait);
+        let opened = bounded(limit, opening, |opened| async move {
+            if let Opened::Tx(tx) = opened {
+                rollback(tx).await;
+            }
+        })
+        .await;
+        let tx = match opened {
+            Some(Opened::Tx(tx)) => tx,
+            Some(Opened::Answer(answer)) => return Ok(answer),
+            Some(Opened::Unavailable) => return self.unavailable(inner, req).await,
+            None => {
+                tracing::warn!("idempotency store did not answer within store_timeout");
                 return self.unavailable(inner, req).await;
             }
         };
-        if let Some(keyed) = &self.keyed {
-            let path = req.uri().path().to_owned();
-            let claim = ClaimRequest {
-                tenant: &keyed.tenant,
-                key: &keyed.key,
-                fingerprint: keyed.fingerprint,
-                method: req.method().as_str(),
-                path: &path,
-                retention: config.retention,
-                wait: config.in_flight_wait,
-            };
-            let claimed = idem_sqlx::claim(&mut tx, &claim).await;
-            if !matches!(claimed, Ok(Claim::Claimed)) {
-                rollback(tx).await;
-                return match claimed {
-                    Ok(Claim::Replay(record)) => Ok(replay(config, &record)),
-                    Ok(Claim::Mismatch(_)) => {
-                        let problem = Problem::KeyMismatch {
-                            status: config.mismatch_status,
-                        };
-                        Ok(outcome(problem.into_response(), "mismatch"))
-                    }
-                    Ok(Claim::InFlight | Claim::Claimed) => {
-                        let problem = Problem::InFlight { retry_after };
-                        Ok(outcome(problem.into_response(), "in_flight"))
-                    }
-                    Err(e) if e.is_unavailable() => {
-                        tracing::warn!(error = %e, "idempotency claim failed");
-                        self.unavailable(inner, req).await
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "idempotency claim failed");
-                        Ok(outcome(
-                            Problem::RecordCorrupt.into_response(),
-                            "store_error",
-                        ))
-                    }
-                };
-            }
-        }
 
         let slot = TxSlot::new(tx);
         req.extensions_mut().insert(slot.clone());
@@ -362,7 +350,7 @@ impl Job {
             req.extensions_mut().insert(keyed.tenant.clone());
         }
         let result = AssertUnwindSafe(call(inner, req)).catch_unwind().await;
-        let Some(mut tx) = slot.take() else {
+        let Some(tx) = slot.take() else {
             // A Tx outlived the handler; it rolls back when its holder drops it.
             tracing::error!("a Tx was still held when the handler returned; nothing committed");
             return Ok(outcome(
@@ -372,14 +360,14 @@ impl Job {
         };
         let response = match result {
             Err(_panic) => {
-                rollback(tx).await;
+                self.roll_back(tx).await;
                 return Ok(outcome(
                     Problem::HandlerPanicked.into_response(),
                     "panicked",
                 ));
             }
             Ok(Err(e)) => {
-                rollback(tx).await;
+                self.roll_back(tx).await;
                 tracing::Span::current().record("outcome", "handler_error");
                 return Err(e);
             }
@@ -387,18 +375,16 @@ impl Job {
         };
         let status = response.status();
         if !config.final_statuses.is_final(status.as_u16()) {
-            rollback(tx).await;
+            self.roll_back(tx).await;
             return Ok(outcome(response.map(Body::new), "rolled_back"));
         }
 
-        let Some(keyed) = &self.keyed else {
-            return Ok(match tx.commit().await {
+        let Some(keyed) = self.keyed.clone() else {
+            let committed =
+                self.bounded_commit(async move { tx.commit().await.map_err(StoreError::from) });
+            return Ok(match committed.await {
                 Ok(()) => outcome(response.map(Body::new), "committed"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "commit failed");
-                    let problem = Problem::CommitFailed { retry_after };
-                    outcome(problem.into_response(), "commit_failed")
-                }
+                Err(problem) => outcome(problem.into_response(), "commit_failed"),
             });
         };
         let (parts, body) = response.into_parts();
@@ -406,14 +392,14 @@ impl Job {
             Ok(buffered) => buffered,
             Err(e) => {
                 tracing::warn!(error = %e, "response body failed; rolling back");
-                rollback(tx).await;
+                self.roll_back(tx).await;
                 return Ok(outcome(
                     Problem::ResponseUnreadable.into_response(),
                     "rolled_back",
                 ));
             }
         };
-        let (completion_result, body) = match buffered {
+        let (stored, body) = match buffered {
             Buffered::Complete(bytes) => {
                 let stored = StoredResponse {
                     status: status.as_u16(),
@@ -425,61 +411,54 @@ impl Job {
                         .collect(),
                     body: bytes.to_vec(),
                 };
-                let done = idem_sqlx::complete(
-                    &mut tx,
-                    &keyed.tenant,
-                    &keyed.key,
-                    Completion::Response(&stored),
-                )
-                .await;
-                (done, Body::from(bytes))
+                (Some(stored), Body::from(bytes))
             }
-            Buffered::TooLarge(body) => {
-                let done = idem_sqlx::complete(
-                    &mut tx,
-                    &keyed.tenant,
-                    &keyed.key,
-                    Completion::StatusOnly(status.as_u16()),
-                )
-                .await;
-                (done, body)
-            }
+            Buffered::TooLarge(body) => (None, body),
         };
-        if let Err(e) = completion_result {
-            tracing::warn!(error = %e, "storing the response failed; rolling back");
-            rollback(tx).await;
-            let problem = Problem::CommitFailed { retry_after };
-            return Ok(outcome(problem.into_response(), "commit_failed"));
-        }
-        if let Err(e) = tx.commit().await {
-            tracing::warn!(error = %e, "commit failed");
-            let problem = Problem::CommitFailed { retry_after };
+        let committed = self.bounded_commit(async move {
+            let completion = match &stored {
+                Some(stored) => Completion::Response(stored),
+                None => Completion::StatusOnly(status.as_u16()),
+            };
+            let mut tx = tx;
+            let done = idem_sqlx::complete(&mut tx, &keyed.tenant, &keyed.key, completion).await;
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "storing the response failed; rolling back");
+                rollback(tx).await;
+                return Err(e);
+            }
+            tx.commit().await.map_err(StoreError::from)
+        });
+        if let Err(problem) = committed.await {
             return Ok(outcome(problem.into_response(), "commit_failed"));
         }
         Ok(outcome(Response::from_parts(parts, body), "executed"))
     }
 
-    /// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
-    /// pool, with no transaction at all. `None`: the request needs its transaction
-    /// (also when the read failed; the transaction reports the store's state).
-    async fn answer_without_transaction(&self) -> Option<Response<Body>> {
-        let keyed = self
-            .keyed
-            .as_ref()
-            .filter(|_| self.config.replay_lookup_first)?;
-        let (record, now) = idem_sqlx::lookup(&self.pool, &keyed.tenant, &keyed.key)
-            .await
-            .ok()??;
-        match decide(Some(&record), &keyed.fingerprint, now) {
-            Decision::Replay => Some(replay(&self.config, &record)),
-            Decision::Mismatch => {
-                let problem = Problem::KeyMismatch {
-                    status: self.config.mismatch_status,
-                };
-                Some(outcome(problem.into_response(), "mismatch"))
+    /// Stores and commits in a task of its own, bounded by `store_timeout`. Past the
+    /// bound the commit goes on, and the answer is 503: a retry replays the request if
+    /// it committed and runs it if it did not.
+    async fn bounded_commit(
+        &self,
+        commit: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) -> Result<(), Problem> {
+        let retry_after = self.config.retry_after;
+        match bounded(self.config.store_timeout, commit, |_| async {}).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "commit failed");
+                Err(Problem::CommitFailed { retry_after })
             }
-            Decision::Execute | Decision::InFlight => None,
+            None => {
+                tracing::warn!("commit not confirmed within store_timeout");
+                Err(Problem::CommitFailed { retry_after })
+            }
         }
+    }
+
+    /// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).
+    async fn roll_back(&self, tx: PgTx) {
+        bounded(self.config.store_timeout, rollback(tx), |()| async {}).await;
     }
 
     /// The store could not be reached: fail closed (503), or run the handler without
@@ -508,6 +487,125 @@ impl Job {
     }
 }
 
+/// Runs `work` (store work) in a task of its own and waits for it at most `limit`.
+/// Past the limit it answers `None` and leaves the work running: a sqlx future is
+/// never dropped in the middle of a statement (which could hand a connection back to
+/// the pool inside a transaction). `late` gets the work's result when it finishes.
+async fn bounded<T, L>(
+    limit: Duration,
+    work: impl Future<Output = T> + Send + 'static,
+    late: impl FnOnce(T) -> L + Send + 'static,
+) -> Option<T>
+where
+    T: Send + 'static,
+    L: Future<Output = ()> + Send + 'static,
+{
+    let mut task = tokio::spawn(work.in_current_span());
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "idempotency store task failed");
+            None
+        }
+        Err(_elapsed) => {
+            tokio::spawn(
+                async move {
+                    if let Ok(done) = task.await {
+                        late(done).await;
+                    }
+                }
+                .in_current_span(),
+            );
+            None
+        }
+    }
+}
+
+/// Everything before the handler: the replay lookup (with `replay_lookup_first`), the
+/// transaction, and the claim.
+async fn open(
+    pool: PgPool,
+    config: Arc<Config>,
+    keyed: Option<Keyed>,
+    method: String,
+    path: String,
+) -> Opened {
+    if let Some(answer) = answer_without_transaction(&pool, &config, keyed.as_ref()).await {
+        return Opened::Answer(answer);
+    }
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency store unavailable");
+            return Opened::Unavailable;
+        }
+    };
+    let Some(keyed) = keyed else {
+        return Opened::Tx(tx);
+    };
+    let claim = ClaimRequest {
+        tenant: &keyed.tenant,
+        key: &keyed.key,
+        fingerprint: keyed.fingerprint,
+        method: &method,
+        path: &path,
+        retention: config.retention,
+        wait: config.in_flight_wait,
+    };
+    let claimed = idem_sqlx::claim(&mut tx, &claim).await;
+    if let Ok(Claim::Claimed) = claimed {
+        return Opened::Tx(tx);
+    }
+    rollback(tx).await;
+    let retry_after = config.retry_after;
+    let answer = match claimed {
+        Ok(Claim::Replay(record)) => replay(&config, &record),
+        Ok(Claim::Mismatch(_)) => {
+            let problem = Problem::KeyMismatch {
+                status: config.mismatch_status,
+            };
+            outcome(problem.into_response(), "mismatch")
+        }
+        Ok(Claim::InFlight | Claim::Claimed) => {
+            let problem = Problem::InFlight { retry_after };
+            outcome(problem.into_response(), "in_flight")
+        }
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "idempotency claim failed");
+            return Opened::Unavailable;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "idempotency claim failed");
+            outcome(Problem::RecordCorrupt.into_response(), "store_error")
+        }
+    };
+    Opened::Answer(answer)
+}
+
+/// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
+/// pool, with no transaction at all. `None`: the request needs its transaction (also
+/// when the read failed; the transaction reports the store's state).
+async fn answer_without_transaction(
+    pool: &PgPool,
+    config: &Config,
+    keyed: Option<&Keyed>,
+) -> Option<Response<Body>> {
+    let keyed = keyed.filter(|_| config.replay_lookup_first)?;
+    let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
+        .await
+        .ok()??;
+    match decide(Some(&record), &keyed.fingerprint, now) {
+        Decision::Replay => Some(replay(config, &record)),
+        Decision::Mismatch => {
+            let problem = Problem::KeyMismatch {
+                status: config.mismatch_status,
+            };
+            Some(outcome(problem.into_response(), "mismatch"))
+        }
+        Decision::Execute | Decision::InFlight => None,
+    }
+}
+
 async fn call<S, B>(mut inner: S, req: Request<Body>) -> Result<Response<B>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -515,7 +613,7 @@ where
     inner.call(req).await
 }
 
-async fn rollback(tx: sqlx::Transaction<'static, sqlx::Postgres>) {
+async fn rollback(tx: PgTx) {
     if let Err(e) = tx.rollback().await {
         // The connection is closed rather than returned to the pool in a bad state.
         tracing::warn!(error = %e, "rollback failed");
