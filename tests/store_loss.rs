@@ -222,8 +222,9 @@ async fn a_frozen_store_gets_503_within_store_timeout_and_leaves_the_pool_clean(
     container.pause().await.expect("pause Postgres");
     let frozen_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(4000)).await;
-    container.unpause().await.expect("unpause Postgres");
+    // Taken before the call: the store may answer before the call returns.
     let thawed_at = Instant::now();
+    container.unpause().await.expect("unpause Postgres");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     running.store(false, Ordering::SeqCst);
     let mut outcomes = Vec::new();
@@ -233,21 +234,21 @@ async fn a_frozen_store_gets_503_within_store_timeout_and_leaves_the_pool_clean(
     wait_until_answering(&pool).await;
 
     // A request that began while the store was frozen was answered within its bound
-    // (the in-flight wait plus the store timeout, and some slack for this machine).
+    // (the in-flight wait plus the store timeout, and some slack for this machine):
+    // with 503 while the store stayed frozen, normally once it was back.
     let bound = store_timeout + in_flight_wait + Duration::from_millis(1000);
     let during: Vec<_> = outcomes
         .iter()
-        .filter(|o| o.started > frozen_at && o.started + bound < thawed_at)
+        .filter(|o| o.started > frozen_at && o.started < thawed_at)
         .collect();
-    assert!(
-        during.len() >= 4,
-        "requests were made while frozen: {}",
-        during.len()
-    );
     for o in &during {
-        assert_eq!(o.status, 503, "{}: answered while frozen", o.key);
         assert!(o.elapsed < bound, "{}: took {:?}", o.key, o.elapsed);
+        if o.started + o.elapsed < thawed_at {
+            assert_eq!(o.status, 503, "{}: answered while frozen", o.key);
+        }
     }
+    let refused = during.iter().filter(|o| o.status == 503).count();
+    assert!(refused >= 4, "503s while frozen: {refused}");
     every_key_ends_with_one_execution(&app, &pool, &outcomes).await;
 
     // Claims that completed after their 503 were rolled back, and no pooled connection

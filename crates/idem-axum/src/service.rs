@@ -435,8 +435,8 @@ impl Job {
         Ok(outcome(Response::from_parts(parts, body), "executed"))
     }
 
-    /// Stores and commits in a task of its own, bounded by `store_timeout`. Past the
-    /// bound the commit goes on, and the answer is 503: a retry replays the request if
+    /// Stores and commits, bounded by `store_timeout`. Past the bound the commit goes on
+    /// in a task of its own, and the answer is 503: a retry replays the request if
     /// it committed and runs it if it did not.
     async fn bounded_commit(
         &self,
@@ -487,10 +487,10 @@ impl Job {
     }
 }
 
-/// Runs `work` (store work) in a task of its own and waits for it at most `limit`.
-/// Past the limit it answers `None` and leaves the work running: a sqlx future is
-/// never dropped in the middle of a statement (which could hand a connection back to
-/// the pool inside a transaction). `late` gets the work's result when it finishes.
+/// Waits for `work` (store work) at most `limit`. Past the limit it answers `None` and
+/// moves the work, still pending, into a task of its own: a sqlx future is never
+/// dropped in the middle of a statement (which could hand a connection back to the
+/// pool inside a transaction). `late` gets the work's result when it finishes.
 async fn bounded<T, L>(
     limit: Duration,
     work: impl Future<Output = T> + Send + 'static,
@@ -500,22 +500,11 @@ where
     T: Send + 'static,
     L: Future<Output = ()> + Send + 'static,
 {
-    let mut task = tokio::spawn(work.in_current_span());
-    match tokio::time::timeout(limit, &mut task).await {
-        Ok(Ok(done)) => Some(done),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "idempotency store task failed");
-            None
-        }
+    let mut work = Box::pin(work);
+    match tokio::time::timeout(limit, &mut work).await {
+        Ok(done) => Some(done),
         Err(_elapsed) => {
-            tokio::spawn(
-                async move {
-                    if let Ok(done) = task.await {
-                        late(done).await;
-                    }
-                }
-                .in_current_span(),
-            );
+            tokio::spawn(async move { late(work.await).await }.in_current_span());
             None
         }
     }
