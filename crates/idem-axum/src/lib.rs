@@ -40,9 +40,12 @@
 //! See [`IdempotencyLayer`] for the options and [`Problem`] for every answer the layer
 //! makes itself.
 
+mod answer;
+mod body;
 mod layer;
 mod problem;
 mod service;
+mod store;
 mod tenant;
 mod tx;
 

@@ -5,27 +5,25 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
-use idem_core::{
-    Decision, Fingerprint, IdempotencyKey, KeyError, Record, RecordState, StoredResponse, TenantId,
-    decide,
-};
-use idem_sqlx::{Claim, ClaimRequest, Completion, StoreError};
+use idem_core::{Fingerprint, IdempotencyKey, KeyError, StoredResponse};
+use idem_sqlx::{Completion, StoreError};
 use sqlx::PgPool;
 use tower::Service;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::layer::{Config, FailureMode, IDEMPOTENT_REPLAYED};
+use crate::answer::outcome;
+use crate::body::{Buffered, buffer, read_body};
+use crate::layer::{Config, FailureMode};
+use crate::store::{Keyed, Opened, PgTx, bounded, open, rollback};
 use crate::tx::TxSlot;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -227,17 +225,6 @@ fn ready<E: Send + 'static>(problem: Problem) -> ResponseFuture<E> {
     }
 }
 
-/// Records the outcome on the request's span and passes the response on.
-fn outcome(response: Response<Body>, outcome: &'static str) -> Response<Body> {
-    tracing::Span::current().record("outcome", outcome);
-    tracing::debug!(
-        status = response.status().as_u16(),
-        outcome,
-        "idempotency outcome"
-    );
-    response
-}
-
 fn read_key(config: &Config, req: &Request<Body>) -> Result<Option<IdempotencyKey>, String> {
     let mut values = req.headers().get_all(&config.header).iter();
     let Some(value) = values.next() else {
@@ -267,40 +254,6 @@ fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
         );
     }
     builder.body(body, config.body_mode).finish()
-}
-
-/// Reads the request body into memory, up to a limit (413 beyond).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Problem::BodyTooLarge { limit })
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "request body unreadable");
-            Err(Problem::BodyUnreadable)
-        }
-    }
-}
-
-/// What identifies a keyed request.
-#[derive(Clone)]
-struct Keyed {
-    tenant: TenantId,
-    key: IdempotencyKey,
-    fingerprint: Fingerprint,
-}
-
-type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
-
-/// Where the store left a request before its handler.
-enum Opened {
-    /// The transaction the handler runs in (with the key claimed, when keyed).
-    Tx(PgTx),
-    /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...).
-    Answer(Response<Body>),
-    /// The store failed: fail closed or open.
-    Unavailable,
 }
 
 /// One request in a transaction, from the claim (when keyed) to the commit.
@@ -487,193 +440,9 @@ impl Job {
     }
 }
 
-/// Waits for `work` (store work) at most `limit`. Past the limit it answers `None` and
-/// moves the work, still pending, into a task of its own: a sqlx future is never
-/// dropped in the middle of a statement (which could hand a connection back to the
-/// pool inside a transaction). `late` gets the work's result when it finishes.
-async fn bounded<T, L>(
-    limit: Duration,
-    work: impl Future<Output = T> + Send + 'static,
-    late: impl FnOnce(T) -> L + Send + 'static,
-) -> Option<T>
-where
-    T: Send + 'static,
-    L: Future<Output = ()> + Send + 'static,
-{
-    let mut work = Box::pin(work);
-    match tokio::time::timeout(limit, &mut work).await {
-        Ok(done) => Some(done),
-        Err(_elapsed) => {
-            tokio::spawn(async move { late(work.await).await }.in_current_span());
-            None
-        }
-    }
-}
-
-/// Everything before the handler: the replay lookup (with `replay_lookup_first`), the
-/// transaction, and the claim.
-async fn open(
-    pool: PgPool,
-    config: Arc<Config>,
-    keyed: Option<Keyed>,
-    method: String,
-    path: String,
-) -> Opened {
-    if let Some(answer) = answer_without_transaction(&pool, &config, keyed.as_ref()).await {
-        return Opened::Answer(answer);
-    }
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::warn!(error = %e, "idempotency store unavailable");
-            return Opened::Unavailable;
-        }
-    };
-    let Some(keyed) = keyed else {
-        return Opened::Tx(tx);
-    };
-    let claim = ClaimRequest {
-        tenant: &keyed.tenant,
-        key: &keyed.key,
-        fingerprint: keyed.fingerprint,
-        method: &method,
-        path: &path,
-        retention: config.retention,
-        wait: config.in_flight_wait,
-    };
-    let claimed = idem_sqlx::claim(&mut tx, &claim).await;
-    if let Ok(Claim::Claimed) = claimed {
-        return Opened::Tx(tx);
-    }
-    rollback(tx).await;
-    let retry_after = config.retry_after;
-    let answer = match claimed {
-        Ok(Claim::Replay(record)) => replay(&config, &record),
-        Ok(Claim::Mismatch(_)) => {
-            let problem = Problem::KeyMismatch {
-                status: config.mismatch_status,
-            };
-            outcome(problem.into_response(), "mismatch")
-        }
-        Ok(Claim::InFlight | Claim::Claimed) => {
-            let problem = Problem::InFlight { retry_after };
-            outcome(problem.into_response(), "in_flight")
-        }
-        Err(e) if e.is_unavailable() => {
-            tracing::warn!(error = %e, "idempotency claim failed");
-            return Opened::Unavailable;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "idempotency claim failed");
-            outcome(Problem::RecordCorrupt.into_response(), "store_error")
-        }
-    };
-    Opened::Answer(answer)
-}
-
-/// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
-/// pool, with no transaction at all. `None`: the request needs its transaction (also
-/// when the read failed; the transaction reports the store's state).
-async fn answer_without_transaction(
-    pool: &PgPool,
-    config: &Config,
-    keyed: Option<&Keyed>,
-) -> Option<Response<Body>> {
-    let keyed = keyed.filter(|_| config.replay_lookup_first)?;
-    let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
-        .await
-        .ok()??;
-    match decide(Some(&record), &keyed.fingerprint, now) {
-        Decision::Replay => Some(replay(config, &record)),
-        Decision::Mismatch => {
-            let problem = Problem::KeyMismatch {
-                status: config.mismatch_status,
-            };
-            Some(outcome(problem.into_response(), "mismatch"))
-        }
-        Decision::Execute | Decision::InFlight => None,
-    }
-}
-
 async fn call<S, B>(mut inner: S, req: Request<Body>) -> Result<Response<B>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<B>>,
 {
     inner.call(req).await
-}
-
-async fn rollback(tx: PgTx) {
-    if let Err(e) = tx.rollback().await {
-        // The connection is closed rather than returned to the pool in a bad state.
-        tracing::warn!(error = %e, "rollback failed");
-    }
-}
-
-enum Buffered {
-    Complete(Bytes),
-    /// Over the limit: what was read so far, followed by the rest of the body.
-    TooLarge(Body),
-}
-
-async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, axum::Error> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                let head = buf.freeze();
-                let stream = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) })
-                    .chain(body.into_data_stream());
-                return Ok(Buffered::TooLarge(Body::from_stream(stream)));
-            }
-        }
-    }
-    Ok(Buffered::Complete(buf.freeze()))
-}
-
-fn replay(config: &Config, record: &Record) -> Response<Body> {
-    match &record.state {
-        RecordState::Completed(stored) => match replay_response(stored) {
-            Some(mut response) => {
-                response.headers_mut().insert(
-                    HeaderName::from_static(IDEMPOTENT_REPLAYED),
-                    HeaderValue::from_static("true"),
-                );
-                outcome(response, "replayed")
-            }
-            None => {
-                tracing::error!("stored response cannot be rebuilt");
-                outcome(Problem::RecordCorrupt.into_response(), "store_error")
-            }
-        },
-        RecordState::CompletedUnstored { status } => {
-            let problem = Problem::ResponseNotStored {
-                original_status: *status,
-            };
-            let mut response = problem.into_response();
-            response.headers_mut().insert(
-                HeaderName::from_static(IDEMPOTENT_REPLAYED),
-                HeaderValue::from_static("true"),
-            );
-            outcome(response, "replayed_unstored")
-        }
-        RecordState::InFlight => {
-            let problem = Problem::InFlight {
-                retry_after: config.retry_after,
-            };
-            outcome(problem.into_response(), "in_flight")
-        }
-    }
-}
-
-fn replay_response(stored: &StoredResponse) -> Option<Response<Body>> {
-    let mut response = Response::new(Body::from(stored.body.clone()));
-    *response.status_mut() = StatusCode::from_u16(stored.status).ok()?;
-    for (name, value) in &stored.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(value).ok()?;
-        response.headers_mut().append(name, value);
-    }
-    Some(response)
 }

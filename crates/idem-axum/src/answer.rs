@@ -1,0 +1,69 @@
+//! The answers the layer makes from the store: replays of stored responses, and the
+//! outcome each request records on its span.
+
+use axum::body::Body;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use idem_core::{Record, RecordState, StoredResponse};
+
+use crate::Problem;
+use crate::layer::{Config, IDEMPOTENT_REPLAYED};
+
+/// Records the outcome on the request's span and passes the response on.
+pub(crate) fn outcome(response: Response<Body>, outcome: &'static str) -> Response<Body> {
+    tracing::Span::current().record("outcome", outcome);
+    tracing::debug!(
+        status = response.status().as_u16(),
+        outcome,
+        "idempotency outcome"
+    );
+    response
+}
+
+/// The answer from a committed record: its stored response (marked replayed), 409
+/// `response-not-stored` when only its status was kept, or 409 `in-flight`.
+pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
+    match &record.state {
+        RecordState::Completed(stored) => match replay_response(stored) {
+            Some(mut response) => {
+                response.headers_mut().insert(
+                    HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                    HeaderValue::from_static("true"),
+                );
+                outcome(response, "replayed")
+            }
+            None => {
+                tracing::error!("stored response cannot be rebuilt");
+                outcome(Problem::RecordCorrupt.into_response(), "store_error")
+            }
+        },
+        RecordState::CompletedUnstored { status } => {
+            let problem = Problem::ResponseNotStored {
+                original_status: *status,
+            };
+            let mut response = problem.into_response();
+            response.headers_mut().insert(
+                HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+            outcome(response, "replayed_unstored")
+        }
+        RecordState::InFlight => {
+            let problem = Problem::InFlight {
+                retry_after: config.retry_after,
+            };
+            outcome(problem.into_response(), "in_flight")
+        }
+    }
+}
+
+/// The stored response as it was sent; `None` when a stored part no longer parses.
+fn replay_response(stored: &StoredResponse) -> Option<Response<Body>> {
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(stored.status).ok()?;
+    for (name, value) in &stored.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(value).ok()?;
+        response.headers_mut().append(name, value);
+    }
+    Some(response)
+}
