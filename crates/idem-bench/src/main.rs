@@ -463,35 +463,30 @@ fn single_insert(pool: PgPool) -> futures_util::future::BoxFuture<'static, Resul
     })
 }
 
-/// The handler's own statements: the payment's INSERT and the outbox message.
-async fn handler_statements(conn: &mut sqlx::PgConnection) -> Result<uuid::Uuid, BoxError> {
-    let id = uuid::Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
-         VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    let message = idem_sqlx::Message::new("payments.created", BODY.as_bytes().to_vec())
-        .header("content-type", "application/json");
-    idem_sqlx::enqueue(conn, message).await?;
-    Ok(id)
+/// The payments handler's own statements ([`payments::record`]), with or without a key.
+async fn handler_statements(
+    conn: &mut sqlx::PgConnection,
+    tenant: &idem_core::TenantId,
+    key: Option<&idem_core::IdempotencyKey>,
+) -> Result<payments::Payment, BoxError> {
+    let new = payments::validate(BODY.as_bytes())?;
+    Ok(payments::record(conn, tenant, key, None, new).await?)
 }
 
 /// (a0) What the bare handler sends, without HTTP: BEGIN, the handler's statements,
 /// COMMIT.
 fn bare_statements(pool: PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
     Box::pin(async move {
+        let tenant = idem_core::TenantId::new("bench")?;
         let mut tx = pool.begin().await?;
-        handler_statements(&mut tx).await?;
+        handler_statements(&mut tx, &tenant, None).await?;
         tx.commit().await?;
         Ok(())
     })
 }
 
 /// (b0) What the layer sends for a new key, without HTTP: BEGIN, the claim, the
-/// handler's statements, the stored response (the size of the payments example's),
+/// handler's statements, the stored response (the payment as the handler answers it),
 /// COMMIT.
 fn layer_statements(
     pool: PgPool,
@@ -515,17 +510,17 @@ fn layer_statements(
             idem_sqlx::Claim::Claimed => {}
             other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
         }
-        let id = handler_statements(&mut tx).await?;
+        let payment = handler_statements(&mut tx, &tenant, Some(&key)).await?;
         let response = idem_core::StoredResponse {
             status: 201,
             headers: vec![
                 ("content-type".into(), b"application/json".to_vec()),
-                ("location".into(), format!("/payments/{id}").into_bytes()),
+                (
+                    "location".into(),
+                    format!("/payments/{}", payment.id).into_bytes(),
+                ),
             ],
-            body: format!(
-                r#"{{"id":"{id}","amount":1250,"currency":"EUR","reference":"bench","status":"created","created_at":"2026-11-23T12:00:00.000000Z"}}"#
-            )
-            .into_bytes(),
+            body: serde_json::to_vec(&payment)?,
         };
         idem_sqlx::complete(
             &mut tx,

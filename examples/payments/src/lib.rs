@@ -112,7 +112,8 @@ struct NewPayment {
     reference: Option<String>,
 }
 
-fn validate(body: &[u8]) -> Result<Valid, String> {
+/// Parses and checks a `POST /payments` body; the error says what is wrong.
+pub fn validate(body: &[u8]) -> Result<Valid, String> {
     let new: NewPayment =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let amount = new
@@ -145,19 +146,9 @@ async fn create_payment(
         Ok(new) => new,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
     };
-    let payment = match insert_payment(&mut tx, &tenant, new).await {
-        Ok(payment) => {
-            announce(
-                &mut tx,
-                &tenant,
-                key.as_ref().map(|k| &k.0),
-                subject,
-                payment,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let subject = subject.map(|s| s.0.0);
+    let key = key.as_ref().map(|k| &k.0);
+    let payment = record(&mut tx, &tenant, key, subject, new).await;
     if let Some(Extension(HandlerDelay(delay))) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -169,16 +160,20 @@ async fn create_payment(
 #[derive(Debug, Clone)]
 pub struct EventSubject(pub String);
 
-/// Enqueues `payment.created` on the request's transaction: it commits with the payment
-/// and the stored response, or not at all.
-async fn announce(
+/// What `POST /payments` writes on its transaction, with or without the layer: the
+/// payment, and `payment.created` (to `subject`, by default
+/// [`ledger::PAYMENT_CREATED`]) in the outbox, so the message commits with the payment
+/// (and the stored response), or not at all. The benchmark sends exactly these
+/// statements.
+pub async fn record(
     conn: &mut PgConnection,
     tenant: &TenantId,
     key: Option<&IdempotencyKey>,
-    subject: Option<Extension<EventSubject>>,
-    payment: Payment,
+    subject: Option<String>,
+    new: Valid,
 ) -> Result<Payment, sqlx::Error> {
-    let subject = subject.map_or_else(|| ledger::PAYMENT_CREATED.to_owned(), |s| s.0.0);
+    let payment = insert_payment(conn, tenant, new).await?;
+    let subject = subject.unwrap_or_else(|| ledger::PAYMENT_CREATED.to_owned());
     let payload = serde_json::to_vec(&payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let mut message = Message::new(subject, payload).header("content-type", "application/json");
     if let Some(key) = key {
@@ -197,8 +192,9 @@ async fn announce(
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerDelay(pub std::time::Duration);
 
-/// A validated payment request.
-struct Valid {
+/// A validated payment request (from [`validate`]).
+#[derive(Debug, Clone)]
+pub struct Valid {
     amount: i64,
     currency: String,
     reference: Option<String>,
@@ -274,8 +270,7 @@ async fn create_payment_bare(
     };
     let result = async {
         let mut tx = pool.begin().await?;
-        let payment = insert_payment(&mut tx, &tenant, new).await?;
-        let payment = announce(&mut tx, &tenant, None, None, payment).await?;
+        let payment = record(&mut tx, &tenant, None, None, new).await?;
         tx.commit().await?;
         Ok(payment)
     }
