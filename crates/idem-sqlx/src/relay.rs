@@ -131,19 +131,15 @@ impl<S: Sink> OutboxRelay<S> {
     /// Runs until `shutdown` is cancelled. Store errors are logged and retried after
     /// the poll interval; the relay never gives up on its own.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
-                None
-            }
+        let listen = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(OUTBOX_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
         };
+        let mut listener = listen
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only"))
+            .ok();
         while !shutdown.is_cancelled() {
             let full = match self.relay_once().await {
                 Ok(n) => n as i64 >= self.batch_size,
