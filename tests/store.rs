@@ -123,9 +123,13 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
             .expect("claim"),
         Claim::Claimed
     );
-    idem_sqlx::complete(&mut tx, &tenant, &key, Completion::Response(&stored))
-        .await
-        .expect("complete");
+    idem_sqlx::complete(
+        &mut tx,
+        &request(&tenant, &key, b"a"),
+        Completion::Response(&stored),
+    )
+    .await
+    .expect("complete");
     tx.commit().await.expect("commit");
 
     let mut tx = db.pool.begin().await.expect("begin");
@@ -193,6 +197,11 @@ async fn completing_a_key_this_transaction_did_not_claim_is_an_error() {
     let tenant = TenantId::new("t").expect("tenant");
     let key = IdempotencyKey::parse("never-claimed").expect("key");
     let mut tx = db.pool.begin().await.expect("begin");
-    let err = idem_sqlx::complete(&mut tx, &tenant, &key, Completion::StatusOnly(201)).await;
+    let err = idem_sqlx::complete(
+        &mut tx,
+        &request(&tenant, &key, b"a"),
+        Completion::StatusOnly(201),
+    )
+    .await;
     assert!(matches!(err, Err(StoreError::NotClaimed)), "{err:?}");
 }

@@ -19,7 +19,7 @@ pub(crate) fn outcome(response: Response<Body>, outcome: &'static str) -> Respon
     response
 }
 
-/// The answer from a committed record: its stored response (marked replayed), 409
+/// The answer from a committed record: its stored response (marked replayed), 410
 /// `response-not-stored` when only its status was kept, or 409 `in-flight`.
 pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
     match &record.state {

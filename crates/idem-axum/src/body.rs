@@ -1,5 +1,7 @@
 //! Buffering of request and response bodies, each up to its limit.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -21,29 +23,45 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem
     }
 }
 
-/// A response body, read up to the storage limit.
+/// A response body, read up to the storage limit and the time bound.
 pub(crate) enum Buffered {
     /// The whole body, within the limit.
     Complete(Bytes),
     /// Over the limit: what was read so far, followed by the rest of the body.
     TooLarge(Body),
+    /// Not ended within the time bound (a stream): what was read so far, followed by
+    /// the rest as it comes.
+    Unfinished(Body),
 }
 
-/// Reads a response body up to `limit`; past it, hands back a body that streams what
-/// was read and then the rest.
-pub(crate) async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, axum::Error> {
+/// Reads a response body up to `limit` bytes and for at most `wait`; past either, hands
+/// back a body that streams what was read and then the rest.
+pub(crate) async fn buffer(
+    mut body: Body,
+    limit: usize,
+    wait: Duration,
+) -> Result<Buffered, axum::Error> {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame?,
+            Ok(None) => return Ok(Buffered::Complete(buf.freeze())),
+            Err(_elapsed) => return Ok(Buffered::Unfinished(rest(buf, body))),
+        };
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {
-                let head = buf.freeze();
-                let stream = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) })
-                    .chain(body.into_data_stream());
-                return Ok(Buffered::TooLarge(Body::from_stream(stream)));
+                return Ok(Buffered::TooLarge(rest(buf, body)));
             }
         }
     }
-    Ok(Buffered::Complete(buf.freeze()))
+}
+
+/// A body that sends `head`, then what is left of `body`.
+fn rest(head: BytesMut, body: Body) -> Body {
+    let head = head.freeze();
+    let stream = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) })
+        .chain(body.into_data_stream());
+    Body::from_stream(stream)
 }

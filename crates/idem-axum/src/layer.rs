@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 use idem_core::{BodyMode, FinalStatuses, HeaderAllowList, TenantId};
+use idem_sqlx::Isolation;
 use sqlx::PgPool;
 use tower::Layer;
 
+use crate::flight::Flights;
 use crate::{IdempotencyService, TenantSource};
 
 /// The header that carries the key, by default.
@@ -23,7 +25,13 @@ pub enum FailureMode {
     /// for requests with effects.
     #[default]
     Closed,
-    /// Run the handler without idempotency (and without a `Tx`). For low-risk routes.
+    /// Run the handler without idempotency, and without a `Tx`, when the store cannot
+    /// be reached at all (a connection cannot be had or the transaction cannot begin).
+    /// For low-risk routes whose handlers take `Option<Tx>` and do their work elsewhere
+    /// when it is `None` (a cache, a call that is idempotent by itself). Once a request
+    /// reached the store (its transaction is open), a later failure is answered 503 as
+    /// under `Closed`: another request may hold the key, and two handlers never run
+    /// for one key at once.
     Open,
 }
 
@@ -46,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) retry_after: Duration,
     pub(crate) replay_lookup_first: bool,
     pub(crate) store_timeout: Duration,
+    pub(crate) isolation: Isolation,
+    pub(crate) response_timeout: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +78,8 @@ impl Default for Config {
             retry_after: Duration::from_secs(1),
             replay_lookup_first: false,
             store_timeout: Duration::from_secs(10),
+            isolation: Isolation::ReadCommitted,
+            response_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -95,12 +107,17 @@ impl Default for Config {
 /// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
 /// | [`retention`](Self::retention) | 24 h |
-/// | [`final_statuses`](Self::final_statuses) | 2xx, 4xx but 408/409/425/429 |
-/// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link |
+/// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
+/// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
 /// | [`failure_mode`](Self::failure_mode) | closed (503 + Retry-After) |
 /// | [`retry_after`](Self::retry_after) | 1 s |
 /// | [`replay_lookup_first`](Self::replay_lookup_first) | off |
 /// | [`store_timeout`](Self::store_timeout) | 10 s (then 503 + Retry-After) |
+/// | [`isolation`](Self::isolation) | READ COMMITTED, whatever the server's default |
+/// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
+///
+/// Add it with [`Router::route_layer`](axum::Router::route_layer), so unknown routes
+/// and methods a route does not serve answer 404 and 405 untouched.
 ///
 /// ```no_run
 /// use axum::{Router, routing::post, http::StatusCode};
@@ -116,23 +133,27 @@ impl Default for Config {
 /// # async fn run(pool: sqlx::PgPool) {
 /// let app: Router = Router::new()
 ///     .route("/payments", post(pay))
-///     .layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+///     .route_layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer {
     pub(crate) pool: PgPool,
     pub(crate) config: Arc<Config>,
+    pub(crate) flights: Arc<Flights>,
 }
 
 impl IdempotencyLayer {
     /// A layer over this pool, with the defaults in the table above. Size the pool for
-    /// the concurrency of keyed requests: each holds one connection from the claim to
-    /// the commit (waiters on an in-flight key hold one too).
+    /// the concurrency of distinct keys in flight: each holds one connection from the
+    /// claim to the commit. Duplicates of a request running in this process wait in
+    /// memory on it (single flight) and hold no connection; every service made from
+    /// this layer (and its clones) shares them.
     pub fn new(pool: PgPool) -> Self {
         IdempotencyLayer {
             pool,
             config: Arc::new(Config::default()),
+            flights: Arc::new(Flights::default()),
         }
     }
 
@@ -187,7 +208,7 @@ impl IdempotencyLayer {
 
     /// The largest response body that is stored. A larger final response still
     /// commits (with its status only) and streams to the client; a retry then gets
-    /// 409 `response-not-stored` instead of a replay.
+    /// 410 `response-not-stored` instead of a replay.
     pub fn max_response_body(self, bytes: usize) -> Self {
         self.with(|c| c.max_response_body = bytes)
     }
@@ -204,12 +225,15 @@ impl IdempotencyLayer {
         self.with(|c| c.mismatch_status = status)
     }
 
-    /// How long a key counts after its request; afterwards it runs as new.
+    /// How long a key counts after its request completed; afterwards it runs as new.
+    /// Counted from completion, so a duplicate waiting on a slow request never finds
+    /// its key expired.
     pub fn retention(self, retention: Duration) -> Self {
         self.with(|c| c.retention = retention)
     }
 
-    /// Which statuses are final (stored, writes committed).
+    /// Which statuses are final (stored, writes committed). By default 2xx, 3xx (a
+    /// 303 See Other after a POST is the outcome), and 4xx but 408/409/425/429.
     pub fn final_statuses(self, statuses: FinalStatuses) -> Self {
         self.with(|c| c.final_statuses = statuses)
     }
@@ -250,6 +274,24 @@ impl IdempotencyLayer {
     pub fn store_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.store_timeout = timeout)
     }
+
+    /// The isolation level of the request's transaction. READ COMMITTED by default,
+    /// set in the `BEGIN` itself whatever the server's `default_transaction_isolation`
+    /// (the claim relies on it). A stricter level for a route's own writes keeps the
+    /// claim correct: a claim that fails to serialize starts over in a new transaction
+    /// (and then replays), and a commit that fails to serialize is not final (rolled
+    /// back, 503 `commit-failed` with Retry-After; a retry runs again).
+    pub fn isolation(self, isolation: Isolation) -> Self {
+        self.with(|c| c.isolation = isolation)
+    }
+
+    /// How long the layer waits for a final response's body to end before treating it
+    /// as a stream: the effects then commit with the status only, and the body passes
+    /// through as it comes (a retry gets 410 `response-not-stored`). Bodies of
+    /// streaming media types (`text/event-stream`) are never buffered.
+    pub fn response_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.response_timeout = timeout)
+    }
 }
 
 impl<S> Layer<S> for IdempotencyLayer {
@@ -260,6 +302,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             inner,
             pool: self.pool.clone(),
             config: self.config.clone(),
+            flights: self.flights.clone(),
         }
     }
 }

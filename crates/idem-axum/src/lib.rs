@@ -29,7 +29,7 @@
 //!
 //!     let app = Router::new()
 //!         .route("/payments", post(create_payment))
-//!         .layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+//!         .route_layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //!     axum::serve(listener, app).await?;
@@ -42,14 +42,19 @@
 
 mod answer;
 mod body;
+mod flight;
+mod handler;
+mod job;
 mod layer;
 mod problem;
 mod service;
+mod settle;
 mod store;
 mod tenant;
 mod tx;
 
 pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId};
+pub use idem_sqlx::Isolation;
 pub use layer::{FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};

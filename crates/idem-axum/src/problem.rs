@@ -46,8 +46,11 @@ pub enum Problem {
         /// When to retry.
         retry_after: Duration,
     },
-    /// 409 `response-not-stored`: the original request completed (its effects are
-    /// committed) but its response was too large to store, so it cannot be replayed.
+    /// 410 `response-not-stored`: the original request completed (its effects are
+    /// committed) but its response was not stored (a stream, or a body over the storage
+    /// limit), so it cannot be replayed. 410 rather than 409, which clients following
+    /// the IETF draft retry: retrying cannot bring the response back, so stop. The
+    /// body's `original_status` member says how the request was answered.
     ResponseNotStored {
         /// The status the original request answered with.
         original_status: u16,
@@ -66,6 +69,14 @@ pub enum Problem {
     },
     /// 500 `handler-panicked`: the handler panicked; its writes were rolled back.
     HandlerPanicked,
+    /// 500 `transaction-aborted`: the handler answered a success (2xx or 3xx) although
+    /// one of its statements had failed and aborted the transaction, so nothing it did
+    /// committed. Nothing is stored; a retry runs again.
+    TransactionAborted,
+    /// 500 `store-fault`: the store failed in a way retrying does not fix (for example
+    /// idem's tables are missing because the migrations were not run, or the database
+    /// role lacks a privilege); the log names the cause. Nothing committed.
+    StoreFault,
     /// 500 `transaction-held`: the handler kept its `Tx` beyond the request (for example
     /// by moving it into a spawned task); the layer cannot commit, so nothing happened.
     TransactionHeld,
@@ -75,7 +86,8 @@ pub enum Problem {
     /// 500 `record-corrupt`: a stored record could not be replayed.
     RecordCorrupt,
     /// 500 `transaction-unavailable`: a handler asked for `Tx` where the layer gave none
-    /// (the route is not behind the layer, or the method does not take part).
+    /// (the route is not behind the layer, the method does not take part, or the store
+    /// was unreachable on a route that fails open; such handlers take `Option<Tx>`).
     TransactionUnavailable,
 }
 
@@ -86,6 +98,8 @@ struct Body9457<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_status: Option<u16>,
 }
 
 impl Problem {
@@ -103,6 +117,8 @@ impl Problem {
             Problem::StoreUnavailable { .. } => "store-unavailable",
             Problem::CommitFailed { .. } => "commit-failed",
             Problem::HandlerPanicked => "handler-panicked",
+            Problem::TransactionAborted => "transaction-aborted",
+            Problem::StoreFault => "store-fault",
             Problem::TransactionHeld => "transaction-held",
             Problem::ResponseUnreadable => "response-unreadable",
             Problem::RecordCorrupt => "record-corrupt",
@@ -119,11 +135,14 @@ impl Problem {
             Problem::TenantUnresolved => StatusCode::UNAUTHORIZED,
             Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::KeyMismatch { status } => *status,
-            Problem::InFlight { .. } | Problem::ResponseNotStored { .. } => StatusCode::CONFLICT,
+            Problem::InFlight { .. } => StatusCode::CONFLICT,
+            Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } | Problem::CommitFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Problem::HandlerPanicked
+            | Problem::TransactionAborted
+            | Problem::StoreFault
             | Problem::TransactionHeld
             | Problem::ResponseUnreadable
             | Problem::RecordCorrupt
@@ -144,6 +163,8 @@ impl Problem {
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
             Problem::CommitFailed { .. } => "Request not committed",
             Problem::HandlerPanicked => "Handler failed",
+            Problem::TransactionAborted => "Transaction aborted",
+            Problem::StoreFault => "Idempotency store failed",
             Problem::TransactionHeld => "Transaction still held",
             Problem::ResponseUnreadable => "Response body failed",
             Problem::RecordCorrupt => "Stored response unreadable",
@@ -173,7 +194,7 @@ impl Problem {
             ),
             Problem::ResponseNotStored { original_status } => format!(
                 "The original request completed with status {original_status}, but its \
-                 response was too large to store and cannot be replayed."
+                 response was not stored and cannot be replayed. Do not retry this key."
             ),
             Problem::StoreUnavailable { .. } => {
                 "The request was not processed; retry with the same idempotency key.".into()
@@ -185,6 +206,12 @@ impl Problem {
             Problem::HandlerPanicked => {
                 "The request failed and had no effect; it may be retried.".into()
             }
+            Problem::TransactionAborted => "A statement of the request failed, so nothing it \
+                did was committed; it may be retried."
+                .into(),
+            Problem::StoreFault => "The request was not processed because of a server-side \
+                fault; retrying will not help until it is fixed."
+                .into(),
             Problem::TransactionHeld => "The request's transaction was still in use when the \
                 handler returned, so nothing was committed."
                 .into(),
@@ -213,6 +240,10 @@ impl Problem {
             title: self.title(),
             status: status.as_u16(),
             detail: self.detail(),
+            original_status: match &self {
+                Problem::ResponseNotStored { original_status } => Some(*original_status),
+                _ => None,
+            },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(Body::from(bytes));

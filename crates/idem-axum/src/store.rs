@@ -7,14 +7,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::Response;
-use idem_core::{Decision, Fingerprint, IdempotencyKey, TenantId, decide};
-use idem_sqlx::{Claim, ClaimRequest};
+use idem_core::{Decision, FailureKind, Fingerprint, IdempotencyKey, TenantId, decide};
+use idem_sqlx::{Claim, ClaimRequest, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::Problem;
 use crate::answer::{outcome, replay};
+use crate::flight::Landed;
 use crate::layer::Config;
+
+/// How many transactions a claim may take when serialization failures make it start
+/// over (only under REPEATABLE READ or SERIALIZABLE).
+const CLAIM_TRANSACTIONS: usize = 4;
 
 /// What identifies a keyed request.
 #[derive(Clone)]
@@ -22,6 +27,23 @@ pub(crate) struct Keyed {
     pub(crate) tenant: TenantId,
     pub(crate) key: IdempotencyKey,
     pub(crate) fingerprint: Fingerprint,
+    pub(crate) method: String,
+    pub(crate) path: String,
+}
+
+impl Keyed {
+    /// The claim (and completion) request for this key under `config`.
+    pub(crate) fn claim_request<'a>(&'a self, config: &Config) -> ClaimRequest<'a> {
+        ClaimRequest {
+            tenant: &self.tenant,
+            key: &self.key,
+            fingerprint: self.fingerprint,
+            method: &self.method,
+            path: &self.path,
+            retention: config.retention,
+            wait: config.in_flight_wait,
+        }
+    }
 }
 
 /// The request's transaction.
@@ -31,10 +53,12 @@ pub(crate) type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
 pub(crate) enum Opened {
     /// The transaction the handler runs in (with the key claimed, when keyed).
     Tx(PgTx),
-    /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...).
-    Answer(Response<Body>),
-    /// The store failed: fail closed or open.
-    Unavailable,
+    /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...),
+    /// and what it tells the request's duplicates.
+    Answer(Response<Body>, Landed),
+    /// The store could not be reached before anything was claimed: fail closed, or
+    /// open when the route allows it.
+    Unreachable,
 }
 
 /// Waits for `work` (store work) at most `limit`. Past the limit it answers `None` and
@@ -60,89 +84,170 @@ where
     }
 }
 
-/// Everything before the handler: the replay lookup (with `replay_lookup_first`), the
-/// transaction, and the claim.
-pub(crate) async fn open(
-    pool: PgPool,
-    config: Arc<Config>,
-    keyed: Option<Keyed>,
-    method: String,
-    path: String,
-) -> Opened {
-    if let Some(answer) = answer_without_transaction(&pool, &config, keyed.as_ref()).await {
-        return Opened::Answer(answer);
-    }
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
+/// Opens the request's transaction at the configured isolation level, bounded by
+/// `store_timeout`. `Err(Opened::Unreachable)` when the store could not be reached (the
+/// only case a route may fail open), another answer when the store failed otherwise.
+pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, Opened> {
+    let beginning = {
+        let pool = pool.clone();
+        let isolation = config.isolation;
+        async move { idem_sqlx::begin(&pool, isolation).await }
+    };
+    let begun = bounded(config.store_timeout, beginning, |begun| async move {
+        if let Ok(tx) = begun {
+            rollback(tx).await;
+        }
+    })
+    .await;
+    match begun {
+        Some(Ok(tx)) => Ok(tx),
+        Some(Err(e)) if e.is_unavailable() => {
             tracing::warn!(error = %e, "idempotency store unavailable");
-            return Opened::Unavailable;
+            Err(Opened::Unreachable)
+        }
+        Some(Err(e)) => Err(Opened::Answer(store_fault(&e), Landed::Unknown)),
+        None => {
+            tracing::warn!("idempotency store did not answer within store_timeout");
+            Err(Opened::Unreachable)
+        }
+    }
+}
+
+/// Everything before a keyed request's handler: the replay lookup (with
+/// `replay_lookup_first`), the transaction, and the claim, started over in a new
+/// transaction when a stricter isolation level makes the claim fail to serialize.
+pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keyed) -> Opened {
+    if let Some(answer) = answer_without_transaction(pool, config, keyed).await {
+        return answer;
+    }
+    for _ in 0..CLAIM_TRANSACTIONS {
+        let tx = match begin(pool, config).await {
+            Ok(tx) => tx,
+            Err(opened) => return opened,
+        };
+        match claim(tx, config, keyed).await {
+            Claimed::Tx(tx) => return Opened::Tx(tx),
+            Claimed::Answer(answer, landed) => return Opened::Answer(answer, landed),
+            Claimed::StartOver => continue,
+        }
+    }
+    tracing::error!("the claim kept failing to serialize; giving up");
+    Opened::Answer(
+        outcome(
+            Problem::InFlight {
+                retry_after: config.retry_after,
+            }
+            .into_response(),
+            "in_flight",
+        ),
+        Landed::Unknown,
+    )
+}
+
+/// The outcome of one claim attempt.
+enum Claimed {
+    Tx(PgTx),
+    Answer(Response<Body>, Landed),
+    /// A serialization failure: start over in a new transaction.
+    StartOver,
+}
+
+/// Claims the key on `tx`, bounded by `in_flight_wait` plus `store_timeout`. Past the
+/// bound the answer is 503: the transaction was open, so this is no longer a store
+/// that could not be reached, and the route never fails open from here (another
+/// request may hold the key).
+async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
+    let claiming = {
+        let (config, keyed) = (config.clone(), keyed.clone());
+        async move {
+            let mut tx = tx;
+            let claimed = idem_sqlx::claim(&mut tx, &keyed.claim_request(&config)).await;
+            (tx, claimed)
         }
     };
-    let Some(keyed) = keyed else {
-        return Opened::Tx(tx);
+    let limit = config.store_timeout.saturating_add(config.in_flight_wait);
+    let Some((tx, claimed)) = bounded(limit, claiming, |(tx, _)| rollback(tx)).await else {
+        tracing::warn!("the claim did not finish within in_flight_wait + store_timeout");
+        return Claimed::Answer(unavailable(config), Landed::Unknown);
     };
-    let claim = ClaimRequest {
-        tenant: &keyed.tenant,
-        key: &keyed.key,
-        fingerprint: keyed.fingerprint,
-        method: &method,
-        path: &path,
-        retention: config.retention,
-        wait: config.in_flight_wait,
-    };
-    let claimed = idem_sqlx::claim(&mut tx, &claim).await;
     if let Ok(Claim::Claimed) = claimed {
-        return Opened::Tx(tx);
+        return Claimed::Tx(tx);
     }
     rollback(tx).await;
     let retry_after = config.retry_after;
-    let answer = match claimed {
-        Ok(Claim::Replay(record)) => replay(&config, &record),
-        Ok(Claim::Mismatch(_)) => {
-            let problem = Problem::KeyMismatch {
-                status: config.mismatch_status,
-            };
-            outcome(problem.into_response(), "mismatch")
+    match claimed {
+        Ok(Claim::Replay(record)) => {
+            let answer = replay(config, &record);
+            Claimed::Answer(answer, Landed::Record(Box::new(record)))
+        }
+        Ok(Claim::Mismatch(record)) => {
+            Claimed::Answer(mismatch(config), Landed::Record(Box::new(record)))
         }
         Ok(Claim::InFlight | Claim::Claimed) => {
             let problem = Problem::InFlight { retry_after };
-            outcome(problem.into_response(), "in_flight")
+            Claimed::Answer(outcome(problem.into_response(), "in_flight"), Landed::Busy)
         }
-        Err(e) if e.is_unavailable() => {
-            tracing::warn!(error = %e, "idempotency claim failed");
-            return Opened::Unavailable;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "idempotency claim failed");
-            outcome(Problem::RecordCorrupt.into_response(), "store_error")
-        }
-    };
-    Opened::Answer(answer)
+        Err(e) => match e.kind() {
+            FailureKind::Serialization => {
+                tracing::debug!(error = %e, "the claim failed to serialize; starting over");
+                Claimed::StartOver
+            }
+            FailureKind::Unavailable => {
+                tracing::warn!(error = %e, "idempotency claim failed");
+                Claimed::Answer(unavailable(config), Landed::Unknown)
+            }
+            FailureKind::Fault => Claimed::Answer(store_fault(&e), Landed::Unknown),
+        },
+    }
 }
 
 /// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
 /// pool, with no transaction at all. `None`: the request needs its transaction (also
 /// when the read failed; the transaction reports the store's state).
-pub(crate) async fn answer_without_transaction(
+async fn answer_without_transaction(
     pool: &PgPool,
     config: &Config,
-    keyed: Option<&Keyed>,
-) -> Option<Response<Body>> {
-    let keyed = keyed.filter(|_| config.replay_lookup_first)?;
+    keyed: &Keyed,
+) -> Option<Opened> {
+    if !config.replay_lookup_first {
+        return None;
+    }
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
-    match decide(Some(&record), &keyed.fingerprint, now) {
-        Decision::Replay => Some(replay(config, &record)),
-        Decision::Mismatch => {
-            let problem = Problem::KeyMismatch {
-                status: config.mismatch_status,
-            };
-            Some(outcome(problem.into_response(), "mismatch"))
-        }
-        Decision::Execute | Decision::InFlight => None,
-    }
+    let answer = match decide(Some(&record), &keyed.fingerprint, now) {
+        Decision::Replay => replay(config, &record),
+        Decision::Mismatch => mismatch(config),
+        Decision::Execute | Decision::InFlight => return None,
+    };
+    Some(Opened::Answer(answer, Landed::Record(Box::new(record))))
+}
+
+/// 422 (or the configured status) `key-mismatch`.
+pub(crate) fn mismatch(config: &Config) -> Response<Body> {
+    let problem = Problem::KeyMismatch {
+        status: config.mismatch_status,
+    };
+    outcome(problem.into_response(), "mismatch")
+}
+
+/// 503 `store-unavailable` + Retry-After.
+pub(crate) fn unavailable(config: &Config) -> Response<Body> {
+    let problem = Problem::StoreUnavailable {
+        retry_after: config.retry_after,
+    };
+    outcome(problem.into_response(), "store_unavailable")
+}
+
+/// 500 `store-fault`, with a log line that names the cause: retrying does not help.
+pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
+    let hint = match e.sqlstate().as_deref() {
+        Some("42P01" | "3F000") => "; are idem's migrations applied (idem_sqlx::MIGRATOR)?",
+        Some("42501") => "; the database role lacks a privilege on the idem schema",
+        _ => "",
+    };
+    tracing::error!(error = %e, sqlstate = e.sqlstate().as_deref(), "idempotency store fault{hint}");
+    outcome(Problem::StoreFault.into_response(), "store_fault")
 }
 
 pub(crate) async fn rollback(tx: PgTx) {

@@ -3,7 +3,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -58,6 +58,10 @@ impl TxSlot {
 /// (committed on a final response; nothing is claimed or stored). On a request the
 /// layer does not handle (not behind the layer, or a method that does not take part)
 /// extraction fails with 500 `transaction-unavailable`.
+///
+/// `Option<Tx>` is `None` where the layer gave no transaction: a handler on a route
+/// that fails open ([`FailureMode::Open`](crate::FailureMode)) takes `Option<Tx>` and
+/// does its work without the store's transaction when the store is unreachable.
 pub struct Tx {
     guard: OwnedMappedMutexGuard<Option<PgTx>, PgTx>,
 }
@@ -84,6 +88,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Tx {
         OwnedMutexGuard::try_map(guard, Option::as_mut)
             .map(|guard| Tx { guard })
             .map_err(|_| Problem::TransactionUnavailable)
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Tx {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if parts.extensions.get::<TxSlot>().is_none() {
+            return Ok(None);
+        }
+        <Tx as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

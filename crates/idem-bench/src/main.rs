@@ -505,7 +505,7 @@ fn layer_statements(
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
         };
-        let mut tx = pool.begin().await?;
+        let mut tx = idem_sqlx::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
         match idem_sqlx::claim(&mut tx, &request).await? {
             idem_sqlx::Claim::Claimed => {}
             other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
@@ -524,8 +524,7 @@ fn layer_statements(
         };
         idem_sqlx::complete(
             &mut tx,
-            &tenant,
-            &key,
+            &request,
             idem_sqlx::Completion::Response(&response),
         )
         .await?;

@@ -37,15 +37,19 @@
 //! ```
 
 mod decision;
+mod failure;
 mod fingerprint;
 mod key;
 mod response;
+mod streaming;
 mod tenant;
 
 pub use decision::{Decision, Record, RecordState, decide};
+pub use failure::{FailureKind, aborted_answer_stands, classify_sqlstate};
 pub use fingerprint::{
     BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,
 };
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use response::{FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse};
+pub use streaming::{STREAMING_MEDIA_TYPES, streams_by_media_type};
 pub use tenant::{MAX_TENANT_LEN, TenantError, TenantId};

@@ -1,6 +1,11 @@
-//! Errors of the store.
+//! Errors of the store, and how each is classified.
 
+use idem_core::{FailureKind, classify_sqlstate};
 use thiserror::Error;
+
+/// SQLSTATE `in_failed_sql_transaction`: a statement was sent on a transaction that an
+/// earlier statement had already aborted.
+pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// What went wrong talking to the store.
 #[derive(Debug, Error)]
@@ -22,21 +27,46 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the error means the store is unreachable or failing (as opposed to a
-    /// bug or corrupt data); callers answer these with 503 and Retry-After.
-    pub fn is_unavailable(&self) -> bool {
+    /// The SQLSTATE the database reported, if the error came from the database.
+    pub fn sqlstate(&self) -> Option<String> {
         match self {
-            StoreError::Database(e) => !matches!(
-                e,
-                sqlx::Error::ColumnDecode { .. }
-                    | sqlx::Error::ColumnNotFound(_)
-                    | sqlx::Error::ColumnIndexOutOfBounds { .. }
-                    | sqlx::Error::TypeNotFound { .. }
-                    | sqlx::Error::Decode(_)
-                    | sqlx::Error::Encode(_)
-            ),
-            StoreError::Contended => true,
-            StoreError::Corrupt(_) | StoreError::NotClaimed => false,
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
         }
+    }
+
+    /// What kind of failure this is (see [`FailureKind`]): only connection, pool and
+    /// timeout failures are [`FailureKind::Unavailable`]; a missing table, a permission
+    /// error or a corrupt row is a [`FailureKind::Fault`].
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .map_or(FailureKind::Fault, |code| classify_sqlstate(&code)),
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed,
+            ) => FailureKind::Unavailable,
+            StoreError::Database(_) => FailureKind::Fault,
+            StoreError::Contended => FailureKind::Serialization,
+            StoreError::Corrupt(_) | StoreError::NotClaimed => FailureKind::Fault,
+        }
+    }
+
+    /// Whether the store is unreachable or shedding load (as opposed to a bug, a
+    /// misconfiguration or corrupt data); callers answer these with 503 and Retry-After.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == FailureKind::Unavailable
+    }
+
+    /// Whether the statement failed because the transaction had already been aborted
+    /// by an earlier failed statement (SQLSTATE 25P02): nothing of it can commit.
+    pub fn is_transaction_aborted(&self) -> bool {
+        self.sqlstate().as_deref() == Some(IN_FAILED_TRANSACTION)
     }
 }

@@ -1,4 +1,4 @@
-//! Claims, completion and replay lookup of idempotency keys, on the caller's connection.
+//! Claims, completion and replay lookup of idempotency keys, in the caller's transaction.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use idem_core::{
     Decision, Fingerprint, IdempotencyKey, Record, RecordState, StoredResponse, TenantId, decide,
 };
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{PgExecutor, PgTransaction, Row};
 
 use crate::StoreError;
 
@@ -30,7 +30,7 @@ pub struct ClaimRequest<'a> {
     pub method: &'a str,
     /// The request path, kept for operators.
     pub path: &'a str,
-    /// How long the key counts after it is claimed.
+    /// How long the key counts after its request completes.
     pub retention: Duration,
     /// How long to wait for a transaction that holds the same key to finish before
     /// answering [`Claim::InFlight`]. Zero waits (almost) not at all.
@@ -64,8 +64,18 @@ pub enum Claim {
 /// the claim (a session's own setting included), so the handler's own statements are
 /// not bound by the claim's wait. On the other outcomes
 /// the caller should roll the transaction back.
-pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
-    match claim_inner(conn, req).await {
+///
+/// The claim takes a transaction, never a bare connection: outside a transaction the
+/// claim would commit at once and the key would answer "in flight" until it expires.
+/// It is sound under READ COMMITTED (see [`Isolation`](crate::Isolation)). Under a
+/// stricter level a key committed after the transaction's snapshot fails the claim
+/// with a serialization failure ([`FailureKind::Serialization`](idem_core::FailureKind));
+/// roll back and claim again in a new transaction.
+pub async fn claim(
+    tx: &mut PgTransaction<'_>,
+    req: &ClaimRequest<'_>,
+) -> Result<Claim, StoreError> {
+    match claim_inner(tx, req).await {
         Err(StoreError::Database(sqlx::Error::Database(e)))
             if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
         {
@@ -75,7 +85,11 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Cl
     }
 }
 
-async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+async fn claim_inner(
+    tx: &mut PgTransaction<'_>,
+    req: &ClaimRequest<'_>,
+) -> Result<Claim, StoreError> {
+    let conn = &mut **tx;
     // lock_timeout = 0 disables the timeout; a zero wait means "do not wait".
     let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
     let lock_timeout = format!("{wait_ms}ms");
@@ -138,6 +152,7 @@ async fn claim_inner(conn: &mut PgConnection, req: &ClaimRequest<'_>) -> Result<
                        response_header_values = NULL, response_body = NULL, \
                        recovery_point = NULL, locked_until = NULL \
                      WHERE tenant_id = $1 AND key = $2 AND expires_at <= now() \
+                       AND completed_at IS NOT NULL \
                      RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)",
                 )
                 .bind(req.tenant.as_str())
@@ -167,40 +182,123 @@ pub enum Completion<'a> {
     StatusOnly(u16),
 }
 
-/// Stores the final response on the key this transaction claimed. Commit afterwards:
-/// the response becomes visible together with the handler's writes.
+/// Stores the final response on the key this transaction claimed, and starts the key's
+/// retention: it counts from completion, so a slow request never finds its own key
+/// expired. Commit afterwards: the response becomes visible together with the
+/// handler's writes.
+///
+/// Fails with [`StoreError::is_transaction_aborted`] when a statement of the handler
+/// had already aborted the transaction (nothing of it can commit; see [`record`]).
 pub async fn complete(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    key: &IdempotencyKey,
+    tx: &mut PgTransaction<'_>,
+    req: &ClaimRequest<'_>,
     completion: Completion<'_>,
 ) -> Result<(), StoreError> {
-    let (status, names, values, body) = match completion {
-        Completion::Response(r) => {
-            let (names, values): (Vec<String>, Vec<Vec<u8>>) = r.headers.iter().cloned().unzip();
-            (r.status, Some(names), Some(values), Some(r.body.as_slice()))
-        }
-        Completion::StatusOnly(status) => (status, None, None, None),
-    };
-    let status = i16::try_from(status)
-        .map_err(|_| StoreError::Corrupt(format!("status {status} out of range")))?;
+    let parts = CompletionParts::new(completion)?;
     let done = sqlx::query(
         "UPDATE idem.keys SET response_status = $3, response_header_names = $4, \
-           response_header_values = $5, response_body = $6, completed_at = now() \
+           response_header_values = $5, response_body = $6, completed_at = now(), \
+           expires_at = now() + make_interval(secs => $7) \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL",
     )
-    .bind(tenant.as_str())
-    .bind(key.as_str())
-    .bind(status)
-    .bind(names)
-    .bind(values)
-    .bind(body)
-    .execute(&mut *conn)
+    .bind(req.tenant.as_str())
+    .bind(req.key.as_str())
+    .bind(parts.status)
+    .bind(parts.names)
+    .bind(parts.values)
+    .bind(parts.body)
+    .bind(req.retention.as_secs_f64())
+    .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 1 {
         Ok(())
     } else {
         Err(StoreError::NotClaimed)
+    }
+}
+
+/// Records a finished request's answer in a statement of its own, outside the request's
+/// transaction: for a request whose transaction was aborted by one of its handler's
+/// statements (so none of its writes commit) but whose answer is final, such as a
+/// unique violation the handler maps to 422. A retry then replays that answer.
+///
+/// Waits at most `req.wait` for a transaction that holds the key. Returns `false` when
+/// the key is taken (another request claimed it meanwhile, or its live record exists):
+/// the answer is then not recorded.
+pub async fn record<'e>(
+    executor: impl PgExecutor<'e>,
+    req: &ClaimRequest<'_>,
+    completion: Completion<'_>,
+) -> Result<bool, StoreError> {
+    let parts = CompletionParts::new(completion)?;
+    let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
+    // Outside an explicit transaction the statement is its own transaction, so the
+    // local lock_timeout lasts exactly as long as the statement.
+    let written = sqlx::query(
+        "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
+         INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, response_status, \
+           response_header_names, response_header_values, response_body, created_at, \
+           completed_at, expires_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), \
+           now() + make_interval(secs => $10) FROM cfg \
+         ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+           method = EXCLUDED.method, path = EXCLUDED.path, \
+           response_status = EXCLUDED.response_status, \
+           response_header_names = EXCLUDED.response_header_names, \
+           response_header_values = EXCLUDED.response_header_values, \
+           response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
+           completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
+           recovery_point = NULL, locked_until = NULL \
+         WHERE idem.keys.expires_at <= now() AND idem.keys.completed_at IS NOT NULL",
+    )
+    .bind(req.tenant.as_str())
+    .bind(req.key.as_str())
+    .bind(req.fingerprint.as_bytes().as_slice())
+    .bind(req.method)
+    .bind(req.path)
+    .bind(parts.status)
+    .bind(parts.names)
+    .bind(parts.values)
+    .bind(parts.body)
+    .bind(req.retention.as_secs_f64())
+    .bind(format!("{wait_ms}ms"))
+    .execute(executor)
+    .await;
+    match written {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A [`Completion`] as the columns store it.
+struct CompletionParts<'a> {
+    status: i16,
+    names: Option<Vec<String>>,
+    values: Option<Vec<Vec<u8>>>,
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> CompletionParts<'a> {
+    fn new(completion: Completion<'a>) -> Result<Self, StoreError> {
+        let (status, names, values, body) = match completion {
+            Completion::Response(r) => {
+                let (names, values): (Vec<String>, Vec<Vec<u8>>) =
+                    r.headers.iter().cloned().unzip();
+                (r.status, Some(names), Some(values), Some(r.body.as_slice()))
+            }
+            Completion::StatusOnly(status) => (status, None, None, None),
+        };
+        let status = i16::try_from(status)
+            .map_err(|_| StoreError::Corrupt(format!("status {status} out of range")))?;
+        Ok(CompletionParts {
+            status,
+            names,
+            values,
+            body,
+        })
     }
 }
 

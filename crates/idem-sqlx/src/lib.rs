@@ -21,7 +21,7 @@
 //!     .body(br#"{"amount":100}"#, BodyMode::Raw)
 //!     .finish();
 //!
-//! let mut tx = pool.begin().await?;
+//! let mut tx = idem_sqlx::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
 //! let request = ClaimRequest {
 //!     tenant: &tenant,
 //!     key: &key,
@@ -35,7 +35,7 @@
 //!     Claim::Claimed => {
 //!         // ... the handler's own writes on `tx` ...
 //!         let response = StoredResponse { status: 201, headers: vec![], body: b"{}".to_vec() };
-//!         idem_sqlx::complete(&mut tx, &tenant, &key, Completion::Response(&response)).await?;
+//!         idem_sqlx::complete(&mut tx, &request, Completion::Response(&response)).await?;
 //!         tx.commit().await?;
 //!     }
 //!     Claim::Replay(record) => println!("replay {:?}", record.state),
@@ -48,6 +48,7 @@
 
 mod error;
 mod inbox;
+mod isolation;
 mod keys;
 mod migrate;
 #[cfg(feature = "nats")]
@@ -59,7 +60,8 @@ mod webhook;
 
 pub use error::StoreError;
 pub use inbox::{InboxError, Processed, process};
-pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, sweep_expired};
+pub use isolation::{Isolation, begin};
+pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, record, sweep_expired};
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
 pub use nats::JetStreamSink;

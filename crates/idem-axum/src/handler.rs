@@ -1,0 +1,79 @@
+//! Running the handler with the request's transaction in its extensions, and taking the
+//! transaction back when it is done.
+
+use std::panic::AssertUnwindSafe;
+
+use axum::body::Body;
+use futures_util::FutureExt;
+use http::{Request, Response};
+
+use crate::Problem;
+use crate::answer::outcome;
+use crate::layer::Config;
+use crate::service::{Inner, ResponseBody};
+use crate::store::{Keyed, PgTx, bounded, rollback};
+use crate::tx::TxSlot;
+
+/// How the handler left the request.
+pub(crate) enum Handled<B, E> {
+    /// A final response, with the transaction still open: settle it.
+    Final(Response<B>, PgTx),
+    /// Answered, with the transaction rolled back: a non-final response passed on, or
+    /// the layer's own answer (panic, `Tx` held past the handler).
+    Answered(Response<Body>),
+    /// The wrapped service failed; the transaction was rolled back.
+    Failed(E),
+}
+
+/// Runs the handler with `tx` available as [`Tx`](crate::Tx) (and the key and tenant,
+/// when keyed, as extensions). Rolls back everything that is not final.
+pub(crate) async fn run_handler<S, B>(
+    config: &Config,
+    tx: PgTx,
+    keyed: Option<&Keyed>,
+    mut inner: S,
+    mut req: Request<Body>,
+) -> Handled<B, S::Error>
+where
+    S: Inner<B>,
+    B: ResponseBody,
+{
+    let slot = TxSlot::new(tx);
+    req.extensions_mut().insert(slot.clone());
+    if let Some(keyed) = keyed {
+        req.extensions_mut().insert(keyed.key.clone());
+        req.extensions_mut().insert(keyed.tenant.clone());
+    }
+    // `inner` is the service that was polled ready for this request.
+    let result = AssertUnwindSafe(async move { inner.call(req).await })
+        .catch_unwind()
+        .await;
+    let Some(tx) = slot.take() else {
+        // A Tx outlived the handler; it rolls back when its holder drops it.
+        tracing::error!("a Tx was still held when the handler returned; nothing committed");
+        let answer = Problem::TransactionHeld.into_response();
+        return Handled::Answered(outcome(answer, "transaction_held"));
+    };
+    match result {
+        Err(_panic) => {
+            roll_back(config, tx).await;
+            let answer = Problem::HandlerPanicked.into_response();
+            Handled::Answered(outcome(answer, "panicked"))
+        }
+        Ok(Err(e)) => {
+            roll_back(config, tx).await;
+            tracing::Span::current().record("outcome", "handler_error");
+            Handled::Failed(e)
+        }
+        Ok(Ok(response)) if !config.final_statuses.is_final(response.status().as_u16()) => {
+            roll_back(config, tx).await;
+            Handled::Answered(outcome(response.map(Body::new), "rolled_back"))
+        }
+        Ok(Ok(response)) => Handled::Final(response, tx),
+    }
+}
+
+/// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).
+pub(crate) async fn roll_back(config: &Config, tx: PgTx) {
+    bounded(config.store_timeout, rollback(tx), |()| async {}).await;
+}

@@ -1,0 +1,148 @@
+//! One request through the layer, in named steps: join the key's flight (or wait on a
+//! duplicate of this process), open (transaction and claim), run the handler, settle
+//! (store, commit, or roll back).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use chrono::Utc;
+use http::{Request, Response};
+use idem_core::{Decision, decide};
+use sqlx::PgPool;
+
+use crate::Problem;
+use crate::answer::{outcome, replay};
+use crate::flight::{Flights, Join, Landed, Leader};
+use crate::handler::{Handled, run_handler};
+use crate::layer::{Config, FailureMode};
+use crate::service::{Inner, ResponseBody};
+use crate::store::{Keyed, Opened, begin, mismatch, open_keyed, unavailable};
+
+/// What every step of a request needs.
+pub(crate) struct Job {
+    pub(crate) config: Arc<Config>,
+    pub(crate) pool: PgPool,
+    pub(crate) flights: Arc<Flights>,
+}
+
+impl Job {
+    /// A request with a key: exactly once.
+    pub(crate) async fn run_keyed<S, B>(
+        self,
+        keyed: Keyed,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        let leader = match self.lead(&keyed).await {
+            Ok(leader) => leader,
+            Err(answer) => return Ok(answer),
+        };
+        let tx = match open_keyed(&self.pool, &self.config, &keyed).await {
+            Opened::Tx(tx) => tx,
+            Opened::Answer(answer, landed) => {
+                leader.land(landed);
+                return Ok(answer);
+            }
+            Opened::Unreachable => {
+                // Nothing was claimed; the duplicates of this process still wait on
+                // this request, so a fail-open route never runs two handlers at once.
+                let answer = self.unreachable(inner, req).await;
+                drop(leader);
+                return answer;
+            }
+        };
+        let (answer, landed) = match run_handler(&self.config, tx, Some(&keyed), inner, req).await {
+            Handled::Final(response, tx) => self.settle_keyed(&keyed, response, tx).await,
+            Handled::Answered(answer) => (answer, Landed::Unknown),
+            Handled::Failed(e) => return Err(e),
+        };
+        leader.land(landed);
+        Ok(answer)
+    }
+
+    /// A request without a key on a route where it is optional: the handler runs in a
+    /// transaction, committed on a final answer; nothing is claimed or stored.
+    pub(crate) async fn run_unkeyed<S, B>(
+        self,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        let tx = match begin(&self.pool, &self.config).await {
+            Ok(tx) => tx,
+            Err(Opened::Answer(answer, _)) => return Ok(answer),
+            Err(_) => return self.unreachable(inner, req).await,
+        };
+        match run_handler(&self.config, tx, None, inner, req).await {
+            Handled::Final(response, tx) => Ok(self.settle_unkeyed(response, tx).await),
+            Handled::Answered(answer) => Ok(answer),
+            Handled::Failed(e) => Err(e),
+        }
+    }
+
+    /// Joins the key's flight in this process. `Ok`: this request holds the key here
+    /// and goes to the store. `Err`: answered from what the request that held the key
+    /// left (a replay or mismatch from memory, or 409 `in-flight` past the wait).
+    async fn lead(&self, keyed: &Keyed) -> Result<Leader, Response<Body>> {
+        let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
+        loop {
+            let mut landing = match self.flights.join(&keyed.tenant, &keyed.key) {
+                Join::Leader(leader) => return Ok(leader),
+                Join::Follower(landing) => landing,
+            };
+            let landed =
+                match tokio::time::timeout_at(deadline, landing.wait_for(Option::is_some)).await {
+                    Ok(Ok(landed)) => landed.clone(),
+                    Ok(Err(_closed)) => None,
+                    Err(_elapsed) => return Err(self.in_flight()),
+                };
+            match landed {
+                Some(Landed::Record(record)) => {
+                    match decide(Some(&record), &keyed.fingerprint, Utc::now()) {
+                        Decision::Replay => return Err(replay(&self.config, &record)),
+                        Decision::Mismatch => return Err(mismatch(&self.config)),
+                        Decision::InFlight => return Err(self.in_flight()),
+                        Decision::Execute => continue,
+                    }
+                }
+                Some(Landed::Busy) => return Err(self.in_flight()),
+                Some(Landed::Unknown) | None => continue,
+            }
+        }
+    }
+
+    fn in_flight(&self) -> Response<Body> {
+        let problem = Problem::InFlight {
+            retry_after: self.config.retry_after,
+        };
+        outcome(problem.into_response(), "in_flight")
+    }
+
+    /// The store could not be reached before anything was claimed: fail closed (503),
+    /// or run the handler without idempotency (and without a `Tx`) when the route fails
+    /// open.
+    async fn unreachable<S, B>(
+        &self,
+        mut inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        match self.config.failure_mode {
+            FailureMode::Closed => Ok(unavailable(&self.config)),
+            FailureMode::Open => {
+                tracing::Span::current().record("outcome", "failed_open");
+                inner.call(req).await.map(|r| r.map(Body::new))
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! After the handler gave a final answer: store it with the key and commit, or, when a
+//! handler's statement had aborted the transaction, refuse a success that did not
+//! commit and record a failure that stands.
+
+use axum::body::Body;
+use chrono::Utc;
+use http::response::Parts;
+use http::{Response, header};
+use idem_core::{
+    FailureKind, Record, RecordState, StoredResponse, aborted_answer_stands, streams_by_media_type,
+};
+use idem_sqlx::{Completion, StoreError};
+
+use crate::Problem;
+use crate::answer::outcome;
+use crate::body::{Buffered, buffer};
+use crate::flight::Landed;
+use crate::handler::roll_back;
+use crate::job::Job;
+use crate::layer::Config;
+use crate::service::ResponseBody;
+use crate::store::{Keyed, PgTx, bounded, rollback, store_fault};
+
+/// Why a final answer did not commit.
+enum Unsettled {
+    /// A statement of the handler had aborted the transaction: nothing of it commits.
+    Aborted,
+    /// Storing the response or the commit failed.
+    Failed(StoreError),
+    /// Not confirmed within `store_timeout` (the commit goes on in its own task).
+    TimedOut,
+}
+
+impl Job {
+    /// Stores the final response (or only its status, for a stream or a body over the
+    /// limit) on the claimed key and commits, with the handler's writes.
+    pub(crate) async fn settle_keyed<B: ResponseBody>(
+        &self,
+        keyed: &Keyed,
+        response: Response<B>,
+        tx: PgTx,
+    ) -> (Response<Body>, Landed) {
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let (stored, body) = match collect(&self.config, status, &parts, body).await {
+            Ok(collected) => collected,
+            Err(e) => {
+                tracing::warn!(error = %e, "response body failed; rolling back");
+                roll_back(&self.config, tx).await;
+                let answer = Problem::ResponseUnreadable.into_response();
+                return (outcome(answer, "rolled_back"), Landed::Unknown);
+            }
+        };
+        match self
+            .store_and_commit(keyed, status, stored.clone(), tx)
+            .await
+        {
+            Ok(()) => {
+                let landed = self.landed(keyed, status, stored);
+                let answer = outcome(Response::from_parts(parts, body), "executed");
+                (answer, landed)
+            }
+            Err(Unsettled::Aborted) => {
+                self.after_abort(keyed, status, stored, Response::from_parts(parts, body))
+                    .await
+            }
+            Err(Unsettled::Failed(e)) => (self.commit_failed(Some(&e)), Landed::Unknown),
+            Err(Unsettled::TimedOut) => (self.commit_failed(None), Landed::Unknown),
+        }
+    }
+
+    /// Commits a request without a key. sqlx's `commit()` does not notice that Postgres
+    /// answers the COMMIT of an aborted transaction with ROLLBACK, so one statement
+    /// first tells whether the transaction can still commit.
+    pub(crate) async fn settle_unkeyed<B: ResponseBody>(
+        &self,
+        response: Response<B>,
+        tx: PgTx,
+    ) -> Response<Body> {
+        let status = response.status().as_u16();
+        let work = async move {
+            let mut tx = tx;
+            if let Err(e) = sqlx::query("SELECT 1").execute(&mut *tx).await {
+                rollback(tx).await;
+                return Err(StoreError::from(e));
+            }
+            tx.commit().await.map_err(StoreError::from)
+        };
+        match bounded(self.config.store_timeout, work, |_| async {}).await {
+            Some(Ok(())) => outcome(response.map(Body::new), "committed"),
+            Some(Err(e)) if e.is_transaction_aborted() => {
+                if aborted_answer_stands(status) {
+                    outcome(response.map(Body::new), "rolled_back")
+                } else {
+                    transaction_aborted(status)
+                }
+            }
+            Some(Err(e)) => self.commit_failed(Some(&e)),
+            None => self.commit_failed(None),
+        }
+    }
+
+    async fn store_and_commit(
+        &self,
+        keyed: &Keyed,
+        status: u16,
+        stored: Option<StoredResponse>,
+        tx: PgTx,
+    ) -> Result<(), Unsettled> {
+        let (config, keyed) = (self.config.clone(), keyed.clone());
+        let work = async move {
+            let mut tx = tx;
+            let completion = completion(status, stored.as_ref());
+            let request = keyed.claim_request(&config);
+            if let Err(e) = idem_sqlx::complete(&mut tx, &request, completion).await {
+                rollback(tx).await;
+                return Err(e);
+            }
+            tx.commit().await.map_err(StoreError::from)
+        };
+        match bounded(self.config.store_timeout, work, |_| async {}).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.is_transaction_aborted() => Err(Unsettled::Aborted),
+            Some(Err(e)) => Err(Unsettled::Failed(e)),
+            None => Err(Unsettled::TimedOut),
+        }
+    }
+
+    /// A handler's statement had aborted the transaction. A client error (say a unique
+    /// violation answered 422) is true and final: it is recorded in a statement of its
+    /// own, so a retry replays it. A success that did not commit is never answered.
+    async fn after_abort(
+        &self,
+        keyed: &Keyed,
+        status: u16,
+        stored: Option<StoredResponse>,
+        response: Response<Body>,
+    ) -> (Response<Body>, Landed) {
+        if !aborted_answer_stands(status) {
+            return (transaction_aborted(status), Landed::Unknown);
+        }
+        let work = {
+            let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
+            let stored = stored.clone();
+            async move {
+                let completion = completion(status, stored.as_ref());
+                idem_sqlx::record(&pool, &keyed.claim_request(&config), completion).await
+            }
+        };
+        let limit = self
+            .config
+            .store_timeout
+            .saturating_add(self.config.in_flight_wait);
+        let landed = match bounded(limit, work, |_| async {}).await {
+            Some(Ok(true)) => self.landed(keyed, status, stored),
+            Some(Ok(false)) => {
+                tracing::info!("the key was taken meanwhile; the answer is not recorded");
+                Landed::Unknown
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "recording the answer failed; a retry runs again");
+                Landed::Unknown
+            }
+            None => {
+                tracing::warn!("recording the answer was not confirmed within store_timeout");
+                Landed::Unknown
+            }
+        };
+        (outcome(response, "recorded_after_abort"), landed)
+    }
+
+    /// What the duplicates waiting in this process learn of a committed answer.
+    fn landed(&self, keyed: &Keyed, status: u16, stored: Option<StoredResponse>) -> Landed {
+        let state = match stored {
+            Some(stored) => RecordState::Completed(stored),
+            None => RecordState::CompletedUnstored { status },
+        };
+        let retention =
+            chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        Landed::Record(Box::new(Record {
+            fingerprint: keyed.fingerprint,
+            state,
+            expires_at: Utc::now()
+                .checked_add_signed(retention)
+                .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+        }))
+    }
+
+    /// 503 `commit-failed` (retrying is safe), or 500 `store-fault` when the store
+    /// failed in a way retrying does not fix.
+    fn commit_failed(&self, error: Option<&StoreError>) -> Response<Body> {
+        match error {
+            Some(e) if e.kind() == FailureKind::Fault => return store_fault(e),
+            Some(e) => tracing::warn!(error = %e, "commit failed"),
+            None => tracing::warn!("commit not confirmed within store_timeout"),
+        }
+        let problem = Problem::CommitFailed {
+            retry_after: self.config.retry_after,
+        };
+        outcome(problem.into_response(), "commit_failed")
+    }
+}
+
+fn completion(status: u16, stored: Option<&StoredResponse>) -> Completion<'_> {
+    match stored {
+        Some(stored) => Completion::Response(stored),
+        None => Completion::StatusOnly(status),
+    }
+}
+
+/// 500 `transaction-aborted`: the handler answered a success after one of its
+/// statements had aborted the transaction, so nothing it did committed.
+fn transaction_aborted(status: u16) -> Response<Body> {
+    tracing::error!(
+        status,
+        "the handler answered a success after a failed statement had aborted its \
+         transaction; nothing committed"
+    );
+    outcome(
+        Problem::TransactionAborted.into_response(),
+        "transaction_aborted",
+    )
+}
+
+/// The response as stored (`None` for a stream, a body over the size limit, or one
+/// that did not end within `response_timeout`), and the body to send on.
+async fn collect<B: ResponseBody>(
+    config: &Config,
+    status: u16,
+    parts: &Parts,
+    body: B,
+) -> Result<(Option<StoredResponse>, Body), axum::Error> {
+    let body = Body::new(body);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if streams_by_media_type(content_type) {
+        return Ok((None, body));
+    }
+    match buffer(body, config.max_response_body, config.response_timeout).await? {
+        Buffered::Complete(bytes) => {
+            let stored = StoredResponse {
+                status,
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| config.replay_headers.allows(name.as_str()))
+                    .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                    .collect(),
+                body: bytes.to_vec(),
+            };
+            Ok((Some(stored), Body::from(bytes)))
+        }
+        Buffered::TooLarge(body) => Ok((None, body)),
+        Buffered::Unfinished(body) => {
+            tracing::debug!("the response body did not end within response_timeout; streaming it");
+            Ok((None, body))
+        }
+    }
+}
