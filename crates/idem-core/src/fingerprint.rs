@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -37,9 +39,11 @@ pub enum BodyMode {
     /// The raw body bytes.
     #[default]
     Raw,
-    /// The body as canonical JSON (object keys sorted, no insignificant whitespace), so
-    /// key order and formatting do not make two requests differ. A body that is not JSON
-    /// is hashed raw, under a distinct tag.
+    /// The body as canonical JSON (see [`canonical_json`]: object keys sorted, no
+    /// insignificant whitespace, every number compared by its exact text), so key order
+    /// and formatting do not make two requests differ. A body that is not canonical JSON
+    /// (not JSON at all, or an object that repeats a key) is hashed raw, under a
+    /// distinct tag.
     CanonicalJson,
 }
 
@@ -150,25 +154,125 @@ impl FingerprintBuilder {
     }
 }
 
-/// Canonical JSON bytes of `body`: object keys sorted, no insignificant whitespace,
-/// numbers and strings as serde_json prints them. `None` when `body` is not JSON.
+/// How deeply arrays and objects may nest in a body that [`canonical_json`] accepts:
+/// the same bound serde_json's own parser applies. A deeper body is not canonical JSON.
+const MAX_JSON_DEPTH: usize = 127;
+
+/// Canonical JSON bytes of `body`, or `None` when `body` is not canonical JSON.
+///
+/// The canonical form keeps what the request means and drops how it was written:
+///
+/// - object members are sorted by key (by the bytes of the key's UTF-8 text, after
+///   escapes are decoded);
+/// - insignificant whitespace is removed;
+/// - strings, keys included, are written as serde_json writes them, so `"\u0041"` and
+///   `"A"` are the same string;
+/// - every number keeps its exact JSON text. `1`, `1.0`, `1e0` and `10e-1` are four
+///   different numbers here, and integers and decimals of any length are compared
+///   digit by digit, never rounded through a float: two amounts are the same only when
+///   they are written the same.
+///
+/// `None` when `body` is not JSON (including invalid UTF-8, lone surrogate escapes,
+/// trailing characters, or nesting deeper than serde_json accepts), and when an object
+/// repeats a key: what such a body means depends on the parser that reads it (the first
+/// value, the last, or an error), so it is not the same request as any other text, and
+/// [`FingerprintBuilder::body`] hashes it raw.
+///
+/// For a body of plain objects, arrays, strings, integers, booleans and nulls without
+/// repeated keys, the output is what serde_json's compact printer writes for it with
+/// keys sorted.
+///
+/// ```
+/// use idem_core::canonical_json;
+///
+/// let c = canonical_json(br#"{ "b": [1, 2.50], "a": "\u00e9" }"#);
+/// assert_eq!(c.as_deref(), Some(r#"{"a":"é","b":[1,2.50]}"#.as_bytes()));
+/// assert_ne!(canonical_json(b"12345678901234567890123"), canonical_json(b"12345678901234567890124"));
+/// assert_eq!(canonical_json(br#"{"a":1,"a":2}"#), None);
+/// ```
 pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
-    // serde_json's map is ordered by key unless its `preserve_order` feature is on;
-    // sort explicitly so the result never depends on feature unification.
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    serde_json::to_vec(&sorted(value)).ok()
+    // serde_json (without its `arbitrary_precision` feature) reads numbers into u64, i64
+    // or f64; going through `RawValue` keeps each value's text as it was sent, which
+    // serde_json has validated, and object keys are sorted here, never by feature
+    // unification of serde_json's map.
+    let root: &RawValue = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(root.get().len());
+    write_canonical(root.get(), MAX_JSON_DEPTH, &mut out)?;
+    Some(out)
 }
 
-fn sorted(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+/// Appends the canonical form of `text`, one JSON value as serde_json validated it
+/// (no surrounding whitespace). `depth_left` is how many more arrays or objects may
+/// nest from here. Each array or object reads its own text once more, so the work is at
+/// most the body's length times its nesting depth, which [`MAX_JSON_DEPTH`] bounds.
+fn write_canonical(text: &str, depth_left: usize, out: &mut Vec<u8>) -> Option<()> {
+    match text.as_bytes().first()? {
+        b'{' => {
+            let depth_left = depth_left.checked_sub(1)?;
+            let Members(mut members) = serde_json::from_str(text).ok()?;
+            // Stable sort, then reject a repeated key.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+                return None;
+            }
+            out.push(b'{');
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).ok()?;
+                out.push(b':');
+                write_canonical(value.get(), depth_left, out)?;
+            }
+            out.push(b'}');
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
-        other => other,
+        b'[' => {
+            let depth_left = depth_left.checked_sub(1)?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item.get(), depth_left, out)?;
+            }
+            out.push(b']');
+        }
+        b'"' => {
+            let string: String = serde_json::from_str(text).ok()?;
+            serde_json::to_writer(&mut *out, &string).ok()?;
+        }
+        // A number, `true`, `false` or `null`: the exact text.
+        _ => out.extend_from_slice(text.as_bytes()),
+    }
+    Some(())
+}
+
+/// The members of one JSON object in the order they were written, repeats included,
+/// each value left unparsed.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -240,6 +344,139 @@ mod tests {
         );
     }
 
+    fn canonical(text: &str) -> Option<String> {
+        canonical_json(text.as_bytes()).map(|c| String::from_utf8(c).expect("UTF-8"))
+    }
+
+    #[test]
+    fn canonical_json_tells_apart_integers_beyond_64_bits() {
+        let a = canonical("12345678901234567890123");
+        let b = canonical("12345678901234567890124");
+        assert_eq!(a.as_deref(), Some("12345678901234567890123"));
+        assert_ne!(a, b);
+        assert_ne!(
+            fp(
+                "POST",
+                "/p",
+                br#"{"amount":12345678901234567890123}"#,
+                BodyMode::CanonicalJson
+            ),
+            fp(
+                "POST",
+                "/p",
+                br#"{"amount":12345678901234567890124}"#,
+                BodyMode::CanonicalJson
+            )
+        );
+        // Beyond what a u64 holds, and beyond what an f64 tells apart.
+        assert_ne!(
+            canonical("18446744073709551616"),
+            canonical("18446744073709551617")
+        );
+        assert_ne!(
+            canonical("-9223372036854775809"),
+            canonical("-9223372036854775810")
+        );
+    }
+
+    #[test]
+    fn canonical_json_tells_apart_decimals_a_float_would_round_together() {
+        assert_eq!(
+            canonical("0.1000000000000000000001").as_deref(),
+            Some("0.1000000000000000000001")
+        );
+        assert_ne!(canonical("0.1000000000000000000001"), canonical("0.1"));
+        assert_ne!(
+            fp(
+                "POST",
+                "/p",
+                br#"{"rate":0.1000000000000000000001}"#,
+                BodyMode::CanonicalJson
+            ),
+            fp("POST", "/p", br#"{"rate":0.1}"#, BodyMode::CanonicalJson)
+        );
+    }
+
+    #[test]
+    fn canonical_json_keeps_number_text_so_differently_written_numbers_differ() {
+        let forms = [
+            "1", "1.0", "1.00", "1e0", "1E0", "1e+0", "10e-1", "0.1e1", "-0", "0",
+        ];
+        for (i, a) in forms.iter().enumerate() {
+            assert_eq!(canonical(a).as_deref(), Some(*a), "{a} keeps its text");
+            for b in &forms[i + 1..] {
+                assert_ne!(canonical(a), canonical(b), "{a} and {b}");
+            }
+        }
+        // A number too large for an f64 is still JSON, kept as written.
+        assert_eq!(canonical(" [ 1e400 ] ").as_deref(), Some("[1e400]"));
+    }
+
+    #[test]
+    fn canonical_json_decodes_string_escapes_before_comparing_and_sorting() {
+        assert_eq!(canonical(r#""\u0041\/""#), canonical(r#""A/""#));
+        assert_eq!(canonical(r#""\u00e9""#).as_deref(), Some(r#""é""#));
+        assert_eq!(
+            canonical(r#""a\u0000\n""#).as_deref(),
+            Some(r#""a\u0000\n""#)
+        );
+        // "\u0062" is "b": it sorts after "a" and before "c".
+        assert_eq!(
+            canonical(r#"{"c":3,"\u0062":2,"a":1}"#).as_deref(),
+            Some(r#"{"a":1,"b":2,"c":3}"#)
+        );
+        // A lone surrogate is not a string.
+        assert_eq!(canonical(r#""\ud800""#), None);
+    }
+
+    #[test]
+    fn an_object_with_a_repeated_key_is_hashed_as_raw_bytes() {
+        assert_eq!(canonical(r#"{"a":1,"a":2}"#), None);
+        assert_eq!(canonical(r#"[{"x":{"a":1,"\u0061":1}}]"#), None);
+        let json = |body: &[u8]| fp("POST", "/p", body, BodyMode::CanonicalJson);
+        let repeated = json(br#"{"a":1,"a":2}"#);
+        assert_eq!(repeated, json(br#"{"a":1,"a":2}"#));
+        // Not the same request as either reading of it, nor as another text of it.
+        assert_ne!(repeated, json(br#"{"a":2}"#));
+        assert_ne!(repeated, json(br#"{"a":1}"#));
+        assert_ne!(repeated, json(br#"{ "a":1,"a":2}"#));
+    }
+
+    #[test]
+    fn canonical_json_accepts_the_nesting_serde_json_accepts() {
+        for depth in [1, 2, 100, 126, 127, 128, 129, 200, 10_000] {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let mut text = open.repeat(depth);
+                text.push('1');
+                text.push_str(&close.repeat(depth));
+                let serde_accepts = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                assert_eq!(
+                    canonical(&text).is_some(),
+                    serde_accepts,
+                    "depth {depth} of {open}"
+                );
+            }
+        }
+    }
+
+    /// The canonical form before numbers kept their text: through `serde_json::Value`.
+    fn through_value(body: &[u8]) -> Option<Vec<u8>> {
+        fn sorted(value: serde_json::Value) -> serde_json::Value {
+            use serde_json::Value;
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+                }
+                Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+                other => other,
+            }
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        serde_json::to_vec(&sorted(value)).ok()
+    }
+
     #[test]
     fn non_json_bodies_fall_back_to_raw_bytes() {
         let a = fp("POST", "/p", b"not json", BodyMode::CanonicalJson);
@@ -286,6 +523,12 @@ mod tests {
                 fp("POST", "/p", &pretty, BodyMode::CanonicalJson)
             );
             prop_assert_eq!(canonical_json(&pretty), canonical_json(&compact));
+        }
+
+        #[test]
+        fn canonical_json_of_plain_json_is_what_serde_json_prints(value in json_value()) {
+            let pretty = serde_json::to_vec_pretty(&value).expect("serialize");
+            prop_assert_eq!(canonical_json(&pretty), through_value(&pretty));
         }
 
         #[test]

@@ -6,6 +6,12 @@
 //! the request [`Fingerprint`], the [`StoredResponse`] that a replay returns, and the one
 //! function, [`decide`], that turns a key's record into what the request does.
 //!
+//! With [`BodyMode::CanonicalJson`], two bodies are the same request when they differ
+//! only in key order and whitespace. Numbers are compared by their exact JSON text,
+//! never rounded through a float, so two amounts of any length fingerprint equal only
+//! when written the same; a body whose object repeats a key is compared byte for byte
+//! (see [`canonical_json`]).
+//!
 //! ```
 //! use chrono::{Duration, Utc};
 //! use idem_core::{
