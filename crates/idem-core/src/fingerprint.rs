@@ -10,7 +10,8 @@ use thiserror::Error;
 /// A SHA-256 digest identifying a request's content.
 ///
 /// Built with [`FingerprintBuilder`] over the method, the path and query, any configured
-/// headers and the body. Every part is length-prefixed and tagged, so no two different
+/// headers (every value of a repeated header, in order:
+/// [`header_values`](FingerprintBuilder::header_values)) and the body. Every part is length-prefixed and tagged, so no two different
 /// requests can produce the same byte stream to hash.
 ///
 /// ```
@@ -112,17 +113,58 @@ impl FingerprintBuilder {
         self.hasher.update(bytes);
     }
 
-    /// Adds a header (name lower-cased by the caller) and its value. Call it for every
-    /// configured header in a fixed order; an absent header should be passed as `None`.
-    pub fn header(mut self, name: &str, value: Option<&[u8]>) -> Self {
+    /// Adds a header (name lower-cased by the caller) with at most one value: the same
+    /// as [`header_values`](Self::header_values) with `value` as the only value, or with
+    /// none when `value` is `None` (the header is absent).
+    pub fn header(self, name: &str, value: Option<&[u8]>) -> Self {
+        self.header_values(name, value)
+    }
+
+    /// Adds a header (name lower-cased by the caller) with every value it has, in the
+    /// order they were received; no values means the header is absent. Call it for every
+    /// configured header in a fixed order, absent ones included.
+    ///
+    /// Each value is a part of its own, so a header sent twice (`a`, then `b`) differs
+    /// from one value `a,b`, from one value `a`, and from the same values in the other
+    /// order.
+    ///
+    /// ```
+    /// use idem_core::{BodyMode, Fingerprint};
+    ///
+    /// let fp = |values: &[&[u8]]| {
+    ///     Fingerprint::builder("POST", "/payments")
+    ///         .header_values("x-account", values.iter().copied())
+    ///         .body(b"{}", BodyMode::Raw)
+    ///         .finish()
+    /// };
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"a,b"]));
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"a"]));
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"b", b"a"]));
+    /// let one = Fingerprint::builder("POST", "/payments")
+    ///     .header("x-account", Some(b"a"))
+    ///     .body(b"{}", BodyMode::Raw)
+    ///     .finish();
+    /// assert_eq!(fp(&[b"a"]), one);
+    /// ```
+    pub fn header_values<'v>(
+        mut self,
+        name: &str,
+        values: impl IntoIterator<Item = &'v [u8]>,
+    ) -> Self {
+        // Stream: "header", name, then ("present", value) per value, or "absent". The
+        // tags that can follow a value ("present", "header", a body tag) all differ, so
+        // where one header's values end is never in doubt. One value hashes exactly as
+        // `header(name, Some(value))` always has, so stored fingerprints stay valid.
         self.part(b"header");
         self.part(name.as_bytes());
-        match value {
-            Some(v) => {
-                self.part(b"present");
-                self.part(v);
-            }
-            None => self.part(b"absent"),
+        let mut any = false;
+        for value in values {
+            any = true;
+            self.part(b"present");
+            self.part(value);
+        }
+        if !any {
+            self.part(b"absent");
         }
         self
     }
@@ -301,6 +343,76 @@ mod tests {
             .body(b"{}", BodyMode::Raw)
             .finish();
         assert_ne!(with_header, absent);
+    }
+
+    fn with_values(values: &[&[u8]]) -> Fingerprint {
+        Fingerprint::builder("POST", "/a")
+            .header_values("x-account", values.iter().copied())
+            .header("x-other", Some(b"o"))
+            .body(b"{}", BodyMode::Raw)
+            .finish()
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_header_counts_in_order() {
+        let both = with_values(&[b"a", b"b"]);
+        assert_ne!(both, with_values(&[b"a"]));
+        assert_ne!(both, with_values(&[b"b"]));
+        assert_ne!(both, with_values(&[b"b", b"a"]));
+        assert_ne!(both, with_values(&[b"a", b"b", b"b"]));
+        assert_eq!(both, with_values(&[b"a", b"b"]));
+    }
+
+    #[test]
+    fn repeated_header_values_differ_from_their_joined_or_split_forms() {
+        assert_ne!(with_values(&[b"a", b"b"]), with_values(&[b"a,b"]));
+        assert_ne!(with_values(&[b"a", b"b"]), with_values(&[b"a, b"]));
+        assert_ne!(with_values(&[b"ab"]), with_values(&[b"a", b"b"]));
+        assert_ne!(with_values(&[b""]), with_values(&[]));
+        assert_ne!(with_values(&[b"", b""]), with_values(&[b""]));
+    }
+
+    #[test]
+    fn header_is_header_values_with_one_value_or_none() {
+        let single = |value: Option<&[u8]>| {
+            Fingerprint::builder("POST", "/a")
+                .header("x-account", value)
+                .header("x-other", Some(b"o"))
+                .body(b"{}", BodyMode::Raw)
+                .finish()
+        };
+        assert_eq!(single(Some(b"a")), with_values(&[b"a"]));
+        assert_eq!(single(Some(b"")), with_values(&[b""]));
+        assert_eq!(single(None), with_values(&[]));
+        assert_ne!(single(None), with_values(&[b""]));
+    }
+
+    #[test]
+    fn header_digest_is_unchanged_from_earlier_releases() {
+        // Fingerprints are stored beside keys: one value or an absent header must keep
+        // hashing as before, or retries across an upgrade would be refused as reuse.
+        let mut expected = Sha256::new();
+        for part in [
+            &b"idem-fingerprint-v1"[..],
+            b"POST",
+            b"/a",
+            b"header",
+            b"x-account",
+            b"present",
+            b"a",
+            b"header",
+            b"x-missing",
+            b"absent",
+        ] {
+            expected.update((part.len() as u64).to_be_bytes());
+            expected.update(part);
+        }
+        let expected = Fingerprint(expected.finalize().into());
+        let got = Fingerprint::builder("POST", "/a")
+            .header_values("x-account", [&b"a"[..]])
+            .header_values("x-missing", [])
+            .finish();
+        assert_eq!(got, expected);
     }
 
     #[test]
