@@ -12,6 +12,10 @@
 //! when written the same; a body whose object repeats a key is compared byte for byte
 //! (see [`canonical_json`]).
 //!
+//! Which responses are an outcome, committed and replayed, is [`FinalStatuses`]: by
+//! default 2xx, 3xx (a `303 See Other` after a `POST` included) and 4xx other than 408,
+//! 409, 425 and 429.
+//!
 //! ```
 //! use chrono::{Duration, Utc};
 //! use idem_core::{
