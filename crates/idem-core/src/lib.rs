@@ -14,7 +14,9 @@
 //!
 //! Which responses are an outcome, committed and replayed, is [`FinalStatuses`]: by
 //! default 2xx, 3xx (a `303 See Other` after a `POST` included) and 4xx other than 408,
-//! 409, 425 and 429.
+//! 409, 425 and 429. Which of their headers are replayed is [`HeaderAllowList`]: by
+//! default [`DEFAULT_REPLAYED_HEADERS`], the representation headers among them, so a
+//! body stored compressed is replayed with its `Content-Encoding`.
 //!
 //! ```
 //! use chrono::{Duration, Utc};
@@ -57,5 +59,7 @@ pub use fingerprint::{
     BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,
 };
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
-pub use response::{FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse};
+pub use response::{
+    DEFAULT_REPLAYED_HEADERS, FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse,
+};
 pub use tenant::{MAX_TENANT_LEN, TenantError, TenantId};

@@ -27,17 +27,32 @@ pub const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The response headers [`HeaderAllowList::default`] stores and replays.
+pub const DEFAULT_REPLAYED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "location",
+    "etag",
+    "link",
+    "vary",
+    "cache-control",
+];
+
 /// Which response headers are stored and replayed.
 ///
-/// Defaults to `content-type`, `location`, `etag` and `link`; apps add their own.
-/// Hop-by-hop headers (and `content-length`, which is recomputed) are never stored,
-/// whatever the list says.
+/// Defaults to [`DEFAULT_REPLAYED_HEADERS`]: `content-type`, `location`, `etag`, `link`
+/// and the representation headers `content-encoding`, `content-language`, `vary` and
+/// `cache-control`, so a body compressed before it is stored is replayed with the
+/// `Content-Encoding` that says how to read it. Apps add their own. Hop-by-hop headers
+/// (and `content-length`, which is recomputed) are never stored, whatever the list says.
 ///
 /// ```
 /// use idem_core::HeaderAllowList;
 ///
 /// let list = HeaderAllowList::default().with("X-Request-Cost");
 /// assert!(list.allows("Content-Type"));
+/// assert!(list.allows("Content-Encoding"));
 /// assert!(list.allows("x-request-cost"));
 /// assert!(!list.allows("set-cookie"));
 /// assert!(!HeaderAllowList::default().with("Transfer-Encoding").allows("transfer-encoding"));
@@ -50,9 +65,9 @@ pub struct HeaderAllowList {
 impl Default for HeaderAllowList {
     fn default() -> Self {
         HeaderAllowList {
-            names: ["content-type", "location", "etag", "link"]
-                .into_iter()
-                .map(str::to_owned)
+            names: DEFAULT_REPLAYED_HEADERS
+                .iter()
+                .map(|name| (*name).to_owned())
                 .collect(),
         }
     }
@@ -165,6 +180,33 @@ mod tests {
         assert!(!f.is_final(307));
         assert!(f.is_final(303));
         assert!(f.with(307).is_final(307));
+    }
+
+    #[test]
+    fn default_replays_the_representation_headers() {
+        let list = HeaderAllowList::default();
+        for h in [
+            "content-type",
+            "Content-Encoding",
+            "content-language",
+            "location",
+            "etag",
+            "link",
+            "Vary",
+            "cache-control",
+        ] {
+            assert!(list.allows(h), "{h} should be replayed");
+        }
+        for h in [
+            "set-cookie",
+            "date",
+            "server",
+            "x-request-id",
+            "content-length",
+        ] {
+            assert!(!list.allows(h), "{h} should not be replayed");
+        }
+        assert!(!HeaderAllowList::empty().allows("content-encoding"));
     }
 
     #[test]
