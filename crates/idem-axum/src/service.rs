@@ -228,10 +228,8 @@ fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
         .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
     let mut builder = Fingerprint::builder(parts.method.as_str(), path);
     for name in &config.fingerprint_headers {
-        builder = builder.header(
-            name.as_str(),
-            parts.headers.get(name).map(http::HeaderValue::as_bytes),
-        ); // MERGE: header_values
+        let values = parts.headers.get_all(name).iter();
+        builder = builder.header_values(name.as_str(), values.map(|v| v.as_bytes()));
     }
     builder.body(body, config.body_mode).finish()
 }

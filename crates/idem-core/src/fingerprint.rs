@@ -2,13 +2,16 @@
 
 use std::fmt;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// A SHA-256 digest identifying a request's content.
 ///
 /// Built with [`FingerprintBuilder`] over the method, the path and query, any configured
-/// headers and the body. Every part is length-prefixed and tagged, so no two different
+/// headers (every value of a repeated header, in order:
+/// [`header_values`](FingerprintBuilder::header_values)) and the body. Every part is length-prefixed and tagged, so no two different
 /// requests can produce the same byte stream to hash.
 ///
 /// ```
@@ -37,9 +40,11 @@ pub enum BodyMode {
     /// The raw body bytes.
     #[default]
     Raw,
-    /// The body as canonical JSON (object keys sorted, no insignificant whitespace), so
-    /// key order and formatting do not make two requests differ. A body that is not JSON
-    /// is hashed raw, under a distinct tag.
+    /// The body as canonical JSON (see [`canonical_json`]: object keys sorted, no
+    /// insignificant whitespace, every number compared by its exact text), so key order
+    /// and formatting do not make two requests differ. A body that is not canonical JSON
+    /// (not JSON at all, or an object that repeats a key) is hashed raw, under a
+    /// distinct tag.
     CanonicalJson,
 }
 
@@ -108,17 +113,58 @@ impl FingerprintBuilder {
         self.hasher.update(bytes);
     }
 
-    /// Adds a header (name lower-cased by the caller) and its value. Call it for every
-    /// configured header in a fixed order; an absent header should be passed as `None`.
-    pub fn header(mut self, name: &str, value: Option<&[u8]>) -> Self {
+    /// Adds a header (name lower-cased by the caller) with at most one value: the same
+    /// as [`header_values`](Self::header_values) with `value` as the only value, or with
+    /// none when `value` is `None` (the header is absent).
+    pub fn header(self, name: &str, value: Option<&[u8]>) -> Self {
+        self.header_values(name, value)
+    }
+
+    /// Adds a header (name lower-cased by the caller) with every value it has, in the
+    /// order they were received; no values means the header is absent. Call it for every
+    /// configured header in a fixed order, absent ones included.
+    ///
+    /// Each value is a part of its own, so a header sent twice (`a`, then `b`) differs
+    /// from one value `a,b`, from one value `a`, and from the same values in the other
+    /// order.
+    ///
+    /// ```
+    /// use idem_core::{BodyMode, Fingerprint};
+    ///
+    /// let fp = |values: &[&[u8]]| {
+    ///     Fingerprint::builder("POST", "/payments")
+    ///         .header_values("x-account", values.iter().copied())
+    ///         .body(b"{}", BodyMode::Raw)
+    ///         .finish()
+    /// };
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"a,b"]));
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"a"]));
+    /// assert_ne!(fp(&[b"a", b"b"]), fp(&[b"b", b"a"]));
+    /// let one = Fingerprint::builder("POST", "/payments")
+    ///     .header("x-account", Some(b"a"))
+    ///     .body(b"{}", BodyMode::Raw)
+    ///     .finish();
+    /// assert_eq!(fp(&[b"a"]), one);
+    /// ```
+    pub fn header_values<'v>(
+        mut self,
+        name: &str,
+        values: impl IntoIterator<Item = &'v [u8]>,
+    ) -> Self {
+        // Stream: "header", name, then ("present", value) per value, or "absent". The
+        // tags that can follow a value ("present", "header", a body tag) all differ, so
+        // where one header's values end is never in doubt. One value hashes exactly as
+        // `header(name, Some(value))` always has, so stored fingerprints stay valid.
         self.part(b"header");
         self.part(name.as_bytes());
-        match value {
-            Some(v) => {
-                self.part(b"present");
-                self.part(v);
-            }
-            None => self.part(b"absent"),
+        let mut any = false;
+        for value in values {
+            any = true;
+            self.part(b"present");
+            self.part(value);
+        }
+        if !any {
+            self.part(b"absent");
         }
         self
     }
@@ -150,25 +196,125 @@ impl FingerprintBuilder {
     }
 }
 
-/// Canonical JSON bytes of `body`: object keys sorted, no insignificant whitespace,
-/// numbers and strings as serde_json prints them. `None` when `body` is not JSON.
+/// How deeply arrays and objects may nest in a body that [`canonical_json`] accepts:
+/// the same bound serde_json's own parser applies. A deeper body is not canonical JSON.
+const MAX_JSON_DEPTH: usize = 127;
+
+/// Canonical JSON bytes of `body`, or `None` when `body` is not canonical JSON.
+///
+/// The canonical form keeps what the request means and drops how it was written:
+///
+/// - object members are sorted by key (by the bytes of the key's UTF-8 text, after
+///   escapes are decoded);
+/// - insignificant whitespace is removed;
+/// - strings, keys included, are written as serde_json writes them, so `"\u0041"` and
+///   `"A"` are the same string;
+/// - every number keeps its exact JSON text. `1`, `1.0`, `1e0` and `10e-1` are four
+///   different numbers here, and integers and decimals of any length are compared
+///   digit by digit, never rounded through a float: two amounts are the same only when
+///   they are written the same.
+///
+/// `None` when `body` is not JSON (including invalid UTF-8, lone surrogate escapes,
+/// trailing characters, or nesting deeper than serde_json accepts), and when an object
+/// repeats a key: what such a body means depends on the parser that reads it (the first
+/// value, the last, or an error), so it is not the same request as any other text, and
+/// [`FingerprintBuilder::body`] hashes it raw.
+///
+/// For a body of plain objects, arrays, strings, integers, booleans and nulls without
+/// repeated keys, the output is what serde_json's compact printer writes for it with
+/// keys sorted.
+///
+/// ```
+/// use idem_core::canonical_json;
+///
+/// let c = canonical_json(br#"{ "b": [1, 2.50], "a": "\u00e9" }"#);
+/// assert_eq!(c.as_deref(), Some(r#"{"a":"é","b":[1,2.50]}"#.as_bytes()));
+/// assert_ne!(canonical_json(b"12345678901234567890123"), canonical_json(b"12345678901234567890124"));
+/// assert_eq!(canonical_json(br#"{"a":1,"a":2}"#), None);
+/// ```
 pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
-    // serde_json's map is ordered by key unless its `preserve_order` feature is on;
-    // sort explicitly so the result never depends on feature unification.
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    serde_json::to_vec(&sorted(value)).ok()
+    // serde_json (without its `arbitrary_precision` feature) reads numbers into u64, i64
+    // or f64; going through `RawValue` keeps each value's text as it was sent, which
+    // serde_json has validated, and object keys are sorted here, never by feature
+    // unification of serde_json's map.
+    let root: &RawValue = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(root.get().len());
+    write_canonical(root.get(), MAX_JSON_DEPTH, &mut out)?;
+    Some(out)
 }
 
-fn sorted(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+/// Appends the canonical form of `text`, one JSON value as serde_json validated it
+/// (no surrounding whitespace). `depth_left` is how many more arrays or objects may
+/// nest from here. Each array or object reads its own text once more, so the work is at
+/// most the body's length times its nesting depth, which [`MAX_JSON_DEPTH`] bounds.
+fn write_canonical(text: &str, depth_left: usize, out: &mut Vec<u8>) -> Option<()> {
+    match text.as_bytes().first()? {
+        b'{' => {
+            let depth_left = depth_left.checked_sub(1)?;
+            let Members(mut members) = serde_json::from_str(text).ok()?;
+            // Stable sort, then reject a repeated key.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+                return None;
+            }
+            out.push(b'{');
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).ok()?;
+                out.push(b':');
+                write_canonical(value.get(), depth_left, out)?;
+            }
+            out.push(b'}');
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
-        other => other,
+        b'[' => {
+            let depth_left = depth_left.checked_sub(1)?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item.get(), depth_left, out)?;
+            }
+            out.push(b']');
+        }
+        b'"' => {
+            let string: String = serde_json::from_str(text).ok()?;
+            serde_json::to_writer(&mut *out, &string).ok()?;
+        }
+        // A number, `true`, `false` or `null`: the exact text.
+        _ => out.extend_from_slice(text.as_bytes()),
+    }
+    Some(())
+}
+
+/// The members of one JSON object in the order they were written, repeats included,
+/// each value left unparsed.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -197,6 +343,76 @@ mod tests {
             .body(b"{}", BodyMode::Raw)
             .finish();
         assert_ne!(with_header, absent);
+    }
+
+    fn with_values(values: &[&[u8]]) -> Fingerprint {
+        Fingerprint::builder("POST", "/a")
+            .header_values("x-account", values.iter().copied())
+            .header("x-other", Some(b"o"))
+            .body(b"{}", BodyMode::Raw)
+            .finish()
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_header_counts_in_order() {
+        let both = with_values(&[b"a", b"b"]);
+        assert_ne!(both, with_values(&[b"a"]));
+        assert_ne!(both, with_values(&[b"b"]));
+        assert_ne!(both, with_values(&[b"b", b"a"]));
+        assert_ne!(both, with_values(&[b"a", b"b", b"b"]));
+        assert_eq!(both, with_values(&[b"a", b"b"]));
+    }
+
+    #[test]
+    fn repeated_header_values_differ_from_their_joined_or_split_forms() {
+        assert_ne!(with_values(&[b"a", b"b"]), with_values(&[b"a,b"]));
+        assert_ne!(with_values(&[b"a", b"b"]), with_values(&[b"a, b"]));
+        assert_ne!(with_values(&[b"ab"]), with_values(&[b"a", b"b"]));
+        assert_ne!(with_values(&[b""]), with_values(&[]));
+        assert_ne!(with_values(&[b"", b""]), with_values(&[b""]));
+    }
+
+    #[test]
+    fn header_is_header_values_with_one_value_or_none() {
+        let single = |value: Option<&[u8]>| {
+            Fingerprint::builder("POST", "/a")
+                .header("x-account", value)
+                .header("x-other", Some(b"o"))
+                .body(b"{}", BodyMode::Raw)
+                .finish()
+        };
+        assert_eq!(single(Some(b"a")), with_values(&[b"a"]));
+        assert_eq!(single(Some(b"")), with_values(&[b""]));
+        assert_eq!(single(None), with_values(&[]));
+        assert_ne!(single(None), with_values(&[b""]));
+    }
+
+    #[test]
+    fn header_digest_is_unchanged_from_earlier_releases() {
+        // Fingerprints are stored beside keys: one value or an absent header must keep
+        // hashing as before, or retries across an upgrade would be refused as reuse.
+        let mut expected = Sha256::new();
+        for part in [
+            &b"idem-fingerprint-v1"[..],
+            b"POST",
+            b"/a",
+            b"header",
+            b"x-account",
+            b"present",
+            b"a",
+            b"header",
+            b"x-missing",
+            b"absent",
+        ] {
+            expected.update((part.len() as u64).to_be_bytes());
+            expected.update(part);
+        }
+        let expected = Fingerprint(expected.finalize().into());
+        let got = Fingerprint::builder("POST", "/a")
+            .header_values("x-account", [&b"a"[..]])
+            .header_values("x-missing", [])
+            .finish();
+        assert_eq!(got, expected);
     }
 
     #[test]
@@ -238,6 +454,139 @@ mod tests {
                 BodyMode::Raw
             )
         );
+    }
+
+    fn canonical(text: &str) -> Option<String> {
+        canonical_json(text.as_bytes()).map(|c| String::from_utf8(c).expect("UTF-8"))
+    }
+
+    #[test]
+    fn canonical_json_tells_apart_integers_beyond_64_bits() {
+        let a = canonical("12345678901234567890123");
+        let b = canonical("12345678901234567890124");
+        assert_eq!(a.as_deref(), Some("12345678901234567890123"));
+        assert_ne!(a, b);
+        assert_ne!(
+            fp(
+                "POST",
+                "/p",
+                br#"{"amount":12345678901234567890123}"#,
+                BodyMode::CanonicalJson
+            ),
+            fp(
+                "POST",
+                "/p",
+                br#"{"amount":12345678901234567890124}"#,
+                BodyMode::CanonicalJson
+            )
+        );
+        // Beyond what a u64 holds, and beyond what an f64 tells apart.
+        assert_ne!(
+            canonical("18446744073709551616"),
+            canonical("18446744073709551617")
+        );
+        assert_ne!(
+            canonical("-9223372036854775809"),
+            canonical("-9223372036854775810")
+        );
+    }
+
+    #[test]
+    fn canonical_json_tells_apart_decimals_a_float_would_round_together() {
+        assert_eq!(
+            canonical("0.1000000000000000000001").as_deref(),
+            Some("0.1000000000000000000001")
+        );
+        assert_ne!(canonical("0.1000000000000000000001"), canonical("0.1"));
+        assert_ne!(
+            fp(
+                "POST",
+                "/p",
+                br#"{"rate":0.1000000000000000000001}"#,
+                BodyMode::CanonicalJson
+            ),
+            fp("POST", "/p", br#"{"rate":0.1}"#, BodyMode::CanonicalJson)
+        );
+    }
+
+    #[test]
+    fn canonical_json_keeps_number_text_so_differently_written_numbers_differ() {
+        let forms = [
+            "1", "1.0", "1.00", "1e0", "1E0", "1e+0", "10e-1", "0.1e1", "-0", "0",
+        ];
+        for (i, a) in forms.iter().enumerate() {
+            assert_eq!(canonical(a).as_deref(), Some(*a), "{a} keeps its text");
+            for b in &forms[i + 1..] {
+                assert_ne!(canonical(a), canonical(b), "{a} and {b}");
+            }
+        }
+        // A number too large for an f64 is still JSON, kept as written.
+        assert_eq!(canonical(" [ 1e400 ] ").as_deref(), Some("[1e400]"));
+    }
+
+    #[test]
+    fn canonical_json_decodes_string_escapes_before_comparing_and_sorting() {
+        assert_eq!(canonical(r#""\u0041\/""#), canonical(r#""A/""#));
+        assert_eq!(canonical(r#""\u00e9""#).as_deref(), Some(r#""é""#));
+        assert_eq!(
+            canonical(r#""a\u0000\n""#).as_deref(),
+            Some(r#""a\u0000\n""#)
+        );
+        // "\u0062" is "b": it sorts after "a" and before "c".
+        assert_eq!(
+            canonical(r#"{"c":3,"\u0062":2,"a":1}"#).as_deref(),
+            Some(r#"{"a":1,"b":2,"c":3}"#)
+        );
+        // A lone surrogate is not a string.
+        assert_eq!(canonical(r#""\ud800""#), None);
+    }
+
+    #[test]
+    fn an_object_with_a_repeated_key_is_hashed_as_raw_bytes() {
+        assert_eq!(canonical(r#"{"a":1,"a":2}"#), None);
+        assert_eq!(canonical(r#"[{"x":{"a":1,"\u0061":1}}]"#), None);
+        let json = |body: &[u8]| fp("POST", "/p", body, BodyMode::CanonicalJson);
+        let repeated = json(br#"{"a":1,"a":2}"#);
+        assert_eq!(repeated, json(br#"{"a":1,"a":2}"#));
+        // Not the same request as either reading of it, nor as another text of it.
+        assert_ne!(repeated, json(br#"{"a":2}"#));
+        assert_ne!(repeated, json(br#"{"a":1}"#));
+        assert_ne!(repeated, json(br#"{ "a":1,"a":2}"#));
+    }
+
+    #[test]
+    fn canonical_json_accepts_the_nesting_serde_json_accepts() {
+        for depth in [1, 2, 100, 126, 127, 128, 129, 200, 10_000] {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let mut text = open.repeat(depth);
+                text.push('1');
+                text.push_str(&close.repeat(depth));
+                let serde_accepts = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                assert_eq!(
+                    canonical(&text).is_some(),
+                    serde_accepts,
+                    "depth {depth} of {open}"
+                );
+            }
+        }
+    }
+
+    /// The canonical form before numbers kept their text: through `serde_json::Value`.
+    fn through_value(body: &[u8]) -> Option<Vec<u8>> {
+        fn sorted(value: serde_json::Value) -> serde_json::Value {
+            use serde_json::Value;
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+                }
+                Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+                other => other,
+            }
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        serde_json::to_vec(&sorted(value)).ok()
     }
 
     #[test]
@@ -286,6 +635,12 @@ mod tests {
                 fp("POST", "/p", &pretty, BodyMode::CanonicalJson)
             );
             prop_assert_eq!(canonical_json(&pretty), canonical_json(&compact));
+        }
+
+        #[test]
+        fn canonical_json_of_plain_json_is_what_serde_json_prints(value in json_value()) {
+            let pretty = serde_json::to_vec_pretty(&value).expect("serialize");
+            prop_assert_eq!(canonical_json(&pretty), through_value(&pretty));
         }
 
         #[test]

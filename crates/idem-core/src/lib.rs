@@ -6,6 +6,18 @@
 //! the request [`Fingerprint`], the [`StoredResponse`] that a replay returns, and the one
 //! function, [`decide`], that turns a key's record into what the request does.
 //!
+//! With [`BodyMode::CanonicalJson`], two bodies are the same request when they differ
+//! only in key order and whitespace. Numbers are compared by their exact JSON text,
+//! never rounded through a float, so two amounts of any length fingerprint equal only
+//! when written the same; a body whose object repeats a key is compared byte for byte
+//! (see [`canonical_json`]).
+//!
+//! Which responses are an outcome, committed and replayed, is [`FinalStatuses`]: by
+//! default 2xx, 3xx (a `303 See Other` after a `POST` included) and 4xx other than 408,
+//! 409, 425 and 429. Which of their headers are replayed is [`HeaderAllowList`]: by
+//! default [`DEFAULT_REPLAYED_HEADERS`], the representation headers among them, so a
+//! body stored compressed is replayed with its `Content-Encoding`.
+//!
 //! ```
 //! use chrono::{Duration, Utc};
 //! use idem_core::{
@@ -50,6 +62,8 @@ pub use fingerprint::{
     BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,
 };
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
-pub use response::{FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse};
+pub use response::{
+    DEFAULT_REPLAYED_HEADERS, FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse,
+};
 pub use streaming::{STREAMING_MEDIA_TYPES, streams_by_media_type};
 pub use tenant::{MAX_TENANT_LEN, TenantError, TenantId};

@@ -27,17 +27,32 @@ pub const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The response headers [`HeaderAllowList::default`] stores and replays.
+pub const DEFAULT_REPLAYED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "location",
+    "etag",
+    "link",
+    "vary",
+    "cache-control",
+];
+
 /// Which response headers are stored and replayed.
 ///
-/// Defaults to `content-type`, `location`, `etag` and `link`; apps add their own.
-/// Hop-by-hop headers (and `content-length`, which is recomputed) are never stored,
-/// whatever the list says.
+/// Defaults to [`DEFAULT_REPLAYED_HEADERS`]: `content-type`, `location`, `etag`, `link`
+/// and the representation headers `content-encoding`, `content-language`, `vary` and
+/// `cache-control`, so a body compressed before it is stored is replayed with the
+/// `Content-Encoding` that says how to read it. Apps add their own. Hop-by-hop headers
+/// (and `content-length`, which is recomputed) are never stored, whatever the list says.
 ///
 /// ```
 /// use idem_core::HeaderAllowList;
 ///
 /// let list = HeaderAllowList::default().with("X-Request-Cost");
 /// assert!(list.allows("Content-Type"));
+/// assert!(list.allows("Content-Encoding"));
 /// assert!(list.allows("x-request-cost"));
 /// assert!(!list.allows("set-cookie"));
 /// assert!(!HeaderAllowList::default().with("Transfer-Encoding").allows("transfer-encoding"));
@@ -50,9 +65,9 @@ pub struct HeaderAllowList {
 impl Default for HeaderAllowList {
     fn default() -> Self {
         HeaderAllowList {
-            names: ["content-type", "location", "etag", "link"]
-                .into_iter()
-                .map(str::to_owned)
+            names: DEFAULT_REPLAYED_HEADERS
+                .iter()
+                .map(|name| (*name).to_owned())
                 .collect(),
         }
     }
@@ -81,15 +96,18 @@ impl HeaderAllowList {
 
 /// Which response statuses are final: stored with the handler's writes and replayed.
 ///
-/// By default 2xx and 4xx are final except 408, 409, 425 and 429, which tell the
-/// client to try again; 1xx, 3xx and 5xx are not final (nothing is stored, the
-/// handler's writes roll back, and a retry runs again).
+/// By default 2xx, 3xx and 4xx are final, except 408, 409, 425 and 429, which tell the
+/// client to try again. A redirect is an outcome: a `303 See Other` answering a `POST`
+/// commits the handler's writes and is replayed to a retry like a `201`. 1xx and 5xx
+/// are not final (nothing is stored, the handler's writes roll back, and a retry runs
+/// again).
 ///
 /// ```
 /// use idem_core::FinalStatuses;
 ///
 /// let f = FinalStatuses::default();
 /// assert!(f.is_final(201));
+/// assert!(f.is_final(303));
 /// assert!(f.is_final(400));
 /// assert!(!f.is_final(429));
 /// assert!(!f.is_final(503));
@@ -132,8 +150,7 @@ impl FinalStatuses {
         if self.excluded.contains(&status) {
             return false;
         }
-        self.extra.contains(&status)
-            || (200..500).contains(&status) && !(300..400).contains(&status)
+        self.extra.contains(&status) || (200..500).contains(&status)
     }
 }
 
@@ -144,12 +161,52 @@ mod tests {
     #[test]
     fn default_finality_matches_the_contract() {
         let f = FinalStatuses::default();
-        for s in [200, 201, 204, 400, 401, 403, 404, 410, 413, 422] {
+        for s in [
+            200, 201, 204, 299, 300, 301, 302, 303, 304, 307, 308, 399, 400, 401, 403, 404, 410,
+            413, 422, 499,
+        ] {
             assert!(f.is_final(s), "{s} should be final");
         }
-        for s in [100, 301, 304, 408, 409, 425, 429, 500, 502, 503, 504] {
+        for s in [
+            0, 100, 101, 103, 199, 408, 409, 425, 429, 500, 502, 503, 504, 599, 600, 999,
+        ] {
             assert!(!f.is_final(s), "{s} should not be final");
         }
+    }
+
+    #[test]
+    fn a_redirect_can_be_made_not_final_alone() {
+        let f = FinalStatuses::default().without(307);
+        assert!(!f.is_final(307));
+        assert!(f.is_final(303));
+        assert!(f.with(307).is_final(307));
+    }
+
+    #[test]
+    fn default_replays_the_representation_headers() {
+        let list = HeaderAllowList::default();
+        for h in [
+            "content-type",
+            "Content-Encoding",
+            "content-language",
+            "location",
+            "etag",
+            "link",
+            "Vary",
+            "cache-control",
+        ] {
+            assert!(list.allows(h), "{h} should be replayed");
+        }
+        for h in [
+            "set-cookie",
+            "date",
+            "server",
+            "x-request-id",
+            "content-length",
+        ] {
+            assert!(!list.allows(h), "{h} should not be replayed");
+        }
+        assert!(!HeaderAllowList::empty().allows("content-encoding"));
     }
 
     #[test]

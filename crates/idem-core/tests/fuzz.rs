@@ -54,6 +54,17 @@ fn formatted_json() -> impl Strategy<Value = (serde_json::Value, String)> {
     })
 }
 
+/// JSON number texts as the grammar allows them, with more digits than a u64 holds or
+/// an f64 tells apart.
+fn number_text() -> impl Strategy<Value = String> {
+    "-?(0|[1-9][0-9]{0,40})(\\.[0-9]{1,40})?([eE][+-]?[0-9]{1,4})?"
+}
+
+/// Insignificant whitespace as JSON allows it between tokens.
+fn whitespace() -> impl Strategy<Value = String> {
+    "[ \t\r\n]{0,3}"
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -86,5 +97,33 @@ proptest! {
             prop_assert_eq!(canonical_json(&canonical), Some(canonical.clone()));
             prop_assert!(std::str::from_utf8(&canonical).is_ok());
         }
+    }
+
+    #[test]
+    fn canonical_json_keeps_every_number_as_written(
+        a in number_text(),
+        b in prop_oneof![number_text(), "[0-9]".prop_map(|d| d)],
+        ws in whitespace(),
+    ) {
+        // `b` is a second number, or `a` with one more digit in its fraction or exponent
+        // (a fraction of one digit when `a` is an integer): another text, maybe of the
+        // same value.
+        let b = match b.len() {
+            1 if a.contains(['.', 'e', 'E']) => format!("{a}{b}"),
+            1 => format!("{a}.{b}"),
+            _ => b,
+        };
+        let body = format!("{ws}{{{ws}\"n\"{ws}:{ws}[{ws}{a}{ws},{ws}{b}{ws}]{ws}}}{ws}");
+        prop_assert_eq!(
+            canonical_json(body.as_bytes()),
+            Some(format!("{{\"n\":[{a},{b}]}}").into_bytes())
+        );
+        let fp = |n: &str| {
+            Fingerprint::builder("POST", "/f")
+                .body(format!("{{\"amount\":{n}}}").as_bytes(), BodyMode::CanonicalJson)
+                .finish()
+        };
+        prop_assert_eq!(fp(&a) == fp(&b), a == b);
+        prop_assert_eq!(fp(&a), fp(&format!("{ws}{a}{ws}")));
     }
 }
