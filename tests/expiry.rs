@@ -71,27 +71,68 @@ async fn an_expired_key_may_be_reused_for_a_different_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_configured_retention_bounds_how_long_a_key_counts() {
+async fn the_configured_retention_is_counted_from_completion() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.retention(Duration::from_millis(300))).await;
-    app.post("/effects", "t1", Some("e3"), "n")
+    let (app, _) = effects_app(&db, |l| l.retention(Duration::from_secs(90 * 60))).await;
+    let first = app
+        .post("/effects?sleep_ms=300", "t1", Some("e3"), "n")
         .send()
         .await
         .expect("first");
+    assert_eq!(first.status(), 201);
+    let (counted, since_claim): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM expires_at - completed_at)::float8, \
+                extract(epoch FROM expires_at - created_at)::float8 \
+         FROM idem.keys WHERE key = 'e3'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("key row");
+    assert_eq!(
+        counted,
+        90.0 * 60.0,
+        "retention starts when the request completes"
+    );
+    assert!(since_claim > counted, "not when it was claimed");
     let soon = app
-        .post("/effects", "t1", Some("e3"), "n")
+        .post("/effects?sleep_ms=300", "t1", Some("e3"), "n")
         .send()
         .await
         .expect("soon");
-    assert!(replayed(&soon));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let later = app
-        .post("/effects", "t1", Some("e3"), "n")
-        .send()
-        .await
-        .expect("later");
-    assert!(!replayed(&later));
-    assert_eq!(db.effects().await, 2);
+    assert!(replayed(&soon), "within its retention the key replays");
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it() {
+    let db = test_db().await;
+    // Two layers on one database stand for two processes: the duplicate waits on the
+    // key in the database, not in memory.
+    let configure = |l: idem_axum::IdempotencyLayer| {
+        l.retention(Duration::from_secs(3))
+            .in_flight_wait(Duration::from_secs(20))
+    };
+    let (slow, _) = effects_app(&db, configure).await;
+    let (other, _) = effects_app(&db, configure).await;
+    let first = slow
+        .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
+        .send();
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        other
+            .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
+            .send()
+            .await
+    };
+    let (first, duplicate) = tokio::join!(first, duplicate);
+    let (first, duplicate) = (first.expect("first"), duplicate.expect("duplicate"));
+    assert_eq!(first.status(), 201);
+    assert_eq!(duplicate.status(), 201);
+    assert!(
+        replayed(&duplicate),
+        "the key was never replaced while its first request ran"
+    );
+    assert_eq!(db.effects().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,7 +67,7 @@ async fn a_response_over_the_limit_is_passed_through_committed_and_not_replayed(
         .send()
         .await
         .expect("retry");
-    assert_eq!(retry.status(), 409);
+    assert_eq!(retry.status(), 410, "a retry is told to stop retrying");
     assert!(replayed(&retry));
     assert_eq!(
         problem_type(retry).await,

@@ -184,3 +184,77 @@ async fn replays_looked_up_before_the_transaction_are_the_same_answers() {
     assert!(!replayed(&fresh), "an unknown key still runs");
     assert_eq!(db.effects().await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_compressed_inside_the_layer_is_replayed_with_its_representation_headers() {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+
+    let db = test_db().await;
+    // Compression inside the idempotency layer: the stored body is the gzipped one, so
+    // it must be replayed with its Content-Encoding (and Vary, Cache-Control,
+    // Content-Language) or the client cannot read it.
+    let big = "payment ".repeat(200);
+    let router = axum::Router::new()
+        .route(
+            "/compressed",
+            post(move || {
+                let big = big.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::CREATED,
+                        [
+                            (header::CONTENT_TYPE, "text/plain"),
+                            (header::CACHE_CONTROL, "no-store"),
+                            (header::CONTENT_LANGUAGE, "en"),
+                        ],
+                        big,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .layer(tower_http::compression::CompressionLayer::new())
+        .route_layer(idem_axum::IdempotencyLayer::new(db.pool.clone()).single_tenant());
+    let app = TestApp::spawn(router).await;
+    let send = || {
+        app.client
+            .post(app.url("/compressed"))
+            .header("idempotency-key", "gz")
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body("{}")
+            .send()
+    };
+    let first = send().await.expect("first");
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["content-encoding"], "gzip", "compressed");
+    let representation = [
+        "content-encoding",
+        "content-language",
+        "vary",
+        "cache-control",
+    ];
+    let first_headers: Vec<_> = representation
+        .iter()
+        .map(|h| first.headers().get(*h).cloned())
+        .collect();
+    assert!(
+        first_headers.iter().all(Option::is_some),
+        "{first_headers:?}"
+    );
+    let first_body = first.bytes().await.expect("body");
+
+    let retry = send().await.expect("retry");
+    assert!(replayed(&retry));
+    let retry_headers: Vec<_> = representation
+        .iter()
+        .map(|h| retry.headers().get(*h).cloned())
+        .collect();
+    assert_eq!(retry_headers, first_headers);
+    assert_eq!(
+        retry.bytes().await.expect("body"),
+        first_body,
+        "the same gzipped bytes"
+    );
+}
