@@ -25,6 +25,16 @@ async fn undelivered(db: &TestDb) -> i64 {
         .expect("undelivered count")
 }
 
+/// Outbox rows no transaction holds a lock on (locked by this statement and released
+/// with it).
+async fn unlocked(db: &TestDb) -> usize {
+    sqlx::query("SELECT id FROM idem.outbox FOR UPDATE SKIP LOCKED")
+        .fetch_all(&db.pool)
+        .await
+        .expect("unlocked rows")
+        .len()
+}
+
 async fn enqueue_many(db: &TestDb, topic: &str, n: usize) {
     let mut tx = db.pool.begin().await.expect("begin");
     for i in 0..n {
@@ -236,12 +246,34 @@ async fn a_relay_killed_mid_batch_loses_and_duplicates_nothing() {
     }
     task.abort(); // killed mid-batch: its transaction never commits
     let _ = task.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(undelivered(&db).await, 20, "nothing was marked delivered");
+    // Until the killed relay's transaction has ended, another session sees the rows as
+    // they were before it whatever it did: wait for its end (its row locks released,
+    // no transaction open) before judging what it left behind.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while unlocked(&db).await < 20 || db.transactions_left_open().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the killed relay's transaction never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        undelivered(&db).await,
+        20,
+        "the killed relay's transaction ended without committing a delivered mark"
+    );
 
-    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
+    let counting = Arc::new(Counting::new(&stream));
+    let relay = OutboxRelay::new(db.pool.clone(), counting.clone());
     while relay.relay_once().await.expect("relay") > 0 {}
     assert_eq!(undelivered(&db).await, 0);
+    let calls = counting.calls.lock().expect("lock").clone();
+    assert_eq!(
+        calls.len(),
+        20,
+        "the next relay delivered every message, the ones published before the kill included"
+    );
+    assert!(calls.values().all(|&n| n == 1));
     assert_eq!(
         stream.messages().await,
         20,
