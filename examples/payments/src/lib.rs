@@ -54,12 +54,20 @@ pub fn app(pool: PgPool) -> Router {
 }
 
 /// The router with a caller-configured idempotency layer.
+///
+/// The layer is added to each route's method router with `route_layer`, so it wraps
+/// only the handlers: an unknown path gets the router's 404 and a method a route does
+/// not serve its 405, untouched, and their keys stay unused. (`Router::route_layer`
+/// would leave the 404 alone but still wrap each route's 405.)
 pub fn app_with(pool: PgPool, idempotency: IdempotencyLayer) -> Router {
     Router::new()
-        .route("/payments", post(create_payment))
-        .route("/payments/{id}", get(show_payment))
-        .layer(idempotency)
-        // Outermost: authentication runs before the idempotency layer.
+        .route(
+            "/payments",
+            post(create_payment).route_layer(idempotency.clone()),
+        )
+        .route("/payments/{id}", get(show_payment).route_layer(idempotency))
+        // Outermost: authentication runs before routing, so the idempotency layer finds
+        // the tenant in the request extensions.
         .layer(middleware::from_fn(auth))
         .with_state(pool)
 }
