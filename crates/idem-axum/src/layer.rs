@@ -116,8 +116,10 @@ impl Default for Config {
 /// | [`isolation`](Self::isolation) | READ COMMITTED, whatever the server's default |
 /// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
 ///
-/// Add it with [`Router::route_layer`](axum::Router::route_layer), so unknown routes
-/// and methods a route does not serve answer 404 and 405 untouched.
+/// Add it to each route's method router with
+/// [`MethodRouter::route_layer`](axum::routing::MethodRouter::route_layer), so unknown
+/// routes and methods a route does not serve answer 404 and 405 untouched
+/// ([`Router::route_layer`](axum::Router::route_layer) still wraps each route's 405).
 ///
 /// ```no_run
 /// use axum::{Router, routing::post, http::StatusCode};
@@ -131,9 +133,8 @@ impl Default for Config {
 /// }
 ///
 /// # async fn run(pool: sqlx::PgPool) {
-/// let app: Router = Router::new()
-///     .route("/payments", post(pay))
-///     .route_layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+/// let idempotency = IdempotencyLayer::new(pool).single_tenant().canonical_json();
+/// let app: Router = Router::new().route("/payments", post(pay).route_layer(idempotency));
 /// # }
 /// ```
 #[derive(Debug, Clone)]

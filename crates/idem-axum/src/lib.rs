@@ -27,9 +27,9 @@
 //!     let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
 //!     idem_sqlx::MIGRATOR.run(&pool).await?;
 //!
-//!     let app = Router::new()
-//!         .route("/payments", post(create_payment))
-//!         .route_layer(IdempotencyLayer::new(pool).single_tenant().canonical_json());
+//!     // On the route's method router: unknown paths and methods stay 404 and 405.
+//!     let idempotency = IdempotencyLayer::new(pool).single_tenant().canonical_json();
+//!     let app = Router::new().route("/payments", post(create_payment).route_layer(idempotency));
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //!     axum::serve(listener, app).await?;
