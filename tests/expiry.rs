@@ -109,7 +109,7 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
     // Two layers on one database stand for two processes: the duplicate waits on the
     // key in the database, not in memory.
     let configure = |l: idem_axum::IdempotencyLayer| {
-        l.retention(Duration::from_secs(3))
+        l.retention(Duration::from_secs(2))
             .in_flight_wait(Duration::from_secs(20))
     };
     let (slow, _) = effects_app(&db, configure).await;
@@ -118,7 +118,8 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
         .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
         .send();
     let duplicate = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Arrives after the retention would have run out, counted from the claim.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         other
             .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
             .send()

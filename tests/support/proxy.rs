@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::TestDb;
 
 /// Forwards 127.0.0.1:`addr` to an upstream Postgres.
 pub struct Proxy {
@@ -56,6 +59,22 @@ impl Proxy {
             cut,
             task,
         }
+    }
+
+    /// Starts forwarding to the Postgres server of `db`.
+    pub async fn in_front_of(db: &TestDb) -> Proxy {
+        let upstream: SocketAddr =
+            tokio::net::lookup_host((db.options.get_host(), db.options.get_port()))
+                .await
+                .expect("resolve the database host")
+                .next()
+                .expect("an address for the database host");
+        Proxy::start(upstream).await
+    }
+
+    /// The options to connect to `db` through this proxy.
+    pub fn connect_options(&self, db: &TestDb) -> PgConnectOptions {
+        db.options.clone().host("127.0.0.1").port(self.addr.port())
     }
 
     /// Drops every open connection and refuses new ones.
