@@ -151,3 +151,66 @@ async fn raw_mode_treats_reordered_json_as_a_different_request() {
     assert_eq!(reordered.status(), 422);
     assert_eq!(db.effects().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_that_differ_beyond_float_precision_are_a_mismatch() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.canonical_json()).await;
+    let first = app
+        .post(
+            "/effects",
+            "t1",
+            Some("big"),
+            r#"{"amount":12345678901234567890123}"#,
+        )
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let other = app
+        .post(
+            "/effects",
+            "t1",
+            Some("big"),
+            r#"{ "amount": 12345678901234567890124 }"#,
+        )
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 422, "another amount is another request");
+    let same = app
+        .post(
+            "/effects",
+            "t1",
+            Some("big"),
+            r#"{ "amount": 12345678901234567890123 }"#,
+        )
+        .send()
+        .await
+        .expect("same");
+    assert!(
+        replayed(&same),
+        "whitespace alone does not make it another request"
+    );
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_of_a_repeated_fingerprint_header_counts() {
+    let db = test_db().await;
+    let header = http::HeaderName::from_static("x-account");
+    let (app, _) = effects_app(&db, |l| l.fingerprint_header(header)).await;
+    let send = |second: &'static str| {
+        app.post("/effects", "t1", Some("accounts"), "n")
+            .header("x-account", "a")
+            .header("x-account", second)
+            .send()
+    };
+    let first = send("b").await.expect("first");
+    assert_eq!(first.status(), 201);
+    let other = send("c").await.expect("other");
+    assert_eq!(other.status(), 422, "the second value differs");
+    let same = send("b").await.expect("same");
+    assert!(replayed(&same));
+    assert_eq!(db.effects().await, 1);
+}
