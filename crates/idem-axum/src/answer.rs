@@ -47,13 +47,24 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
             );
             outcome(response, "replayed_unstored")
         }
-        RecordState::InFlight => {
-            let problem = Problem::InFlight {
-                retry_after: config.retry_after,
-            };
-            outcome(problem.into_response(), "in_flight")
-        }
+        RecordState::InFlight => in_flight(config),
     }
+}
+
+/// 409 `in-flight` + Retry-After: the key is held by a request that has not finished.
+pub(crate) fn in_flight(config: &Config) -> Response<Body> {
+    let problem = Problem::InFlight {
+        retry_after: config.retry_after,
+    };
+    outcome(problem.into_response(), "in_flight")
+}
+
+/// 422 (or the configured status) `key-mismatch`.
+pub(crate) fn mismatch(config: &Config) -> Response<Body> {
+    let problem = Problem::KeyMismatch {
+        status: config.mismatch_status,
+    };
+    outcome(problem.into_response(), "mismatch")
 }
 
 /// The stored response as it was sent; `None` when a stored part no longer parses.

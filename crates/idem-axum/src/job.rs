@@ -10,13 +10,12 @@ use http::{Request, Response};
 use idem_core::{Decision, decide};
 use sqlx::PgPool;
 
-use crate::Problem;
-use crate::answer::{outcome, replay};
+use crate::answer::{in_flight, mismatch, replay};
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, run_handler};
 use crate::layer::{Config, FailureMode};
 use crate::service::{Inner, ResponseBody};
-use crate::store::{Keyed, Opened, begin, mismatch, open_keyed, unavailable};
+use crate::store::{Keyed, Opened, begin, open_keyed, unavailable};
 
 /// What every step of a request needs.
 pub(crate) struct Job {
@@ -101,28 +100,21 @@ impl Job {
                 match tokio::time::timeout_at(deadline, landing.wait_for(Option::is_some)).await {
                     Ok(Ok(landed)) => landed.clone(),
                     Ok(Err(_closed)) => None,
-                    Err(_elapsed) => return Err(self.in_flight()),
+                    Err(_elapsed) => return Err(in_flight(&self.config)),
                 };
             match landed {
                 Some(Landed::Record(record)) => {
                     match decide(Some(&record), &keyed.fingerprint, Utc::now()) {
                         Decision::Replay => return Err(replay(&self.config, &record)),
                         Decision::Mismatch => return Err(mismatch(&self.config)),
-                        Decision::InFlight => return Err(self.in_flight()),
+                        Decision::InFlight => return Err(in_flight(&self.config)),
                         Decision::Execute => continue,
                     }
                 }
-                Some(Landed::Busy) => return Err(self.in_flight()),
+                Some(Landed::Busy) => return Err(in_flight(&self.config)),
                 Some(Landed::Unknown) | None => continue,
             }
         }
-    }
-
-    fn in_flight(&self) -> Response<Body> {
-        let problem = Problem::InFlight {
-            retry_after: self.config.retry_after,
-        };
-        outcome(problem.into_response(), "in_flight")
     }
 
     /// The store could not be reached before anything was claimed: fail closed (503),

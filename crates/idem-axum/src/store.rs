@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::answer::{outcome, replay};
+use crate::answer::{in_flight, mismatch, outcome, replay};
 use crate::flight::Landed;
 use crate::layer::Config;
 
@@ -132,16 +132,7 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
         }
     }
     tracing::error!("the claim kept failing to serialize; giving up");
-    Opened::Answer(
-        outcome(
-            Problem::InFlight {
-                retry_after: config.retry_after,
-            }
-            .into_response(),
-            "in_flight",
-        ),
-        Landed::Unknown,
-    )
+    Opened::Answer(in_flight(config), Landed::Unknown)
 }
 
 /// The outcome of one claim attempt.
@@ -174,7 +165,6 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
         return Claimed::Tx(tx);
     }
     rollback(tx).await;
-    let retry_after = config.retry_after;
     match claimed {
         Ok(Claim::Replay(record)) => {
             let answer = replay(config, &record);
@@ -183,10 +173,7 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
         Ok(Claim::Mismatch(record)) => {
             Claimed::Answer(mismatch(config), Landed::Record(Box::new(record)))
         }
-        Ok(Claim::InFlight | Claim::Claimed) => {
-            let problem = Problem::InFlight { retry_after };
-            Claimed::Answer(outcome(problem.into_response(), "in_flight"), Landed::Busy)
-        }
+        Ok(Claim::InFlight | Claim::Claimed) => Claimed::Answer(in_flight(config), Landed::Busy),
         Err(e) => match e.kind() {
             FailureKind::Serialization => {
                 tracing::debug!(error = %e, "the claim failed to serialize; starting over");
@@ -221,14 +208,6 @@ async fn answer_without_transaction(
         Decision::Execute | Decision::InFlight => return None,
     };
     Some(Opened::Answer(answer, Landed::Record(Box::new(record))))
-}
-
-/// 422 (or the configured status) `key-mismatch`.
-pub(crate) fn mismatch(config: &Config) -> Response<Body> {
-    let problem = Problem::KeyMismatch {
-        status: config.mismatch_status,
-    };
-    outcome(problem.into_response(), "mismatch")
 }
 
 /// 503 `store-unavailable` + Retry-After.
