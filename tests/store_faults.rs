@@ -16,7 +16,7 @@ use idem_axum::{FailureMode, IdempotencyLayer, Tx};
 use idem_tests::{Proxy, TestApp, TestDb, problem_type, replayed, test_db};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 
 #[derive(serde::Deserialize)]
 struct Sleep {
@@ -118,32 +118,11 @@ struct Role {
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let sql = [
+        let sql = vec![
             format!("DROP OWNED BY {}", self.name),
             format!("DROP ROLE IF EXISTS {}", self.name),
         ];
-        // Drop runs inside the test's runtime: the async work gets a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let mut conn = PgConnection::connect_with(&admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for statement in sql {
-                    sqlx::query(AssertSqlSafe(statement))
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                conn.close().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
+        if let Err(e) = idem_tests::pg::run_blocking(self.admin.clone(), sql) {
             eprintln!("dropping role {} failed: {e}", self.name);
         }
     }

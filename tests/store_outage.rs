@@ -1,7 +1,6 @@
 //! An unreachable store fails closed (503 + Retry-After); after it recovers, the retry
 //! executes once. Routes configured to fail open keep serving.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use idem_axum::{FailureMode, IdempotencyLayer};
@@ -10,17 +9,11 @@ use sqlx::postgres::PgPoolOptions;
 
 /// A pool that reaches the test database through a proxy the test can cut.
 async fn pool_through_proxy(db: &TestDb) -> (Proxy, sqlx::PgPool) {
-    let upstream: SocketAddr =
-        tokio::net::lookup_host((db.options.get_host(), db.options.get_port()))
-            .await
-            .expect("resolve the database host")
-            .next()
-            .expect("an address for the database host");
-    let proxy = Proxy::start(upstream).await;
+    let proxy = Proxy::in_front_of(db).await;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(2))
-        .connect_with(db.options.clone().host("127.0.0.1").port(proxy.addr.port()))
+        .connect_with(proxy.connect_options(db))
         .await
         .expect("pool through the proxy");
     (proxy, pool)

@@ -119,27 +119,8 @@ impl Drop for TestDb {
         if self.server.stop.is_some() {
             return;
         }
-        let options = self.server.options.clone();
         let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // Drop runs inside the test's runtime: the async work gets a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let mut admin = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sqlx::query(AssertSqlSafe(drop_sql))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                admin.close().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
+        if let Err(e) = run_blocking(self.server.options.clone(), vec![drop_sql]) {
             eprintln!("dropping test database {} failed: {e}", self.name);
         }
     }
@@ -190,6 +171,32 @@ impl TestDb {
             .await
             .expect("count query")
     }
+}
+
+/// Runs `statements` on a connection of their own, from synchronous code such as a
+/// `Drop` inside the test's runtime: the async work gets a thread and a runtime of its
+/// own.
+pub fn run_blocking(options: PgConnectOptions, statements: Vec<String>) -> Result<(), String> {
+    let done = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(|e| e.to_string())?;
+            for statement in statements {
+                sqlx::query(AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            conn.close().await.map_err(|e| e.to_string())
+        })
+    })
+    .join();
+    done.unwrap_or_else(|_| Err("the thread running the statements panicked".into()))
 }
 
 /// Creates a fresh database on the shared server and migrates it.
