@@ -101,7 +101,7 @@ async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
     let found = idem_sqlx::claim(&mut tx, &request(&tenant, &taken, b"b"))
         .await
         .expect("claim");
-    assert!(matches!(found, Claim::Mismatch(_)), "{found:?}");
+    assert!(matches!(found, Claim::Mismatch(..)), "{found:?}");
     let fresh = IdempotencyKey::parse("fresh").expect("key");
     let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &fresh, b"a"))
         .await
@@ -137,7 +137,9 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
         .await
         .expect("claim")
     {
-        Claim::Replay(record) => assert_eq!(record.state, RecordState::Completed(stored.clone())),
+        Claim::Replay(record, _) => {
+            assert_eq!(record.state, RecordState::Completed(stored.clone()))
+        }
         other => panic!("expected a replay, got {other:?}"),
     }
     tx.rollback().await.expect("rollback");
@@ -145,7 +147,7 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
     let other = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"b"))
         .await
         .expect("claim");
-    assert!(matches!(other, Claim::Mismatch(_)));
+    assert!(matches!(other, Claim::Mismatch(..)));
     tx.rollback().await.expect("rollback");
 
     let (record, _) = idem_sqlx::lookup(&db.pool, &tenant, &key)

@@ -32,6 +32,48 @@ pub struct Record {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Record {
+    /// Whether the request behind the record finished: only a finished record is final
+    /// (it never changes until it expires), so only it may be kept in memory.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self.state, RecordState::InFlight)
+    }
+
+    /// The record with its expiry moved from the store's clock to this process's:
+    /// it still counts for `expires_at - store_now`, measured from `local_sent`, the
+    /// local time taken before the read that saw `store_now` was sent. The store read
+    /// its clock after that, so the moved expiry is never later than the store's,
+    /// however far apart the two clocks are.
+    ///
+    /// ```
+    /// use chrono::{Duration, TimeZone, Utc};
+    /// use idem_core::{BodyMode, Fingerprint, Record, RecordState};
+    ///
+    /// let store_now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+    /// let fp = Fingerprint::builder("POST", "/p").body(b"{}", BodyMode::Raw).finish();
+    /// let record = Record {
+    ///     fingerprint: fp,
+    ///     state: RecordState::CompletedUnstored { status: 201 },
+    ///     expires_at: store_now + Duration::minutes(10),
+    /// };
+    /// // This process's clock runs five minutes behind the store's.
+    /// let local_sent = store_now - Duration::minutes(5);
+    /// let moved = record.on_local_clock(store_now, local_sent);
+    /// assert_eq!(moved.expires_at, local_sent + Duration::minutes(10));
+    /// ```
+    pub fn on_local_clock(mut self, store_now: DateTime<Utc>, local_sent: DateTime<Utc>) -> Self {
+        let remaining = self.expires_at.signed_duration_since(store_now);
+        self.expires_at = local_sent.checked_add_signed(remaining).unwrap_or(
+            if remaining > chrono::TimeDelta::zero() {
+                DateTime::<Utc>::MAX_UTC
+            } else {
+                DateTime::<Utc>::MIN_UTC
+            },
+        );
+        self
+    }
+}
+
 /// What a request carrying a key does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -192,5 +234,46 @@ mod tests {
             };
             prop_assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn a_record_moved_to_the_local_clock_never_outlives_the_store_s_expiry() {
+        use chrono::Duration;
+        let fp = Fingerprint::builder("POST", "/p")
+            .body(b"{}", crate::BodyMode::Raw)
+            .finish();
+        let store_now = Utc::now();
+        let record = Record {
+            fingerprint: fp,
+            state: RecordState::CompletedUnstored { status: 201 },
+            expires_at: store_now + Duration::seconds(60),
+        };
+        for skew in [-3600, -1, 0, 1, 3600] {
+            // The local clock reads `skew` seconds ahead of the store's, and the read
+            // reached the store 20 ms after it was sent.
+            let local_sent = store_now + Duration::seconds(skew) - Duration::milliseconds(20);
+            let moved = record.clone().on_local_clock(store_now, local_sent);
+            let store_expiry_on_local_clock = record.expires_at + Duration::seconds(skew);
+            assert!(
+                moved.expires_at <= store_expiry_on_local_clock,
+                "skew {skew}"
+            );
+            assert_eq!(moved.expires_at, local_sent + Duration::seconds(60));
+        }
+    }
+
+    #[test]
+    fn only_a_finished_record_is_final() {
+        let fp = Fingerprint::builder("POST", "/p")
+            .body(b"{}", crate::BodyMode::Raw)
+            .finish();
+        let at = Utc::now();
+        let record = |state| Record {
+            fingerprint: fp,
+            state,
+            expires_at: at,
+        };
+        assert!(!record(RecordState::InFlight).is_finished());
+        assert!(record(RecordState::CompletedUnstored { status: 201 }).is_finished());
     }
 }

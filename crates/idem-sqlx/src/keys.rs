@@ -42,10 +42,11 @@ pub struct ClaimRequest<'a> {
 pub enum Claim {
     /// The key is this transaction's: run the handler, then [`complete`] and commit.
     Claimed,
-    /// A finished record with the same fingerprint: answer from it.
-    Replay(Record),
-    /// A live record of a different request.
-    Mismatch(Record),
+    /// A finished record with the same fingerprint: answer from it. With the store's
+    /// time of the read (see [`Record::on_local_clock`]).
+    Replay(Record, DateTime<Utc>),
+    /// A live record of a different request, with the store's time of the read.
+    Mismatch(Record, DateTime<Utc>),
     /// Another transaction holds the key and did not finish within the wait.
     InFlight,
 }
@@ -141,8 +142,8 @@ async fn claim_inner(
             continue; // swept between the two statements; claim again
         };
         match decide(Some(&record), &req.fingerprint, now) {
-            Decision::Replay => return Ok(Claim::Replay(record)),
-            Decision::Mismatch => return Ok(Claim::Mismatch(record)),
+            Decision::Replay => return Ok(Claim::Replay(record, now)),
+            Decision::Mismatch => return Ok(Claim::Mismatch(record, now)),
             Decision::InFlight => return Ok(Claim::InFlight),
             Decision::Execute => {
                 let replaced = sqlx::query(

@@ -38,8 +38,8 @@
 //!         idem_sqlx::complete(&mut tx, &request, Completion::Response(&response)).await?;
 //!         tx.commit().await?;
 //!     }
-//!     Claim::Replay(record) => println!("replay {:?}", record.state),
-//!     Claim::Mismatch(_) => println!("same key, different request"),
+//!     Claim::Replay(record, _) => println!("replay {:?}", record.state),
+//!     Claim::Mismatch(..) => println!("same key, different request"),
 //!     Claim::InFlight => println!("still running; retry later"),
 //! }
 //! # Ok(())
