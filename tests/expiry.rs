@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use idem_tests::{effects_app, replayed, test_db};
 
+/// These tests move the store's clock forward by editing `expires_at`; a layer's copies
+/// of finished records in memory cannot see that, so their layers keep none.
+fn no_memory(layer: idem_axum::IdempotencyLayer) -> idem_axum::IdempotencyLayer {
+    layer.replay_cache(0)
+}
+
 async fn expire_all(db: &idem_tests::TestDb) {
     sqlx::query("UPDATE idem.keys SET expires_at = now() - interval '1 second'")
         .execute(&db.pool)
@@ -14,7 +20,7 @@ async fn expire_all(db: &idem_tests::TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_executes_again_and_replaces_the_old_record() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l).await;
+    let (app, _) = effects_app(&db, no_memory).await;
     let first = app
         .post("/effects", "t1", Some("e1"), "n")
         .send()
@@ -55,7 +61,7 @@ async fn an_expired_key_executes_again_and_replaces_the_old_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_may_be_reused_for_a_different_request() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l).await;
+    let (app, _) = effects_app(&db, no_memory).await;
     app.post("/effects", "t1", Some("e2"), "a")
         .send()
         .await
@@ -139,7 +145,7 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_deletes_only_expired_keys() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l).await;
+    let (app, _) = effects_app(&db, no_memory).await;
     app.post("/effects", "t1", Some("old"), "n")
         .send()
         .await
@@ -166,7 +172,10 @@ async fn the_sweeper_deletes_only_expired_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_of_an_expired_key_execute_once() {
     let db = idem_tests::test_db_with(12).await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(20))).await;
+    let (app, _) = effects_app(&db, |l| {
+        no_memory(l).in_flight_wait(Duration::from_secs(20))
+    })
+    .await;
     app.post("/effects", "t1", Some("e4"), "n")
         .send()
         .await

@@ -11,6 +11,7 @@ use idem_core::{Decision, decide};
 use sqlx::PgPool;
 
 use crate::answer::{in_flight, mismatch, replay};
+use crate::cache::ReplayCache;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, run_handler};
 use crate::layer::{Config, FailureMode};
@@ -22,6 +23,7 @@ pub(crate) struct Job {
     pub(crate) config: Arc<Config>,
     pub(crate) pool: PgPool,
     pub(crate) flights: Arc<Flights>,
+    pub(crate) cache: Arc<ReplayCache>,
 }
 
 impl Job {
@@ -36,6 +38,9 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
+        if let Some(answer) = self.from_memory(&keyed) {
+            return Ok(answer);
+        }
         let leader = match self.lead(&keyed).await {
             Ok(leader) => leader,
             Err(answer) => return Ok(answer),
@@ -43,7 +48,7 @@ impl Job {
         let tx = match open_keyed(&self.pool, &self.config, &keyed).await {
             Opened::Tx(tx) => tx,
             Opened::Answer(answer, landed) => {
-                leader.land(landed);
+                self.land(&keyed, leader, landed);
                 return Ok(answer);
             }
             Opened::Unreachable => {
@@ -59,8 +64,27 @@ impl Job {
             Handled::Answered(answer) => (answer, Landed::Unknown),
             Handled::Failed(e) => return Err(e),
         };
-        leader.land(landed);
+        self.land(&keyed, leader, landed);
         Ok(answer)
+    }
+
+    /// A replay or a mismatch answered from the finished records in memory.
+    fn from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
+        let (decision, record) = self.cache.decide(keyed)?;
+        match decision {
+            Decision::Replay => Some(replay(&self.config, &record)),
+            Decision::Mismatch => Some(mismatch(&self.config)),
+            Decision::Execute | Decision::InFlight => None,
+        }
+    }
+
+    /// Tells this process's duplicates what the request left, and keeps a finished
+    /// record in memory for the retries still to come.
+    fn land(&self, keyed: &Keyed, leader: Leader, landed: Landed) {
+        if let Landed::Record(record) = &landed {
+            self.cache.keep(keyed, record);
+        }
+        leader.land(landed);
     }
 
     /// A request without a key on a route where it is optional: the handler runs in a

@@ -9,6 +9,7 @@ use idem_sqlx::Isolation;
 use sqlx::PgPool;
 use tower::Layer;
 
+use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::{IdempotencyService, TenantSource};
 
@@ -112,6 +113,7 @@ impl Default for Config {
 /// | [`failure_mode`](Self::failure_mode) | closed (503 + Retry-After) |
 /// | [`retry_after`](Self::retry_after) | 1 s |
 /// | [`replay_lookup_first`](Self::replay_lookup_first) | off |
+/// | [`replay_cache`](Self::replay_cache) | 32 MiB of finished records in memory |
 /// | [`store_timeout`](Self::store_timeout) | 10 s (then 503 + Retry-After) |
 /// | [`isolation`](Self::isolation) | READ COMMITTED, whatever the server's default |
 /// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
@@ -142,7 +144,11 @@ pub struct IdempotencyLayer {
     pub(crate) pool: PgPool,
     pub(crate) config: Arc<Config>,
     pub(crate) flights: Arc<Flights>,
+    pub(crate) cache: Arc<ReplayCache>,
 }
+
+/// How many bytes of finished records a layer keeps in memory by default.
+pub const DEFAULT_REPLAY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 impl IdempotencyLayer {
     /// A layer over this pool, with the defaults in the table above. Size the pool for
@@ -155,6 +161,7 @@ impl IdempotencyLayer {
             pool,
             config: Arc::new(Config::default()),
             flights: Arc::new(Flights::default()),
+            cache: Arc::new(ReplayCache::new(DEFAULT_REPLAY_CACHE_BYTES)),
         }
     }
 
@@ -264,6 +271,20 @@ impl IdempotencyLayer {
         self.with(|c| c.replay_lookup_first = on)
     }
 
+    /// How many bytes of finished records (response bodies and headers, keys, and a
+    /// fixed overhead each) the layer keeps in memory to answer replays and mismatches
+    /// without the store. 32 MiB by default; 0 keeps none. A finished record never
+    /// changes until it expires, so the copy answers as the store would, on every
+    /// replica and after a restart (a key not in memory is read from the store, and
+    /// kept). Each copy expires on this process's clock no later than the stored key,
+    /// whatever the skew between the two clocks. The least used records are dropped
+    /// first when the bound is reached. Every service made from this layer (and its
+    /// clones) shares one cache; this call starts a new, empty one.
+    pub fn replay_cache(mut self, bytes: u64) -> Self {
+        self.cache = Arc::new(ReplayCache::new(bytes));
+        self
+    }
+
     /// How long a request waits for the store: to open its transaction and claim the
     /// key (on top of [`in_flight_wait`](Self::in_flight_wait)), and to store the
     /// response and commit. Past it the request gets 503 with Retry-After (or runs
@@ -304,6 +325,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             pool: self.pool.clone(),
             config: self.config.clone(),
             flights: self.flights.clone(),
+            cache: self.cache.clone(),
         }
     }
 }

@@ -42,6 +42,7 @@
 
 mod answer;
 mod body;
+mod cache;
 mod flight;
 mod handler;
 mod job;
@@ -55,7 +56,9 @@ mod tx;
 
 pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId};
 pub use idem_sqlx::Isolation;
-pub use layer::{FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer};
+pub use layer::{
+    DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer,
+};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};
 pub use tenant::TenantSource;

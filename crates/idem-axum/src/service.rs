@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::Problem;
 use crate::answer::outcome;
 use crate::body::read_body;
+use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::job::Job;
 use crate::layer::Config;
@@ -62,6 +63,7 @@ pub struct IdempotencyService<S> {
     pub(crate) pool: PgPool,
     pub(crate) config: Arc<Config>,
     pub(crate) flights: Arc<Flights>,
+    pub(crate) cache: Arc<ReplayCache>,
 }
 
 /// The response future of [`IdempotencyService`].
@@ -116,6 +118,7 @@ where
             config: config.clone(),
             pool: self.pool.clone(),
             flights: self.flights.clone(),
+            cache: self.cache.clone(),
         };
         let Some(key) = key else {
             if config.key_required {

@@ -3,7 +3,7 @@
 //! commit and record a failure that stands.
 
 use axum::body::Body;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http::response::Parts;
 use http::{Response, header};
 use idem_core::{
@@ -51,12 +51,14 @@ impl Job {
                 return (outcome(answer, "rolled_back"), Landed::Unknown);
             }
         };
+        // Before the store's clock starts the key's retention.
+        let sent = Utc::now();
         match self
             .store_and_commit(keyed, status, stored.clone(), tx)
             .await
         {
             Ok(()) => {
-                let landed = self.landed(keyed, status, stored);
+                let landed = self.landed(keyed, status, stored, sent);
                 let answer = outcome(Response::from_parts(parts, body), "executed");
                 (answer, landed)
             }
@@ -139,6 +141,7 @@ impl Job {
         if !aborted_answer_stands(status) {
             return (transaction_aborted(status), Landed::Unknown);
         }
+        let sent = Utc::now();
         let work = {
             let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
             let stored = stored.clone();
@@ -152,7 +155,7 @@ impl Job {
             .store_timeout
             .saturating_add(self.config.in_flight_wait);
         let landed = match bounded(limit, work, |_| async {}).await {
-            Some(Ok(true)) => self.landed(keyed, status, stored),
+            Some(Ok(true)) => self.landed(keyed, status, stored, sent),
             Some(Ok(false)) => {
                 tracing::info!("the key was taken meanwhile; the answer is not recorded");
                 Landed::Unknown
@@ -169,8 +172,16 @@ impl Job {
         (outcome(response, "recorded_after_abort"), landed)
     }
 
-    /// What the duplicates waiting in this process learn of a committed answer.
-    fn landed(&self, keyed: &Keyed, status: u16, stored: Option<StoredResponse>) -> Landed {
+    /// What the duplicates waiting in this process (and its memory) learn of a
+    /// committed answer. Its expiry counts from `sent`, the local time before the
+    /// statement that started the key's retention on the store's clock.
+    fn landed(
+        &self,
+        keyed: &Keyed,
+        status: u16,
+        stored: Option<StoredResponse>,
+        sent: DateTime<Utc>,
+    ) -> Landed {
         let state = match stored {
             Some(stored) => RecordState::Completed(stored),
             None => RecordState::CompletedUnstored { status },
@@ -180,7 +191,7 @@ impl Job {
         Landed::Record(Box::new(Record {
             fingerprint: keyed.fingerprint,
             state,
-            expires_at: Utc::now()
+            expires_at: sent
                 .checked_add_signed(retention)
                 .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
         }))

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use chrono::{DateTime, Utc};
 use http::Response;
-use idem_core::{Decision, FailureKind, Fingerprint, IdempotencyKey, TenantId, decide};
+use idem_core::{Decision, FailureKind, Fingerprint, IdempotencyKey, Record, TenantId, decide};
 use idem_sqlx::{Claim, ClaimRequest, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -148,6 +149,7 @@ enum Claimed {
 /// that could not be reached, and the route never fails open from here (another
 /// request may hold the key).
 async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
+    let sent = Utc::now();
     let claiming = {
         let (config, keyed) = (config.clone(), keyed.clone());
         async move {
@@ -166,12 +168,12 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
     }
     rollback(tx).await;
     match claimed {
-        Ok(Claim::Replay(record)) => {
+        Ok(Claim::Replay(record, now)) => {
             let answer = replay(config, &record);
-            Claimed::Answer(answer, Landed::Record(Box::new(record)))
+            Claimed::Answer(answer, landed(record, now, sent))
         }
-        Ok(Claim::Mismatch(record)) => {
-            Claimed::Answer(mismatch(config), Landed::Record(Box::new(record)))
+        Ok(Claim::Mismatch(record, now)) => {
+            Claimed::Answer(mismatch(config), landed(record, now, sent))
         }
         Ok(Claim::InFlight | Claim::Claimed) => Claimed::Answer(in_flight(config), Landed::Busy),
         Err(e) => match e.kind() {
@@ -199,6 +201,7 @@ async fn answer_without_transaction(
     if !config.replay_lookup_first {
         return None;
     }
+    let sent = Utc::now();
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
@@ -207,7 +210,13 @@ async fn answer_without_transaction(
         Decision::Mismatch => mismatch(config),
         Decision::Execute | Decision::InFlight => return None,
     };
-    Some(Opened::Answer(answer, Landed::Record(Box::new(record))))
+    Some(Opened::Answer(answer, landed(record, now, sent)))
+}
+
+/// A record read from the store, as this process's duplicates and its memory keep it:
+/// with its expiry on the local clock (`sent`: the local time before the read).
+fn landed(record: Record, store_now: DateTime<Utc>, sent: DateTime<Utc>) -> Landed {
+    Landed::Record(Box::new(record.on_local_clock(store_now, sent)))
 }
 
 /// 503 `store-unavailable` + Retry-After.

@@ -1,0 +1,146 @@
+//! Replays from memory: a finished record answers its retries (and mismatches) with no
+//! store at all, on the process that ran it and on a replica that read it once; a
+//! copy never outlives the stored key.
+
+use std::time::Duration;
+
+use idem_axum::IdempotencyLayer;
+use idem_tests::{Proxy, TestApp, effects_router, replayed, test_db};
+use sqlx::postgres::PgPoolOptions;
+
+/// An app whose pool reaches the test database through a proxy the test can cut.
+async fn app_through_proxy(
+    db: &idem_tests::TestDb,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> (Proxy, TestApp) {
+    let proxy = Proxy::in_front_of(db).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(proxy.connect_options(db))
+        .await
+        .expect("pool through the proxy");
+    let layer =
+        configure(IdempotencyLayer::new(pool.clone()).store_timeout(Duration::from_secs(3)));
+    let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
+    (proxy, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_request_is_replayed_and_a_mismatch_refused_with_the_store_cut_off() {
+    let db = test_db().await;
+    let (proxy, app) = app_through_proxy(&db, |l| l).await;
+    let first = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let body = first.text().await.expect("body");
+
+    proxy.cut();
+    let retry = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status(), 201, "answered from memory, not 503");
+    assert!(replayed(&retry));
+    assert_eq!(retry.text().await.expect("body"), body);
+    let other = app
+        .post("/effects", "t1", Some("k1"), "other")
+        .send()
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 422);
+    // Another tenant's same key is not this record.
+    let elsewhere = app
+        .post("/effects", "t2", Some("k1"), "n")
+        .send()
+        .await
+        .expect("t2");
+    assert_eq!(elsewhere.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_memory_a_retry_needs_the_store() {
+    let db = test_db().await;
+    let (proxy, app) = app_through_proxy(&db, |l| l.replay_cache(0)).await;
+    let first = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    proxy.cut();
+    let retry = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_a_record_it_read_from_the_store() {
+    let db = test_db().await;
+    let (_, ran) = app_through_proxy(&db, |l| l).await;
+    let (proxy, replica) = app_through_proxy(&db, |l| l).await;
+    let first = ran
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let body = first.text().await.expect("body");
+
+    let read = replica
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("read");
+    assert!(replayed(&read), "replayed from the store");
+    proxy.cut();
+    let kept = replica
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("kept");
+    assert_eq!(kept.status(), 201, "answered from the replica's memory");
+    assert!(replayed(&kept));
+    assert_eq!(kept.text().await.expect("body"), body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_memory_expires_with_the_key() {
+    let db = test_db().await;
+    let (_, app) = app_through_proxy(&db, |l| l.retention(Duration::from_secs(2))).await;
+    let first = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let retry = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = app
+        .post("/effects", "t1", Some("k1"), "n")
+        .send()
+        .await
+        .expect("later");
+    assert_eq!(later.status(), 201);
+    assert!(
+        !replayed(&later),
+        "past the retention the request runs again"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 2);
+}
