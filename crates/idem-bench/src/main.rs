@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Scenarios: (a) the payments POST handler doing its INSERT in a transaction, no
-//! layer; (b) the layer with unique keys; (c) the layer replaying completed keys, and
+//! layer; (b) the layer with unique keys; (z) the same handler with the idempotency
+//! users write by hand instead (see [`handwritten`]), unique keys; (c) the layer
+//! replaying completed keys (from memory), and
 //! (c') the same with `replay_lookup_first`; (d) a
 //! duplicate storm, `--storm-size` concurrent requests per key over `--storm-keys`
 //! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
@@ -15,7 +17,10 @@
 //! to reach. Services run in-process on loopback sockets against Postgres
 //! (`DATABASE_URL`, or a throwaway container from `IDEM_PG_IMAGE`).
 
+mod handwritten;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -63,6 +68,8 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     executions: i64,
+    /// The most pool connections in use at once (sampled every millisecond; storm only).
+    max_pool_connections: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +79,7 @@ struct Report {
     rows: Vec<Row>,
     layer_unique_over_bare: f64,
     layer_replay_over_bare: f64,
+    layer_unique_over_handwritten: f64,
     lookup_first_replay_over_bare: f64,
     bare_over_ceiling: f64,
     layer_statements_over_bare_statements: f64,
@@ -112,9 +120,11 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .connect(url)
         .await?;
     payments::migrate(&pool).await?;
+    sqlx::raw_sql(handwritten::TABLE).execute(&pool).await?;
 
     let bare = serve(payments::bare_app(pool.clone())).await?;
     let layered = serve(payments::app(pool.clone())).await?;
+    let by_hand = serve(handwritten::app(pool.clone())).await?;
     let lookup_first = serve(payments::app_with(
         pool.clone(),
         idem_axum::IdempotencyLayer::new(pool.clone())
@@ -180,6 +190,31 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .await?,
     );
 
+    // (z) hand-written idempotency, unique keys
+    let post_by_hand = {
+        let client = client.clone();
+        let url = format!("{by_hand}/payments");
+        move |_: usize| {
+            client
+                .post(&url)
+                .header("x-tenant-id", "bench")
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .header("content-type", "application/json")
+                .body(BODY)
+        }
+    };
+    rows.push(
+        timed_scenario(
+            "z hand-written, unique",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            post_by_hand,
+        )
+        .await?,
+    );
+
     // (c) layer, replays of completed keys
     let replay_keys: Arc<Vec<String>> = Arc::new(
         (0..args.replay_keys)
@@ -237,15 +272,20 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
     rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
 
-    let rps = |i: usize| rows[i].requests_per_sec;
+    let rps = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.scenario.starts_with(prefix))
+            .map_or(f64::NAN, |r| r.requests_per_sec)
+    };
     Ok(Report {
         concurrency: args.concurrency,
         duration_secs: args.duration,
-        layer_unique_over_bare: rps(1) / rps(0),
-        layer_replay_over_bare: rps(2) / rps(0),
-        lookup_first_replay_over_bare: rps(3) / rps(0),
-        bare_over_ceiling: rps(0) / rps(5),
-        layer_statements_over_bare_statements: rps(7) / rps(6),
+        layer_unique_over_bare: rps("b ") / rps("a "),
+        layer_replay_over_bare: rps("c ") / rps("a "),
+        layer_unique_over_handwritten: rps("b ") / rps("z "),
+        lookup_first_replay_over_bare: rps("c' ") / rps("a "),
+        bare_over_ceiling: rps("a ") / rps("e "),
+        layer_statements_over_bare_statements: rps("b0 ") / rps("a0 "),
         rows,
     })
 }
@@ -354,6 +394,7 @@ fn row(name: &'static str, samples: &Samples, elapsed: Duration, executions: i64
         p50_ms: samples.percentile_ms(0.50),
         p99_ms: samples.percentile_ms(0.99),
         executions,
+        max_pool_connections: None,
     }
 }
 
@@ -366,6 +407,17 @@ async fn storm(
     size: usize,
 ) -> Result<Row, BoxError> {
     let before = payments_count(pool).await?;
+    let busiest = Arc::new(AtomicU32::new(0));
+    let sampler = {
+        let (pool, busiest) = (pool.clone(), busiest.clone());
+        tokio::spawn(async move {
+            loop {
+                let in_use = pool.size().saturating_sub(pool.num_idle() as u32);
+                busiest.fetch_max(in_use, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
     let started = Instant::now();
     let mut all = Vec::new();
     for k in 0..keys {
@@ -398,13 +450,16 @@ async fn storm(
         all.push(samples);
     }
     let elapsed = started.elapsed();
+    sampler.abort();
     let executions = payments_count(pool).await? - before;
-    Ok(row(
+    let mut storm = row(
         "d duplicate storm",
         &Samples::merge(all),
         elapsed,
         executions,
-    ))
+    );
+    storm.max_pool_connections = Some(busiest.load(Ordering::Relaxed));
+    Ok(storm)
 }
 
 /// One unit of database work, run over and over by [`db_loop`].
@@ -553,9 +608,18 @@ fn print_table(report: &Report) {
         report.layer_unique_over_bare
     );
     println!(
-        "c/a (layer, replays / bare)     = {:.2}   target >= 1.50",
+        "c/a (layer, replays / bare)     = {:.2}   target >= 3",
         report.layer_replay_over_bare
     );
+    println!(
+        "b/z (layer / hand-written)      = {:.2}   target >= 1",
+        report.layer_unique_over_handwritten
+    );
+    for r in &report.rows {
+        if let Some(max) = r.max_pool_connections {
+            println!("{}: at most {max} pool connections in use", r.scenario);
+        }
+    }
     println!(
         "c'/a (lookup-first replays / bare) = {:.2}",
         report.lookup_first_replay_over_bare
