@@ -84,7 +84,7 @@ async fn with_no_memory_a_retry_needs_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_keeps_a_record_it_read_from_the_store() {
     let db = test_db().await;
-    let (_, ran) = app_through_proxy(&db, |l| l).await;
+    let (_ran_proxy, ran) = app_through_proxy(&db, |l| l).await;
     let (proxy, replica) = app_through_proxy(&db, |l| l).await;
     let first = ran
         .post("/effects", "t1", Some("k1"), "n")
@@ -114,7 +114,7 @@ async fn a_replica_keeps_a_record_it_read_from_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_in_memory_expires_with_the_key() {
     let db = test_db().await;
-    let (_, app) = app_through_proxy(&db, |l| l.retention(Duration::from_secs(2))).await;
+    let (_proxy, app) = app_through_proxy(&db, |l| l.retention(Duration::from_secs(2))).await;
     let first = app
         .post("/effects", "t1", Some("k1"), "n")
         .send()

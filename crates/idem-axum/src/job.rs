@@ -38,7 +38,7 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        if let Some(answer) = self.from_memory(&keyed) {
+        if let Some(answer) = self.answer_from_memory(&keyed) {
             return Ok(answer);
         }
         let leader = match self.lead(&keyed).await {
@@ -69,7 +69,7 @@ impl Job {
     }
 
     /// A replay or a mismatch answered from the finished records in memory.
-    fn from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
+    fn answer_from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
         let (decision, record) = self.cache.decide(keyed)?;
         match decision {
             Decision::Replay => Some(replay(&self.config, &record)),
