@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use idem_core::{Record, RecordState, StoredResponse};
+use idem_core::{Decision, Record, RecordState, StoredResponse};
 
 use crate::Problem;
 use crate::layer::{Config, IDEMPOTENT_REPLAYED};
@@ -48,6 +48,20 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
             outcome(response, "replayed_unstored")
         }
         RecordState::InFlight => in_flight(config),
+    }
+}
+
+/// What a live record answers by itself: a replay, or a mismatch. `None` when the
+/// request goes on (no live record, or the same request still in flight).
+pub(crate) fn decided(
+    config: &Config,
+    decision: Decision,
+    record: &Record,
+) -> Option<Response<Body>> {
+    match decision {
+        Decision::Replay => Some(replay(config, record)),
+        Decision::Mismatch => Some(mismatch(config)),
+        Decision::Execute | Decision::InFlight => None,
     }
 }
 

@@ -59,13 +59,13 @@ impl ReplayCache {
     }
 
     /// Keeps a finished record (on this process's clock); anything else is ignored.
-    pub(crate) fn keep(&self, keyed: &Keyed, record: &Record) {
+    pub(crate) fn keep(&self, keyed: &Keyed, record: &Arc<Record>) {
         let Some(entries) = self.entries.as_ref() else {
             return;
         };
         if record.is_finished() && record.expires_at > Utc::now() {
             let key = (keyed.tenant.clone(), keyed.key.clone());
-            entries.insert(key, Arc::new(record.clone()));
+            entries.insert(key, record.clone());
         }
     }
 }

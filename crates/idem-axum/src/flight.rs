@@ -13,7 +13,7 @@ use tokio::sync::watch;
 pub(crate) enum Landed {
     /// The key has a committed record (executed now, or found in the store): the
     /// duplicates decide against it without a trip to the store.
-    Record(Box<Record>),
+    Record(Arc<Record>),
     /// Another process holds the key and did not finish within the wait.
     Busy,
     /// Nothing known to be committed (rolled back, failed, unavailable): a duplicate

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use idem_core::{Decision, decide};
 use sqlx::PgPool;
 
-use crate::answer::{in_flight, mismatch, replay};
+use crate::answer::{decided, in_flight};
 use crate::cache::ReplayCache;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, run_handler};
@@ -71,11 +71,7 @@ impl Job {
     /// A replay or a mismatch answered from the finished records in memory.
     fn answer_from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
         let (decision, record) = self.cache.decide(keyed)?;
-        match decision {
-            Decision::Replay => Some(replay(&self.config, &record)),
-            Decision::Mismatch => Some(mismatch(&self.config)),
-            Decision::Execute | Decision::InFlight => None,
-        }
+        decided(&self.config, decision, &record)
     }
 
     /// Tells this process's duplicates what the request left, and keeps a finished
@@ -128,11 +124,12 @@ impl Job {
                 };
             match landed {
                 Some(Landed::Record(record)) => {
-                    match decide(Some(&record), &keyed.fingerprint, Utc::now()) {
-                        Decision::Replay => return Err(replay(&self.config, &record)),
-                        Decision::Mismatch => return Err(mismatch(&self.config)),
-                        Decision::InFlight => return Err(in_flight(&self.config)),
-                        Decision::Execute => continue,
+                    let decision = decide(Some(&record), &keyed.fingerprint, Utc::now());
+                    if let Some(answer) = decided(&self.config, decision, &record) {
+                        return Err(answer);
+                    }
+                    if decision == Decision::InFlight {
+                        return Err(in_flight(&self.config));
                     }
                 }
                 Some(Landed::Busy) => return Err(in_flight(&self.config)),

@@ -2,6 +2,8 @@
 //! handler's statement had aborted the transaction, refuse a success that did not
 //! commit and record a failure that stands.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::response::Parts;
@@ -188,7 +190,7 @@ impl Job {
         };
         let retention =
             chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
-        Landed::Record(Box::new(Record {
+        Landed::Record(Arc::new(Record {
             fingerprint: keyed.fingerprint,
             state,
             expires_at: sent

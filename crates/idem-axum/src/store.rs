@@ -8,13 +8,13 @@ use std::time::Duration;
 use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
-use idem_core::{Decision, FailureKind, Fingerprint, IdempotencyKey, Record, TenantId, decide};
+use idem_core::{FailureKind, Fingerprint, IdempotencyKey, Record, TenantId, decide};
 use idem_sqlx::{Claim, ClaimRequest, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::answer::{in_flight, mismatch, outcome, replay};
+use crate::answer::{decided, in_flight, mismatch, outcome, replay};
 use crate::flight::Landed;
 use crate::layer::Config;
 
@@ -205,18 +205,18 @@ async fn answer_without_transaction(
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
-    let answer = match decide(Some(&record), &keyed.fingerprint, now) {
-        Decision::Replay => replay(config, &record),
-        Decision::Mismatch => mismatch(config),
-        Decision::Execute | Decision::InFlight => return None,
-    };
+    let answer = decided(
+        config,
+        decide(Some(&record), &keyed.fingerprint, now),
+        &record,
+    )?;
     Some(Opened::Answer(answer, landed(record, now, sent)))
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:
 /// with its expiry on the local clock (`sent`: the local time before the read).
 fn landed(record: Record, store_now: DateTime<Utc>, sent: DateTime<Utc>) -> Landed {
-    Landed::Record(Box::new(record.on_local_clock(store_now, sent)))
+    Landed::Record(Arc::new(record.on_local_clock(store_now, sent)))
 }
 
 /// 503 `store-unavailable` + Retry-After.
