@@ -166,9 +166,9 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     );
 
     // (b) layer, unique keys
-    let post_unique = {
+    let unique_on = |base: &str| {
         let client = client.clone();
-        let url = format!("{layered}/payments");
+        let url = format!("{base}/payments");
         move |_: usize| {
             client
                 .post(&url)
@@ -185,24 +185,12 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             args.concurrency,
             warmup,
             timed,
-            post_unique,
+            unique_on(&layered),
         )
         .await?,
     );
 
     // (z) hand-written idempotency, unique keys
-    let post_by_hand = {
-        let client = client.clone();
-        let url = format!("{by_hand}/payments");
-        move |_: usize| {
-            client
-                .post(&url)
-                .header("x-tenant-id", "bench")
-                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-                .header("content-type", "application/json")
-                .body(BODY)
-        }
-    };
     rows.push(
         timed_scenario(
             "z hand-written, unique",
@@ -210,7 +198,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             args.concurrency,
             warmup,
             timed,
-            post_by_hand,
+            unique_on(&by_hand),
         )
         .await?,
     );
