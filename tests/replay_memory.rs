@@ -6,20 +6,13 @@ use std::time::Duration;
 
 use idem_axum::IdempotencyLayer;
 use idem_tests::{Proxy, TestApp, effects_router, replayed, test_db};
-use sqlx::postgres::PgPoolOptions;
 
 /// An app whose pool reaches the test database through a proxy the test can cut.
 async fn app_through_proxy(
     db: &idem_tests::TestDb,
     configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
 ) -> (Proxy, TestApp) {
-    let proxy = Proxy::in_front_of(db).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(proxy.connect_options(db))
-        .await
-        .expect("pool through the proxy");
+    let (proxy, pool) = Proxy::with_pool(db).await;
     let layer =
         configure(IdempotencyLayer::new(pool.clone()).store_timeout(Duration::from_secs(3)));
     let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;

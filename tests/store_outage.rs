@@ -4,25 +4,12 @@
 use std::time::{Duration, Instant};
 
 use idem_axum::{FailureMode, IdempotencyLayer};
-use idem_tests::{Faults, Proxy, TestApp, TestDb, effects_router, problem_type, replayed, test_db};
-use sqlx::postgres::PgPoolOptions;
-
-/// A pool that reaches the test database through a proxy the test can cut.
-async fn pool_through_proxy(db: &TestDb) -> (Proxy, sqlx::PgPool) {
-    let proxy = Proxy::in_front_of(db).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(proxy.connect_options(db))
-        .await
-        .expect("pool through the proxy");
-    (proxy, pool)
-}
+use idem_tests::{Faults, Proxy, TestApp, effects_router, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes_once() {
     let db = test_db().await;
-    let (proxy, pool) = pool_through_proxy(&db).await;
+    let (proxy, pool) = Proxy::with_pool(&db).await;
     let layer = IdempotencyLayer::new(pool.clone()).retry_after(Duration::from_secs(3));
     let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
 
@@ -80,7 +67,7 @@ async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fail_open_route_keeps_serving_without_idempotency_while_the_store_is_down() {
     let db = test_db().await;
-    let (proxy, pool) = pool_through_proxy(&db).await;
+    let (proxy, pool) = Proxy::with_pool(&db).await;
     let closed = TestApp::spawn(effects_router(
         pool.clone(),
         IdempotencyLayer::new(pool.clone()),

@@ -72,6 +72,19 @@ impl Proxy {
         Proxy::start(upstream).await
     }
 
+    /// A proxy in front of `db`, with a small pool (4 connections, 2 s to acquire) that
+    /// reaches `db` through it.
+    pub async fn with_pool(db: &TestDb) -> (Proxy, sqlx::PgPool) {
+        let proxy = Proxy::in_front_of(db).await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect_with(proxy.connect_options(db))
+            .await
+            .expect("pool through the proxy");
+        (proxy, pool)
+    }
+
     /// The options to connect to `db` through this proxy.
     pub fn connect_options(&self, db: &TestDb) -> PgConnectOptions {
         db.options.clone().host("127.0.0.1").port(self.addr.port())
