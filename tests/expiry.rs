@@ -4,17 +4,19 @@ use std::time::Duration;
 
 use idem_tests::{effects_app, replayed, test_db};
 
-/// These tests move the store's clock forward by editing `expires_at`; a layer's copies
+/// These tests move the store's clock forward by editing `expires_at` and `retention`; a layer's copies
 /// of finished records in memory cannot see that, so their layers keep none.
 fn no_memory(layer: idem_axum::IdempotencyLayer) -> idem_axum::IdempotencyLayer {
     layer.replay_cache(0)
 }
 
 async fn expire_all(db: &idem_tests::TestDb) {
-    sqlx::query("UPDATE idem.keys SET expires_at = now() - interval '1 second'")
-        .execute(&db.pool)
-        .await
-        .expect("expire keys");
+    sqlx::query(
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("expire keys");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,9 +89,10 @@ async fn the_configured_retention_is_counted_from_completion() {
         .expect("first");
     assert_eq!(first.status(), 201);
     let (counted, since_claim): (f64, f64) = sqlx::query_as(
-        "SELECT extract(epoch FROM expires_at - completed_at)::float8, \
-                extract(epoch FROM expires_at - created_at)::float8 \
-         FROM idem.keys WHERE key = 'e3'",
+        "SELECT extract(epoch FROM expiry - completed_at)::float8, \
+                extract(epoch FROM expiry - created_at)::float8 \
+         FROM (SELECT *, greatest(expires_at, completed_at + retention) AS expiry \
+               FROM idem.keys WHERE key = 'e3') k",
     )
     .fetch_one(&db.pool)
     .await
@@ -150,10 +153,12 @@ async fn the_sweeper_deletes_only_expired_keys() {
         .send()
         .await
         .expect("old");
-    sqlx::query("UPDATE idem.keys SET expires_at = now() - interval '1 second'")
-        .execute(&db.pool)
-        .await
-        .expect("expire");
+    sqlx::query(
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("expire");
     app.post("/effects", "t1", Some("new"), "n")
         .send()
         .await

@@ -207,3 +207,53 @@ async fn completing_a_key_this_transaction_did_not_claim_is_an_error() {
     .await;
     assert!(matches!(err, Err(StoreError::NotClaimed)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_the_response_moves_no_indexed_column_and_retention_counts_from_completion() {
+    let db = test_db().await;
+    let tenant = TenantId::new("t").expect("tenant");
+    let key = IdempotencyKey::parse("hot").expect("key");
+    let req = request(&tenant, &key, b"a");
+    let mut tx = db.pool.begin().await.expect("begin");
+    assert_eq!(
+        idem_sqlx::claim(&mut tx, &req).await.expect("claim"),
+        Claim::Claimed
+    );
+    let indexed = "SELECT tenant_id, key, expires_at FROM idem.keys WHERE key = 'hot'";
+    let claimed: (String, String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(indexed)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("claimed row");
+    // The handler takes its time: the retention must count from here, not the claim.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    idem_sqlx::complete(&mut tx, &req, Completion::Response(&response()))
+        .await
+        .expect("complete");
+    tx.commit().await.expect("commit");
+    let completed: (String, String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(indexed)
+        .fetch_one(&db.pool)
+        .await
+        .expect("completed row");
+    assert_eq!(
+        completed, claimed,
+        "the response's UPDATE leaves the indexed columns alone (so it can be HOT)"
+    );
+    let (record, _) = idem_sqlx::lookup(&db.pool, &tenant, &key)
+        .await
+        .expect("lookup")
+        .expect("record");
+    let completed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT completed_at FROM idem.keys WHERE key = 'hot'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("completed_at");
+    assert_eq!(
+        record.expires_at,
+        completed_at + chrono::Duration::seconds(3600),
+        "the key expires one retention after its completion"
+    );
+    assert!(
+        record.expires_at > claimed.2,
+        "later than claim time + retention"
+    );
+}

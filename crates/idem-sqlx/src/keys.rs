@@ -17,6 +17,15 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// How many times a claim re-reads a key that vanished or was replaced under it.
 const CLAIM_ATTEMPTS: usize = 4;
 
+/// When a row of `idem.keys` expires: its retention counts from its completion, and
+/// `expires_at` (claim time + retention, never moved) keeps the sweeper's index
+/// untouched when the response is stored. Unqualified, for statements on `idem.keys`.
+macro_rules! expiry {
+    () => {
+        "greatest(expires_at, completed_at + retention)"
+    };
+}
+
 /// What a request asks of the store when it claims a key.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
@@ -101,15 +110,17 @@ async fn claim_inner(
         // it, returns that row: a replay costs no second round trip. The value of
         // lock_timeout before the first claim of the transaction is saved once (a
         // claim that did not insert leaves the wait in force) and put back on success.
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "WITH saved AS MATERIALIZED ( \
                SELECT set_config('idem.lock_timeout', coalesce( \
                  nullif(current_setting('idem.lock_timeout', true), ''), \
                  current_setting('lock_timeout')), true) AS v), \
              cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied FROM saved), \
              ins AS ( \
-               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) \
-               SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6) FROM cfg \
+               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, \
+                 expires_at, retention) \
+               SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6), \
+                 make_interval(secs => $6) FROM cfg \
                ON CONFLICT (tenant_id, key) DO NOTHING \
                RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) \
              SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
@@ -118,9 +129,9 @@ async fn claim_inner(
                NULL::timestamptz AS expires_at, now() AS db_now FROM ins \
              UNION ALL \
              SELECT false, fingerprint, response_status, response_header_names, \
-               response_header_values, response_body, completed_at, expires_at, now() \
-             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
-        )
+               response_header_values, response_body, completed_at, ", expiry!(), ", now() \
+             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        ))
         .bind(req.tenant.as_str())
         .bind(req.key.as_str())
         .bind(req.fingerprint.as_bytes().as_slice())
@@ -146,16 +157,17 @@ async fn claim_inner(
             Decision::Mismatch => return Ok(Claim::Mismatch(record, now)),
             Decision::InFlight => return Ok(Claim::InFlight),
             Decision::Execute => {
-                let replaced = sqlx::query(
+                let replaced = sqlx::query(concat!(
                     "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, \
                        created_at = now(), expires_at = now() + make_interval(secs => $6), \
+                       retention = make_interval(secs => $6), \
                        completed_at = NULL, response_status = NULL, response_header_names = NULL, \
                        response_header_values = NULL, response_body = NULL, \
                        recovery_point = NULL, locked_until = NULL \
-                     WHERE tenant_id = $1 AND key = $2 AND expires_at <= now() \
+                     WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
                        AND completed_at IS NOT NULL \
-                     RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)",
-                )
+                     RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)"
+                ))
                 .bind(req.tenant.as_str())
                 .bind(req.key.as_str())
                 .bind(req.fingerprint.as_bytes().as_slice())
@@ -199,9 +211,7 @@ pub async fn complete(
     let parts = CompletionParts::new(completion)?;
     let done = sqlx::query(
         "UPDATE idem.keys SET response_status = $3, response_header_names = $4, \
-           response_header_values = $5, response_body = $6, completed_at = done.at, \
-           expires_at = done.at + make_interval(secs => $7) \
-         FROM (SELECT clock_timestamp() AS at) done \
+           response_header_values = $5, response_body = $6, completed_at = clock_timestamp() \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL",
     )
     .bind(req.tenant.as_str())
@@ -210,7 +220,6 @@ pub async fn complete(
     .bind(parts.names)
     .bind(parts.values)
     .bind(parts.body)
-    .bind(req.retention.as_secs_f64())
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 1 {
@@ -241,9 +250,9 @@ pub async fn record<'e>(
         "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
          INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, response_status, \
            response_header_names, response_header_values, response_body, created_at, \
-           completed_at, expires_at) \
+           completed_at, expires_at, retention) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), \
-           now() + make_interval(secs => $10) FROM cfg \
+           now() + make_interval(secs => $10), make_interval(secs => $10) FROM cfg \
          ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
            method = EXCLUDED.method, path = EXCLUDED.path, \
            response_status = EXCLUDED.response_status, \
@@ -251,8 +260,9 @@ pub async fn record<'e>(
            response_header_values = EXCLUDED.response_header_values, \
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
-           recovery_point = NULL, locked_until = NULL \
-         WHERE idem.keys.expires_at <= now() AND idem.keys.completed_at IS NOT NULL",
+           retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL \
+         WHERE greatest(idem.keys.expires_at, idem.keys.completed_at + idem.keys.retention) \
+           <= now() AND idem.keys.completed_at IS NOT NULL",
     )
     .bind(req.tenant.as_str())
     .bind(req.key.as_str())
@@ -312,11 +322,13 @@ pub async fn lookup<'e>(
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "SELECT fingerprint, response_status, response_header_names, response_header_values, \
-           response_body, completed_at, expires_at, now() AS db_now \
-         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
-    )
+           response_body, completed_at, ",
+        expiry!(),
+        " AS expires_at, now() AS db_now \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2"
+    ))
     .bind(tenant.as_str())
     .bind(key.as_str())
     .fetch_optional(executor)
@@ -377,11 +389,14 @@ pub async fn sweep_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query(
+    // expires_at <= now() lets the index find the candidates; the expiry decides.
+    let done = sqlx::query(concat!(
         "DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \
-           SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() \
-           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
-    )
+           SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() AND ",
+        expiry!(),
+        " <= now() \
+           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    ))
     .bind(limit)
     .execute(executor)
     .await?;

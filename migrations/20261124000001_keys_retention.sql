@@ -1,0 +1,12 @@
+-- idem: a key's retention is stored with it, so storing the response moves no indexed
+-- column.
+--
+-- A key's retention counts from its completion. The response's UPDATE used to move
+-- expires_at forward to completed_at + retention; expires_at is indexed (for the
+-- sweeper), so every completion wrote a new entry in both of the table's indexes
+-- instead of being a HOT update. Now the claim stores the retention and sets
+-- expires_at to claim time + retention, the completion leaves expires_at alone, and a
+-- key expires at greatest(expires_at, completed_at + retention): never earlier than
+-- before. Rows written before this migration get a retention of zero, so their
+-- expiry is their expires_at, as it was.
+ALTER TABLE idem.keys ADD COLUMN retention interval NOT NULL DEFAULT interval '0';
