@@ -17,6 +17,7 @@
 //! to reach. Services run in-process on loopback sockets against Postgres
 //! (`DATABASE_URL`, or a throwaway container from `IDEM_PG_IMAGE`).
 
+mod chart;
 mod handwritten;
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the req/s per scenario as an SVG bar chart to this file.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<std::path::PathBuf>,
 }
 
 /// One scenario's measurements.
@@ -103,6 +107,9 @@ async fn main() -> Result<(), BoxError> {
     let result = run(&args, &database.url).await;
     database.shutdown().await?;
     let report = result?;
+    if let Some(path) = &args.svg {
+        chart::write_svg(&report, path)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
