@@ -38,6 +38,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), BoxError> {
         .configure_mesh()
         .disable_y_mesh()
         .disable_y_axis()
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("requests per second")
         .draw()?;
     // Each bar's scenario, right-aligned in the label area to the left of the bar.

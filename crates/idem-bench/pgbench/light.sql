@@ -1,0 +1,7 @@
+\set r random(1, 9000000000000000)
+BEGIN ISOLATION LEVEL READ COMMITTED;
+INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, expires_at) VALUES ('bench', 'k' || :client_id || '-' || :r, sha256('x'::bytea), 'POST', '/payments', now(), now() + make_interval(secs => 86400)) ON CONFLICT (tenant_id, key) DO NOTHING;
+INSERT INTO payments (id, tenant_id, amount, currency, reference) VALUES (gen_random_uuid(), 'bench', 1250, 'EUR', 'bench') RETURNING created_at;
+WITH ins AS (INSERT INTO idem.outbox (id, topic, payload, headers, tenant_id, idempotency_key) VALUES (gen_random_uuid(), 'payments.created', '\x7b7d'::bytea, '{}'::jsonb, 'bench', 'k') RETURNING id) SELECT pg_notify('idem_outbox', '') FROM ins;
+UPDATE idem.keys SET response_status = 201, response_header_names = ARRAY['content-type','location'], response_header_values = ARRAY['\x6170706c69636174696f6e2f6a736f6e'::bytea, '\x2f7061796d656e74732f30313933616263642d303030302d373030302d383030302d303030303030303030303030'::bytea], response_body = '\x7b226964223a2230313933616263642d303030302d373030302d383030302d303030303030303030303030222c22616d6f756e74223a313235302c2263757272656e6379223a22455552222c227265666572656e6365223a2262656e6368222c22737461747573223a2263726561746564222c22637265617465645f6174223a22323032362d31312d32345430303a30303a30305a227d'::bytea, completed_at = done.at FROM (SELECT clock_timestamp() AS at) done WHERE tenant_id = 'bench' AND key = 'k' || :client_id || '-' || :r AND completed_at IS NULL;
+COMMIT;

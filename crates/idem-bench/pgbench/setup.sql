@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS handwritten_idempotency ( tenant_id text NOT NULL, idempotency_key text NOT NULL, response_status_code smallint, response_body bytea, created_at timestamptz NOT NULL, PRIMARY KEY (tenant_id, idempotency_key));
