@@ -2,7 +2,7 @@
 //! all scenarios in one run so the ratios are fair.
 //!
 //! ```text
-//! cargo run --release -p idem-bench -- --concurrency 32 --duration 10
+//! cargo run --release -p idem-bench -- --concurrency 32 --duration 10 --svg benchmark.svg
 //! ```
 //!
 //! Scenarios: (a) the payments POST handler doing its INSERT in a transaction, no
