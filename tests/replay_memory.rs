@@ -131,9 +131,5 @@ async fn a_copy_in_memory_expires_with_the_key() {
         !replayed(&later),
         "past the retention the request runs again"
     );
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-    assert_eq!(count, 2);
+    assert_eq!(db.effects().await, 2);
 }

@@ -19,10 +19,22 @@ const CLAIM_ATTEMPTS: usize = 4;
 
 /// When a row of `idem.keys` expires: its retention counts from its completion, and
 /// `expires_at` (claim time + retention, never moved) keeps the sweeper's index
-/// untouched when the response is stored. Unqualified, for statements on `idem.keys`.
+/// untouched when the response is stored. `expiry!()` names the columns unqualified;
+/// `expiry!("idem.keys.")` qualifies them (where `EXCLUDED` is in scope too).
 macro_rules! expiry {
     () => {
-        "greatest(expires_at, completed_at + retention)"
+        expiry!("")
+    };
+    ($table:literal) => {
+        concat!(
+            "greatest(",
+            $table,
+            "expires_at, ",
+            $table,
+            "completed_at + ",
+            $table,
+            "retention)"
+        )
     };
 }
 
@@ -246,7 +258,7 @@ pub async fn record<'e>(
     let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
     // Outside an explicit transaction the statement is its own transaction, so the
     // local lock_timeout lasts exactly as long as the statement.
-    let written = sqlx::query(
+    let written = sqlx::query(concat!(
         "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
          INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, response_status, \
            response_header_names, response_header_values, response_body, created_at, \
@@ -261,9 +273,10 @@ pub async fn record<'e>(
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
            retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL \
-         WHERE greatest(idem.keys.expires_at, idem.keys.completed_at + idem.keys.retention) \
-           <= now() AND idem.keys.completed_at IS NOT NULL",
-    )
+         WHERE ",
+        expiry!("idem.keys."),
+        " <= now() AND idem.keys.completed_at IS NOT NULL"
+    ))
     .bind(req.tenant.as_str())
     .bind(req.key.as_str())
     .bind(req.fingerprint.as_bytes().as_slice())
