@@ -49,12 +49,14 @@
 //! ```
 
 mod decision;
+pub mod delivery;
 mod failure;
 mod fingerprint;
 mod key;
 mod response;
 mod streaming;
 mod tenant;
+mod trace;
 
 pub use decision::{Decision, Record, RecordState, decide};
 pub use failure::{FailureKind, aborted_answer_stands, classify_sqlstate};
@@ -67,3 +69,4 @@ pub use response::{
 };
 pub use streaming::{STREAMING_MEDIA_TYPES, streams_by_media_type};
 pub use tenant::{MAX_TENANT_LEN, TenantError, TenantId};
+pub use trace::{MAX_TRACE_VALUE_LEN, TraceContext};
