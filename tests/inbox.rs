@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use futures_util::StreamExt;
-use idem_sqlx::{JetStreamSink, OutboxRelay, Processed};
+use idem_sqlx::{Inbox, InboxError, InboxMessage, JetStreamSink, OutboxRelay, Processed};
 use idem_tests::{TestApp, TestDb, TestStream, test_db};
 use payments::EventSubject;
 
@@ -75,6 +75,7 @@ async fn a_redelivered_message_writes_one_ledger_row() {
     let stream = TestStream::create(Duration::from_secs(120)).await;
     payments_on_the_stream(&db, &stream, 5).await;
     let consumer = pull_consumer(&stream).await;
+    let inbox = payments::ledger::inbox(db.pool.clone());
 
     // First delivery: recorded, but the ack is withheld (as if the consumer crashed
     // between its commit and its ack).
@@ -87,7 +88,14 @@ async fn a_redelivered_message_writes_one_ledger_row() {
             .and_then(|h| h.get("Nats-Msg-Id"))
             .expect("msg id");
         let id = uuid::Uuid::parse_str(id.as_str()).expect("uuid");
-        let outcome = payments::ledger::record(&db.pool, id, &m.payload, "t1")
+        let headers = payments::ledger::headers_of(m);
+        let message = InboxMessage {
+            id,
+            subject: m.subject.as_str(),
+            payload: &m.payload,
+            headers: &headers,
+        };
+        let outcome = payments::ledger::record(&inbox, &message, "t1")
             .await
             .expect("record");
         assert_eq!(outcome, Processed::Done(()));
@@ -99,7 +107,7 @@ async fn a_redelivered_message_writes_one_ledger_row() {
     let again = fetch(&consumer, 5).await;
     assert_eq!(again.len(), 5, "every unacknowledged message came back");
     for m in &again {
-        let outcome = payments::ledger::handle(&db.pool, m).await.expect("handle");
+        let outcome = payments::ledger::handle(&inbox, m).await.expect("handle");
         assert_eq!(outcome, Processed::Duplicate);
     }
     assert_eq!(ledger_rows(&db).await, 5, "one ledger row per payment");
@@ -131,6 +139,7 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
     );
 
     let consumer = pull_consumer(&stream).await;
+    let inbox = payments::ledger::inbox(db.pool.clone());
     let messages = fetch(&consumer, 2).await;
     assert_eq!(messages.len(), 2);
     let sequences: Vec<u64> = messages
@@ -140,7 +149,7 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
     assert_ne!(sequences[0], sequences[1]);
     let mut outcomes = Vec::new();
     for m in &messages {
-        outcomes.push(payments::ledger::handle(&db.pool, m).await.expect("handle"));
+        outcomes.push(payments::ledger::handle(&inbox, m).await.expect("handle"));
     }
     assert_eq!(outcomes, vec![Processed::Done(()), Processed::Duplicate]);
     assert_eq!(ledger_rows(&db).await, 1);
@@ -150,8 +159,14 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
     let db = test_db().await;
-    let id = uuid::Uuid::now_v7();
-    let failed = idem_sqlx::process(&db.pool, "ledger", id, |tx| {
+    let inbox = Inbox::new(db.pool.clone(), "ledger");
+    let message = InboxMessage {
+        id: uuid::Uuid::now_v7(),
+        subject: "payments.created",
+        payload: b"{}",
+        headers: &[],
+    };
+    let failed = inbox.process(&message, |tx| {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO ledger_entries (payment_id, tenant_id, amount, currency, message_id) \
@@ -164,12 +179,14 @@ async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
         })
     })
     .await;
-    assert!(matches!(failed, Err(idem_sqlx::InboxError::Work(_))));
+    assert!(matches!(
+        failed,
+        Err(InboxError::Work { attempts: 1, .. })
+    ));
     assert_eq!(ledger_rows(&db).await, 0, "the work rolled back");
-    let retried = idem_sqlx::process(&db.pool, "ledger", id, |_| {
-        Box::pin(async { Ok::<_, String>(7) })
-    })
-    .await
+    let retried = inbox
+        .process(&message, |_| Box::pin(async { Ok::<_, String>(7) }))
+        .await
     .expect("retry");
     assert_eq!(
         retried,

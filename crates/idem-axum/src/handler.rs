@@ -5,7 +5,8 @@ use std::panic::AssertUnwindSafe;
 
 use axum::body::Body;
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
+use idem_core::TraceContext;
 
 use crate::Problem;
 use crate::answer::outcome;
@@ -16,8 +17,9 @@ use crate::tx::TxSlot;
 
 /// How the handler left the request.
 pub(crate) enum Handled<B, E> {
-    /// A final response, with the transaction still open: settle it.
-    Final(Response<B>, PgTx),
+    /// A final response, with the transaction still open: settle it. `true` when the
+    /// handler enqueued outbox messages (wake the relays after the commit).
+    Final(Response<B>, PgTx, bool),
     /// Answered, with the transaction rolled back: a non-final response passed on, or
     /// the layer's own answer (panic, `Tx` held past the handler).
     Answered(Response<Body>),
@@ -26,7 +28,8 @@ pub(crate) enum Handled<B, E> {
 }
 
 /// Runs the handler with `tx` available as [`Tx`](crate::Tx) (and the key and tenant,
-/// when keyed, as extensions). Rolls back everything that is not final.
+/// when keyed, and the request's trace context, as extensions). Rolls back everything
+/// that is not final.
 pub(crate) async fn run_handler<S, B>(
     config: &Config,
     tx: PgTx,
@@ -44,10 +47,14 @@ where
         req.extensions_mut().insert(keyed.key.clone());
         req.extensions_mut().insert(keyed.tenant.clone());
     }
+    if let Some(context) = trace_context(&req, &config.correlation_header) {
+        req.extensions_mut().insert(context);
+    }
     // `inner` is the service that was polled ready for this request.
-    let result = AssertUnwindSafe(async move { inner.call(req).await })
-        .catch_unwind()
-        .await;
+    let (result, enqueued) = idem_sqlx::track_enqueues(
+        AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind(),
+    )
+    .await;
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.
         tracing::error!("a Tx was still held when the handler returned; nothing committed");
@@ -69,8 +76,21 @@ where
             roll_back(config, tx).await;
             Handled::Answered(outcome(response.map(Body::new), "rolled_back"))
         }
-        Ok(Ok(response)) => Handled::Final(response, tx),
+        Ok(Ok(response)) => Handled::Final(response, tx, enqueued),
     }
+}
+
+/// The request's `traceparent`, `tracestate` and correlation id, when it carried any
+/// that are valid.
+fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Option<TraceContext> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    TraceContext::from_headers(
+        header("traceparent"),
+        header("tracestate"),
+        req.headers()
+            .get(correlation)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).

@@ -60,7 +60,9 @@ impl Job {
             }
         };
         let (answer, landed) = match run_handler(&self.config, tx, Some(&keyed), inner, req).await {
-            Handled::Final(response, tx) => self.settle_keyed(&keyed, response, tx).await,
+            Handled::Final(response, tx, enqueued) => {
+                self.settle_keyed(&keyed, response, tx, enqueued).await
+            }
             Handled::Answered(answer) => (answer, Landed::Unknown),
             Handled::Failed(e) => return Err(e),
         };
@@ -100,9 +102,18 @@ impl Job {
             Err(_) => return self.unreachable(inner, req).await,
         };
         match run_handler(&self.config, tx, None, inner, req).await {
-            Handled::Final(response, tx) => Ok(self.settle_unkeyed(response, tx).await),
+            Handled::Final(response, tx, enqueued) => {
+                Ok(self.settle_unkeyed(response, tx, enqueued).await)
+            }
             Handled::Answered(answer) => Ok(answer),
             Handled::Failed(e) => Err(e),
+        }
+    }
+
+    /// Wakes the outbox relays after a commit, when the handler enqueued.
+    pub(crate) fn committed(&self, enqueued: bool) {
+        if let (true, Some(waker)) = (enqueued, &self.config.outbox_waker) {
+            waker.wake();
         }
     }
 

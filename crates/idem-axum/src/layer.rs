@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 use idem_core::{BodyMode, FinalStatuses, HeaderAllowList, TenantId};
-use idem_sqlx::Isolation;
+use idem_sqlx::{Isolation, OutboxWaker};
 use sqlx::PgPool;
 use tower::Layer;
 
@@ -15,6 +15,9 @@ use crate::{IdempotencyService, TenantSource};
 
 /// The header that carries the key, by default.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header that carries a request's correlation id, by default.
+pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// The header that marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -57,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) store_timeout: Duration,
     pub(crate) isolation: Isolation,
     pub(crate) response_timeout: Duration,
+    pub(crate) outbox_waker: Option<OutboxWaker>,
+    pub(crate) correlation_header: HeaderName,
 }
 
 impl Default for Config {
@@ -81,6 +86,8 @@ impl Default for Config {
             store_timeout: Duration::from_secs(10),
             isolation: Isolation::ReadCommitted,
             response_timeout: Duration::from_secs(1),
+            outbox_waker: None,
+            correlation_header: HeaderName::from_static(CORRELATION_ID),
         }
     }
 }
@@ -117,6 +124,8 @@ impl Default for Config {
 /// | [`store_timeout`](Self::store_timeout) | 10 s (then 503 + Retry-After) |
 /// | [`isolation`](Self::isolation) | READ COMMITTED, whatever the server's default |
 /// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
+/// | [`outbox_waker`](Self::outbox_waker) | none (relays find messages by polling or LISTEN) |
+/// | [`correlation_header`](Self::correlation_header) | `X-Correlation-Id` |
 ///
 /// Add it to each route's method router with
 /// [`MethodRouter::route_layer`](axum::routing::MethodRouter::route_layer), so unknown
@@ -313,6 +322,25 @@ impl IdempotencyLayer {
     /// streaming media types (`text/event-stream`) are never buffered.
     pub fn response_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.response_timeout = timeout)
+    }
+
+    /// Wakes the outbox relays through `waker` after each commit of a request whose
+    /// handler enqueued a message ([`idem_sqlx::enqueue`]), so a message is published
+    /// at once without a `NOTIFY` in the request's transaction (which would serialize
+    /// the commits of all requests). Share the waker with the relay
+    /// ([`OutboxRelay::waker`](idem_sqlx::OutboxRelay::waker)), or make it with
+    /// [`OutboxWaker::notifying`] for relays in other processes.
+    pub fn outbox_waker(self, waker: OutboxWaker) -> Self {
+        self.with(|c| c.outbox_waker = Some(waker))
+    }
+
+    /// The header whose value is the request's correlation id. With the W3C
+    /// `traceparent` and `tracestate`, it is handed to the handler as a
+    /// [`TraceContext`](idem_core::TraceContext) extension (when the request carried a
+    /// valid one), for [`Message::trace`](idem_sqlx::Message::trace) to carry into the
+    /// messages the handler enqueues.
+    pub fn correlation_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.correlation_header = name)
     }
 }
 

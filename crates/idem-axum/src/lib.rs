@@ -54,10 +54,11 @@ mod store;
 mod tenant;
 mod tx;
 
-pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId};
-pub use idem_sqlx::Isolation;
+pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId, TraceContext};
+pub use idem_sqlx::{Isolation, OutboxWaker};
 pub use layer::{
-    DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer,
+    CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
+    IdempotencyLayer,
 };
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};

@@ -41,6 +41,7 @@ impl Job {
         keyed: &Keyed,
         response: Response<B>,
         tx: PgTx,
+        enqueued: bool,
     ) -> (Response<Body>, Landed) {
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
@@ -60,6 +61,7 @@ impl Job {
             .await
         {
             Ok(()) => {
+                self.committed(enqueued);
                 let landed = self.landed(keyed, status, stored, sent);
                 let answer = outcome(Response::from_parts(parts, body), "executed");
                 (answer, landed)
@@ -80,6 +82,7 @@ impl Job {
         &self,
         response: Response<B>,
         tx: PgTx,
+        enqueued: bool,
     ) -> Response<Body> {
         let status = response.status().as_u16();
         let work = async move {
@@ -91,7 +94,10 @@ impl Job {
             tx.commit().await.map_err(StoreError::from)
         };
         match bounded(self.config.store_timeout, work, |_| async {}).await {
-            Some(Ok(())) => outcome(response.map(Body::new), "committed"),
+            Some(Ok(())) => {
+                self.committed(enqueued);
+                outcome(response.map(Body::new), "committed")
+            }
             Some(Err(e)) if e.is_transaction_aborted() => {
                 if aborted_answer_stands(status) {
                     outcome(response.map(Body::new), "rolled_back")

@@ -73,7 +73,16 @@ async fn run(
         tx.rollback().await?;
         return saved(pool, tenant, key).await;
     }
-    let payment = payments::record(&mut tx, tenant, Some(key), None, new).await?;
+    let payment = payments::record(
+        &mut tx,
+        tenant,
+        new,
+        Some(payments::Announce {
+            key: Some(key),
+            ..Default::default()
+        }),
+    )
+    .await?;
     let body = serde_json::to_vec(&payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "UPDATE handwritten_idempotency SET response_status_code = 201, response_body = $3 \

@@ -520,7 +520,11 @@ async fn handler_statements(
     key: Option<&idem_core::IdempotencyKey>,
 ) -> Result<payments::Payment, BoxError> {
     let new = payments::validate(BODY.as_bytes())?;
-    Ok(payments::record(conn, tenant, key, None, new).await?)
+    let announce = payments::Announce {
+        key,
+        ..Default::default()
+    };
+    Ok(payments::record(conn, tenant, new, Some(announce)).await?)
 }
 
 /// (a0) What the bare handler sends, without HTTP: BEGIN, the handler's statements,

@@ -55,17 +55,23 @@ mod migrate;
 mod nats;
 mod outbox;
 mod relay;
+mod sweeper;
 #[cfg(feature = "http")]
 mod webhook;
 
 pub use error::StoreError;
-pub use inbox::{InboxError, Processed, process};
+pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
 pub use isolation::{Isolation, begin};
 pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, record, sweep_expired};
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
 pub use nats::JetStreamSink;
-pub use outbox::{Message, OUTBOX_CHANNEL, OutboxMessage, dead_letters, enqueue, redrive};
+pub use outbox::{
+    CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, Message, NOTIFY_SPACING, OUTBOX_CHANNEL,
+    OutboxMessage, OutboxWaker, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT, TRACESTATE,
+    dead_letters, enqueue, purge, redrive, track_enqueues,
+};
 pub use relay::{OutboxRelay, Sink, SinkError};
+pub use sweeper::{Swept, Sweeper};
 #[cfg(feature = "http")]
 pub use webhook::WebhookSink;

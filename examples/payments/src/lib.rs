@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, Tx};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, TraceContext, Tx};
 use idem_sqlx::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -49,8 +49,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// The router with the idempotency layer configured as the example uses it.
 pub fn app(pool: PgPool) -> Router {
-    let idempotency = IdempotencyLayer::new(pool.clone()).canonical_json();
-    app_with(pool, idempotency)
+    app_with(pool.clone(), idempotency(pool))
+}
+
+/// The idempotency layer as the example configures it: canonical JSON fingerprints.
+/// `main` adds an [`OutboxWaker`](idem_sqlx::OutboxWaker) so the relay publishes each
+/// payment's message at once.
+pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
+    IdempotencyLayer::new(pool).canonical_json()
 }
 
 /// The router with a caller-configured idempotency layer.
@@ -147,6 +153,7 @@ async fn create_payment(
     delay: Option<Extension<HandlerDelay>>,
     subject: Option<Extension<EventSubject>>,
     key: Option<Extension<IdempotencyKey>>,
+    trace: Option<Extension<TraceContext>>,
     mut tx: Tx,
     body: Bytes,
 ) -> Response {
@@ -154,9 +161,12 @@ async fn create_payment(
         Ok(new) => new,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "invalid-payment", &detail),
     };
-    let subject = subject.map(|s| s.0.0);
-    let key = key.as_ref().map(|k| &k.0);
-    let payment = record(&mut tx, &tenant, key, subject, new).await;
+    let announce = Announce {
+        subject: subject.map(|s| s.0.0),
+        key: key.as_ref().map(|k| &k.0),
+        trace: trace.as_ref().map(|t| &t.0),
+    };
+    let payment = record(&mut tx, &tenant, new, Some(announce)).await;
     if let Some(Extension(HandlerDelay(delay))) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -168,24 +178,41 @@ async fn create_payment(
 #[derive(Debug, Clone)]
 pub struct EventSubject(pub String);
 
+/// How [`record`] announces a payment in the outbox.
+#[derive(Debug, Clone, Default)]
+pub struct Announce<'a> {
+    /// The subject (default [`ledger::PAYMENT_CREATED`]).
+    pub subject: Option<String>,
+    /// The request's idempotency key, recorded with the message.
+    pub key: Option<&'a IdempotencyKey>,
+    /// The request's trace context, carried in the message's headers.
+    pub trace: Option<&'a TraceContext>,
+}
+
 /// What `POST /payments` writes on its transaction, with or without the layer: the
-/// payment, and `payment.created` (to `subject`, by default
-/// [`ledger::PAYMENT_CREATED`]) in the outbox, so the message commits with the payment
-/// (and the stored response), or not at all. The benchmark sends exactly these
-/// statements.
+/// payment, and, unless `announce` is `None`, `payment.created` in the outbox, so the
+/// message commits with the payment (and the stored response), or not at all. The
+/// benchmark sends exactly these statements (`None`: its baseline without the outbox).
 pub async fn record(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    key: Option<&IdempotencyKey>,
-    subject: Option<String>,
     new: Valid,
+    announce: Option<Announce<'_>>,
 ) -> Result<Payment, sqlx::Error> {
     let payment = insert_payment(conn, tenant, new).await?;
-    let subject = subject.unwrap_or_else(|| ledger::PAYMENT_CREATED.to_owned());
+    let Some(announce) = announce else {
+        return Ok(payment);
+    };
+    let subject = announce
+        .subject
+        .unwrap_or_else(|| ledger::PAYMENT_CREATED.to_owned());
     let payload = serde_json::to_vec(&payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let mut message = Message::new(subject, payload).header("content-type", "application/json");
-    if let Some(key) = key {
+    if let Some(key) = announce.key {
         message = message.from_request(tenant, key);
+    }
+    if let Some(trace) = announce.trace {
+        message = message.trace(trace);
     }
     match idem_sqlx::enqueue(conn, message).await {
         Ok(_) => Ok(payment),
@@ -260,9 +287,24 @@ fn created(payment: Result<Payment, sqlx::Error>) -> Response {
 /// insert and enqueue in its own transaction. The benchmark's baseline; not for
 /// production.
 pub fn bare_app(pool: PgPool) -> Router {
+    bare_router(pool, Outbox(true))
+}
+
+/// [`bare_app`] without the outbox message: `POST /payments` only inserts the payment.
+/// The benchmark's measure of what the enqueue costs; not for production.
+pub fn bare_app_without_outbox(pool: PgPool) -> Router {
+    bare_router(pool, Outbox(false))
+}
+
+/// Whether the bare handler enqueues its message.
+#[derive(Debug, Clone, Copy)]
+struct Outbox(bool);
+
+fn bare_router(pool: PgPool, outbox: Outbox) -> Router {
     Router::new()
         .route("/payments", post(create_payment_bare))
         .route("/payments/{id}", get(show_payment))
+        .layer(Extension(outbox))
         .layer(middleware::from_fn(auth))
         .with_state(pool)
 }
@@ -270,6 +312,7 @@ pub fn bare_app(pool: PgPool) -> Router {
 async fn create_payment_bare(
     State(pool): State<PgPool>,
     Extension(tenant): Extension<TenantId>,
+    Extension(Outbox(outbox)): Extension<Outbox>,
     body: Bytes,
 ) -> Response {
     let new = match validate(&body) {
@@ -278,7 +321,8 @@ async fn create_payment_bare(
     };
     let result = async {
         let mut tx = pool.begin().await?;
-        let payment = record(&mut tx, &tenant, None, None, new).await?;
+        let announce = outbox.then(Announce::default);
+        let payment = record(&mut tx, &tenant, new, announce).await?;
         tx.commit().await?;
         Ok(payment)
     }

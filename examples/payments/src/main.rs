@@ -5,6 +5,10 @@
 //! `127.0.0.1:3000`) and shuts down gracefully on Ctrl-C or SIGTERM.
 //! `PAYMENTS_HANDLER_DELAY_MS` (failure tests only) pauses every payment inside its
 //! handler, with its transaction open.
+//!
+//! After each commit that enqueued a message it wakes the outbox relays (a `NOTIFY`
+//! from its own connection, never from the request's transaction), and it runs the
+//! [`Sweeper`](idem_sqlx::Sweeper) over idem's tables.
 
 use std::error::Error;
 
@@ -30,7 +34,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(address = %listener.local_addr()?, "payments listening");
-    let mut app = payments::app(pool.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(idem_sqlx::Sweeper::new(pool.clone()).run(shutdown.clone()));
+    let waker = idem_sqlx::OutboxWaker::notifying(pool.clone());
+    let mut app = payments::app_with(
+        pool.clone(),
+        payments::idempotency(pool.clone()).outbox_waker(waker),
+    );
     if let Some(ms) = std::env::var("PAYMENTS_HANDLER_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -48,6 +58,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .await?;
 
     tracing::info!("shutting down");
+    shutdown.cancel();
+    sweeper.await?;
     pool.close().await;
     database.shutdown().await?;
     Ok(())

@@ -3,8 +3,10 @@
 //!
 //! `DATABASE_URL` (required: the payments service's database) and `NATS_URL` (default
 //! `nats://127.0.0.1:4222`). Creates the stream `PAYMENTS` (subjects `payments.>`,
-//! two-minute duplicate window) and the durable consumer `ledger` when missing. Stops
-//! gracefully on Ctrl-C or SIGTERM.
+//! two-minute duplicate window) and the durable consumer `ledger` when missing (30 s
+//! ack wait, at most 20 deliveries: a redelivery horizon of minutes, far inside the
+//! sweeper's 7-day inbox window). The relay wakes on the `NOTIFY` the payments service
+//! sends after each commit that enqueued. Stops gracefully on Ctrl-C or SIGTERM.
 
 use std::error::Error;
 use std::time::Duration;
@@ -42,6 +44,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             consumer::pull::Config {
                 durable_name: Some("ledger".to_owned()),
                 ack_wait: Duration::from_secs(30),
+                max_deliver: 20,
                 ..Default::default()
             },
         )

@@ -1,16 +1,53 @@
 //! The transactional outbox: messages enqueued on a request's transaction, delivered
 //! after commit by an [`OutboxRelay`](crate::OutboxRelay).
 
+mod headers;
+mod waker;
+
+use std::cell::Cell;
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
-use idem_core::{IdempotencyKey, TenantId};
+use idem_core::{IdempotencyKey, TenantId, TraceContext};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::StoreError;
 
-/// The channel the outbox notifies on when a message commits.
+pub use headers::{
+    CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT,
+    TRACESTATE,
+};
+pub use waker::{NOTIFY_SPACING, OutboxWaker};
+
+/// The channel relays LISTEN on. An [`OutboxWaker`] made with
+/// [`notifying`](OutboxWaker::notifying) sends `NOTIFY idem_outbox` on it, from its own
+/// connection, never from a request's transaction.
 pub const OUTBOX_CHANNEL: &str = "idem_outbox";
+
+tokio::task_local! {
+    static ENQUEUED: Cell<bool>;
+}
+
+/// Runs `future` and reports whether it [`enqueue`]d a message (in this task). The
+/// idempotency layer runs each handler in it, and wakes the relay after the commit of a
+/// request that enqueued; code that commits its own transactions can do the same.
+///
+/// ```
+/// # async fn run() {
+/// let (answer, enqueued) = idem_sqlx::track_enqueues(async { 42 }).await;
+/// assert_eq!((answer, enqueued), (42, false));
+/// # }
+/// ```
+pub async fn track_enqueues<F: Future>(future: F) -> (F::Output, bool) {
+    ENQUEUED
+        .scope(Cell::new(false), async move {
+            let output = future.await;
+            (output, ENQUEUED.with(Cell::get))
+        })
+        .await
+}
 
 /// A message to enqueue.
 ///
@@ -54,6 +91,23 @@ impl Message {
     pub fn from_request(mut self, tenant: &TenantId, key: &IdempotencyKey) -> Self {
         self.tenant = Some(tenant.clone());
         self.idempotency_key = Some(key.clone());
+        self
+    }
+
+    /// Carries the request's trace context on: `traceparent`, `tracestate` and
+    /// `X-Correlation-Id` become headers of the message, delivered with it, so the
+    /// consumer's span joins the request's trace.
+    pub fn trace(mut self, context: &TraceContext) -> Self {
+        let fields = [
+            (TRACEPARENT, context.traceparent()),
+            (TRACESTATE, context.tracestate()),
+            (CORRELATION_ID, context.correlation_id()),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                self = self.header(name, value);
+            }
+        }
         self
     }
 
@@ -112,14 +166,16 @@ pub(crate) fn decode_message(row: &PgRow) -> Result<OutboxMessage, StoreError> {
 }
 
 /// Enqueues `message` on the caller's transaction and returns its id. It commits or
-/// rolls back with everything else on that transaction; relays are notified on commit.
+/// rolls back with everything else on that transaction.
+///
+/// It sends no `NOTIFY`: Postgres serializes the commits of transactions that notify.
+/// Relays find the message on their next poll, or at once when an [`OutboxWaker`] is
+/// woken after the commit (the idempotency layer does that for its handlers).
 pub async fn enqueue(conn: &mut PgConnection, message: Message) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
     sqlx::query(
-        "WITH ins AS ( \
-           INSERT INTO idem.outbox (id, topic, payload, headers, tenant_id, idempotency_key) \
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
-         SELECT pg_notify('idem_outbox', '') FROM ins",
+        "INSERT INTO idem.outbox (id, topic, payload, headers, tenant_id, idempotency_key) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(&message.topic)
@@ -129,6 +185,8 @@ pub async fn enqueue(conn: &mut PgConnection, message: Message) -> Result<Uuid, 
     .bind(message.idempotency_key.as_ref().map(IdempotencyKey::as_str))
     .execute(conn)
     .await?;
+    // Outside `track_enqueues` there is nobody to tell.
+    let _ = ENQUEUED.try_with(|enqueued| enqueued.set(true));
     Ok(id)
 }
 
@@ -148,11 +206,13 @@ pub async fn dead_letters<'e>(
 }
 
 /// Puts a dead-lettered message back in the queue with its attempts reset. Returns
-/// whether there was such a message.
+/// whether there was such a message. Relays take it on their next poll (an operator's
+/// action, so it also sends one `NOTIFY`).
 pub async fn redrive<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "WITH upd AS ( \
-           UPDATE idem.outbox SET dead_lettered_at = NULL, attempts = 0, available_at = now() \
+           UPDATE idem.outbox SET dead_lettered_at = NULL, attempts = 0, available_at = now(), \
+             leased_by = NULL \
            WHERE id = $1 AND dead_lettered_at IS NOT NULL RETURNING id) \
          SELECT pg_notify('idem_outbox', '') FROM upd",
     )
@@ -160,4 +220,13 @@ pub async fn redrive<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool
     .fetch_optional(executor)
     .await?;
     Ok(done.is_some())
+}
+
+/// Deletes a dead-lettered message for good. Returns whether there was such a message.
+pub async fn purge<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM idem.outbox WHERE id = $1 AND dead_lettered_at IS NOT NULL")
+        .bind(id)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }

@@ -1,0 +1,258 @@
+//! The inbox: a consumer records each message id in the same transaction as its work,
+//! so a redelivered message is skipped; failed attempts are counted, and a message that
+//! keeps failing becomes a dead letter the broker stops redelivering.
+
+mod dead;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use idem_core::delivery::{AfterFailure, Failure, after_failure};
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use dead::DeadMessage;
+
+use crate::StoreError;
+
+/// What [`Inbox::process`] did with a message. Acknowledge it in every case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed<T> {
+    /// The work ran and committed with the message id.
+    Done(T),
+    /// The message was processed before; the work did not run.
+    Duplicate,
+    /// The message is a dead letter (it failed `max_attempts` times); the work did not
+    /// run. Acknowledge it so the broker stops redelivering it (JetStream: `Term`).
+    Dead,
+}
+
+/// Why [`Inbox::process`] failed. The work's writes were rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError<E> {
+    /// The consumer's work failed; the attempt is counted. Do not acknowledge: let the
+    /// broker redeliver the message, after `retry_in` where it allows a delay.
+    #[error("the consumer's work failed (attempt {attempts}): {error}")]
+    Work {
+        /// The work's error.
+        error: E,
+        /// Failed attempts so far, this one included.
+        attempts: i32,
+        /// A suggested redelivery delay (exponential backoff with full jitter).
+        retry_in: Duration,
+    },
+    /// The work failed for the last allowed time: the message is now a dead letter
+    /// (kept with its payload, listed by [`Inbox::dead_letters`]). Acknowledge it so the
+    /// broker stops redelivering it.
+    #[error("the consumer's work failed {attempts} times; dead-lettered: {error}")]
+    DeadLettered {
+        /// The work's error.
+        error: E,
+        /// Failed attempts, this one included.
+        attempts: i32,
+    },
+    /// The store failed; nothing was recorded. Do not acknowledge.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<E> From<sqlx::Error> for InboxError<E> {
+    fn from(e: sqlx::Error) -> Self {
+        InboxError::Store(StoreError::Database(e))
+    }
+}
+
+/// A message as a consumer received it: its id (the outbox id, from `Idempotency-Key`
+/// or `Nats-Msg-Id`) and what is kept of it if it becomes a dead letter.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxMessage<'a> {
+    /// The message id: the dedupe key.
+    pub id: Uuid,
+    /// The subject or topic it came on.
+    pub subject: &'a str,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// Its headers.
+    pub headers: &'a [(String, String)],
+}
+
+/// The inbox of one consumer: exactly-once processing per message id, with poison
+/// messages counted and dead-lettered.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool, id: uuid::Uuid, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+/// use idem_sqlx::{Inbox, InboxError, InboxMessage, Processed};
+///
+/// let inbox = Inbox::new(pool, "ledger").max_attempts(5);
+/// let message = InboxMessage { id, subject: "payments.created", payload, headers: &[] };
+/// match inbox
+///     .process(&message, |tx| {
+///         Box::pin(async move {
+///             sqlx::query("INSERT INTO ledger_entries (message_id) VALUES ($1)")
+///                 .bind(id)
+///                 .execute(&mut *tx)
+///                 .await
+///         })
+///     })
+///     .await
+/// {
+///     Ok(Processed::Done(_) | Processed::Duplicate | Processed::Dead)
+///     | Err(InboxError::DeadLettered { .. }) => { /* acknowledge */ }
+///     Err(InboxError::Work { retry_in, .. }) => { /* redeliver after retry_in */ }
+///     Err(InboxError::Store(_)) => { /* redeliver */ }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pool: PgPool,
+    consumer: String,
+    max_attempts: i32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+}
+
+impl Inbox {
+    /// The inbox of `consumer`: 10 attempts, redelivery backoff from 1 s up to 5 minutes.
+    pub fn new(pool: PgPool, consumer: impl Into<String>) -> Self {
+        Inbox {
+            pool,
+            consumer: consumer.into(),
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+
+    /// Failed attempts before a message becomes a dead letter.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The suggested redelivery delay after attempt `n`: a random time up to
+    /// `min(max, base * 2^(n-1))`.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The consumer's name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Runs `work` for `message` exactly once: in one transaction it records the id and
+    /// runs the work on the same connection. A message processed before is skipped
+    /// ([`Processed::Duplicate`]); a concurrent duplicate waits for the first and is then
+    /// skipped; a dead letter is skipped ([`Processed::Dead`]). If the work fails, it
+    /// rolls back, and the failure is counted in a statement of its own; the last
+    /// allowed failure makes the message a dead letter.
+    pub async fn process<T, E, F>(
+        &self,
+        message: &InboxMessage<'_>,
+        work: F,
+    ) -> Result<Processed<T>, InboxError<E>>
+    where
+        E: std::fmt::Display,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
+    {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idem.inbox (consumer, message_id, processed_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (consumer, message_id) DO UPDATE SET processed_at = now() \
+             WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
+             RETURNING 1",
+        )
+        .bind(&self.consumer)
+        .bind(message.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            let dead: Option<bool> = sqlx::query_scalar(
+                "SELECT dead_at IS NOT NULL FROM idem.inbox WHERE consumer = $1 AND message_id = $2",
+            )
+            .bind(&self.consumer)
+            .bind(message.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(if dead == Some(true) {
+                Processed::Dead
+            } else {
+                Processed::Duplicate
+            });
+        }
+        match work(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(Processed::Done(value))
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                self.failed(message, error).await
+            }
+        }
+    }
+
+    /// Counts a failed attempt outside the rolled-back work, and dead-letters the
+    /// message when it was the last one allowed.
+    async fn failed<T, E: std::fmt::Display>(
+        &self,
+        message: &InboxMessage<'_>,
+        error: E,
+    ) -> Result<Processed<T>, InboxError<E>> {
+        let headers = dead::headers_json(message.headers);
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO idem.inbox (consumer, message_id, attempts, last_error, subject, payload, headers) \
+             VALUES ($1, $2, 1, $3, $4, $5, $6) \
+             ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = inbox.attempts + 1, \
+               last_error = EXCLUDED.last_error, subject = EXCLUDED.subject, \
+               payload = EXCLUDED.payload, headers = EXCLUDED.headers \
+             WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
+             RETURNING attempts",
+        )
+        .bind(&self.consumer)
+        .bind(message.id)
+        .bind(error.to_string())
+        .bind(message.subject)
+        .bind(message.payload)
+        .bind(headers)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(attempts) = attempts else {
+            // A concurrent delivery processed it (or dead-lettered it) meanwhile.
+            return Ok(Processed::Duplicate);
+        };
+        let backoff = self.backoff_for(attempts);
+        match after_failure(attempts, self.max_attempts, Failure::TRANSIENT, backoff) {
+            AfterFailure::RetryIn(retry_in) => Err(InboxError::Work {
+                error,
+                attempts,
+                retry_in,
+            }),
+            AfterFailure::DeadLetter => {
+                dead::mark(&self.pool, &self.consumer, message.id).await?;
+                tracing::error!(
+                    consumer = %self.consumer,
+                    message_id = %message.id,
+                    attempts,
+                    error = %error,
+                    "inbox message dead-lettered"
+                );
+                Err(InboxError::DeadLettered { error, attempts })
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff_for(&self, attempts: i32) -> Duration {
+        let exp = 2u32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0).min(30));
+        let cap = self.backoff_base.saturating_mul(exp).min(self.backoff_max);
+        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+    }
+}

@@ -1,0 +1,278 @@
+//! The outbox relay: delivers committed outbox messages through a [`Sink`], outside any
+//! database transaction, under a lease; retries with backoff; dead-letters poison
+//! messages.
+
+mod lease;
+mod listen;
+mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use idem_core::delivery::{AfterFailure, after_failure};
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use sink::{Sink, SinkError};
+
+use crate::StoreError;
+use crate::outbox::{OutboxMessage, OutboxWaker};
+use listen::Listening;
+
+/// Delivers outbox messages after they commit.
+///
+/// Each round **claims** up to `batch_size` due messages in one short statement (`FOR
+/// UPDATE SKIP LOCKED`, so relays in one process or many never claim the same message
+/// at once): their `available_at` moves to the end of a **lease** and the attempt is
+/// counted. It then **delivers** them with no transaction open, `concurrency` at a
+/// time, each bounded by the delivery timeout, and records each outcome in its own
+/// statement: delivered; or retried later (exponential backoff with full jitter, or the
+/// destination's `Retry-After` when longer); or, after `max_attempts` or on a permanent
+/// failure, dead-lettered (kept, listed by [`dead_letters`](crate::dead_letters),
+/// re-driven by [`redrive`](crate::redrive)). A relay that dies mid-batch leaves its
+/// messages leased; another relay takes them when the lease ends (and the downstream
+/// dedupe on the message id makes a second delivery harmless). A message whose lease
+/// ran out `max_attempts` times without an outcome (it crashes relays) is dead-lettered.
+///
+/// It wakes on an [`OutboxWaker`] of this process, on `LISTEN idem_outbox` (set up
+/// again with backoff when it fails), and polls as the backstop.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use idem_sqlx::{OutboxMessage, OutboxRelay, Sink, SinkError};
+/// use tokio_util::sync::CancellationToken;
+///
+/// struct Log;
+/// impl Sink for Log {
+///     async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+///         println!("{} {}", message.topic, message.id);
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), idem_sqlx::StoreError> {
+/// let shutdown = CancellationToken::new();
+/// OutboxRelay::new(pool, Log)
+///     .max_attempts(5)
+///     .delivery_timeout(Duration::from_secs(5))
+///     .run(shutdown.clone())
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct OutboxRelay<S> {
+    pool: PgPool,
+    sink: Arc<S>,
+    id: Uuid,
+    batch_size: i64,
+    concurrency: usize,
+    poll_interval: Duration,
+    max_attempts: i32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    lease: Duration,
+    delivery_timeout: Duration,
+    waker: OutboxWaker,
+    listen: bool,
+}
+
+impl<S: Sink> OutboxRelay<S> {
+    /// A relay over `pool` delivering to `sink`: batches of 100 delivered 16 at a time,
+    /// a 10-second delivery timeout under a 60-second lease, polling every second,
+    /// 10 attempts, backoff from 100 ms up to 5 minutes, listening on `idem_outbox`.
+    pub fn new(pool: PgPool, sink: S) -> Self {
+        OutboxRelay {
+            pool,
+            sink: Arc::new(sink),
+            id: Uuid::now_v7(),
+            batch_size: 100,
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
+            delivery_timeout: Duration::from_secs(10),
+            waker: OutboxWaker::new(),
+            listen: true,
+        }
+    }
+
+    /// Messages claimed per round.
+    pub fn batch_size(mut self, n: i64) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Deliveries in flight at once within a round.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How often to look for messages when nothing wakes the relay.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Attempts before a message is dead-lettered.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The backoff: attempt `n` waits a random time up to `min(max, base * 2^n)`.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// How long a claimed batch stays with this relay. A message whose delivery could
+    /// not start at least one delivery timeout before the lease ends is given back
+    /// unattempted. Another relay takes the messages of a relay that died once it ends.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The longest one delivery may take; past it the attempt counts as a transient
+    /// failure.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Wakes on this waker too (share it with the code that commits the messages, e.g.
+    /// `IdempotencyLayer::outbox_waker`).
+    pub fn waker(mut self, waker: OutboxWaker) -> Self {
+        self.waker = waker;
+        self
+    }
+
+    /// Whether to `LISTEN idem_outbox` (default yes).
+    pub fn listen(mut self, on: bool) -> Self {
+        self.listen = on;
+        self
+    }
+
+    /// This relay's id, recorded as `leased_by` on the messages it holds.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Runs until `shutdown` is cancelled. Store errors are logged and retried after
+    /// the poll interval; the relay never gives up on its own. A round in progress when
+    /// `shutdown` comes is finished first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let mut listening = Listening::new(self.pool.clone(), self.listen);
+        while !shutdown.is_cancelled() {
+            listening.drain();
+            let full = match self.relay_once().await {
+                Ok(n) => n as i64 >= self.batch_size,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay round failed");
+                    false
+                }
+            };
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.woken() => {}
+                () = listening.notified() => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: claims a batch, delivers it, records each outcome. Returns how many
+    /// messages it claimed.
+    pub async fn relay_once(&self) -> Result<usize, StoreError> {
+        let messages = lease::claim(&self.pool, self.id, self.batch_size, self.lease).await?;
+        let claimed = messages.len();
+        let lease_ends = Instant::now() + self.lease;
+        futures_util::stream::iter(messages)
+            .map(|message| self.settle(message, lease_ends))
+            .buffer_unordered(self.concurrency)
+            .for_each(|()| async {})
+            .await;
+        Ok(claimed)
+    }
+
+    /// Delivers one claimed message and records what happened.
+    async fn settle(&self, message: OutboxMessage, lease_ends: Instant) {
+        let recorded = if message.attempts > self.max_attempts {
+            let error = format!(
+                "its lease ran out {} times without an outcome (a relay died or hung)",
+                message.attempts - 1
+            );
+            self.give_up(&message, &error).await
+        } else if Instant::now() + self.delivery_timeout > lease_ends {
+            lease::release(&self.pool, self.id, message.id).await
+        } else {
+            match self.deliver(&message).await {
+                Ok(()) => lease::delivered(&self.pool, message.id).await,
+                Err(e) => self.failed(&message, &e).await,
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease ends and the message is delivered again (deduplicated).
+            tracing::warn!(message_id = %message.id, error = %e, "outbox outcome not recorded");
+        }
+    }
+
+    async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        match tokio::time::timeout(self.delivery_timeout, self.sink.deliver(message)).await {
+            Ok(delivered) => delivered,
+            Err(_elapsed) => Err(SinkError::new(format!(
+                "delivery timed out after {:?}",
+                self.delivery_timeout
+            ))),
+        }
+    }
+
+    async fn failed(&self, message: &OutboxMessage, error: &SinkError) -> Result<(), StoreError> {
+        let backoff = self.backoff_for(message.attempts);
+        match after_failure(message.attempts, self.max_attempts, error.failure(), backoff) {
+            AfterFailure::DeadLetter => self.give_up(message, error.message()).await,
+            AfterFailure::RetryIn(delay) => {
+                tracing::warn!(
+                    message_id = %message.id,
+                    attempts = message.attempts,
+                    error = %error,
+                    ?delay,
+                    "outbox delivery failed; retrying"
+                );
+                lease::retry(&self.pool, self.id, message.id, error.message(), delay).await
+            }
+        }
+    }
+
+    async fn give_up(&self, message: &OutboxMessage, error: &str) -> Result<(), StoreError> {
+        tracing::error!(
+            message_id = %message.id,
+            topic = %message.topic,
+            attempts = message.attempts,
+            error,
+            "outbox message dead-lettered"
+        );
+        lease::dead_letter(&self.pool, self.id, message.id, error).await
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff_for(&self, attempts: i32) -> Duration {
+        let exp = 2u32.saturating_pow(u32::try_from(attempts).unwrap_or(0).min(30));
+        let cap = self.backoff_base.saturating_mul(exp).min(self.backoff_max);
+        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+    }
+}
