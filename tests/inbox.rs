@@ -125,7 +125,7 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
     // A short duplicate window, so JetStream stores a second publish of the same id.
     let stream = TestStream::create(Duration::from_millis(100)).await;
     payments_on_the_stream(&db, &stream, 1).await;
-    sqlx::query("UPDATE idem.outbox SET delivered_at = NULL")
+    sqlx::query("UPDATE idem.outbox SET delivered_at = NULL, available_at = now()")
         .execute(&db.pool)
         .await
         .expect("relay it again");
@@ -166,28 +166,26 @@ async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
         payload: b"{}",
         headers: &[],
     };
-    let failed = inbox.process(&message, |tx| {
-        Box::pin(async move {
-            sqlx::query(
+    let failed = inbox
+        .process(&message, |tx| {
+            Box::pin(async move {
+                sqlx::query(
                 "INSERT INTO ledger_entries (payment_id, tenant_id, amount, currency, message_id) \
                          VALUES (gen_random_uuid(), 't', 1, 'EUR', gen_random_uuid())",
             )
             .execute(&mut *tx)
             .await
             .map_err(|e| e.to_string())?;
-            Err::<(), String>("consumer failed after writing".into())
+                Err::<(), String>("consumer failed after writing".into())
+            })
         })
-    })
-    .await;
-    assert!(matches!(
-        failed,
-        Err(InboxError::Work { attempts: 1, .. })
-    ));
+        .await;
+    assert!(matches!(failed, Err(InboxError::Work { attempts: 1, .. })));
     assert_eq!(ledger_rows(&db).await, 0, "the work rolled back");
     let retried = inbox
         .process(&message, |_| Box::pin(async { Ok::<_, String>(7) }))
         .await
-    .expect("retry");
+        .expect("retry");
     assert_eq!(
         retried,
         Processed::Done(7),

@@ -1,9 +1,11 @@
 //! The transactional outbox and its relay to NATS JetStream: messages commit with the
-//! request, and each is delivered exactly once, across sink failures, concurrent relays
-//! and a relay killed mid-batch; poison messages are dead-lettered and re-driven.
+//! request, and each is delivered exactly once, across sink failures and concurrent
+//! relays; poison messages are dead-lettered and re-driven. (Leases and a relay that
+//! dies mid-batch: `relay_leases.rs` and the example's `relay_crash.rs`; waking:
+//! `relay_wakeup.rs`.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,16 +25,6 @@ async fn undelivered(db: &TestDb) -> i64 {
         .fetch_one(&db.pool)
         .await
         .expect("undelivered count")
-}
-
-/// Outbox rows no transaction holds a lock on (locked by this statement and released
-/// with it).
-async fn unlocked(db: &TestDb) -> usize {
-    sqlx::query("SELECT id FROM idem.outbox FOR UPDATE SKIP LOCKED")
-        .fetch_all(&db.pool)
-        .await
-        .expect("unlocked rows")
-        .len()
 }
 
 async fn enqueue_many(db: &TestDb, topic: &str, n: usize) {
@@ -205,83 +197,6 @@ async fn two_concurrent_relays_deliver_each_message_once() {
     stream.delete().await;
 }
 
-/// Publishes `before_hang` messages, then never returns: a relay stuck mid-batch.
-struct HangsAfter {
-    inner: JetStreamSink,
-    before_hang: AtomicUsize,
-}
-
-impl Sink for HangsAfter {
-    async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
-        let left = self.before_hang.fetch_sub(1, Ordering::SeqCst);
-        self.inner.deliver(message).await?;
-        if left <= 1 {
-            std::future::pending::<()>().await;
-        }
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_mid_batch_loses_and_duplicates_nothing() {
-    let db = test_db().await;
-    let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 20).await;
-    let doomed = OutboxRelay::new(
-        db.pool.clone(),
-        HangsAfter {
-            inner: JetStreamSink::new(stream.js.clone()),
-            before_hang: AtomicUsize::new(5),
-        },
-    )
-    .batch_size(20);
-    let task = tokio::spawn(async move { doomed.relay_once().await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stream.messages().await < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the doomed relay never published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    task.abort(); // killed mid-batch: its transaction never commits
-    let _ = task.await;
-    // Until the killed relay's transaction has ended, another session sees the rows as
-    // they were before it whatever it did: wait for its end (its row locks released,
-    // no transaction open) before judging what it left behind.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while unlocked(&db).await < 20 || db.transactions_left_open().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the killed relay's transaction never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        undelivered(&db).await,
-        20,
-        "the killed relay's transaction ended without committing a delivered mark"
-    );
-
-    let counting = Arc::new(Counting::new(&stream));
-    let relay = OutboxRelay::new(db.pool.clone(), counting.clone());
-    while relay.relay_once().await.expect("relay") > 0 {}
-    assert_eq!(undelivered(&db).await, 0);
-    let calls = counting.calls.lock().expect("lock").clone();
-    assert_eq!(
-        calls.len(),
-        20,
-        "the next relay delivered every message, the ones published before the kill included"
-    );
-    assert!(calls.values().all(|&n| n == 1));
-    assert_eq!(
-        stream.messages().await,
-        20,
-        "re-published messages were deduplicated"
-    );
-    stream.delete().await;
-}
-
 /// Fails for as long as `failing` is set.
 struct Switchable {
     inner: JetStreamSink,
@@ -371,30 +286,5 @@ async fn a_message_with_an_unpublishable_header_is_dead_lettered_not_panicked_on
         1
     );
     assert_eq!(stream.messages().await, 0);
-    stream.delete().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_relay_wakes_on_notify_without_waiting_for_its_poll() {
-    let db = test_db().await;
-    let stream = TestStream::create(Duration::from_secs(120)).await;
-    let shutdown = CancellationToken::new();
-    // Polls only once a minute: a prompt delivery can only come from NOTIFY.
-    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
-        .poll_interval(Duration::from_secs(60));
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await; // idle, listening
-    enqueue_many(&db, &stream.subject("orders"), 3).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while undelivered(&db).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the commit's NOTIFY did not wake the relay"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stream.messages().await, 3);
-    shutdown.cancel();
-    task.await.expect("join").expect("relay");
     stream.delete().await;
 }

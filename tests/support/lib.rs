@@ -7,12 +7,14 @@ pub mod nats;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod receiver;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
 pub use nats::TestStream;
 pub use pg::{TestDb, test_db, test_db_with};
 pub use process::ServiceProcess;
 pub use proxy::Proxy;
+pub use receiver::Receiver;
 
 use std::sync::Arc;
 

@@ -87,9 +87,7 @@ fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Option<TraceC
     TraceContext::from_headers(
         header("traceparent"),
         header("tracestate"),
-        req.headers()
-            .get(correlation)
-            .and_then(|v| v.to_str().ok()),
+        req.headers().get(correlation).and_then(|v| v.to_str().ok()),
     )
 }
 

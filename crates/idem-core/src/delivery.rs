@@ -132,10 +132,18 @@ mod tests {
     fn permanent_4xx_dead_letter_at_once_and_the_later_ones_retry() {
         let now = SystemTime::now();
         for status in [400, 401, 403, 404, 405, 410, 413, 415, 422, 451] {
-            assert_eq!(classify_http(status, None, now), Failure::Permanent, "{status}");
+            assert_eq!(
+                classify_http(status, None, now),
+                Failure::Permanent,
+                "{status}"
+            );
         }
         for status in [408, 409, 425, 429, 500, 502, 503, 504, 302, 100] {
-            assert_eq!(classify_http(status, None, now), Failure::TRANSIENT, "{status}");
+            assert_eq!(
+                classify_http(status, None, now),
+                Failure::TRANSIENT,
+                "{status}"
+            );
         }
     }
 
@@ -152,7 +160,10 @@ mod tests {
         let short = Failure::Transient {
             retry_after: Some(Duration::from_millis(10)),
         };
-        assert_eq!(after_failure(1, 3, short, BACKOFF), AfterFailure::RetryIn(BACKOFF));
+        assert_eq!(
+            after_failure(1, 3, short, BACKOFF),
+            AfterFailure::RetryIn(BACKOFF)
+        );
         let long = Failure::Transient {
             retry_after: Some(Duration::from_secs(60)),
         };
@@ -167,8 +178,14 @@ mod tests {
         let later = Failure::Transient {
             retry_after: Some(Duration::from_secs(1)),
         };
-        assert_eq!(after_failure(3, 3, later, BACKOFF), AfterFailure::DeadLetter);
-        assert_eq!(after_failure(4, 3, later, BACKOFF), AfterFailure::DeadLetter);
+        assert_eq!(
+            after_failure(3, 3, later, BACKOFF),
+            AfterFailure::DeadLetter
+        );
+        assert_eq!(
+            after_failure(4, 3, later, BACKOFF),
+            AfterFailure::DeadLetter
+        );
     }
 
     #[test]

@@ -72,6 +72,6 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use relay::{OutboxRelay, Sink, SinkError};
-pub use sweeper::{Swept, Sweeper};
+pub use sweeper::{Sweeper, Swept};
 #[cfg(feature = "http")]
 pub use webhook::WebhookSink;

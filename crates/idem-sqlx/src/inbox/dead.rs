@@ -63,8 +63,12 @@ fn decode(row: &PgRow) -> Result<DeadMessage, StoreError> {
     };
     Ok(DeadMessage {
         id: row.try_get("message_id")?,
-        subject: row.try_get::<Option<String>, _>("subject")?.unwrap_or_default(),
-        payload: row.try_get::<Option<Vec<u8>>, _>("payload")?.unwrap_or_default(),
+        subject: row
+            .try_get::<Option<String>, _>("subject")?
+            .unwrap_or_default(),
+        payload: row
+            .try_get::<Option<Vec<u8>>, _>("payload")?
+            .unwrap_or_default(),
         headers,
         attempts: row.try_get("attempts")?,
         last_error: row.try_get("last_error")?,

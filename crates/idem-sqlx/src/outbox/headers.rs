@@ -21,7 +21,13 @@ pub const TRACESTATE: &str = "tracestate";
 pub const CORRELATION_ID: &str = "X-Correlation-Id";
 
 /// The names a message's own headers cannot take: the sink sets them.
-const RESERVED: [&str; 5] = [IDEMPOTENCY_KEY, TOPIC, TENANT_ID, REQUEST_KEY, "Nats-Msg-Id"];
+const RESERVED: [&str; 5] = [
+    IDEMPOTENCY_KEY,
+    TOPIC,
+    TENANT_ID,
+    REQUEST_KEY,
+    "Nats-Msg-Id",
+];
 
 /// The headers of one delivery, in order: the message's own headers (those with a
 /// reserved name dropped), then [`IDEMPOTENCY_KEY`], [`TOPIC`], [`TENANT_ID`] and,

@@ -224,9 +224,10 @@ pub async fn redrive<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool
 
 /// Deletes a dead-lettered message for good. Returns whether there was such a message.
 pub async fn purge<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM idem.outbox WHERE id = $1 AND dead_lettered_at IS NOT NULL")
-        .bind(id)
-        .execute(executor)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM idem.outbox WHERE id = $1 AND dead_lettered_at IS NOT NULL")
+            .bind(id)
+            .execute(executor)
+            .await?;
     Ok(done.rows_affected() > 0)
 }

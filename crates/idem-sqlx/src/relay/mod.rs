@@ -242,7 +242,12 @@ impl<S: Sink> OutboxRelay<S> {
 
     async fn failed(&self, message: &OutboxMessage, error: &SinkError) -> Result<(), StoreError> {
         let backoff = self.backoff_for(message.attempts);
-        match after_failure(message.attempts, self.max_attempts, error.failure(), backoff) {
+        match after_failure(
+            message.attempts,
+            self.max_attempts,
+            error.failure(),
+            backoff,
+        ) {
             AfterFailure::DeadLetter => self.give_up(message, error.message()).await,
             AfterFailure::RetryIn(delay) => {
                 tracing::warn!(

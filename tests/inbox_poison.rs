@@ -1,0 +1,182 @@
+//! Poison messages on the consumer side: the inbox counts failed attempts per
+//! (consumer, message); past the maximum the message becomes a dead letter (kept with
+//! its payload, listed, redrivable) and is terminated, so JetStream stops redelivering
+//! it. A payload the consumer cannot decode is dead-lettered at once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, PullConsumer};
+use futures_util::StreamExt;
+use idem_sqlx::{Inbox, JetStreamSink, OutboxRelay, Processed};
+use idem_tests::{TestApp, TestDb, TestStream, test_db};
+use payments::EventSubject;
+
+async fn ledger_rows(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+        .fetch_one(&db.pool)
+        .await
+        .expect("ledger count")
+}
+
+async fn pull_consumer(stream: &TestStream) -> PullConsumer {
+    stream
+        .js
+        .get_stream(&stream.name)
+        .await
+        .expect("stream")
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("ledger".to_owned()),
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer")
+}
+
+async fn fetch(consumer: &PullConsumer) -> Vec<async_nats::jetstream::Message> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_millis(1500))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut messages = Vec::new();
+    while let Some(m) = batch.next().await {
+        messages.push(m.expect("message"));
+    }
+    messages
+}
+
+/// The ledger's inbox with a short redelivery backoff.
+fn inbox(db: &TestDb) -> Inbox {
+    payments::ledger::inbox(db.pool.clone())
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    let app = TestApp::spawn(
+        payments::app(db.pool.clone())
+            .layer(axum::Extension(EventSubject(stream.subject("created")))),
+    )
+    .await;
+    let r = app
+        .post(
+            "/payments",
+            "t1",
+            Some("poison-1"),
+            r#"{"amount":100,"currency":"EUR"}"#,
+        )
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
+    while relay.relay_once().await.expect("relay") > 0 {}
+    // The ledger cannot take it: every attempt fails.
+    sqlx::raw_sql("ALTER TABLE ledger_entries ADD CONSTRAINT no_eur CHECK (currency <> 'EUR')")
+        .execute(&db.pool)
+        .await
+        .expect("constraint");
+
+    let consumer = pull_consumer(&stream).await;
+    let inbox = inbox(&db);
+    let mut failures = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        let Some(message) = fetch(&consumer).await.into_iter().next() else {
+            continue;
+        };
+        match payments::ledger::handle(&inbox, &message).await {
+            Err(_) => failures += 1,
+            Ok(Processed::Dead) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        failures,
+        payments::ledger::MAX_ATTEMPTS - 1,
+        "redelivered until the last allowed attempt"
+    );
+    let dead = inbox.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, payments::ledger::MAX_ATTEMPTS);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no_eur")),
+        "{:?}",
+        dead[0].last_error
+    );
+    assert!(String::from_utf8_lossy(&dead[0].payload).contains("\"amount\":100"));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past ack_wait
+    assert!(
+        fetch(&consumer).await.is_empty(),
+        "the terminated message is not redelivered"
+    );
+    assert_eq!(ledger_rows(&db).await, 0);
+
+    // Fixed: redriven, it is processed once.
+    sqlx::raw_sql("ALTER TABLE ledger_entries DROP CONSTRAINT no_eur")
+        .execute(&db.pool)
+        .await
+        .expect("fix");
+    let again = inbox
+        .redrive(dead[0].id)
+        .await
+        .expect("redrive")
+        .expect("a dead letter");
+    let outcome = payments::ledger::record(&inbox, &again.as_message(), "t1")
+        .await
+        .expect("record");
+    assert_eq!(outcome, Processed::Done(()));
+    assert_eq!(ledger_rows(&db).await, 1);
+    assert!(inbox.dead_letters(10).await.expect("dead").is_empty());
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    let id = uuid::Uuid::now_v7();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(idem_sqlx::IDEMPOTENCY_KEY, id.to_string().as_str());
+    stream
+        .js
+        .publish_with_headers(stream.subject("created"), headers, "not json".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let consumer = pull_consumer(&stream).await;
+    let inbox = inbox(&db);
+    let message = fetch(&consumer)
+        .await
+        .into_iter()
+        .next()
+        .expect("a message");
+    assert_eq!(
+        payments::ledger::handle(&inbox, &message)
+            .await
+            .expect("handle"),
+        Processed::Dead
+    );
+    let dead = inbox.dead_letters(10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert_eq!(dead[0].payload, b"not json");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(fetch(&consumer).await.is_empty(), "terminated");
+    assert!(inbox.purge(id).await.expect("purge"));
+    assert!(inbox.dead_letters(10).await.expect("dead").is_empty());
+    stream.delete().await;
+}

@@ -1,0 +1,177 @@
+//! The sweeper keeps idem's tables from growing forever: expired keys, delivered outbox
+//! rows past their retention and inbox rows past their window go; pending messages,
+//! dead letters and recent rows stay; a row another transaction holds is skipped, not
+//! waited on.
+
+use std::time::Duration;
+
+use idem_sqlx::{Message, Sweeper, Swept};
+use idem_tests::{TestDb, effects_app, test_db};
+
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+/// Six outbox rows: delivered long ago (x2), delivered just now, pending and old,
+/// dead-lettered and old, leased and old.
+async fn outbox_rows(db: &TestDb) {
+    let mut tx = db.pool.begin().await.expect("begin");
+    for i in 0..6 {
+        idem_sqlx::enqueue(
+            &mut tx,
+            Message::new("orders", format!("m{i}").into_bytes()),
+        )
+        .await
+        .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    sqlx::raw_sql(
+        "WITH numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM idem.outbox \
+                           WHERE topic = 'orders') \
+         UPDATE idem.outbox o SET \
+           created_at = now() - interval '3 days', \
+           delivered_at = CASE WHEN n IN (1, 2) THEN now() - interval '2 days' \
+                               WHEN n = 3 THEN now() END, \
+           dead_lettered_at = CASE WHEN n = 5 THEN now() - interval '2 days' END, \
+           leased_by = CASE WHEN n = 6 THEN gen_random_uuid() END \
+         FROM numbered WHERE o.id = numbered.id",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age the outbox");
+}
+
+/// Four inbox rows: processed long ago, processed just now, failing and old, dead and
+/// old.
+async fn inbox_rows(db: &TestDb) {
+    sqlx::raw_sql(
+        "INSERT INTO idem.inbox (consumer, message_id, received_at, processed_at, attempts, dead_at) VALUES \
+           ('ledger', gen_random_uuid(), now() - interval '10 days', now() - interval '10 days', 0, NULL), \
+           ('ledger', gen_random_uuid(), now(), now(), 0, NULL), \
+           ('ledger', gen_random_uuid(), now() - interval '10 days', NULL, 2, NULL), \
+           ('ledger', gen_random_uuid(), now() - interval '10 days', NULL, 5, now() - interval '9 days')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("inbox rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_removes_what_is_past_its_time_and_keeps_the_rest() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l).await;
+    for key in ["k1", "k2", "k3"] {
+        let r = app
+            .post("/effects", "t1", Some(key), "n")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    sqlx::query(
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0' \
+         WHERE key IN ('k1', 'k2')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("expire two keys");
+    // The three requests enqueued a message each: deliver them just now.
+    sqlx::query("UPDATE idem.outbox SET delivered_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("delivered");
+    outbox_rows(&db).await;
+    inbox_rows(&db).await;
+
+    let sweeper = Sweeper::new(db.pool.clone())
+        .batch_size(1) // every table takes several batches
+        .outbox_retention(Duration::from_secs(24 * 3600))
+        .inbox_window(Duration::from_secs(7 * 24 * 3600));
+    let swept = sweeper.sweep_once().await.expect("sweep");
+    assert_eq!(
+        swept,
+        Swept {
+            keys: 2,
+            outbox: 2,
+            inbox: 2
+        }
+    );
+    assert_eq!(db.keys().await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idem.outbox WHERE delivered_at IS NULL"
+        )
+        .await,
+        3,
+        "pending, dead-lettered and leased messages stay"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idem.outbox WHERE dead_lettered_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM idem.inbox").await,
+        2,
+        "the recent row and the dead letter stay"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idem.inbox WHERE dead_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        sweeper.sweep_once().await.expect("again"),
+        Swept::default(),
+        "nothing left to sweep"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_skips_a_row_another_transaction_holds_instead_of_waiting() {
+    let db = test_db().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    for i in 0..2 {
+        idem_sqlx::enqueue(
+            &mut tx,
+            Message::new("orders", format!("m{i}").into_bytes()),
+        )
+        .await
+        .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    sqlx::query("UPDATE idem.outbox SET delivered_at = now() - interval '2 days'")
+        .execute(&db.pool)
+        .await
+        .expect("old");
+    let mut holder = db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM idem.outbox ORDER BY id LIMIT 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock one row");
+
+    let swept = tokio::time::timeout(
+        Duration::from_secs(10),
+        Sweeper::new(db.pool.clone()).sweep_once(),
+    )
+    .await
+    .expect("the sweeper waited on a lock")
+    .expect("sweep");
+    assert_eq!(swept.outbox, 1, "the held row was skipped");
+    holder.rollback().await.expect("release");
+    let swept = Sweeper::new(db.pool.clone())
+        .sweep_once()
+        .await
+        .expect("sweep");
+    assert_eq!(swept.outbox, 1, "and taken on the next pass");
+}
