@@ -69,3 +69,37 @@ impl ServiceProcess {
         self.child.kill().await.expect("kill the service");
     }
 }
+
+/// A worker binary (no HTTP: a relay, a consumer) run as a child process, killed when
+/// dropped.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `bin` with `args` against `database_url`, with the given environment.
+    pub fn start(
+        bin: &str,
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
+        let child = Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the worker");
+        WorkerProcess { child }
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown) and reaps it.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill the worker");
+    }
+}
