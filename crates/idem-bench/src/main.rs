@@ -14,11 +14,16 @@
 //! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
 //! no HTTP; (a0) and (b0), the statements (a) and (b) send to the database, from this
 //! process through sqlx, no HTTP: their ratio is what the database alone allows b/a
-//! to reach. Services run in-process on loopback sockets against Postgres
-//! (`DATABASE_URL`, or a throwaway container from `IDEM_PG_IMAGE`).
+//! to reach; (f) the bare handler without its outbox enqueue (a/f: what the enqueue
+//! costs); (g) the layer with unique keys while an outbox relay in this process,
+//! woken after each commit, publishes to NATS JetStream (`NATS_URL`, default
+//! `nats://127.0.0.1:4222`; skipped when unreachable): the commit-to-publish latency.
+//! Services run in-process on loopback sockets against Postgres (`DATABASE_URL`, or a
+//! throwaway container from `IDEM_PG_IMAGE`).
 
 mod chart;
 mod handwritten;
+mod publish;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -87,6 +92,10 @@ struct Report {
     lookup_first_replay_over_bare: f64,
     bare_over_ceiling: f64,
     layer_statements_over_bare_statements: f64,
+    /// a/f: the bare handler with its outbox enqueue over the same without it.
+    enqueue_over_no_enqueue: f64,
+    /// (g), when NATS was reachable.
+    publish: Option<publish::PublishLatency>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -130,6 +139,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     sqlx::raw_sql(handwritten::TABLE).execute(&pool).await?;
 
     let bare = serve(payments::bare_app(pool.clone())).await?;
+    let without_outbox = serve(payments::bare_app_without_outbox(pool.clone())).await?;
     let layered = serve(payments::app(pool.clone())).await?;
     let by_hand = serve(handwritten::app(pool.clone())).await?;
     let lookup_first = serve(payments::app_with(
@@ -168,6 +178,30 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             warmup,
             timed,
             post_bare,
+        )
+        .await?,
+    );
+
+    // (f) the bare handler without its outbox enqueue
+    let post_without_outbox = {
+        let client = client.clone();
+        let url = format!("{without_outbox}/payments");
+        move |_: usize| {
+            client
+                .post(&url)
+                .header("x-tenant-id", "bench")
+                .header("content-type", "application/json")
+                .body(BODY)
+        }
+    };
+    rows.push(
+        timed_scenario(
+            "f bare, no enqueue",
+            &pool,
+            args.concurrency,
+            warmup,
+            timed,
+            post_without_outbox,
         )
         .await?,
     );
@@ -267,6 +301,35 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
     rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
 
+    // (g) the layer while a relay publishes to JetStream
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let publish = match publish::start(&pool, &nats_url).await {
+        Ok(relay) => {
+            let app = payments::app_with(
+                pool.clone(),
+                payments::idempotency(pool.clone()).outbox_waker(relay.waker.clone()),
+            )
+            .layer(axum::Extension(payments::EventSubject(relay.subject.to_owned())));
+            let base = serve(app).await?;
+            rows.push(
+                timed_scenario(
+                    "g layer + relay, JetStream",
+                    &pool,
+                    args.concurrency,
+                    warmup,
+                    timed,
+                    unique_on(&base),
+                )
+                .await?,
+            );
+            Some(relay.finish(&pool).await?)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %nats_url, "NATS unreachable: scenario (g) skipped");
+            None
+        }
+    };
+
     let rps = |prefix: &str| {
         rows.iter()
             .find(|r| r.scenario.starts_with(prefix))
@@ -281,6 +344,8 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         lookup_first_replay_over_bare: rps("c' ") / rps("a "),
         bare_over_ceiling: rps("a ") / rps("e "),
         layer_statements_over_bare_statements: rps("b0 ") / rps("a0 "),
+        enqueue_over_no_enqueue: rps("a ") / rps("f "),
+        publish,
         rows,
     })
 }
@@ -631,4 +696,16 @@ fn print_table(report: &Report) {
         "b0/a0 (the database's share: b/a's bound) = {:.2}",
         report.layer_statements_over_bare_statements
     );
+    println!(
+        "a/f (bare with enqueue / without) = {:.2}   target >= 0.8",
+        report.enqueue_over_no_enqueue
+    );
+    match &report.publish {
+        Some(p) => println!(
+            "g: commit-to-publish p50 {:.1} ms, p95 {:.1} ms (target < 100), p99 {:.1} ms; \
+             {} of {} enqueued published",
+            p.p50_ms, p.p95_ms, p.p99_ms, p.published, p.enqueued
+        ),
+        None => println!("g: skipped (NATS unreachable)"),
+    }
 }

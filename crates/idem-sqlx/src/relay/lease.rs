@@ -44,13 +44,17 @@ pub(super) async fn claim(
     Ok(messages)
 }
 
-/// Marks a message delivered (whoever holds its lease now: it is delivered).
-pub(super) async fn delivered(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+/// Marks messages delivered (whoever holds their lease now: they are delivered), in
+/// one statement.
+pub(super) async fn delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE idem.outbox SET delivered_at = now(), leased_by = NULL, last_error = NULL \
-         WHERE id = $1 AND delivered_at IS NULL",
+         WHERE id = ANY($1) AND delivered_at IS NULL",
     )
-    .bind(id)
+    .bind(ids)
     .execute(pool)
     .await?;
     Ok(())

@@ -29,10 +29,11 @@ use listen::Listening;
 /// UPDATE SKIP LOCKED`, so relays in one process or many never claim the same message
 /// at once): their `available_at` moves to the end of a **lease** and the attempt is
 /// counted. It then **delivers** them with no transaction open, `concurrency` at a
-/// time, each bounded by the delivery timeout, and records each outcome in its own
-/// statement: delivered; or retried later (exponential backoff with full jitter, or the
-/// destination's `Retry-After` when longer); or, after `max_attempts` or on a permanent
-/// failure, dead-lettered (kept, listed by [`dead_letters`](crate::dead_letters),
+/// time, each bounded by the delivery timeout, and records the outcomes in short
+/// statements of their own: the delivered ones together at the end of the round (one
+/// `UPDATE`, not a commit per message); each failure as it happens, to be retried
+/// later (exponential backoff with full jitter, or the destination's `Retry-After`
+/// when longer), or, after `max_attempts` or on a permanent failure, dead-lettered (kept, listed by [`dead_letters`](crate::dead_letters),
 /// re-driven by [`redrive`](crate::redrive)). A relay that dies mid-batch leaves its
 /// messages leased; another relay takes them when the lease ends (and the downstream
 /// dedupe on the message id makes a second delivery harmless). A message whose lease
@@ -194,22 +195,28 @@ impl<S: Sink> OutboxRelay<S> {
         Ok(())
     }
 
-    /// One round: claims a batch, delivers it, records each outcome. Returns how many
+    /// One round: claims a batch, delivers it, records the outcomes. Returns how many
     /// messages it claimed.
     pub async fn relay_once(&self) -> Result<usize, StoreError> {
         let messages = lease::claim(&self.pool, self.id, self.batch_size, self.lease).await?;
         let claimed = messages.len();
         let lease_ends = Instant::now() + self.lease;
-        futures_util::stream::iter(messages)
+        let delivered: Vec<Uuid> = futures_util::stream::iter(messages)
             .map(|message| self.settle(message, lease_ends))
             .buffer_unordered(self.concurrency)
-            .for_each(|()| async {})
+            .filter_map(|delivered| async move { delivered })
+            .collect()
             .await;
+        if let Err(e) = lease::delivered(&self.pool, &delivered).await {
+            // Their leases end and they are delivered again (deduplicated downstream).
+            tracing::warn!(error = %e, count = delivered.len(), "outbox deliveries not recorded");
+        }
         Ok(claimed)
     }
 
-    /// Delivers one claimed message and records what happened.
-    async fn settle(&self, message: OutboxMessage, lease_ends: Instant) {
+    /// Delivers one claimed message. `Some(id)` when it was delivered (marked with the
+    /// others of the round); every other outcome is recorded here.
+    async fn settle(&self, message: OutboxMessage, lease_ends: Instant) -> Option<Uuid> {
         let recorded = if message.attempts > self.max_attempts {
             let error = format!(
                 "its lease ran out {} times without an outcome (a relay died or hung)",
@@ -220,14 +227,15 @@ impl<S: Sink> OutboxRelay<S> {
             lease::release(&self.pool, self.id, message.id).await
         } else {
             match self.deliver(&message).await {
-                Ok(()) => lease::delivered(&self.pool, message.id).await,
+                Ok(()) => return Some(message.id),
                 Err(e) => self.failed(&message, &e).await,
             }
         };
         if let Err(e) = recorded {
-            // The lease ends and the message is delivered again (deduplicated).
+            // The lease ends and the message is tried again.
             tracing::warn!(message_id = %message.id, error = %e, "outbox outcome not recorded");
         }
+        None
     }
 
     async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
