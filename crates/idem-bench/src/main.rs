@@ -309,7 +309,9 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
                 pool.clone(),
                 payments::idempotency(pool.clone()).outbox_waker(relay.waker.clone()),
             )
-            .layer(axum::Extension(payments::EventSubject(relay.subject.to_owned())));
+            .layer(axum::Extension(payments::EventSubject(
+                relay.subject.to_owned(),
+            )));
             let base = serve(app).await?;
             rows.push(
                 timed_scenario(
