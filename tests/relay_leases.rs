@@ -56,20 +56,25 @@ async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_on
     let stream = TestStream::create(Duration::from_secs(120)).await;
     enqueue_many(&db, &stream.subject("orders"), 5).await;
     // The README recommends this timeout; a relay holding a transaction across its
-    // deliveries (1.5 s here) would lose its connection every round.
+    // deliveries (1.5 s here) would lose its connection every round. Set for the
+    // database, it binds every connection the relay opens, its own included.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {} SET idle_in_transaction_session_timeout = '200ms'",
+        db.name
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("timeout");
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::query("SET idle_in_transaction_session_timeout = '200ms'")
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-            })
-        })
         .connect_with(db.options.clone())
         .await
         .expect("pool");
+    let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(timeout, "200ms");
     let sink = Arc::new(Slow {
         inner: JetStreamSink::new(stream.js.clone()),
         pause: Duration::from_millis(300),
@@ -186,18 +191,18 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
         assert!(tokio::time::Instant::now() < deadline, "it never published");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Killed while the fifth hangs: the four it finished are marked, and no
-    // transaction was open.
+    // Killed while the fifth hangs, before the round's delivered mark: nothing is
+    // marked, and no transaction was open.
     task.abort();
     let _ = task.await;
-    assert_eq!(undelivered(&db).await, 16);
+    assert_eq!(undelivered(&db).await, 20);
     assert_eq!(db.transactions_left_open().await, 0);
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM idem.outbox WHERE leased_by = $1")
         .bind(stuck.id())
         .fetch_one(&db.pool)
         .await
         .expect("leased");
-    assert_eq!(held, 16, "the rest of its batch is leased to it");
+    assert_eq!(held, 20, "its whole batch is leased to it");
 
     // Another relay finds nothing due until the lease ends, then takes them all.
     let other = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
@@ -208,7 +213,7 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
     assert_eq!(
         stream.messages().await,
         20,
-        "the hung message, published twice, is stored once"
+        "the five it had published, published again, are stored once"
     );
     stream.delete().await;
 }
@@ -258,4 +263,27 @@ async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
         "{:?}",
         dead[0].last_error
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_delivers_while_requests_hold_every_pool_connection() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    enqueue_many(&db, &stream.subject("orders"), 10).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(db.options.clone())
+        .await
+        .expect("pool");
+    let busy = pool.begin().await.expect("the pool's only connection, held");
+    let relay = OutboxRelay::new(pool.clone(), JetStreamSink::new(stream.js.clone()));
+    let round = tokio::time::timeout(Duration::from_secs(10), relay.relay_once())
+        .await
+        .expect("the relay waited for a pool connection");
+    assert_eq!(round.expect("round"), 10);
+    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(stream.messages().await, 10);
+    drop(busy);
+    stream.delete().await;
 }

@@ -1,6 +1,7 @@
 //! The Postgres store of `idem`: unique-constraint key claims, completion with the
 //! response, and replay lookup, all inside the caller's transaction; a transactional
-//! outbox with its relay; an inbox for idempotent consumers.
+//! outbox with its relay; an inbox for idempotent consumers; a sweeper that keeps the
+//! tables small.
 //!
 //! The key claim, the handler's own writes and the stored response commit in one
 //! transaction: either all of it happened or none of it did. The tables live in the

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -14,7 +14,7 @@ use crate::outbox::{OutboxMessage, decode_message};
 /// skips them (`SKIP LOCKED` while the claim runs, then `available_at`) until the lease
 /// ends. Oldest first.
 pub(super) async fn claim(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     relay: Uuid,
     limit: i64,
     lease: Duration,
@@ -34,7 +34,7 @@ pub(super) async fn claim(
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(relay)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let mut messages = rows
         .iter()
@@ -46,7 +46,7 @@ pub(super) async fn claim(
 
 /// Marks messages delivered (whoever holds their lease now: they are delivered), in
 /// one statement.
-pub(super) async fn delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), StoreError> {
+pub(super) async fn delivered(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -55,7 +55,7 @@ pub(super) async fn delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), StoreEr
          WHERE id = ANY($1) AND delivered_at IS NULL",
     )
     .bind(ids)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

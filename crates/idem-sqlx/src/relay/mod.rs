@@ -2,6 +2,7 @@
 //! database transaction, under a lease; retries with backoff; dead-letters poison
 //! messages.
 
+mod conn;
 mod lease;
 mod listen;
 mod sink;
@@ -21,6 +22,7 @@ pub use sink::{Sink, SinkError};
 
 use crate::StoreError;
 use crate::outbox::{OutboxMessage, OutboxWaker};
+use conn::OwnConnection;
 use listen::Listening;
 
 /// Delivers outbox messages after they commit.
@@ -38,6 +40,11 @@ use listen::Listening;
 /// messages leased; another relay takes them when the lease ends (and the downstream
 /// dedupe on the message id makes a second delivery harmless). A message whose lease
 /// ran out `max_attempts` times without an outcome (it crashes relays) is dead-lettered.
+///
+/// Claims and delivered marks go through a connection of the relay's own (outside the
+/// pool, so it never waits behind requests) that commits with `synchronous_commit =
+/// off`: one lost in a database crash only means a delivery again. Failures are written
+/// through the pool.
 ///
 /// It wakes on an [`OutboxWaker`] of this process, on `LISTEN idem_outbox` (set up
 /// again with backoff when it fails), and polls as the backstop.
@@ -68,6 +75,7 @@ use listen::Listening;
 /// ```
 pub struct OutboxRelay<S> {
     pool: PgPool,
+    own: OwnConnection,
     sink: Arc<S>,
     id: Uuid,
     batch_size: i64,
@@ -88,6 +96,7 @@ impl<S: Sink> OutboxRelay<S> {
     /// 10 attempts, backoff from 100 ms up to 5 minutes, listening on `idem_outbox`.
     pub fn new(pool: PgPool, sink: S) -> Self {
         OutboxRelay {
+            own: OwnConnection::new(pool.clone()),
             pool,
             sink: Arc::new(sink),
             id: Uuid::now_v7(),
@@ -198,7 +207,11 @@ impl<S: Sink> OutboxRelay<S> {
     /// One round: claims a batch, delivers it, records the outcomes. Returns how many
     /// messages it claimed.
     pub async fn relay_once(&self) -> Result<usize, StoreError> {
-        let messages = lease::claim(&self.pool, self.id, self.batch_size, self.lease).await?;
+        let (id, limit, lease) = (self.id, self.batch_size, self.lease);
+        let messages = self
+            .own
+            .run(|conn| Box::pin(lease::claim(conn, id, limit, lease)))
+            .await?;
         let claimed = messages.len();
         let lease_ends = Instant::now() + self.lease;
         let delivered: Vec<Uuid> = futures_util::stream::iter(messages)
@@ -207,9 +220,14 @@ impl<S: Sink> OutboxRelay<S> {
             .filter_map(|delivered| async move { delivered })
             .collect()
             .await;
-        if let Err(e) = lease::delivered(&self.pool, &delivered).await {
+        let count = delivered.len();
+        let marked = self
+            .own
+            .run(move |conn| Box::pin(async move { lease::delivered(conn, &delivered).await }))
+            .await;
+        if let Err(e) = marked {
             // Their leases end and they are delivered again (deduplicated downstream).
-            tracing::warn!(error = %e, count = delivered.len(), "outbox deliveries not recorded");
+            tracing::warn!(error = %e, count, "outbox deliveries not recorded");
         }
         Ok(claimed)
     }
