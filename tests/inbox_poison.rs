@@ -180,3 +180,30 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
     assert!(inbox.dead_letters(10).await.expect("dead").is_empty());
     stream.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_an_id_is_terminated_not_redelivered_forever() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    stream
+        .js
+        .publish(stream.subject("created"), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let consumer = pull_consumer(&stream).await;
+    let inbox = inbox(&db);
+    let message = fetch(&consumer)
+        .await
+        .into_iter()
+        .next()
+        .expect("a message");
+    assert!(matches!(
+        payments::ledger::handle(&inbox, &message).await,
+        Err(payments::ledger::LedgerError::NoMessageId)
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past ack_wait
+    assert!(fetch(&consumer).await.is_empty(), "terminated");
+    stream.delete().await;
+}

@@ -276,7 +276,10 @@ async fn a_relay_delivers_while_requests_hold_every_pool_connection() {
         .connect_with(db.options.clone())
         .await
         .expect("pool");
-    let busy = pool.begin().await.expect("the pool's only connection, held");
+    let busy = pool
+        .begin()
+        .await
+        .expect("the pool's only connection, held");
     let relay = OutboxRelay::new(pool.clone(), JetStreamSink::new(stream.js.clone()));
     let round = tokio::time::timeout(Duration::from_secs(10), relay.relay_once())
         .await

@@ -30,8 +30,9 @@ pub const MAX_ATTEMPTS: i32 = 5;
 /// Why a message could not be recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// The message has no `Idempotency-Key` (nor `Nats-Msg-Id`) holding its outbox id.
-    #[error("message without a valid Idempotency-Key or Nats-Msg-Id")]
+    /// The message has no `Idempotency-Key` (nor `Nats-Msg-Id`) holding its outbox id;
+    /// it was terminated.
+    #[error("message without a valid Idempotency-Key or Nats-Msg-Id (terminated)")]
     NoMessageId,
     /// The payload is not a payment.
     #[error("payload is not a payment: {0}")]
@@ -124,8 +125,17 @@ pub async fn handle(
     let headers = headers_of(message);
     let id = header(&headers, idem_sqlx::IDEMPOTENCY_KEY)
         .or_else(|| header(&headers, "Nats-Msg-Id"))
-        .and_then(|v| Uuid::parse_str(v).ok())
-        .ok_or(LedgerError::NoMessageId)?;
+        .and_then(|v| Uuid::parse_str(v).ok());
+    let Some(id) = id else {
+        // Without an id the inbox cannot keep it: terminate it rather than have it
+        // redelivered forever, and say so.
+        tracing::error!(subject = %message.subject, "message without an id terminated");
+        message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| LedgerError::Ack(e.to_string()))?;
+        return Err(LedgerError::NoMessageId);
+    };
     let trace_id = header(&headers, idem_sqlx::TRACEPARENT)
         .and_then(|t| idem_axum::TraceContext::from_headers(Some(t), None, None))
         .and_then(|t| t.trace_id().map(str::to_owned));
