@@ -48,6 +48,28 @@ async fn fetch(consumer: &PullConsumer) -> Vec<async_nats::jetstream::Message> {
     messages
 }
 
+/// Publishes `payload` with `headers` straight to the stream (no outbox) and fetches it.
+async fn published(
+    stream: &TestStream,
+    headers: async_nats::HeaderMap,
+    payload: &'static str,
+) -> (PullConsumer, async_nats::jetstream::Message) {
+    stream
+        .js
+        .publish_with_headers(stream.subject("created"), headers, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let consumer = pull_consumer(stream).await;
+    let message = fetch(&consumer)
+        .await
+        .into_iter()
+        .next()
+        .expect("a message");
+    (consumer, message)
+}
+
 /// The ledger's inbox with a short redelivery backoff.
 fn inbox(db: &TestDb) -> Inbox {
     payments::ledger::inbox(db.pool.clone())
@@ -150,20 +172,8 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
     let id = uuid::Uuid::now_v7();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(idem_sqlx::IDEMPOTENCY_KEY, id.to_string().as_str());
-    stream
-        .js
-        .publish_with_headers(stream.subject("created"), headers, "not json".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let consumer = pull_consumer(&stream).await;
+    let (consumer, message) = published(&stream, headers, "not json").await;
     let inbox = inbox(&db);
-    let message = fetch(&consumer)
-        .await
-        .into_iter()
-        .next()
-        .expect("a message");
     assert_eq!(
         payments::ledger::handle(&inbox, &message)
             .await
@@ -185,20 +195,8 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
 async fn a_message_without_an_id_is_terminated_not_redelivered_forever() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    stream
-        .js
-        .publish(stream.subject("created"), "{}".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let consumer = pull_consumer(&stream).await;
+    let (consumer, message) = published(&stream, async_nats::HeaderMap::new(), "{}").await;
     let inbox = inbox(&db);
-    let message = fetch(&consumer)
-        .await
-        .into_iter()
-        .next()
-        .expect("a message");
     assert!(matches!(
         payments::ledger::handle(&inbox, &message).await,
         Err(payments::ledger::LedgerError::NoMessageId)
