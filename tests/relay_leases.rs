@@ -179,7 +179,7 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
         )
         .batch_size(20)
         .concurrency(1)
-        .lease(Duration::from_secs(2))
+        .lease(Duration::from_secs(3))
         .delivery_timeout(Duration::from_secs(1)),
     );
     let task = tokio::spawn({
@@ -207,7 +207,7 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
     // Another relay finds nothing due until the lease ends, then takes them all.
     let other = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
     assert_eq!(other.relay_once().await.expect("round"), 0);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     while other.relay_once().await.expect("round") > 0 {}
     assert_eq!(undelivered(&db).await, 0);
     assert_eq!(
@@ -237,14 +237,24 @@ async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
     let sink = Arc::new(Crashes {
         calls: AtomicUsize::new(0),
     });
-    for _ in 0..3 {
+    for attempt in 1..=3 {
         let relay = OutboxRelay::new(db.pool.clone(), sink.clone())
             .max_attempts(3)
-            .lease(Duration::from_millis(300))
+            .lease(Duration::from_secs(1))
             .delivery_timeout(Duration::from_millis(100));
         // Each round is abandoned mid-delivery, as by a relay that dies.
-        let _ = tokio::time::timeout(Duration::from_millis(50), relay.relay_once()).await;
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        let round = tokio::spawn(async move { relay.relay_once().await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sink.calls.load(Ordering::SeqCst) < attempt {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "attempt {attempt} never came"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        round.abort();
+        let _ = round.await;
+        tokio::time::sleep(Duration::from_millis(1100)).await; // past the lease
     }
     let relay = OutboxRelay::new(db.pool.clone(), sink.clone()).max_attempts(3);
     assert_eq!(relay.relay_once().await.expect("round"), 1);
