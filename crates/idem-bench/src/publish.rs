@@ -62,8 +62,8 @@ pub struct Running {
     pub subject: &'static str,
 }
 
-/// Empties the outbox (the earlier scenarios filled it), creates the stream and starts
-/// the relay.
+/// Empties the outbox (the earlier scenarios filled it) and vacuums it, creates the
+/// stream and starts the relay.
 pub async fn start(pool: &PgPool, nats_url: &str) -> Result<Running, BoxError> {
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let _ = js.delete_stream(STREAM).await;
@@ -74,7 +74,10 @@ pub async fn start(pool: &PgPool, nats_url: &str) -> Result<Running, BoxError> {
         ..Default::default()
     })
     .await?;
+    // The earlier scenarios left their messages: delete them, and vacuum, or the
+    // relay's first claims wade through their dead index entries.
     sqlx::query("DELETE FROM idem.outbox").execute(pool).await?;
+    sqlx::raw_sql("VACUUM idem.outbox").execute(pool).await?;
     let timed = Arc::new(Timed {
         inner: JetStreamSink::new(js),
         ages: Mutex::new(Vec::new()),
