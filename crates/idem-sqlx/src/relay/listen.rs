@@ -12,6 +12,7 @@ use crate::outbox::OUTBOX_CHANNEL;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The relay's listener: connected, or waiting to retry.
 pub(super) struct Listening {
@@ -33,9 +34,14 @@ impl Listening {
         }
     }
 
-    /// Throws away the notifications already received: the round about to run covers
-    /// them all.
-    pub(super) fn drain(&mut self) {
+    /// Before a round: sets up `LISTEN` when it is missing and its retry is due
+    /// (awaited here, never inside the relay's `select!`, where a wake could cancel it
+    /// half-way every time), then throws away the notifications already received: the
+    /// round about to run covers them all.
+    pub(super) async fn prepare(&mut self) {
+        if self.enabled && self.listener.is_none() && Instant::now() >= self.retry_at {
+            self.connect().await;
+        }
         let Some(listener) = self.listener.as_mut() else {
             return;
         };
@@ -43,8 +49,9 @@ impl Listening {
         while let Some(Ok(Some(_))) = listener.try_recv().now_or_never() {}
     }
 
-    /// Resolves when a notification arrives, or when the listener (re)connects (a round
-    /// then catches up on what it missed). Never resolves when listening is off.
+    /// Resolves when a notification arrives, when the connection was lost (a round then
+    /// catches up on what it missed), or when a retry of `LISTEN` is due. Never resolves
+    /// when listening is off.
     pub(super) async fn notified(&mut self) {
         if !self.enabled {
             return std::future::pending().await;
@@ -61,10 +68,7 @@ impl Listening {
                     self.retry_at = Instant::now() + self.backoff;
                 }
             },
-            None => {
-                tokio::time::sleep_until(self.retry_at).await;
-                self.connect().await;
-            }
+            None => tokio::time::sleep_until(self.retry_at).await,
         }
     }
 
@@ -74,7 +78,11 @@ impl Listening {
             listener.listen(OUTBOX_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
-        match connected.await {
+        // Bounded: a pool drained by requests must not hold up the relay's round.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connected)
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        match connected {
             Ok(listener) => {
                 self.listener = Some(listener);
                 self.backoff = FIRST_RETRY;

@@ -183,7 +183,7 @@ impl<S: Sink> OutboxRelay<S> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
         let mut listening = Listening::new(self.pool.clone(), self.listen);
         while !shutdown.is_cancelled() {
-            listening.drain();
+            listening.prepare().await;
             let full = match self.relay_once().await {
                 Ok(n) => n as i64 >= self.batch_size,
                 Err(e) => {
