@@ -47,9 +47,11 @@
 //! # }
 //! ```
 
+mod backoff;
 mod error;
 mod inbox;
 mod isolation;
+mod json_headers;
 mod keys;
 mod migrate;
 #[cfg(feature = "nats")]

@@ -7,7 +7,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{Inbox, InboxMessage};
-use crate::StoreError;
+use crate::{StoreError, json_headers};
 
 /// A dead letter of a consumer's inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,27 +40,8 @@ impl DeadMessage {
     }
 }
 
-pub(super) fn headers_json(headers: &[(String, String)]) -> serde_json::Value {
-    serde_json::Value::Object(
-        headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect(),
-    )
-}
-
 fn decode(row: &PgRow) -> Result<DeadMessage, StoreError> {
-    let headers: Option<serde_json::Value> = row.try_get("headers")?;
-    let headers = match headers {
-        Some(serde_json::Value::Object(map)) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let headers = json_headers::from_json(row.try_get("headers")?);
     Ok(DeadMessage {
         id: row.try_get("message_id")?,
         subject: row
@@ -162,7 +143,7 @@ impl Inbox {
         .bind(reason)
         .bind(message.subject)
         .bind(message.payload)
-        .bind(headers_json(message.headers))
+        .bind(json_headers::to_json(message.headers))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use idem_core::delivery::{AfterFailure, Failure, after_failure};
-use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use dead::DeadMessage;
 
 use crate::StoreError;
+use crate::backoff::full_jitter;
+use crate::json_headers;
 
 /// What [`Inbox::process`] did with a message. Acknowledge it in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +206,7 @@ impl Inbox {
         message: &InboxMessage<'_>,
         error: E,
     ) -> Result<Processed<T>, InboxError<E>> {
-        let headers = dead::headers_json(message.headers);
+        let headers = json_headers::to_json(message.headers);
         let attempts: Option<i32> = sqlx::query_scalar(
             "INSERT INTO idem.inbox (consumer, message_id, attempts, last_error, subject, payload, headers) \
              VALUES ($1, $2, 1, $3, $4, $5, $6) \
@@ -250,9 +251,6 @@ impl Inbox {
 
     /// Exponential backoff with full jitter.
     fn backoff_for(&self, attempts: i32) -> Duration {
-        let exp = 2u32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0).min(30));
-        let cap = self.backoff_base.saturating_mul(exp).min(self.backoff_max);
-        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+        full_jitter(self.backoff_base, self.backoff_max, attempts - 1)
     }
 }

@@ -13,7 +13,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{StoreError, json_headers};
 
 pub use headers::{
     CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT,
@@ -141,17 +141,7 @@ pub struct OutboxMessage {
 }
 
 pub(crate) fn decode_message(row: &PgRow) -> Result<OutboxMessage, StoreError> {
-    let headers: serde_json::Value = row.try_get("headers")?;
-    let headers = match headers {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let headers = json_headers::from_json(row.try_get("headers")?);
     Ok(OutboxMessage {
         id: row.try_get("id")?,
         topic: row.try_get("topic")?,

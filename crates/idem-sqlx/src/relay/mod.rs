@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use idem_core::delivery::{AfterFailure, after_failure};
-use rand::Rng;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,7 @@ use uuid::Uuid;
 pub use sink::{Sink, SinkError};
 
 use crate::StoreError;
+use crate::backoff::full_jitter;
 use crate::outbox::{OutboxMessage, OutboxWaker};
 use conn::OwnConnection;
 use listen::Listening;
@@ -301,9 +301,6 @@ impl<S: Sink> OutboxRelay<S> {
 
     /// Exponential backoff with full jitter.
     fn backoff_for(&self, attempts: i32) -> Duration {
-        let exp = 2u32.saturating_pow(u32::try_from(attempts).unwrap_or(0).min(30));
-        let cap = self.backoff_base.saturating_mul(exp).min(self.backoff_max);
-        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+        full_jitter(self.backoff_base, self.backoff_max, attempts)
     }
 }
