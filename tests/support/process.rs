@@ -21,17 +21,9 @@ impl ServiceProcess {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             probe.local_addr().expect("addr")
         };
-        let child = Command::new(bin)
-            .env("DATABASE_URL", database_url)
-            .env("BIND", addr.to_string())
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the service");
+        let child = spawn(bin, database_url, &[], env, |command| {
+            command.env("BIND", addr.to_string());
+        });
         let process = ServiceProcess { addr, child };
         process.wait_ready().await;
         process
@@ -84,17 +76,7 @@ impl WorkerProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> WorkerProcess {
-        let child = Command::new(bin)
-            .args(args)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the worker");
+        let child = spawn(bin, database_url, args, env, |_| {});
         WorkerProcess { child }
     }
 
@@ -102,4 +84,29 @@ impl WorkerProcess {
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill the worker");
     }
+}
+
+/// Spawns `bin` against `database_url` with quiet logs, no stdin or stdout, killed when
+/// dropped; `more` adds to its command.
+fn spawn(
+    bin: &str,
+    database_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    more: impl FnOnce(&mut Command),
+) -> Child {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn");
+    more(&mut command);
+    command
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
 }

@@ -158,10 +158,10 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let warmup = Duration::from_secs(args.warmup);
     let mut rows = Vec::new();
 
-    // (a) bare handler
-    let post_bare = {
+    // Keyless payments to a service without the layer.
+    let keyless_on = |base: &str| {
         let client = client.clone();
-        let url = format!("{bare}/payments");
+        let url = format!("{base}/payments");
         move |_: usize| {
             client
                 .post(&url)
@@ -170,6 +170,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
                 .body(BODY)
         }
     };
+    // (a) bare handler
     rows.push(
         timed_scenario(
             "a bare handler",
@@ -177,23 +178,12 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             args.concurrency,
             warmup,
             timed,
-            post_bare,
+            keyless_on(&bare),
         )
         .await?,
     );
 
     // (f) the bare handler without its outbox enqueue
-    let post_without_outbox = {
-        let client = client.clone();
-        let url = format!("{without_outbox}/payments");
-        move |_: usize| {
-            client
-                .post(&url)
-                .header("x-tenant-id", "bench")
-                .header("content-type", "application/json")
-                .body(BODY)
-        }
-    };
     rows.push(
         timed_scenario(
             "f bare, no enqueue",
@@ -201,7 +191,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             args.concurrency,
             warmup,
             timed,
-            post_without_outbox,
+            keyless_on(&without_outbox),
         )
         .await?,
     );
