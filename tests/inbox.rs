@@ -4,48 +4,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, PullConsumer};
-use futures_util::StreamExt;
 use idem_sqlx::{Inbox, InboxError, InboxMessage, JetStreamSink, OutboxRelay, Processed};
-use idem_tests::{TestApp, TestDb, TestStream, test_db};
+use idem_tests::{TestApp, TestDb, TestStream, fetch, test_db};
 use payments::EventSubject;
-
-async fn ledger_rows(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
-        .fetch_one(&db.pool)
-        .await
-        .expect("ledger count")
-}
-
-async fn pull_consumer(stream: &TestStream) -> PullConsumer {
-    stream
-        .js
-        .get_stream(&stream.name)
-        .await
-        .expect("stream")
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("ledger".to_owned()),
-            ack_wait: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer")
-}
-
-async fn fetch(consumer: &PullConsumer, n: usize) -> Vec<async_nats::jetstream::Message> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(n)
-        .expires(Duration::from_secs(3))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut messages = Vec::new();
-    while let Some(m) = batch.next().await {
-        messages.push(m.expect("message"));
-    }
-    messages
-}
 
 /// Creates `n` payments through the example (each enqueues `payment.created` on the
 /// request's transaction) and relays them to the test stream.
@@ -74,12 +35,12 @@ async fn a_redelivered_message_writes_one_ledger_row() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
     payments_on_the_stream(&db, &stream, 5).await;
-    let consumer = pull_consumer(&stream).await;
+    let consumer = stream.ledger_consumer().await;
     let inbox = payments::ledger::inbox(db.pool.clone());
 
     // First delivery: recorded, but the ack is withheld (as if the consumer crashed
     // between its commit and its ack).
-    let first = fetch(&consumer, 5).await;
+    let first = fetch(&consumer, 5, Duration::from_secs(3)).await;
     assert_eq!(first.len(), 5);
     for m in &first {
         let id = m
@@ -100,20 +61,20 @@ async fn a_redelivered_message_writes_one_ledger_row() {
             .expect("record");
         assert_eq!(outcome, Processed::Done(()));
     }
-    assert_eq!(ledger_rows(&db).await, 5);
+    assert_eq!(db.ledger_rows().await, 5);
 
     // JetStream redelivers after ack_wait; the inbox skips them and they are acked.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = fetch(&consumer, 5).await;
+    let again = fetch(&consumer, 5, Duration::from_secs(3)).await;
     assert_eq!(again.len(), 5, "every unacknowledged message came back");
     for m in &again {
         let outcome = payments::ledger::handle(&inbox, m).await.expect("handle");
         assert_eq!(outcome, Processed::Duplicate);
     }
-    assert_eq!(ledger_rows(&db).await, 5, "one ledger row per payment");
+    assert_eq!(db.ledger_rows().await, 5, "one ledger row per payment");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        fetch(&consumer, 5).await.is_empty(),
+        fetch(&consumer, 5, Duration::from_secs(3)).await.is_empty(),
         "acked messages are not redelivered"
     );
     stream.delete().await;
@@ -138,9 +99,9 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
         "two copies, two sequence numbers"
     );
 
-    let consumer = pull_consumer(&stream).await;
+    let consumer = stream.ledger_consumer().await;
     let inbox = payments::ledger::inbox(db.pool.clone());
-    let messages = fetch(&consumer, 2).await;
+    let messages = fetch(&consumer, 2, Duration::from_secs(3)).await;
     assert_eq!(messages.len(), 2);
     let sequences: Vec<u64> = messages
         .iter()
@@ -152,7 +113,7 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
         outcomes.push(payments::ledger::handle(&inbox, m).await.expect("handle"));
     }
     assert_eq!(outcomes, vec![Processed::Done(()), Processed::Duplicate]);
-    assert_eq!(ledger_rows(&db).await, 1);
+    assert_eq!(db.ledger_rows().await, 1);
     stream.delete().await;
 }
 
@@ -181,7 +142,7 @@ async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
         })
         .await;
     assert!(matches!(failed, Err(InboxError::Work { attempts: 1, .. })));
-    assert_eq!(ledger_rows(&db).await, 0, "the work rolled back");
+    assert_eq!(db.ledger_rows().await, 0, "the work rolled back");
     let retried = inbox
         .process(&message, |_| Box::pin(async { Ok::<_, String>(7) }))
         .await

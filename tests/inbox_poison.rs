@@ -5,48 +5,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, PullConsumer};
-use futures_util::StreamExt;
+use async_nats::jetstream::consumer::PullConsumer;
 use idem_sqlx::{Inbox, JetStreamSink, OutboxRelay, Processed};
-use idem_tests::{TestApp, TestDb, TestStream, test_db};
+use idem_tests::{TestApp, TestDb, TestStream, fetch, test_db};
 use payments::EventSubject;
 
-async fn ledger_rows(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
-        .fetch_one(&db.pool)
-        .await
-        .expect("ledger count")
-}
-
-async fn pull_consumer(stream: &TestStream) -> PullConsumer {
-    stream
-        .js
-        .get_stream(&stream.name)
-        .await
-        .expect("stream")
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("ledger".to_owned()),
-            ack_wait: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer")
-}
-
-async fn fetch(consumer: &PullConsumer) -> Vec<async_nats::jetstream::Message> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_millis(1500))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut messages = Vec::new();
-    while let Some(m) = batch.next().await {
-        messages.push(m.expect("message"));
-    }
-    messages
-}
+/// How long a fetch waits for messages (past the consumer's 1 s ack wait).
+const FETCH_WAIT: Duration = Duration::from_millis(1500);
 
 /// Publishes `payload` with `headers` straight to the stream (no outbox) and fetches it.
 async fn published(
@@ -61,8 +26,8 @@ async fn published(
         .expect("publish")
         .await
         .expect("ack");
-    let consumer = pull_consumer(stream).await;
-    let message = fetch(&consumer)
+    let consumer = stream.ledger_consumer().await;
+    let message = fetch(&consumer, 10, FETCH_WAIT)
         .await
         .into_iter()
         .next()
@@ -104,7 +69,7 @@ async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable(
         .await
         .expect("constraint");
 
-    let consumer = pull_consumer(&stream).await;
+    let consumer = stream.ledger_consumer().await;
     let inbox = inbox(&db);
     let mut failures = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -113,7 +78,7 @@ async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable(
             tokio::time::Instant::now() < deadline,
             "never dead-lettered"
         );
-        let Some(message) = fetch(&consumer).await.into_iter().next() else {
+        let Some(message) = fetch(&consumer, 10, FETCH_WAIT).await.into_iter().next() else {
             continue;
         };
         match payments::ledger::handle(&inbox, &message).await {
@@ -141,10 +106,10 @@ async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable(
     assert!(String::from_utf8_lossy(&dead[0].payload).contains("\"amount\":100"));
     tokio::time::sleep(Duration::from_millis(1500)).await; // past ack_wait
     assert!(
-        fetch(&consumer).await.is_empty(),
+        fetch(&consumer, 10, FETCH_WAIT).await.is_empty(),
         "the terminated message is not redelivered"
     );
-    assert_eq!(ledger_rows(&db).await, 0);
+    assert_eq!(db.ledger_rows().await, 0);
 
     // Fixed: redriven, it is processed once.
     sqlx::raw_sql("ALTER TABLE ledger_entries DROP CONSTRAINT no_eur")
@@ -160,7 +125,7 @@ async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable(
         .await
         .expect("record");
     assert_eq!(outcome, Processed::Done(()));
-    assert_eq!(ledger_rows(&db).await, 1);
+    assert_eq!(db.ledger_rows().await, 1);
     assert!(inbox.dead_letters(10).await.expect("dead").is_empty());
     stream.delete().await;
 }
@@ -185,7 +150,10 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
     assert_eq!(dead[0].id, id);
     assert_eq!(dead[0].payload, b"not json");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(fetch(&consumer).await.is_empty(), "terminated");
+    assert!(
+        fetch(&consumer, 10, FETCH_WAIT).await.is_empty(),
+        "terminated"
+    );
     assert!(inbox.purge(id).await.expect("purge"));
     assert!(inbox.dead_letters(10).await.expect("dead").is_empty());
     stream.delete().await;
@@ -202,6 +170,9 @@ async fn a_message_without_an_id_is_terminated_not_redelivered_forever() {
         Err(payments::ledger::LedgerError::NoMessageId)
     ));
     tokio::time::sleep(Duration::from_millis(1500)).await; // past ack_wait
-    assert!(fetch(&consumer).await.is_empty(), "terminated");
+    assert!(
+        fetch(&consumer, 10, FETCH_WAIT).await.is_empty(),
+        "terminated"
+    );
     stream.delete().await;
 }

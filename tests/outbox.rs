@@ -20,23 +20,6 @@ async fn outbox_rows(db: &TestDb) -> i64 {
         .expect("outbox count")
 }
 
-async fn undelivered(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM idem.outbox WHERE delivered_at IS NULL")
-        .fetch_one(&db.pool)
-        .await
-        .expect("undelivered count")
-}
-
-async fn enqueue_many(db: &TestDb, topic: &str, n: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..n {
-        idem_sqlx::enqueue(&mut tx, Message::new(topic, format!("m{i}").into_bytes()))
-            .await
-            .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
-}
-
 /// Publishes through JetStream and counts deliveries per message id.
 struct Counting {
     inner: JetStreamSink,
@@ -113,11 +96,11 @@ async fn messages_commit_and_roll_back_with_their_request() {
 async fn the_relay_delivers_every_message_once_with_its_id_as_nats_msg_id() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 30).await;
+    db.enqueue_many(&stream.subject("orders"), 30).await;
     let relay =
         OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone())).batch_size(7);
     while relay.relay_once().await.expect("relay") > 0 {}
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert_eq!(stream.messages().await, 30);
     stream.delete().await;
 }
@@ -142,16 +125,16 @@ impl Sink for LosesFirstAck {
 async fn a_failure_after_publish_is_retried_and_deduplicated_by_jetstream() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 10).await;
+    db.enqueue_many(&stream.subject("orders"), 10).await;
     let sink = LosesFirstAck {
         inner: JetStreamSink::new(stream.js.clone()),
         lost: Mutex::new(Default::default()),
     };
     let relay = OutboxRelay::new(db.pool.clone(), sink).backoff(Duration::ZERO, Duration::ZERO);
     relay.relay_once().await.expect("first round");
-    assert_eq!(undelivered(&db).await, 10, "every delivery 'failed'");
+    assert_eq!(db.undelivered().await, 10, "every delivery 'failed'");
     relay.relay_once().await.expect("second round");
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert_eq!(
         stream.messages().await,
         10,
@@ -164,7 +147,7 @@ async fn a_failure_after_publish_is_retried_and_deduplicated_by_jetstream() {
 async fn two_concurrent_relays_deliver_each_message_once() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 200).await;
+    db.enqueue_many(&stream.subject("orders"), 200).await;
     let counting = Arc::new(Counting::new(&stream));
     let shutdown = CancellationToken::new();
     let relays: Vec<_> = (0..2)
@@ -176,7 +159,7 @@ async fn two_concurrent_relays_deliver_each_message_once() {
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while undelivered(&db).await > 0 {
+    while db.undelivered().await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "relays did not drain the outbox"
@@ -216,7 +199,7 @@ impl Sink for Switchable {
 async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redriven() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 1).await;
+    db.enqueue_many(&stream.subject("orders"), 1).await;
     let sink = Arc::new(Switchable {
         inner: JetStreamSink::new(stream.js.clone()),
         failing: AtomicBool::new(true),
@@ -252,7 +235,7 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
             .expect("redrive")
     );
     assert_eq!(relay.relay_once().await.expect("relay"), 1);
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert!(
         idem_sqlx::dead_letters(&db.pool, 10)
             .await

@@ -9,26 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem_sqlx::{JetStreamSink, Message, OutboxMessage, OutboxRelay, Sink, SinkError};
-use idem_tests::{TestDb, TestStream, test_db};
+use idem_sqlx::{JetStreamSink, OutboxMessage, OutboxRelay, Sink, SinkError};
+use idem_tests::{TestStream, test_db};
 use sqlx::postgres::PgPoolOptions;
-
-async fn enqueue_many(db: &TestDb, topic: &str, n: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..n {
-        idem_sqlx::enqueue(&mut tx, Message::new(topic, format!("m{i}").into_bytes()))
-            .await
-            .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
-}
-
-async fn undelivered(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM idem.outbox WHERE delivered_at IS NULL")
-        .fetch_one(&db.pool)
-        .await
-        .expect("undelivered")
-}
 
 /// Publishes through JetStream after a pause; counts calls per message id.
 struct Slow {
@@ -54,7 +37,7 @@ impl Sink for Slow {
 async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_once() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 5).await;
+    db.enqueue_many(&stream.subject("orders"), 5).await;
     // The README recommends this timeout; a relay holding a transaction across its
     // deliveries (1.5 s here) would lose its connection every round. Set for the
     // database, it binds every connection the relay opens, its own included.
@@ -82,7 +65,7 @@ async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_on
     });
     let relay = OutboxRelay::new(pool, sink.clone()).concurrency(1);
     assert_eq!(relay.relay_once().await.expect("one round"), 5);
-    assert_eq!(undelivered(&db).await, 0, "every outcome was recorded");
+    assert_eq!(db.undelivered().await, 0, "every outcome was recorded");
     let calls = sink.calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 5);
     assert!(calls.values().all(|&n| n == 1), "delivered once each");
@@ -113,7 +96,7 @@ impl Sink for HangsFirst {
 async fn a_delivery_past_its_timeout_counts_as_a_failed_attempt_and_is_retried() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 1).await;
+    db.enqueue_many(&stream.subject("orders"), 1).await;
     let relay = OutboxRelay::new(
         db.pool.clone(),
         HangsFirst {
@@ -139,7 +122,7 @@ async fn a_delivery_past_its_timeout_counts_as_a_failed_attempt_and_is_retried()
         "{error:?}"
     );
     relay.relay_once().await.expect("retry");
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert_eq!(stream.messages().await, 1);
     stream.delete().await;
 }
@@ -167,7 +150,7 @@ impl Sink for HangsAfter {
 async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 20).await;
+    db.enqueue_many(&stream.subject("orders"), 20).await;
     let stuck = Arc::new(
         OutboxRelay::new(
             db.pool.clone(),
@@ -195,7 +178,7 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
     // marked, and no transaction was open.
     task.abort();
     let _ = task.await;
-    assert_eq!(undelivered(&db).await, 20);
+    assert_eq!(db.undelivered().await, 20);
     assert_eq!(db.transactions_left_open().await, 0);
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM idem.outbox WHERE leased_by = $1")
         .bind(stuck.id())
@@ -209,7 +192,7 @@ async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease
     assert_eq!(other.relay_once().await.expect("round"), 0);
     tokio::time::sleep(Duration::from_millis(3100)).await;
     while other.relay_once().await.expect("round") > 0 {}
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert_eq!(
         stream.messages().await,
         20,
@@ -233,7 +216,7 @@ impl Sink for Crashes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
     let db = test_db().await;
-    enqueue_many(&db, "orders", 1).await;
+    db.enqueue_many("orders", 1).await;
     let sink = Arc::new(Crashes {
         calls: AtomicUsize::new(0),
     });
@@ -279,7 +262,7 @@ async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
 async fn a_relay_delivers_while_requests_hold_every_pool_connection() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_many(&db, &stream.subject("orders"), 10).await;
+    db.enqueue_many(&stream.subject("orders"), 10).await;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
@@ -295,7 +278,7 @@ async fn a_relay_delivers_while_requests_hold_every_pool_connection() {
         .await
         .expect("the relay waited for a pool connection");
     assert_eq!(round.expect("round"), 10);
-    assert_eq!(undelivered(&db).await, 0);
+    assert_eq!(db.undelivered().await, 0);
     assert_eq!(stream.messages().await, 10);
     drop(busy);
     stream.delete().await;

@@ -10,7 +10,7 @@ pub mod proxy;
 pub mod receiver;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
-pub use nats::TestStream;
+pub use nats::{TestStream, fetch};
 pub use pg::{TestDb, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};
 pub use proxy::Proxy;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::{self, Context, stream};
+use futures_util::StreamExt;
 
 /// A JetStream stream of one test, deleted when the test calls [`TestStream::delete`].
 pub struct TestStream {
@@ -38,6 +40,21 @@ impl TestStream {
         TestStream { js, name, prefix }
     }
 
+    /// The durable pull consumer `ledger` on this stream, redelivering after 1 s.
+    pub async fn ledger_consumer(&self) -> PullConsumer {
+        self.js
+            .get_stream(&self.name)
+            .await
+            .expect("stream")
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("ledger".to_owned()),
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer")
+    }
+
     /// A subject inside the stream.
     pub fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.prefix)
@@ -53,4 +70,24 @@ impl TestStream {
     pub async fn delete(self) {
         let _ = self.js.delete_stream(&self.name).await;
     }
+}
+
+/// Fetches up to `n` messages from `consumer`, waiting at most `expires` for them.
+pub async fn fetch(
+    consumer: &PullConsumer,
+    n: usize,
+    expires: Duration,
+) -> Vec<jetstream::Message> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .expires(expires)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut messages = Vec::new();
+    while let Some(m) = batch.next().await {
+        messages.push(m.expect("message"));
+    }
+    messages
 }

@@ -152,6 +152,31 @@ impl TestDb {
         self.count("SELECT count(*) FROM payments").await
     }
 
+    /// Rows in the example's `ledger_entries`.
+    pub async fn ledger_rows(&self) -> i64 {
+        self.count("SELECT count(*) FROM ledger_entries").await
+    }
+
+    /// Outbox messages not yet delivered.
+    pub async fn undelivered(&self) -> i64 {
+        self.count("SELECT count(*) FROM idem.outbox WHERE delivered_at IS NULL")
+            .await
+    }
+
+    /// Enqueues `n` messages on `topic` (payloads `m0`, `m1`, ...) in one transaction.
+    pub async fn enqueue_many(&self, topic: &str, n: usize) {
+        let mut tx = self.pool.begin().await.expect("begin");
+        for i in 0..n {
+            idem_sqlx::enqueue(
+                &mut tx,
+                idem_sqlx::Message::new(topic, format!("m{i}").into_bytes()),
+            )
+            .await
+            .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+
     /// Sessions on this database idle inside an open transaction: a leak, unless a
     /// request is deliberately paused inside its handler.
     pub async fn transactions_left_open(&self) -> i64 {
