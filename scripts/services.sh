@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need, idempotently: a Docker engine, the local
 # Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name,
-# and nats-server with JetStream on 127.0.0.1:4222.
+# nats-server with JetStream on 127.0.0.1:4222, and Prometheus (its server and promtool)
+# for the tests of the metrics, the alert rules and the dashboard.
 # Needs root (apt-get, dockerd). Usage: scripts/services.sh
 set -euo pipefail
 
@@ -11,6 +12,7 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -12,6 +12,9 @@
 //! when written the same; a body whose object repeats a key is compared byte for byte
 //! (see [`canonical_json`]).
 //!
+//! What operators see is [`observe`]: every request's [`Outcome`], and the names and
+//! labels of the metrics the other crates emit.
+//!
 //! Which responses are an outcome, committed and replayed, is [`FinalStatuses`]: by
 //! default 2xx, 3xx (a `303 See Other` after a `POST` included) and 4xx other than 408,
 //! 409, 425 and 429. Which of their headers are replayed is [`HeaderAllowList`]: by
@@ -53,6 +56,7 @@ pub mod delivery;
 mod failure;
 mod fingerprint;
 mod key;
+pub mod observe;
 mod response;
 mod streaming;
 mod tenant;
@@ -64,6 +68,7 @@ pub use fingerprint::{
     BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,
 };
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use observe::{ClientVersions, Outcome};
 pub use response::{
     DEFAULT_REPLAYED_HEADERS, FinalStatuses, HOP_BY_HOP, HeaderAllowList, StoredResponse,
 };

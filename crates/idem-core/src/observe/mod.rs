@@ -1,0 +1,183 @@
+//! What operators see of `idem`: the outcome of every request the layer handles, the
+//! names of the metrics the other crates emit, and the bounded label values they use.
+//!
+//! The names and label sets are stable; dashboards and alert rules are written
+//! against them. No label ever holds a key, a tenant or a raw path: routes are route
+//! templates, client versions fold into a configured set.
+
+mod client_version;
+pub mod names;
+
+pub use client_version::{ClientVersions, NO_VERSION, OTHER_VERSION};
+
+/// How the layer left a request: the `outcome` label of
+/// [`names::REQUESTS`], and the `idem.outcome` field of the request's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A keyed request ran its handler, and its final answer committed with the key.
+    Executed,
+    /// A request without a key (on a route where it is optional) ran and committed.
+    Committed,
+    /// A retry was answered with the stored response.
+    Replayed,
+    /// A retry of a request whose response was not stored (a stream, or too large):
+    /// 410 `response-not-stored`.
+    ReplayedUnstored,
+    /// The key was reused for a different request: 422 (or 409) `key-mismatch`.
+    Mismatch,
+    /// The key was held by a request that did not finish within the wait: 409.
+    InFlight,
+    /// The request was refused before anything ran: key missing or invalid, tenant
+    /// unresolved, body too large or unreadable.
+    Rejected,
+    /// The handler answered something that is not final (a 5xx, 408, 409, 425, 429)
+    /// or its response body failed: its writes were rolled back, nothing stored.
+    RolledBack,
+    /// A handler's statement aborted the transaction but its answer is a final client
+    /// error: recorded in a statement of its own, and replayed to retries.
+    RecordedAfterAbort,
+    /// The store could not be reached or did not answer in time: 503, nothing ran.
+    StoreUnavailable,
+    /// The store failed in a way a retry does not fix (tables or privileges missing).
+    StoreFault,
+    /// The handler ran but its commit failed or was not confirmed: 503.
+    CommitFailed,
+    /// The store was unreachable on a route that fails open: the handler ran without
+    /// idempotency.
+    FailedOpen,
+    /// The handler answered a success after a failed statement aborted its
+    /// transaction: 500, nothing committed.
+    TransactionAborted,
+    /// The handler kept its `Tx` past the request: 500, nothing committed.
+    TransactionHeld,
+    /// The handler panicked: 500, its writes rolled back.
+    Panicked,
+    /// The wrapped service returned an error instead of a response.
+    HandlerError,
+    /// A stored response could not be rebuilt for a replay: 500.
+    RecordCorrupt,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of the README's table.
+    pub const ALL: [Outcome; 18] = [
+        Outcome::Executed,
+        Outcome::Committed,
+        Outcome::Replayed,
+        Outcome::ReplayedUnstored,
+        Outcome::Mismatch,
+        Outcome::InFlight,
+        Outcome::Rejected,
+        Outcome::RolledBack,
+        Outcome::RecordedAfterAbort,
+        Outcome::StoreUnavailable,
+        Outcome::StoreFault,
+        Outcome::CommitFailed,
+        Outcome::FailedOpen,
+        Outcome::TransactionAborted,
+        Outcome::TransactionHeld,
+        Outcome::Panicked,
+        Outcome::HandlerError,
+        Outcome::RecordCorrupt,
+    ];
+
+    /// The label value: stable, snake_case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Committed => "committed",
+            Outcome::Replayed => "replayed",
+            Outcome::ReplayedUnstored => "replayed_unstored",
+            Outcome::Mismatch => "mismatch",
+            Outcome::InFlight => "in_flight",
+            Outcome::Rejected => "rejected",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::RecordedAfterAbort => "recorded_after_abort",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::StoreFault => "store_fault",
+            Outcome::CommitFailed => "commit_failed",
+            Outcome::FailedOpen => "failed_open",
+            Outcome::TransactionAborted => "transaction_aborted",
+            Outcome::TransactionHeld => "transaction_held",
+            Outcome::Panicked => "panicked",
+            Outcome::HandlerError => "handler_error",
+            Outcome::RecordCorrupt => "record_corrupt",
+        }
+    }
+
+    /// Whether the store decided what the keyed request does: claim it (and run the
+    /// handler), replay it, refuse it as a mismatch, or answer that it is in flight.
+    /// These requests are timed by [`names::DECISION_SECONDS`].
+    pub fn is_decision(self) -> bool {
+        matches!(
+            self,
+            Outcome::Executed
+                | Outcome::RecordedAfterAbort
+                | Outcome::Replayed
+                | Outcome::ReplayedUnstored
+                | Outcome::Mismatch
+                | Outcome::InFlight
+        )
+    }
+
+    /// Whether a second execution was prevented: the request was a duplicate and its
+    /// handler did not run again.
+    pub fn prevented_duplicate(self) -> bool {
+        matches!(
+            self,
+            Outcome::Replayed | Outcome::ReplayedUnstored | Outcome::InFlight
+        )
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_snake_case_label() {
+        let labels: HashSet<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
+        for label in labels {
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn decisions_are_what_the_store_decided_for_a_keyed_request() {
+        let decided: HashSet<Outcome> = Outcome::ALL
+            .into_iter()
+            .filter(|o| o.is_decision())
+            .collect();
+        let expected = HashSet::from([
+            Outcome::Executed,
+            Outcome::RecordedAfterAbort,
+            Outcome::Replayed,
+            Outcome::ReplayedUnstored,
+            Outcome::Mismatch,
+            Outcome::InFlight,
+        ]);
+        assert_eq!(decided, expected);
+        assert!(!Outcome::Committed.is_decision(), "no key, nothing decided");
+    }
+
+    #[test]
+    fn only_answers_without_a_second_run_count_as_prevented_duplicates() {
+        assert!(Outcome::Replayed.prevented_duplicate());
+        assert!(Outcome::InFlight.prevented_duplicate());
+        assert!(!Outcome::Mismatch.prevented_duplicate());
+        assert!(!Outcome::Executed.prevented_duplicate());
+    }
+}
