@@ -16,6 +16,7 @@ fn request<'a>(tenant: &'a TenantId, key: &'a IdempotencyKey, body: &[u8]) -> Cl
             .finish(),
         method: "POST",
         path: "/p",
+        route: Some("/p"),
         retention: Duration::from_secs(3600),
         wait: Duration::from_millis(200),
     }

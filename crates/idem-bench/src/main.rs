@@ -613,6 +613,7 @@ fn layer_statements(
                 .finish(),
             method: "POST",
             path: "/payments",
+            route: Some("/payments"),
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
         };

@@ -51,6 +51,9 @@ pub struct ClaimRequest<'a> {
     pub method: &'a str,
     /// The request path, kept for operators.
     pub path: &'a str,
+    /// The route template the request matched (for example `/payments/{id}`), kept so
+    /// storage can be told per endpoint; `None` outside a matched route.
+    pub route: Option<&'a str>,
     /// How long the key counts after its request completes.
     pub retention: Duration,
     /// How long to wait for a transaction that holds the same key to finish before
@@ -129,9 +132,9 @@ async fn claim_inner(
                  current_setting('lock_timeout')), true) AS v), \
              cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied FROM saved), \
              ins AS ( \
-               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, \
-                 expires_at, retention) \
-               SELECT $1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6), \
+               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+                 created_at, expires_at, retention) \
+               SELECT $1, $2, $3, $4, $5, $8, now(), now() + make_interval(secs => $6), \
                  make_interval(secs => $6) FROM cfg \
                ON CONFLICT (tenant_id, key) DO NOTHING \
                RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) \
@@ -151,6 +154,7 @@ async fn claim_inner(
         .bind(req.path)
         .bind(retention_secs)
         .bind(&lock_timeout)
+        .bind(req.route)
         .fetch_optional(&mut *conn)
         .await?;
         let existing = match row {
@@ -170,8 +174,8 @@ async fn claim_inner(
             Decision::InFlight => return Ok(Claim::InFlight),
             Decision::Execute => {
                 let replaced = sqlx::query(concat!(
-                    "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, \
-                       created_at = now(), expires_at = now() + make_interval(secs => $6), \
+                    "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $7, \
+                       replays = 0, created_at = now(), expires_at = now() + make_interval(secs => $6), \
                        retention = make_interval(secs => $6), \
                        completed_at = NULL, response_status = NULL, response_header_names = NULL, \
                        response_header_values = NULL, response_body = NULL, \
@@ -186,6 +190,7 @@ async fn claim_inner(
                 .bind(req.method)
                 .bind(req.path)
                 .bind(retention_secs)
+                .bind(req.route)
                 .fetch_optional(&mut *conn)
                 .await?;
                 if replaced.is_some() {
@@ -260,13 +265,14 @@ pub async fn record<'e>(
     // local lock_timeout lasts exactly as long as the statement.
     let written = sqlx::query(concat!(
         "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
-         INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, response_status, \
-           response_header_names, response_header_values, response_body, created_at, \
-           completed_at, expires_at, retention) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), \
+         INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+           response_status, response_header_names, response_header_values, response_body, \
+           created_at, completed_at, expires_at, retention) \
+         SELECT $1, $2, $3, $4, $5, $12, $6, $7, $8, $9, now(), now(), \
            now() + make_interval(secs => $10), make_interval(secs => $10) FROM cfg \
          ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-           method = EXCLUDED.method, path = EXCLUDED.path, \
+           method = EXCLUDED.method, path = EXCLUDED.path, route = EXCLUDED.route, \
+           replays = 0, \
            response_status = EXCLUDED.response_status, \
            response_header_names = EXCLUDED.response_header_names, \
            response_header_values = EXCLUDED.response_header_values, \
@@ -288,6 +294,7 @@ pub async fn record<'e>(
     .bind(parts.body)
     .bind(req.retention.as_secs_f64())
     .bind(format!("{wait_ms}ms"))
+    .bind(req.route)
     .execute(executor)
     .await;
     match written {

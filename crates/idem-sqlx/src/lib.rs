@@ -29,6 +29,7 @@
 //!     fingerprint,
 //!     method: "POST",
 //!     path: "/payments",
+//!     route: Some("/payments"),
 //!     retention: Duration::from_secs(24 * 3600),
 //!     wait: Duration::from_secs(5),
 //! };
@@ -49,6 +50,7 @@
 
 mod backoff;
 mod error;
+mod gauges;
 mod inbox;
 mod isolation;
 mod json_headers;
@@ -56,13 +58,16 @@ mod keys;
 mod migrate;
 #[cfg(feature = "nats")]
 mod nats;
+mod observe;
 mod outbox;
 mod relay;
+mod replays;
 mod sweeper;
 #[cfg(feature = "http")]
 mod webhook;
 
 pub use error::StoreError;
+pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
 pub use isolation::{Isolation, begin};
 pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, record, sweep_expired};
@@ -75,6 +80,7 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use relay::{OutboxRelay, Sink, SinkError};
+pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally};
 pub use sweeper::{Sweeper, Swept};
 #[cfg(feature = "http")]
 pub use webhook::WebhookSink;

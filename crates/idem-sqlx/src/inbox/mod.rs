@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use idem_core::delivery::{AfterFailure, Failure, after_failure};
+use idem_core::observe::names;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -16,6 +17,7 @@ pub use dead::DeadMessage;
 use crate::StoreError;
 use crate::backoff::full_jitter;
 use crate::json_headers;
+use crate::observe;
 
 /// What [`Inbox::process`] did with a message. Acknowledge it in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +155,36 @@ impl Inbox {
     /// rolls back, and the failure is counted in a statement of its own; the last
     /// allowed failure makes the message a dead letter.
     pub async fn process<T, E, F>(
+        &self,
+        message: &InboxMessage<'_>,
+        work: F,
+    ) -> Result<Processed<T>, InboxError<E>>
+    where
+        E: std::fmt::Display,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
+    {
+        let processed = self.process_once(message, work).await;
+        self.count(&processed);
+        processed
+    }
+
+    /// Counts what [`process`](Self::process) did in the inbox's metrics.
+    fn count<T, E>(&self, processed: &Result<Processed<T>, InboxError<E>>) {
+        let counted: &[&'static str] = match processed {
+            Ok(Processed::Done(_)) => &[names::INBOX_PROCESSED],
+            Ok(Processed::Duplicate) => &[names::INBOX_DUPLICATES],
+            Err(InboxError::Work { .. }) => &[names::INBOX_FAILURES],
+            Err(InboxError::DeadLettered { .. }) => {
+                &[names::INBOX_FAILURES, names::INBOX_DEAD_LETTERED]
+            }
+            Ok(Processed::Dead) | Err(InboxError::Store(_)) => &[],
+        };
+        for name in counted {
+            observe::count(name, names::CONSUMER, &self.consumer, 1);
+        }
+    }
+
+    async fn process_once<T, E, F>(
         &self,
         message: &InboxMessage<'_>,
         work: F,

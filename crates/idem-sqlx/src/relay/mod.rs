@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use idem_core::delivery::{AfterFailure, after_failure};
+use idem_core::observe::names;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ pub use sink::{Sink, SinkError};
 
 use crate::StoreError;
 use crate::backoff::full_jitter;
+use crate::observe;
 use crate::outbox::{OutboxMessage, OutboxWaker};
 use conn::OwnConnection;
 use listen::Listening;
@@ -245,7 +247,10 @@ impl<S: Sink> OutboxRelay<S> {
             lease::release(&self.pool, self.id, message.id).await
         } else {
             match self.deliver(&message).await {
-                Ok(()) => return Some(message.id),
+                Ok(()) => {
+                    delivered(&message);
+                    return Some(message.id);
+                }
                 Err(e) => self.failed(&message, &e).await,
             }
         };
@@ -267,6 +272,7 @@ impl<S: Sink> OutboxRelay<S> {
     }
 
     async fn failed(&self, message: &OutboxMessage, error: &SinkError) -> Result<(), StoreError> {
+        observe::count(names::OUTBOX_FAILED, names::TOPIC, &message.topic, 1);
         let backoff = self.backoff_for(message.attempts);
         match after_failure(
             message.attempts,
@@ -289,6 +295,7 @@ impl<S: Sink> OutboxRelay<S> {
     }
 
     async fn give_up(&self, message: &OutboxMessage, error: &str) -> Result<(), StoreError> {
+        observe::count(names::OUTBOX_DEAD_LETTERED, names::TOPIC, &message.topic, 1);
         tracing::error!(
             message_id = %message.id,
             topic = %message.topic,
@@ -303,4 +310,18 @@ impl<S: Sink> OutboxRelay<S> {
     fn backoff_for(&self, attempts: i32) -> Duration {
         full_jitter(self.backoff_base, self.backoff_max, attempts)
     }
+}
+
+/// Counts a delivery, and the time from its enqueueing transaction to now.
+fn delivered(message: &OutboxMessage) {
+    observe::count(names::OUTBOX_DELIVERED, names::TOPIC, &message.topic, 1);
+    let waited = (chrono::Utc::now() - message.created_at)
+        .to_std()
+        .unwrap_or_default();
+    observe::observe(
+        names::OUTBOX_PUBLISH_SECONDS,
+        names::TOPIC,
+        &message.topic,
+        waited.as_secs_f64(),
+    );
 }
