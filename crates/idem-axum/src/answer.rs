@@ -3,19 +3,20 @@
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use idem_core::{Decision, Record, RecordState, StoredResponse};
+use idem_core::{Decision, Outcome, Record, RecordState, StoredResponse};
 
 use crate::Problem;
 use crate::layer::{Config, IDEMPOTENT_REPLAYED};
 
-/// Records the outcome on the request's span and passes the response on.
-pub(crate) fn outcome(response: Response<Body>, outcome: &'static str) -> Response<Body> {
-    tracing::Span::current().record("outcome", outcome);
+/// Marks the response with its outcome (an extension, reported when the request
+/// finishes) and passes it on.
+pub(crate) fn outcome(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
     tracing::debug!(
         status = response.status().as_u16(),
-        outcome,
+        %outcome,
         "idempotency outcome"
     );
+    response.extensions_mut().insert(outcome);
     response
 }
 
@@ -29,11 +30,14 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
                     HeaderName::from_static(IDEMPOTENT_REPLAYED),
                     HeaderValue::from_static("true"),
                 );
-                outcome(response, "replayed")
+                outcome(response, Outcome::Replayed)
             }
             None => {
                 tracing::error!("stored response cannot be rebuilt");
-                outcome(Problem::RecordCorrupt.into_response(), "store_error")
+                outcome(
+                    Problem::RecordCorrupt.into_response(),
+                    Outcome::RecordCorrupt,
+                )
             }
         },
         RecordState::CompletedUnstored { status } => {
@@ -45,7 +49,7 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
                 HeaderName::from_static(IDEMPOTENT_REPLAYED),
                 HeaderValue::from_static("true"),
             );
-            outcome(response, "replayed_unstored")
+            outcome(response, Outcome::ReplayedUnstored)
         }
         RecordState::InFlight => in_flight(config),
     }
@@ -70,7 +74,7 @@ pub(crate) fn in_flight(config: &Config) -> Response<Body> {
     let problem = Problem::InFlight {
         retry_after: config.retry_after,
     };
-    outcome(problem.into_response(), "in_flight")
+    outcome(problem.into_response(), Outcome::InFlight)
 }
 
 /// 422 (or the configured status) `key-mismatch`.
@@ -78,7 +82,7 @@ pub(crate) fn mismatch(config: &Config) -> Response<Body> {
     let problem = Problem::KeyMismatch {
         status: config.mismatch_status,
     };
-    outcome(problem.into_response(), "mismatch")
+    outcome(problem.into_response(), Outcome::Mismatch)
 }
 
 /// The stored response as it was sent; `None` when a stored part no longer parses.

@@ -77,14 +77,7 @@ struct ByBytes;
 impl Weighter<Key, Arc<Record>> for ByBytes {
     fn weight(&self, key: &Key, record: &Arc<Record>) -> u64 {
         let stored = match &record.state {
-            RecordState::Completed(response) => {
-                response.body.len()
-                    + response
-                        .headers
-                        .iter()
-                        .map(|(name, value)| name.len() + value.len())
-                        .sum::<usize>()
-            }
+            RecordState::Completed(response) => response.size(),
             RecordState::InFlight | RecordState::CompletedUnstored { .. } => 0,
         };
         let keys = key.0.as_str().len() + key.1.as_str().len();

@@ -6,11 +6,12 @@ use std::panic::AssertUnwindSafe;
 use axum::body::Body;
 use futures_util::FutureExt;
 use http::{HeaderName, Request, Response};
-use idem_core::TraceContext;
+use idem_core::{Outcome, TraceContext};
 
 use crate::Problem;
 use crate::answer::outcome;
 use crate::layer::Config;
+use crate::observe::Observed;
 use crate::service::{Inner, ResponseBody};
 use crate::store::{Keyed, PgTx, bounded, rollback};
 use crate::tx::TxSlot;
@@ -32,6 +33,7 @@ pub(crate) enum Handled<B, E> {
 /// that is not final.
 pub(crate) async fn run_handler<S, B>(
     config: &Config,
+    observed: &Observed,
     tx: PgTx,
     keyed: Option<&Keyed>,
     mut inner: S,
@@ -51,30 +53,31 @@ where
         req.extensions_mut().insert(context);
     }
     // `inner` is the service that was polled ready for this request.
+    let started = tokio::time::Instant::now();
     let (result, enqueued) = idem_sqlx::track_enqueues(
         AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind(),
     )
     .await;
+    observed.handled(started.elapsed());
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.
         tracing::error!("a Tx was still held when the handler returned; nothing committed");
         let answer = Problem::TransactionHeld.into_response();
-        return Handled::Answered(outcome(answer, "transaction_held"));
+        return Handled::Answered(outcome(answer, Outcome::TransactionHeld));
     };
     match result {
         Err(_panic) => {
             roll_back(config, tx).await;
             let answer = Problem::HandlerPanicked.into_response();
-            Handled::Answered(outcome(answer, "panicked"))
+            Handled::Answered(outcome(answer, Outcome::Panicked))
         }
         Ok(Err(e)) => {
             roll_back(config, tx).await;
-            tracing::Span::current().record("outcome", "handler_error");
             Handled::Failed(e)
         }
         Ok(Ok(response)) if !config.final_statuses.is_final(response.status().as_u16()) => {
             roll_back(config, tx).await;
-            Handled::Answered(outcome(response.map(Body::new), "rolled_back"))
+            Handled::Answered(outcome(response.map(Body::new), Outcome::RolledBack))
         }
         Ok(Ok(response)) => Handled::Final(response, tx, enqueued),
     }

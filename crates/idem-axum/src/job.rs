@@ -7,14 +7,17 @@ use std::sync::Arc;
 use axum::body::Body;
 use chrono::Utc;
 use http::{Request, Response};
-use idem_core::{Decision, decide};
+use idem_core::{Decision, Outcome, decide};
+use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
+use crate::answer::outcome;
 use crate::answer::{decided, in_flight};
 use crate::cache::ReplayCache;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, run_handler};
 use crate::layer::{Config, FailureMode};
+use crate::observe::Observed;
 use crate::service::{Inner, ResponseBody};
 use crate::store::{Keyed, Opened, begin, open_keyed, unavailable};
 
@@ -24,10 +27,12 @@ pub(crate) struct Job {
     pub(crate) pool: PgPool,
     pub(crate) flights: Arc<Flights>,
     pub(crate) cache: Arc<ReplayCache>,
+    pub(crate) tally: ReplayTally,
+    pub(crate) observed: Arc<Observed>,
 }
 
 impl Job {
-    /// A request with a key: exactly once.
+    /// A request with a key: exactly once. A replay is counted on the key's row.
     pub(crate) async fn run_keyed<S, B>(
         self,
         keyed: Keyed,
@@ -38,17 +43,42 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        if let Some(answer) = self.answer_from_memory(&keyed) {
+        let answer = self.answer_keyed(&keyed, inner, req).await;
+        if let Ok(response) = &answer
+            && matches!(
+                response.extensions().get::<Outcome>(),
+                Some(Outcome::Replayed | Outcome::ReplayedUnstored)
+            )
+        {
+            self.tally.add(&keyed.tenant, &keyed.key);
+        }
+        answer
+    }
+
+    async fn answer_keyed<S, B>(
+        &self,
+        keyed: &Keyed,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        if let Some(answer) = self.answer_from_memory(keyed) {
             return Ok(answer);
         }
-        let leader = match self.lead(&keyed).await {
+        let leader = match self.lead(keyed).await {
             Ok(leader) => leader,
             Err(answer) => return Ok(answer),
         };
-        let tx = match open_keyed(&self.pool, &self.config, &keyed).await {
-            Opened::Tx(tx) => tx,
+        let tx = match open_keyed(&self.pool, &self.config, keyed).await {
+            Opened::Tx(tx) => {
+                self.observed.decided();
+                tx
+            }
             Opened::Answer(answer, landed) => {
-                self.land(&keyed, leader, landed);
+                self.land(keyed, leader, landed);
                 return Ok(answer);
             }
             Opened::Unreachable => {
@@ -59,14 +89,15 @@ impl Job {
                 return answer;
             }
         };
-        let (answer, landed) = match run_handler(&self.config, tx, Some(&keyed), inner, req).await {
-            Handled::Final(response, tx, enqueued) => {
-                self.settle_keyed(&keyed, response, tx, enqueued).await
-            }
-            Handled::Answered(answer) => (answer, Landed::Unknown),
-            Handled::Failed(e) => return Err(e),
-        };
-        self.land(&keyed, leader, landed);
+        let (answer, landed) =
+            match run_handler(&self.config, &self.observed, tx, Some(keyed), inner, req).await {
+                Handled::Final(response, tx, enqueued) => {
+                    self.settle_keyed(keyed, response, tx, enqueued).await
+                }
+                Handled::Answered(answer) => (answer, Landed::Unknown),
+                Handled::Failed(e) => return Err(e),
+            };
+        self.land(keyed, leader, landed);
         Ok(answer)
     }
 
@@ -101,7 +132,7 @@ impl Job {
             Err(Opened::Answer(answer, _)) => return Ok(answer),
             Err(_) => return self.unreachable(inner, req).await,
         };
-        match run_handler(&self.config, tx, None, inner, req).await {
+        match run_handler(&self.config, &self.observed, tx, None, inner, req).await {
             Handled::Final(response, tx, enqueued) => {
                 Ok(self.settle_unkeyed(response, tx, enqueued).await)
             }
@@ -164,8 +195,10 @@ impl Job {
         match self.config.failure_mode {
             FailureMode::Closed => Ok(unavailable(&self.config)),
             FailureMode::Open => {
-                tracing::Span::current().record("outcome", "failed_open");
-                inner.call(req).await.map(|r| r.map(Body::new))
+                let started = tokio::time::Instant::now();
+                let response = inner.call(req).await;
+                self.observed.handled(started.elapsed());
+                response.map(|r| outcome(r.map(Body::new), Outcome::FailedOpen))
             }
         }
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
-use idem_core::{BodyMode, FinalStatuses, HeaderAllowList, TenantId};
-use idem_sqlx::{Isolation, OutboxWaker};
+use idem_core::{BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, TenantId};
+use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
 use sqlx::PgPool;
 use tower::Layer;
 
@@ -62,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) response_timeout: Duration,
     pub(crate) outbox_waker: Option<OutboxWaker>,
     pub(crate) correlation_header: HeaderName,
+    pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
 }
 
 impl Default for Config {
@@ -88,6 +89,7 @@ impl Default for Config {
             response_timeout: Duration::from_secs(1),
             outbox_waker: None,
             correlation_header: HeaderName::from_static(CORRELATION_ID),
+            client_versions: None,
         }
     }
 }
@@ -126,6 +128,7 @@ impl Default for Config {
 /// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
 /// | [`outbox_waker`](Self::outbox_waker) | none (relays find messages by polling or LISTEN) |
 /// | [`correlation_header`](Self::correlation_header) | `X-Correlation-Id` |
+/// | [`client_versions`](Self::client_versions) | none (every request's `client_version` label is `none`) |
 ///
 /// Add it to each route's method router with
 /// [`MethodRouter::route_layer`](axum::routing::MethodRouter::route_layer), so unknown
@@ -154,6 +157,7 @@ pub struct IdempotencyLayer {
     pub(crate) config: Arc<Config>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) cache: Arc<ReplayCache>,
+    pub(crate) tally: ReplayTally,
 }
 
 /// How many bytes of finished records a layer keeps in memory by default.
@@ -167,10 +171,11 @@ impl IdempotencyLayer {
     /// this layer (and its clones) shares them.
     pub fn new(pool: PgPool) -> Self {
         IdempotencyLayer {
-            pool,
             config: Arc::new(Config::default()),
             flights: Arc::new(Flights::default()),
             cache: Arc::new(ReplayCache::new(DEFAULT_REPLAY_CACHE_BYTES)),
+            tally: ReplayTally::new(pool.clone()),
+            pool,
         }
     }
 
@@ -342,6 +347,13 @@ impl IdempotencyLayer {
     pub fn correlation_header(self, name: HeaderName) -> Self {
         self.with(|c| c.correlation_header = name)
     }
+
+    /// Labels the layer's metrics by client version: the value of `header` when it is
+    /// one of `versions`, `other` when it is another, `none` when the request sent
+    /// none. The set bounds the label's values, whatever clients send.
+    pub fn client_versions(self, header: HeaderName, versions: ClientVersions) -> Self {
+        self.with(|c| c.client_versions = Some((header, versions)))
+    }
 }
 
 impl<S> Layer<S> for IdempotencyLayer {
@@ -354,6 +366,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             config: self.config.clone(),
             flights: self.flights.clone(),
             cache: self.cache.clone(),
+            tally: self.tally.clone(),
         }
     }
 }

@@ -47,6 +47,7 @@ mod flight;
 mod handler;
 mod job;
 mod layer;
+mod observe;
 mod problem;
 mod service;
 mod settle;
@@ -54,8 +55,10 @@ mod store;
 mod tenant;
 mod tx;
 
-pub use idem_core::{FinalStatuses, IdempotencyKey, TenantId, TraceContext};
-pub use idem_sqlx::{Isolation, OutboxWaker};
+pub use idem_core::{
+    ClientVersions, FinalStatuses, IdempotencyKey, Outcome, TenantId, TraceContext,
+};
+pub use idem_sqlx::{Isolation, OutboxWaker, ReplayTally, StoreGauges};
 pub use layer::{
     CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
     IdempotencyLayer,

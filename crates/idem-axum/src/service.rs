@@ -11,7 +11,8 @@ use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
-use idem_core::{Fingerprint, IdempotencyKey, KeyError};
+use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
+use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 use tower::Service;
 use tracing::Instrument;
@@ -23,6 +24,7 @@ use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::job::Job;
 use crate::layer::Config;
+use crate::observe::{Observed, finished};
 use crate::store::Keyed;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,6 +58,23 @@ where
 {
 }
 
+/// The request's span, with OpenTelemetry's HTTP field names where one exists; the
+/// outcome, status and decision latency are recorded when the request finishes.
+macro_rules! request_span {
+    ($name:literal, $method:expr, $path:expr, $observed:expr $(, $($field:tt)+)?) => {
+        tracing::info_span!(
+            $name,
+            http.request.method = %$method,
+            url.path = %$path,
+            http.route = $observed.route().map(|r| &**r),
+            http.response.status_code = tracing::field::Empty,
+            idem.outcome = tracing::field::Empty,
+            idem.decision_ms = tracing::field::Empty,
+            $($($field)+)?
+        )
+    };
+}
+
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]
 pub struct IdempotencyService<S> {
@@ -64,6 +83,7 @@ pub struct IdempotencyService<S> {
     pub(crate) config: Arc<Config>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) cache: Arc<ReplayCache>,
+    pub(crate) tally: ReplayTally,
 }
 
 /// The response future of [`IdempotencyService`].
@@ -110,51 +130,52 @@ where
         if !config.methods.contains(req.method()) {
             return passthrough(inner, req);
         }
+        let observed = Observed::start(&config, &req);
         let key = match read_key(&config, &req) {
             Ok(key) => key,
-            Err(reason) => return ready(Problem::KeyInvalid { reason }),
+            Err(reason) => return ready(&observed, Problem::KeyInvalid { reason }),
         };
         let job = Job {
             config: config.clone(),
             pool: self.pool.clone(),
             flights: self.flights.clone(),
             cache: self.cache.clone(),
+            tally: self.tally.clone(),
+            observed: observed.clone(),
         };
         let Some(key) = key else {
             if config.key_required {
-                return ready(Problem::KeyMissing {
-                    header: config.header.to_string(),
-                });
+                let header = config.header.to_string();
+                return ready(&observed, Problem::KeyMissing { header });
             }
             // No key on a route where it is optional: the handler still gets a `Tx`,
             // committed on a final response, but nothing is claimed or stored.
-            let span = tracing::info_span!(
-                "unkeyed_request",
-                method = %req.method(),
-                path = %req.uri().path(),
-                outcome = tracing::field::Empty,
-            );
+            let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
+            let fut =
+                async move { finished(&observed, spawned(job.run_unkeyed(inner, req)).await) };
             return ResponseFuture {
-                inner: Box::pin(spawned(job.run_unkeyed(inner, req)).instrument(span)),
+                inner: Box::pin(fut.instrument(span)),
             };
         };
         let (parts, body) = req.into_parts();
         let Some(tenant) = config.tenant.resolve(&parts) else {
-            return ready(Problem::TenantUnresolved);
+            return ready(&observed, Problem::TenantUnresolved);
         };
-
-        let span = tracing::info_span!(
+        let span = request_span!(
             "idempotent_request",
-            tenant = %tenant,
-            key_hash = %key.short_hash(),
-            method = %parts.method,
-            path = %parts.uri.path(),
-            outcome = tracing::field::Empty,
+            &parts.method,
+            parts.uri.path(),
+            observed,
+            idem.tenant = %tenant,
+            idem.key_hash = %key.short_hash(),
         );
         let fut = async move {
             let body = match read_body(body, config.max_request_body).await {
                 Ok(body) => body,
-                Err(problem) => return Ok(outcome(problem.into_response(), "rejected")),
+                Err(problem) => {
+                    let answer = outcome(problem.into_response(), Outcome::Rejected);
+                    return finished(&observed, Ok(answer));
+                }
             };
             let keyed = Keyed {
                 fingerprint: fingerprint(&config, &parts, &body),
@@ -162,9 +183,10 @@ where
                 key,
                 method: parts.method.as_str().to_owned(),
                 path: parts.uri.path().to_owned(),
+                route: observed.route().cloned(),
             };
             let req = Request::from_parts(parts, Body::from(body));
-            spawned(job.run_keyed(keyed, inner, req)).await
+            finished(&observed, spawned(job.run_keyed(keyed, inner, req)).await)
         }
         .instrument(span);
         ResponseFuture {
@@ -184,7 +206,7 @@ async fn spawned<E: Send + 'static>(
             tracing::error!(error = %e, "idempotent request task failed");
             Ok(outcome(
                 Problem::HandlerPanicked.into_response(),
-                "panicked",
+                Outcome::Panicked,
             ))
         }
     }
@@ -201,10 +223,12 @@ where
     }
 }
 
-fn ready<E: Send + 'static>(problem: Problem) -> ResponseFuture<E> {
-    let response = problem.into_response();
+/// The layer's own answer, made before anything ran: counted as `rejected`.
+fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFuture<E> {
+    let response = outcome(problem.into_response(), Outcome::Rejected);
+    let response = finished(observed, Ok(response));
     ResponseFuture {
-        inner: Box::pin(async move { Ok(response) }),
+        inner: Box::pin(async move { response }),
     }
 }
 

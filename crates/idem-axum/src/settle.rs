@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use http::response::Parts;
 use http::{Response, header};
 use idem_core::{
-    FailureKind, Record, RecordState, StoredResponse, aborted_answer_stands, streams_by_media_type,
+    FailureKind, Outcome, Record, RecordState, StoredResponse, aborted_answer_stands,
+    streams_by_media_type,
 };
 use idem_sqlx::{Completion, StoreError};
 
@@ -51,9 +52,12 @@ impl Job {
                 tracing::warn!(error = %e, "response body failed; rolling back");
                 roll_back(&self.config, tx).await;
                 let answer = Problem::ResponseUnreadable.into_response();
-                return (outcome(answer, "rolled_back"), Landed::Unknown);
+                return (outcome(answer, Outcome::RolledBack), Landed::Unknown);
             }
         };
+        if let Some(stored) = &stored {
+            self.observed.stored(stored.size());
+        }
         // Before the store's clock starts the key's retention.
         let sent = Utc::now();
         match self
@@ -63,7 +67,7 @@ impl Job {
             Ok(()) => {
                 self.committed(enqueued);
                 let landed = self.landed(keyed, status, stored, sent);
-                let answer = outcome(Response::from_parts(parts, body), "executed");
+                let answer = outcome(Response::from_parts(parts, body), Outcome::Executed);
                 (answer, landed)
             }
             Err(Unsettled::Aborted) => {
@@ -96,11 +100,11 @@ impl Job {
         match bounded(self.config.store_timeout, work, |_| async {}).await {
             Some(Ok(())) => {
                 self.committed(enqueued);
-                outcome(response.map(Body::new), "committed")
+                outcome(response.map(Body::new), Outcome::Committed)
             }
             Some(Err(e)) if e.is_transaction_aborted() => {
                 if aborted_answer_stands(status) {
-                    outcome(response.map(Body::new), "rolled_back")
+                    outcome(response.map(Body::new), Outcome::RolledBack)
                 } else {
                     transaction_aborted(status)
                 }
@@ -177,7 +181,7 @@ impl Job {
                 Landed::Unknown
             }
         };
-        (outcome(response, "recorded_after_abort"), landed)
+        (outcome(response, Outcome::RecordedAfterAbort), landed)
     }
 
     /// What the duplicates waiting in this process (and its memory) learn of a
@@ -216,7 +220,7 @@ impl Job {
         let problem = Problem::CommitFailed {
             retry_after: self.config.retry_after,
         };
-        outcome(problem.into_response(), "commit_failed")
+        outcome(problem.into_response(), Outcome::CommitFailed)
     }
 }
 
@@ -237,7 +241,7 @@ fn transaction_aborted(status: u16) -> Response<Body> {
     );
     outcome(
         Problem::TransactionAborted.into_response(),
-        "transaction_aborted",
+        Outcome::TransactionAborted,
     )
 }
 

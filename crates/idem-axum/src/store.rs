@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
-use idem_core::{FailureKind, Fingerprint, IdempotencyKey, Record, TenantId, decide};
+use idem_core::{FailureKind, Fingerprint, IdempotencyKey, Outcome, Record, TenantId, decide};
 use idem_sqlx::{Claim, ClaimRequest, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -30,6 +30,8 @@ pub(crate) struct Keyed {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) method: String,
     pub(crate) path: String,
+    /// The route template the request matched.
+    pub(crate) route: Option<Arc<str>>,
 }
 
 impl Keyed {
@@ -41,6 +43,7 @@ impl Keyed {
             fingerprint: self.fingerprint,
             method: &self.method,
             path: &self.path,
+            route: self.route.as_deref(),
             retention: config.retention,
             wait: config.in_flight_wait,
         }
@@ -224,7 +227,7 @@ pub(crate) fn unavailable(config: &Config) -> Response<Body> {
     let problem = Problem::StoreUnavailable {
         retry_after: config.retry_after,
     };
-    outcome(problem.into_response(), "store_unavailable")
+    outcome(problem.into_response(), Outcome::StoreUnavailable)
 }
 
 /// 500 `store-fault`, with a log line that names the cause: retrying does not help.
@@ -235,7 +238,7 @@ pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
         _ => "",
     };
     tracing::error!(error = %e, sqlstate = e.sqlstate().as_deref(), "idempotency store fault{hint}");
-    outcome(Problem::StoreFault.into_response(), "store_fault")
+    outcome(Problem::StoreFault.into_response(), Outcome::StoreFault)
 }
 
 pub(crate) async fn rollback(tx: PgTx) {

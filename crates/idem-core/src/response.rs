@@ -13,6 +13,18 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+impl StoredResponse {
+    /// The bytes it holds: the body, and each header's name and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// Headers that describe a connection rather than a response; never stored.
 pub const HOP_BY_HOP: &[&str] = &[
     "connection",
