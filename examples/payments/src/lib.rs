@@ -16,6 +16,7 @@
 
 mod dev_db;
 pub mod ledger;
+pub mod metrics;
 
 pub use dev_db::DevDatabase;
 
@@ -52,11 +53,23 @@ pub fn app(pool: PgPool) -> Router {
     app_with(pool.clone(), idempotency(pool))
 }
 
-/// The idempotency layer as the example configures it: canonical JSON fingerprints.
-/// `main` adds an [`OutboxWaker`](idem_sqlx::OutboxWaker) so the relay publishes each
-/// payment's message at once.
+/// The header the example's clients send their version in.
+pub const CLIENT_VERSION: &str = "x-client-version";
+
+/// The client versions the metrics tell apart; any other is `other`.
+pub const CLIENT_VERSIONS: [&str; 3] = ["ios/5.2", "android/5.2", "web/2026.11"];
+
+/// The idempotency layer as the example configures it: canonical JSON fingerprints,
+/// metrics labelled by [`CLIENT_VERSIONS`]. `main` adds an
+/// [`OutboxWaker`](idem_sqlx::OutboxWaker) so the relay publishes each payment's
+/// message at once.
 pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
-    IdempotencyLayer::new(pool).canonical_json()
+    IdempotencyLayer::new(pool)
+        .canonical_json()
+        .client_versions(
+            axum::http::HeaderName::from_static(CLIENT_VERSION),
+            idem_axum::ClientVersions::new(CLIENT_VERSIONS),
+        )
 }
 
 /// The router with a caller-configured idempotency layer.

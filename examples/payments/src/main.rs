@@ -9,6 +9,9 @@
 //! After each commit that enqueued a message it wakes the outbox relays (a `NOTIFY`
 //! from its own connection, never from the request's transaction), and it runs the
 //! [`Sweeper`](idem_sqlx::Sweeper) over idem's tables.
+//!
+//! `GET /metrics` serves the Prometheus text format (no authentication: keep the port
+//! private). The store's gauges are read every `GAUGES_INTERVAL_MS` (default 15000).
 
 use std::error::Error;
 
@@ -24,6 +27,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         )
         .init();
 
+    let metrics = payments::metrics::install()?;
     let database = payments::DevDatabase::from_env().await?;
     let pool = PgPoolOptions::new()
         .max_connections(20)
@@ -36,6 +40,19 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     tracing::info!(address = %listener.local_addr()?, "payments listening");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let sweeper = tokio::spawn(idem_sqlx::Sweeper::new(pool.clone()).run(shutdown.clone()));
+    let gauges_every = std::env::var("GAUGES_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(15),
+            std::time::Duration::from_millis,
+        );
+    let gauges = tokio::spawn(
+        idem_sqlx::StoreGauges::new(pool.clone())
+            .interval(gauges_every)
+            .run(shutdown.clone()),
+    );
+    let upkeep = tokio::spawn(payments::metrics::upkeep(metrics.clone(), shutdown.clone()));
     let waker = idem_sqlx::OutboxWaker::notifying(pool.clone());
     let mut app = payments::app_with(
         pool.clone(),
@@ -53,6 +70,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             std::time::Duration::from_millis(ms),
         )));
     }
+    let app = app.merge(payments::metrics::router(metrics));
     axum::serve(listener, app)
         .with_graceful_shutdown(payments::shutdown_signal())
         .await?;
@@ -60,6 +78,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     tracing::info!("shutting down");
     shutdown.cancel();
     sweeper.await?;
+    gauges.await?;
+    upkeep.await?;
     pool.close().await;
     database.shutdown().await?;
     Ok(())

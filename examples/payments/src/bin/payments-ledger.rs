@@ -7,6 +7,8 @@
 //! ack wait, at most 20 deliveries: a redelivery horizon of minutes, far inside the
 //! sweeper's 7-day inbox window). The relay wakes on the `NOTIFY` the payments service
 //! sends after each commit that enqueued. Stops gracefully on Ctrl-C or SIGTERM.
+//! With `METRICS_BIND` (for example `127.0.0.1:9101`) it serves the relay's and the
+//! inbox's metrics on `GET /metrics` there.
 
 use std::error::Error;
 use std::time::Duration;
@@ -51,6 +53,16 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .await?;
 
     let shutdown = CancellationToken::new();
+    let metrics = match std::env::var("METRICS_BIND") {
+        Ok(bind) => {
+            let handle = payments::metrics::install()?;
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                payments::metrics::serve(&bind, handle, shutdown).await
+            }))
+        }
+        Err(_) => None,
+    };
     let relay = tokio::spawn(
         OutboxRelay::new(pool.clone(), JetStreamSink::new(js.clone())).run(shutdown.clone()),
     );
@@ -66,5 +78,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     shutdown.cancel();
     relay.await??;
     ledger.await?;
+    if let Some(metrics) = metrics {
+        metrics.await??;
+    }
     Ok(())
 }
