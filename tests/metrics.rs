@@ -1,0 +1,315 @@
+//! The layer's and the store's metrics, read back from the real Prometheus exporter
+//! (`metrics-exporter-prometheus`) installed in this test binary, over real HTTP and
+//! real Postgres. Each test uses routes of its own, since the exporter is global.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::patch;
+use idem_axum::{ClientVersions, IdempotencyLayer, TenantId, TenantSource, Tx};
+use idem_sqlx::StoreGauges;
+use idem_tests::{TestApp, TestDb, test_db};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+fn exporter() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[0.01, 0.1, 1.0])
+            .expect("buckets")
+            .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &[256.0, 4096.0])
+            .expect("buckets")
+            .install_recorder()
+            .expect("the test binary's recorder")
+    })
+}
+
+/// The value of the series `name` whose labels include `labels`, from the exporter's
+/// text; `None` when there is no such series.
+fn value(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = exporter().render();
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if series_name != name {
+            return None;
+        }
+        let found: HashMap<&str, &str> = rest
+            .trim_end_matches('}')
+            .split("\",")
+            .filter_map(|pair| pair.split_once("=\""))
+            .map(|(k, v)| (k, v.trim_end_matches('"')))
+            .collect();
+        labels
+            .iter()
+            .all(|(k, v)| found.get(k) == Some(v))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Every series of `name` (its label text), from the exporter's text.
+fn series(name: &str) -> Vec<String> {
+    let prefix = format!("{name}{{");
+    exporter()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn order(Path(id): Path<String>, mut tx: Tx) -> (StatusCode, String) {
+    match sqlx::query("SELECT 1").execute(&mut *tx).await {
+        Ok(_) => (StatusCode::OK, format!(r#"{{"order":"{id}"}}"#)),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+    }
+}
+
+/// PATCH `template` (a route with one parameter) behind `layer`, tenant from
+/// `x-tenant-id`.
+async fn app(template: &str, layer: IdempotencyLayer) -> TestApp {
+    let tenant = TenantSource::resolver(|parts| {
+        parts
+            .headers
+            .get("x-tenant-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| TenantId::new(v).ok())
+    });
+    let layer = layer.tenant(tenant);
+    TestApp::spawn(Router::new().route(template, patch(order).route_layer(layer))).await
+}
+
+async fn send(
+    app: &TestApp,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+    version: Option<&str>,
+) -> u16 {
+    let mut req = app
+        .client
+        .patch(app.url(path))
+        .header("x-tenant-id", "acme")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    if let Some(version) = version {
+        req = req.header("x-client-version", version);
+    }
+    req.send().await.expect("PATCH").status().as_u16()
+}
+
+fn layer(db: &TestDb) -> IdempotencyLayer {
+    exporter();
+    IdempotencyLayer::new(db.pool.clone())
+        .methods([http::Method::PATCH])
+        .client_versions(
+            HeaderName::from_static("x-client-version"),
+            ClientVersions::new(["app/1"]),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_outcome_and_route_template_never_by_raw_path() {
+    let db = test_db().await;
+    let app = app("/orders/{id}", layer(&db)).await;
+    assert_eq!(send(&app, "/orders/1", Some("k1"), "a", None).await, 200);
+    assert_eq!(send(&app, "/orders/2", Some("k2"), "b", None).await, 200);
+    assert_eq!(send(&app, "/orders/1", Some("k1"), "a", None).await, 200);
+    assert_eq!(
+        send(&app, "/orders/2", Some("k2"), "changed", None).await,
+        422
+    );
+    assert_eq!(send(&app, "/orders/3", None, "c", None).await, 400);
+
+    let route = ("route", "/orders/{id}");
+    let count = |outcome: &'static str| {
+        value(
+            "idem_requests_total",
+            &[("method", "PATCH"), route, ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("executed"), Some(2.0));
+    assert_eq!(count("replayed"), Some(1.0));
+    assert_eq!(count("mismatch"), Some(1.0));
+    assert_eq!(count("rejected"), Some(1.0));
+    // Four decisions were timed (the rejection was not); every request's overhead was.
+    assert_eq!(value("idem_decision_seconds_count", &[route]), Some(4.0));
+    assert_eq!(
+        value("idem_layer_overhead_seconds_count", &[route]),
+        Some(5.0)
+    );
+    assert_eq!(
+        value("idem_stored_response_bytes_count", &[route]),
+        Some(2.0)
+    );
+    let raw = exporter().render();
+    assert!(
+        !raw.contains("/orders/1") && !raw.contains("/orders/2"),
+        "{raw}"
+    );
+
+    let routes: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT route FROM idem.keys ORDER BY key")
+            .fetch_all(&db.pool)
+            .await
+            .expect("routes");
+    let template = Some("/orders/{id}".to_owned());
+    assert_eq!(routes, [template.clone(), template]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_versions_fold_into_the_configured_set() {
+    let db = test_db().await;
+    let app = app("/versions/{id}", layer(&db)).await;
+    for (i, version) in [Some("app/1"), Some("app/1"), Some("hacked/999"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("v{i}");
+        assert_eq!(
+            send(&app, "/versions/1", Some(&key), "x", version).await,
+            200
+        );
+    }
+    let route = ("route", "/versions/{id}");
+    let count = |version: &'static str| {
+        value(
+            "idem_requests_total",
+            &[route, ("outcome", "executed"), ("client_version", version)],
+        )
+    };
+    assert_eq!(count("app/1"), Some(2.0));
+    assert_eq!(count("other"), Some(1.0));
+    assert_eq!(count("none"), Some(1.0));
+    let labelled: Vec<String> = series("idem_requests_total")
+        .into_iter()
+        .filter(|s| s.contains("/versions/{id}"))
+        .collect();
+    assert_eq!(labelled.len(), 3, "{labelled:?}");
+    assert!(labelled.iter().all(|s| !s.contains("hacked")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_counted_on_the_key_row_and_a_first_replay_counts_a_retried_key() {
+    let db = test_db().await;
+    let app = app("/retried/{id}", layer(&db)).await;
+    assert_eq!(send(&app, "/retried/1", Some("r1"), "x", None).await, 200);
+    assert_eq!(send(&app, "/retried/2", Some("r2"), "x", None).await, 200);
+    for _ in 0..3 {
+        assert_eq!(send(&app, "/retried/1", Some("r1"), "x", None).await, 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let replays = loop {
+        let replays: Vec<(String, i32)> =
+            sqlx::query_as("SELECT key, replays FROM idem.keys ORDER BY key")
+                .fetch_all(&db.pool)
+                .await
+                .expect("replays");
+        if replays[0].1 == 3 || tokio::time::Instant::now() > deadline {
+            break replays;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(replays, [("r1".to_owned(), 3), ("r2".to_owned(), 0)]);
+    let retried = value("idem_keys_retried_total", &[("route", "/retried/{id}")]);
+    assert_eq!(retried, Some(1.0), "one key was retried, three times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are_gone() {
+    let db = test_db().await;
+    let app = app("/gauged/{id}", layer(&db)).await;
+    for key in ["g1", "g2", "g3"] {
+        assert_eq!(send(&app, "/gauged/1", Some(key), "x", None).await, 200);
+    }
+    assert_eq!(send(&app, "/gauged/1", Some("g1"), "x", None).await, 200);
+    sqlx::query("INSERT INTO idem.inbox (consumer, message_id, dead_at) VALUES ('gauged-consumer', $1, now())")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&db.pool)
+        .await
+        .expect("a dead inbox message");
+
+    let stats = StoreGauges::new(db.pool.clone())
+        .read()
+        .await
+        .expect("read");
+    let keys = stats
+        .routes
+        .iter()
+        .find(|r| r.route == "/gauged/{id}")
+        .expect("the route's keys");
+    assert_eq!(keys.live, 3);
+    assert!(keys.stored_bytes > 0);
+    assert_eq!(stats.inbox_dead, [("gauged-consumer".to_owned(), 1)]);
+
+    let shutdown = CancellationToken::new();
+    let gauges = tokio::spawn(
+        StoreGauges::new(db.pool.clone())
+            .interval(Duration::from_millis(50))
+            .run(shutdown.clone()),
+    );
+    let route = [("route", "/gauged/{id}")];
+    let consumer = [("consumer", "gauged-consumer")];
+    wait_for(|| value("idem_keys_live", &route) == Some(3.0)).await;
+    wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(1.0)).await;
+    // The tally's batch lands after its delay; the gauges then read it.
+    wait_for(|| value("idem_key_replays", &route) == Some(1.0)).await;
+    assert_eq!(value("idem_keys_replayed", &route), Some(1.0));
+
+    sqlx::query("DELETE FROM idem.keys")
+        .execute(&db.pool)
+        .await
+        .expect("keys gone");
+    sqlx::query("DELETE FROM idem.inbox")
+        .execute(&db.pool)
+        .await
+        .expect("inbox gone");
+    wait_for(|| value("idem_keys_live", &route) == Some(0.0)).await;
+    wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(0.0)).await;
+    shutdown.cancel();
+    gauges.await.expect("gauges stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_counts_store_unavailable() {
+    exporter();
+    // A pool to a port nothing listens on.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .expect("lazy pool");
+    let layer = IdempotencyLayer::new(pool)
+        .methods([http::Method::PATCH])
+        .store_timeout(Duration::from_millis(500));
+    let app = app("/unreachable/{id}", layer).await;
+    assert_eq!(
+        send(&app, "/unreachable/1", Some("u1"), "x", None).await,
+        503
+    );
+    let count = value(
+        "idem_requests_total",
+        &[
+            ("route", "/unreachable/{id}"),
+            ("outcome", "store_unavailable"),
+        ],
+    );
+    assert_eq!(count, Some(1.0));
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
