@@ -55,9 +55,7 @@ impl Job {
                 return (outcome(answer, Outcome::RolledBack), Landed::Unknown);
             }
         };
-        if let Some(stored) = &stored {
-            self.observed.stored(stored.size());
-        }
+        let stored_size = stored.as_ref().map(StoredResponse::size);
         // Before the store's clock starts the key's retention.
         let sent = Utc::now();
         match self
@@ -66,6 +64,9 @@ impl Job {
         {
             Ok(()) => {
                 self.committed(enqueued);
+                if let Some(size) = stored_size {
+                    self.observed.stored(size);
+                }
                 let landed = self.landed(keyed, status, stored, sent);
                 let answer = outcome(Response::from_parts(parts, body), Outcome::Executed);
                 (answer, landed)

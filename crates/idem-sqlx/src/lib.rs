@@ -1,7 +1,11 @@
 //! The Postgres store of `idem`: unique-constraint key claims, completion with the
 //! response, and replay lookup, all inside the caller's transaction; a transactional
 //! outbox with its relay; an inbox for idempotent consumers; a sweeper that keeps the
-//! tables small.
+//! tables small; [`StoreGauges`], which reads what the tables hold into gauges.
+//!
+//! With the `metrics` feature (on by default) the relay, the inbox, [`ReplayTally`] and
+//! [`StoreGauges`] emit the metrics named in [`idem_core::observe::names`] through the
+//! `metrics` facade; the application installs the exporter.
 //!
 //! The key claim, the handler's own writes and the stored response commit in one
 //! transaction: either all of it happened or none of it did. The tables live in the

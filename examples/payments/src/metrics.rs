@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::get;
 use idem_core::observe::names::{self, Kind};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Buckets for the request timings: the decision target is 50 ms at p99, so the
@@ -79,8 +80,24 @@ pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-/// Serves `GET /metrics` on `bind` until `shutdown`: for the worker binaries, which
-/// have no HTTP listener of their own.
+/// For the worker binaries, which have no HTTP listener of their own: with a `bind`
+/// address, installs the recorder and serves `GET /metrics` there until `shutdown`, in
+/// a task of its own (join it at the end); without one, records nothing.
+pub fn spawn_server(
+    bind: Option<String>,
+    shutdown: &CancellationToken,
+) -> Result<Option<JoinHandle<std::io::Result<()>>>, BuildError> {
+    let Some(bind) = bind else {
+        return Ok(None);
+    };
+    let handle = install()?;
+    let shutdown = shutdown.clone();
+    Ok(Some(tokio::spawn(async move {
+        serve(&bind, handle, shutdown).await
+    })))
+}
+
+/// Serves `GET /metrics` on `bind` until `shutdown`.
 pub async fn serve(
     bind: &str,
     handle: PrometheusHandle,

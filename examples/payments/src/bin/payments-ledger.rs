@@ -53,16 +53,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .await?;
 
     let shutdown = CancellationToken::new();
-    let metrics = match std::env::var("METRICS_BIND") {
-        Ok(bind) => {
-            let handle = payments::metrics::install()?;
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                payments::metrics::serve(&bind, handle, shutdown).await
-            }))
-        }
-        Err(_) => None,
-    };
+    let metrics = payments::metrics::spawn_server(std::env::var("METRICS_BIND").ok(), &shutdown)?;
     let relay = tokio::spawn(
         OutboxRelay::new(pool.clone(), JetStreamSink::new(js.clone())).run(shutdown.clone()),
     );

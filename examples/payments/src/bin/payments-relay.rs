@@ -35,6 +35,10 @@ struct Args {
     /// Milliseconds between polls when nothing wakes the relay.
     #[arg(long, default_value_t = 1_000)]
     poll_ms: u64,
+    /// Serve the relay's metrics on `GET /metrics` at this address (for example
+    /// 127.0.0.1:9102).
+    #[arg(long)]
+    metrics_bind: Option<String>,
 }
 
 #[tokio::main]
@@ -61,10 +65,14 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     tracing::info!(relay = %relay.id(), %nats_url, "relaying the outbox to JetStream");
 
     let shutdown = CancellationToken::new();
+    let metrics = payments::metrics::spawn_server(args.metrics_bind, &shutdown)?;
     let task = tokio::spawn(relay.run(shutdown.clone()));
     payments::shutdown_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     task.await??;
+    if let Some(metrics) = metrics {
+        metrics.await??;
+    }
     Ok(())
 }
