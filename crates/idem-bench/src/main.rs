@@ -65,6 +65,11 @@ struct Args {
     /// Also write the req/s per scenario as an SVG bar chart to this file.
     #[arg(long, value_name = "PATH")]
     svg: Option<std::path::PathBuf>,
+    /// Install the example's Prometheus recorder, so every request records its
+    /// metrics as in the example service (without it the metrics facade has no
+    /// recorder and recording costs next to nothing).
+    #[arg(long)]
+    prometheus: bool,
 }
 
 /// One scenario's measurements.
@@ -112,6 +117,10 @@ async fn main() -> Result<(), BoxError> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.prometheus {
+        payments::metrics::install()?;
+        eprintln!("metrics recorded through the Prometheus exporter");
+    }
     let database = payments::DevDatabase::from_env_with(!args.no_fsync).await?;
     let result = run(&args, &database.url).await;
     database.shutdown().await?;
