@@ -1,6 +1,7 @@
 //! What the layer reports of each request: its outcome, decision latency and added
 //! latency, as metrics (with the `metrics` feature) and on the request's span.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use http::{Method, Request, Response};
 use idem_core::Outcome;
 #[cfg(feature = "metrics")]
 use idem_core::observe::names;
+use idem_core::observe::{NO_VERSION, OTHER_VERSION};
 use tokio::time::Instant;
 
 use crate::layer::Config;
@@ -23,7 +25,7 @@ pub(crate) struct Observed {
     method: &'static str,
     route: Option<Arc<str>>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    client_version: String,
+    client_version: Cow<'static, str>,
     /// When the store decided what the request does (a keyed request that ran).
     decided: OnceLock<Instant>,
     /// How long the handler took.
@@ -36,9 +38,13 @@ impl Observed {
         let client_version = match &config.client_versions {
             Some((header, versions)) => {
                 let value = req.headers().get(header).and_then(|v| v.to_str().ok());
-                versions.label(value).to_owned()
+                match versions.label(value) {
+                    NO_VERSION => Cow::Borrowed(NO_VERSION),
+                    OTHER_VERSION => Cow::Borrowed(OTHER_VERSION),
+                    known => Cow::Owned(known.to_owned()),
+                }
             }
-            None => idem_core::observe::NO_VERSION.to_owned(),
+            None => Cow::Borrowed(NO_VERSION),
         };
         Arc::new(Observed {
             arrived: Instant::now(),
