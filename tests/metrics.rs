@@ -70,9 +70,22 @@ async fn order(Path(id): Path<String>, mut tx: Tx) -> (StatusCode, String) {
     }
 }
 
+async fn slow_order(path: Path<String>, tx: Tx) -> (StatusCode, String) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    order(path, tx).await
+}
+
 /// PATCH `template` (a route with one parameter) behind `layer`, tenant from
 /// `x-tenant-id`.
 async fn app(template: &str, layer: IdempotencyLayer) -> TestApp {
+    app_with(template, layer, patch(order)).await
+}
+
+async fn app_with(
+    template: &str,
+    layer: IdempotencyLayer,
+    handler: axum::routing::MethodRouter,
+) -> TestApp {
     let tenant = TenantSource::resolver(|parts| {
         parts
             .headers
@@ -81,7 +94,7 @@ async fn app(template: &str, layer: IdempotencyLayer) -> TestApp {
             .and_then(|v| TenantId::new(v).ok())
     });
     let layer = layer.tenant(tenant);
-    TestApp::spawn(Router::new().route(template, patch(order).route_layer(layer))).await
+    TestApp::spawn(Router::new().route(template, handler.route_layer(layer))).await
 }
 
 async fn send(
@@ -162,6 +175,31 @@ async fn requests_are_counted_by_outcome_and_route_template_never_by_raw_path() 
             .expect("routes");
     let template = Some("/orders/{id}".to_owned());
     assert_eq!(routes, [template.clone(), template]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_is_still_counted() {
+    let db = test_db().await;
+    let app = app_with("/slow/{id}", layer(&db), patch(slow_order)).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    let gone = impatient
+        .patch(app.url("/slow/1"))
+        .header("x-tenant-id", "acme")
+        .header("idempotency-key", "s1")
+        .body("x")
+        .send()
+        .await;
+    assert!(gone.expect_err("the client times out").is_timeout());
+    let executed = [("route", "/slow/{id}"), ("outcome", "executed")];
+    wait_for(|| value("idem_requests_total", &executed) == Some(1.0)).await;
+    // Its retry is a replay of what committed after the client left.
+    assert_eq!(send(&app, "/slow/1", Some("s1"), "x", None).await, 200);
+    let replayed = [("route", "/slow/{id}"), ("outcome", "replayed")];
+    assert_eq!(value("idem_requests_total", &replayed), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

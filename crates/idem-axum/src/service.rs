@@ -151,8 +151,7 @@ where
             // No key on a route where it is optional: the handler still gets a `Tx`,
             // committed on a final response, but nothing is claimed or stored.
             let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
-            let fut =
-                async move { finished(&observed, spawned(job.run_unkeyed(inner, req)).await) };
+            let fut = spawned(observed, job.run_unkeyed(inner, req));
             return ResponseFuture {
                 inner: Box::pin(fut.instrument(span)),
             };
@@ -186,7 +185,7 @@ where
                 route: observed.route().cloned(),
             };
             let req = Request::from_parts(parts, Body::from(body));
-            finished(&observed, spawned(job.run_keyed(keyed, inner, req)).await)
+            spawned(observed, job.run_keyed(keyed, inner, req)).await
         }
         .instrument(span);
         ResponseFuture {
@@ -196,18 +195,20 @@ where
 }
 
 /// Runs a job in its own task, so a client that disconnects (dropping the response
-/// future) cannot cut the claim -> handler -> commit section in half.
+/// future) cannot cut the claim -> handler -> commit section in half. The request is
+/// reported in that task too: a request whose client left is still counted.
 async fn spawned<E: Send + 'static>(
+    observed: Arc<Observed>,
     job: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
 ) -> Result<Response<Body>, E> {
-    match tokio::spawn(job.in_current_span()).await {
+    let reporting = observed.clone();
+    let task = async move { finished(&reporting, job.await) };
+    match tokio::spawn(task.in_current_span()).await {
         Ok(result) => result,
         Err(e) => {
             tracing::error!(error = %e, "idempotent request task failed");
-            Ok(outcome(
-                Problem::HandlerPanicked.into_response(),
-                Outcome::Panicked,
-            ))
+            let answer = outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked);
+            finished(&observed, Ok(answer))
         }
     }
 }
