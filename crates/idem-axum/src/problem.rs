@@ -266,3 +266,19 @@ impl axum::response::IntoResponse for Problem {
         Problem::into_response(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_type_is_the_one_clients_retry_on() {
+        let problem = Problem::InFlight {
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(
+            format!("urn:idem:problem:{}", problem.slug()),
+            idem_core::retry::IN_FLIGHT_PROBLEM
+        );
+    }
+}

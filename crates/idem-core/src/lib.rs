@@ -58,6 +58,7 @@ mod fingerprint;
 mod key;
 pub mod observe;
 mod response;
+pub mod retry;
 mod streaming;
 mod tenant;
 mod trace;
