@@ -3,6 +3,7 @@
 //! migrations applied, and services served on real sockets.
 
 pub mod app;
+pub mod fault_proxy;
 pub mod nats;
 pub mod pg;
 pub mod process;
@@ -10,6 +11,7 @@ pub mod proxy;
 pub mod receiver;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
+pub use fault_proxy::ResponseDropper;
 pub use nats::{TestStream, fetch};
 pub use pg::{TestDb, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};

@@ -57,7 +57,7 @@ impl RetryStatuses {
 }
 
 /// Why a client stopped retrying and returned what it had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopReason {
     /// The answer (or failure) is not one a retry can change, or the request's body
     /// could not be sent again.

@@ -4,7 +4,8 @@
 //! (image from `IDEM_PG_IMAGE`, default `postgres:17`). Listens on `BIND` (default
 //! `127.0.0.1:3000`) and shuts down gracefully on Ctrl-C or SIGTERM.
 //! `PAYMENTS_HANDLER_DELAY_MS` (failure tests only) pauses every payment inside its
-//! handler, with its transaction open.
+//! handler, with its transaction open; `IN_FLIGHT_WAIT_MS` sets how long a duplicate
+//! waits for it (the layer's `in_flight_wait`, 5 s by default).
 //!
 //! After each commit that enqueued a message it wakes the outbox relays (a `NOTIFY`
 //! from its own connection, never from the request's transaction), and it runs the
@@ -40,13 +41,10 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     tracing::info!(address = %listener.local_addr()?, "payments listening");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let sweeper = tokio::spawn(idem_sqlx::Sweeper::new(pool.clone()).run(shutdown.clone()));
-    let gauges_every = std::env::var("GAUGES_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(
-            std::time::Duration::from_secs(15),
-            std::time::Duration::from_millis,
-        );
+    let gauges_every = env_ms("GAUGES_INTERVAL_MS").map_or(
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis,
+    );
     let gauges = tokio::spawn(
         idem_sqlx::StoreGauges::new(pool.clone())
             .interval(gauges_every)
@@ -54,14 +52,12 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     let upkeep = tokio::spawn(payments::metrics::upkeep(metrics.clone(), shutdown.clone()));
     let waker = idem_sqlx::OutboxWaker::notifying(pool.clone());
-    let mut app = payments::app_with(
-        pool.clone(),
-        payments::idempotency(pool.clone()).outbox_waker(waker),
-    );
-    if let Some(ms) = std::env::var("PAYMENTS_HANDLER_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    let mut idempotency = payments::idempotency(pool.clone()).outbox_waker(waker);
+    if let Some(ms) = env_ms("IN_FLIGHT_WAIT_MS") {
+        idempotency = idempotency.in_flight_wait(std::time::Duration::from_millis(ms));
+    }
+    let mut app = payments::app_with(pool.clone(), idempotency);
+    if let Some(ms) = env_ms("PAYMENTS_HANDLER_DELAY_MS") {
         tracing::warn!(
             ms,
             "PAYMENTS_HANDLER_DELAY_MS: every payment waits inside its handler"
@@ -83,4 +79,9 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     pool.close().await;
     database.shutdown().await?;
     Ok(())
+}
+
+/// A number of milliseconds from the environment, when set and valid.
+fn env_ms(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok())
 }
