@@ -403,3 +403,28 @@ async fn a_service_that_never_answers_fails_with_the_reason_retrying_stopped() {
     );
     assert!(stopped.key.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_sent_once_and_reported_as_not_retryable() {
+    let recorder = Recorder::default();
+    let server = recorder
+        .serve(|_, _| (StatusCode::SERVICE_UNAVAILABLE, None))
+        .await;
+    let client =
+        client(IdempotentRetry::new().backoff(Duration::from_millis(1), Duration::from_millis(5)));
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("{"), Ok("}")];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = client
+        .post(server.url("/pay"))
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 503);
+    let outcome = attempts(&response);
+    assert_eq!(
+        (outcome.attempts, outcome.stopped),
+        (1, Some(StopReason::NotRetryable))
+    );
+    assert_eq!(recorder.requests.load(Ordering::SeqCst), 1);
+}
