@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use idem_core::policy::HashPolicy;
 use idem_core::{Decision, Outcome, Record, RecordState, StoredResponse};
 
 use crate::Problem;
@@ -64,7 +65,7 @@ pub(crate) fn decided(
 ) -> Option<Response<Body>> {
     match decision {
         Decision::Replay => Some(replay(config, record)),
-        Decision::Mismatch => Some(mismatch(config)),
+        Decision::Mismatch => Some(mismatched(config, record)),
         Decision::Execute | Decision::InFlight => None,
     }
 }
@@ -77,8 +78,27 @@ pub(crate) fn in_flight(config: &Config) -> Response<Body> {
     outcome(problem.into_response(), Outcome::InFlight)
 }
 
+/// A key reused with a different request: refused under the strict hash policy;
+/// logged and answered with the stored response under report-only.
+pub(crate) fn mismatched(config: &Config, record: &Record) -> Response<Body> {
+    match config.hash_policy {
+        HashPolicy::Strict => mismatch(config),
+        HashPolicy::ReportOnly => {
+            tracing::warn!(
+                "idempotency key reused for a different request; replaying the stored \
+                 response (hash policy: report only)"
+            );
+            let mut response = replay(config, record);
+            if response.extensions().get::<Outcome>() == Some(&Outcome::Replayed) {
+                response.extensions_mut().insert(Outcome::MismatchReported);
+            }
+            response
+        }
+    }
+}
+
 /// 422 (or the configured status) `key-mismatch`.
-pub(crate) fn mismatch(config: &Config) -> Response<Body> {
+fn mismatch(config: &Config) -> Response<Body> {
     let problem = Problem::KeyMismatch {
         status: config.mismatch_status,
     };

@@ -47,7 +47,7 @@ impl Job {
         if let Ok(response) = &answer
             && matches!(
                 response.extensions().get::<Outcome>(),
-                Some(Outcome::Replayed | Outcome::ReplayedUnstored)
+                Some(Outcome::Replayed | Outcome::ReplayedUnstored | Outcome::MismatchReported)
             )
         {
             self.tally.add(&keyed.tenant, &keyed.key);

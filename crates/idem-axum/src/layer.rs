@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
+pub use idem_core::policy::FailureMode;
+use idem_core::policy::{HashPolicy, KeyMode, Policy};
 use idem_core::{BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, TenantId};
 use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
 use sqlx::PgPool;
@@ -21,23 +23,6 @@ pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// The header that marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
-
-/// What the layer does when the store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    /// Answer 503 + Retry-After; nothing runs. The default, and the only safe choice
-    /// for requests with effects.
-    #[default]
-    Closed,
-    /// Run the handler without idempotency, and without a `Tx`, when the store cannot
-    /// be reached at all (a connection cannot be had or the transaction cannot begin).
-    /// For low-risk routes whose handlers take `Option<Tx>` and do their work elsewhere
-    /// when it is `None` (a cache, a call that is idempotent by itself). Once a request
-    /// reached the store (its transaction is open), a later failure is answered 503 as
-    /// under `Closed`: another request may hold the key, and two handlers never run
-    /// for one key at once.
-    Open,
-}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -63,6 +48,7 @@ pub(crate) struct Config {
     pub(crate) outbox_waker: Option<OutboxWaker>,
     pub(crate) correlation_header: HeaderName,
     pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
+    pub(crate) hash_policy: HashPolicy,
 }
 
 impl Default for Config {
@@ -90,6 +76,7 @@ impl Default for Config {
             outbox_waker: None,
             correlation_header: HeaderName::from_static(CORRELATION_ID),
             client_versions: None,
+            hash_policy: HashPolicy::Strict,
         }
     }
 }
@@ -116,6 +103,7 @@ impl Default for Config {
 /// | [`max_response_body`](Self::max_response_body) | 1 MiB (passed through, not stored, beyond) |
 /// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
+/// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
 /// | [`retention`](Self::retention) | 24 h |
 /// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
 /// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
@@ -245,6 +233,34 @@ impl IdempotencyLayer {
     /// choice, default) or 409.
     pub fn mismatch_status(self, status: StatusCode) -> Self {
         self.with(|c| c.mismatch_status = status)
+    }
+
+    /// What a key reused with a different request gets: refused (strict, the default),
+    /// or, during the transition to fingerprinting, logged and counted as
+    /// `mismatch_reported` and answered with the stored response.
+    pub fn hash_policy(self, policy: HashPolicy) -> Self {
+        self.with(|c| c.hash_policy = policy)
+    }
+
+    /// Applies a route's [`Policy`]: whether a key is required, the hash policy, the
+    /// failure mode and the retention. Declare it where the route is declared, so the
+    /// route's idempotency policy reads in one place:
+    ///
+    /// ```no_run
+    /// use idem_axum::IdempotencyLayer;
+    /// use idem_core::policy::{Policy, RiskClass};
+    ///
+    /// # fn run(pool: sqlx::PgPool) {
+    /// let payments = IdempotencyLayer::new(pool).policy(Policy::for_risk(RiskClass::Critical));
+    /// # }
+    /// ```
+    pub fn policy(self, policy: Policy) -> Self {
+        self.with(|c| {
+            c.key_required = policy.keys == KeyMode::Required;
+            c.hash_policy = policy.hash;
+            c.failure_mode = policy.failure;
+            c.retention = policy.retention;
+        })
     }
 
     /// How long a key counts after its request completed; afterwards it runs as new.

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::answer::{decided, in_flight, mismatch, outcome, replay};
+use crate::answer::{decided, in_flight, mismatched, outcome, replay};
 use crate::flight::Landed;
 use crate::layer::Config;
 
@@ -176,7 +176,8 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
             Claimed::Answer(answer, landed(record, now, sent))
         }
         Ok(Claim::Mismatch(record, now)) => {
-            Claimed::Answer(mismatch(config), landed(record, now, sent))
+            let answer = mismatched(config, &record);
+            Claimed::Answer(answer, landed(record, now, sent))
         }
         Ok(Claim::InFlight | Claim::Claimed) => Claimed::Answer(in_flight(config), Landed::Busy),
         Err(e) => match e.kind() {

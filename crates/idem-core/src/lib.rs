@@ -57,6 +57,7 @@ mod failure;
 mod fingerprint;
 mod key;
 pub mod observe;
+pub mod policy;
 mod response;
 pub mod retry;
 mod streaming;

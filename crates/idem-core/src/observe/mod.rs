@@ -26,6 +26,9 @@ pub enum Outcome {
     ReplayedUnstored,
     /// The key was reused for a different request: 422 (or 409) `key-mismatch`.
     Mismatch,
+    /// The key was reused for a different request on a route whose hash policy only
+    /// reports it: logged, and the stored response replayed.
+    MismatchReported,
     /// The key was held by a request that did not finish within the wait: 409.
     InFlight,
     /// The request was refused before anything ran: key missing or invalid, tenant
@@ -61,12 +64,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of the README's table.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 19] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
         Outcome::ReplayedUnstored,
         Outcome::Mismatch,
+        Outcome::MismatchReported,
         Outcome::InFlight,
         Outcome::Rejected,
         Outcome::RolledBack,
@@ -90,6 +94,7 @@ impl Outcome {
             Outcome::Replayed => "replayed",
             Outcome::ReplayedUnstored => "replayed_unstored",
             Outcome::Mismatch => "mismatch",
+            Outcome::MismatchReported => "mismatch_reported",
             Outcome::InFlight => "in_flight",
             Outcome::Rejected => "rejected",
             Outcome::RolledBack => "rolled_back",
@@ -117,6 +122,7 @@ impl Outcome {
                 | Outcome::Replayed
                 | Outcome::ReplayedUnstored
                 | Outcome::Mismatch
+                | Outcome::MismatchReported
                 | Outcome::InFlight
         )
     }
@@ -126,7 +132,10 @@ impl Outcome {
     pub fn prevented_duplicate(self) -> bool {
         matches!(
             self,
-            Outcome::Replayed | Outcome::ReplayedUnstored | Outcome::InFlight
+            Outcome::Replayed
+                | Outcome::ReplayedUnstored
+                | Outcome::MismatchReported
+                | Outcome::InFlight
         )
     }
 }
@@ -167,6 +176,7 @@ mod tests {
             Outcome::Replayed,
             Outcome::ReplayedUnstored,
             Outcome::Mismatch,
+            Outcome::MismatchReported,
             Outcome::InFlight,
         ]);
         assert_eq!(decided, expected);

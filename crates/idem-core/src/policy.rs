@@ -1,0 +1,212 @@
+//! A route's idempotency policy, decided where the route is declared: whether a key is
+//! required, how a reused key with a different request is treated, what happens when
+//! the store is away, how long keys count, and the risk class these follow from.
+
+use std::time::Duration;
+
+/// Whether requests must carry a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyMode {
+    /// A request without a key is refused (400 `key-missing`).
+    #[default]
+    Required,
+    /// A request without a key runs without idempotency (its handler still gets a
+    /// transaction, committed on a final answer).
+    Optional,
+}
+
+/// What a key reused with a different request (another fingerprint) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashPolicy {
+    /// Refused: 422 (or 409) `key-mismatch`. The default, and the end state.
+    #[default]
+    Strict,
+    /// For the transition to fingerprinting: the mismatch is logged (key hashed) and
+    /// counted (`mismatch_reported`), and the stored response is replayed, as if the
+    /// requests were the same.
+    ReportOnly,
+}
+
+/// What the layer does when the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Answer 503 + Retry-After; nothing runs. The default, and the only safe choice
+    /// for requests with effects.
+    #[default]
+    Closed,
+    /// Run the handler without idempotency, and without a `Tx`, when the store cannot
+    /// be reached at all (a connection cannot be had or the transaction cannot begin).
+    /// For low-risk routes whose handlers take `Option<Tx>` and do their work elsewhere
+    /// when it is `None` (a cache, a call that is idempotent by itself). Once a request
+    /// reached the store (its transaction is open), a later failure is answered 503 as
+    /// under `Closed`: another request may hold the key, and two handlers never run
+    /// for one key at once.
+    Open,
+}
+
+/// How much a duplicate of a route's requests would hurt; each class has defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiskClass {
+    /// Money moves, or something else that must never happen twice: key required,
+    /// strict, fail closed, keys kept 7 days.
+    Critical,
+    /// Key required, strict, fail closed, keys kept 24 hours.
+    High,
+    /// Key optional, strict, fail closed, keys kept 24 hours.
+    Medium,
+    /// Key optional, strict, fail open, keys kept 1 hour.
+    Low,
+}
+
+/// A route's policy. Start from [`Policy::for_risk`] (or the default, which is
+/// [`RiskClass::High`]'s) and override what the route needs.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use idem_core::policy::{FailureMode, HashPolicy, KeyMode, Policy, RiskClass};
+///
+/// let payments = Policy::for_risk(RiskClass::Critical);
+/// assert_eq!(payments.keys, KeyMode::Required);
+/// assert_eq!(payments.failure, FailureMode::Closed);
+///
+/// // A low-risk route in its transition to fingerprinting, kept for a day.
+/// let avatar = Policy::for_risk(RiskClass::Low)
+///     .hash(HashPolicy::ReportOnly)
+///     .retention(Duration::from_secs(24 * 3600));
+/// assert_eq!(avatar.failure, FailureMode::Open);
+/// assert_eq!(avatar.risk, Some(RiskClass::Low));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether requests must carry a key.
+    pub keys: KeyMode,
+    /// What a reused key with a different request gets.
+    pub hash: HashPolicy,
+    /// What happens when the store cannot be reached.
+    pub failure: FailureMode,
+    /// How long a key counts after its request completed.
+    pub retention: Duration,
+    /// The class the defaults came from, if any (for documentation and logs).
+    pub risk: Option<RiskClass>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            risk: None,
+            ..Policy::for_risk(RiskClass::High)
+        }
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl Policy {
+    /// The defaults of a risk class.
+    pub fn for_risk(class: RiskClass) -> Policy {
+        let (keys, failure, retention) = match class {
+            RiskClass::Critical => (KeyMode::Required, FailureMode::Closed, 7 * 24 * HOUR),
+            RiskClass::High => (KeyMode::Required, FailureMode::Closed, 24 * HOUR),
+            RiskClass::Medium => (KeyMode::Optional, FailureMode::Closed, 24 * HOUR),
+            RiskClass::Low => (KeyMode::Optional, FailureMode::Open, HOUR),
+        };
+        Policy {
+            keys,
+            hash: HashPolicy::Strict,
+            failure,
+            retention,
+            risk: Some(class),
+        }
+    }
+
+    /// Whether requests must carry a key.
+    pub fn keys(mut self, keys: KeyMode) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// What a reused key with a different request gets.
+    pub fn hash(mut self, hash: HashPolicy) -> Self {
+        self.hash = hash;
+        self
+    }
+
+    /// What happens when the store cannot be reached.
+    pub fn failure(mut self, failure: FailureMode) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// How long a key counts after its request completed.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn critical_routes_require_keys_are_strict_and_fail_closed() {
+        let p = Policy::for_risk(RiskClass::Critical);
+        assert_eq!(
+            (p.keys, p.hash, p.failure),
+            (KeyMode::Required, HashPolicy::Strict, FailureMode::Closed)
+        );
+        assert!(p.retention >= Policy::for_risk(RiskClass::High).retention);
+    }
+
+    #[test]
+    fn low_risk_routes_take_optional_keys_and_fail_open() {
+        let p = Policy::for_risk(RiskClass::Low);
+        assert_eq!((p.keys, p.failure), (KeyMode::Optional, FailureMode::Open));
+    }
+
+    #[test]
+    fn only_low_risk_fails_open_and_the_default_is_the_layer_s_own() {
+        for class in [RiskClass::Critical, RiskClass::High, RiskClass::Medium] {
+            assert_eq!(
+                Policy::for_risk(class).failure,
+                FailureMode::Closed,
+                "{class:?}"
+            );
+        }
+        let default = Policy::default();
+        assert_eq!(
+            (
+                default.keys,
+                default.hash,
+                default.failure,
+                default.retention
+            ),
+            (
+                KeyMode::Required,
+                HashPolicy::Strict,
+                FailureMode::Closed,
+                24 * HOUR
+            )
+        );
+    }
+
+    #[test]
+    fn each_field_can_be_overridden() {
+        let p = Policy::for_risk(RiskClass::Critical)
+            .keys(KeyMode::Optional)
+            .hash(HashPolicy::ReportOnly)
+            .failure(FailureMode::Open)
+            .retention(HOUR);
+        assert_eq!(
+            (p.keys, p.hash, p.failure, p.retention, p.risk),
+            (
+                KeyMode::Optional,
+                HashPolicy::ReportOnly,
+                FailureMode::Open,
+                HOUR,
+                Some(RiskClass::Critical)
+            )
+        );
+    }
+}

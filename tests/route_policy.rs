@@ -1,0 +1,93 @@
+//! A route's policy, declared with its layer: risk classes set whether a key is
+//! required, and the report-only hash policy replays a changed request's stored answer
+//! instead of refusing it (the transition to fingerprinting).
+
+use idem_axum::IdempotencyLayer;
+use idem_core::policy::{HashPolicy, Policy, RiskClass};
+use idem_tests::{effects_app, problem_type, replayed, test_db};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_nothing() {
+    let db = test_db().await;
+    // No replay cache: the second and third requests go to the store, whose claim finds
+    // the mismatch; a fourth with a cache of its own answers from memory.
+    let (app, _) = effects_app(&db, |l: IdempotencyLayer| {
+        l.hash_policy(HashPolicy::ReportOnly).replay_cache(0)
+    })
+    .await;
+    let first = app
+        .post("/effects", "t1", Some("r1"), "a")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let first_body = first.text().await.expect("body");
+    for _ in 0..2 {
+        let changed = app
+            .post("/effects", "t1", Some("r1"), "b")
+            .send()
+            .await
+            .expect("changed");
+        assert_eq!(changed.status(), 201);
+        assert!(replayed(&changed), "the stored answer, marked replayed");
+        assert_eq!(changed.text().await.expect("body"), first_body);
+    }
+    assert_eq!(db.effects().await, 1, "the changed request did not run");
+
+    let (cached, _) = effects_app(&db, |l| l.hash_policy(HashPolicy::ReportOnly)).await;
+    for _ in 0..2 {
+        let changed = cached
+            .post("/effects", "t1", Some("r1"), "c")
+            .send()
+            .await
+            .expect("changed");
+        assert_eq!(changed.status(), 201);
+        assert_eq!(changed.text().await.expect("body"), first_body);
+    }
+    assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_route_still_refuses_the_changed_request() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
+    let first = app
+        .post("/effects", "t1", Some("s1"), "a")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let changed = app
+        .post("/effects", "t1", Some("s1"), "b")
+        .send()
+        .await
+        .expect("changed");
+    assert_eq!(changed.status(), 422);
+    assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_route_requires_a_key_and_a_low_risk_one_runs_without() {
+    let db = test_db().await;
+    let (critical, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
+    let refused = critical
+        .post("/effects", "t1", None, "a")
+        .send()
+        .await
+        .expect("refused");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(problem_type(refused).await, "urn:idem:problem:key-missing");
+    assert_eq!(db.effects().await, 0);
+
+    let (low, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Low))).await;
+    for _ in 0..2 {
+        let ran = low
+            .post("/effects", "t1", None, "a")
+            .send()
+            .await
+            .expect("ran");
+        assert_eq!(ran.status(), 201);
+        assert!(!replayed(&ran));
+    }
+    assert_eq!(db.effects().await, 2, "without a key each request runs");
+}
