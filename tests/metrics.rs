@@ -11,6 +11,7 @@ use axum::extract::Path;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::patch;
 use idem_axum::{ClientVersions, IdempotencyLayer, TenantId, TenantSource, Tx};
+use idem_core::policy::KeyMode;
 use idem_sqlx::StoreGauges;
 use idem_tests::{TestApp, TestDb, test_db};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -200,6 +201,46 @@ async fn a_request_whose_client_left_is_still_counted() {
     assert_eq!(send(&app, "/slow/1", Some("s1"), "x", None).await, 200);
     let replayed = [("route", "/slow/{id}"), ("outcome", "replayed")];
     assert_eq!(value("idem_requests_total", &replayed), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_counts_what_the_layer_would_have_done() {
+    let db = test_db().await;
+    let app = app("/observed/{id}", layer(&db).key_mode(KeyMode::Observe)).await;
+    assert_eq!(send(&app, "/observed/1", Some("o1"), "a", None).await, 200);
+    assert_eq!(send(&app, "/observed/1", Some("o1"), "a", None).await, 200);
+    assert_eq!(send(&app, "/observed/1", Some("o1"), "b", None).await, 200);
+    assert_eq!(send(&app, "/observed/1", Some("o2"), "a", None).await, 200);
+    let would = |would: &'static str| {
+        value(
+            "idem_observed_total",
+            &[("route", "/observed/{id}"), ("would", would)],
+        )
+    };
+    assert_eq!(would("execute"), Some(2.0));
+    assert_eq!(would("replay"), Some(1.0));
+    assert_eq!(would("mismatch"), Some(1.0));
+    let ran = [("route", "/observed/{id}"), ("outcome", "committed")];
+    assert_eq!(
+        value("idem_requests_total", &ran),
+        Some(4.0),
+        "all four ran"
+    );
+
+    // Two at once in this process: the second would have found the first in flight.
+    let slow = app_with(
+        "/observed-slow/{id}",
+        layer(&db).key_mode(KeyMode::Observe),
+        patch(slow_order),
+    )
+    .await;
+    let (a, b) = tokio::join!(
+        send(&slow, "/observed-slow/1", Some("s1"), "a", None),
+        send(&slow, "/observed-slow/1", Some("s1"), "a", None)
+    );
+    assert_eq!((a, b), (200, 200));
+    let in_flight = [("route", "/observed-slow/{id}"), ("would", "in_flight")];
+    assert_eq!(value("idem_observed_total", &in_flight), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 pub(crate) struct Config {
     pub(crate) header: HeaderName,
     pub(crate) methods: Vec<Method>,
-    pub(crate) key_required: bool,
+    pub(crate) key_mode: KeyMode,
     pub(crate) tenant: TenantSource,
     pub(crate) body_mode: BodyMode,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
@@ -56,7 +56,7 @@ impl Default for Config {
         Config {
             header: HeaderName::from_static(IDEMPOTENCY_KEY),
             methods: vec![Method::POST, Method::PATCH],
-            key_required: true,
+            key_mode: KeyMode::Required,
             tenant: TenantSource::Extension,
             body_mode: BodyMode::Raw,
             fingerprint_headers: Vec::new(),
@@ -95,7 +95,7 @@ impl Default for Config {
 /// |---|---|
 /// | [`header_name`](Self::header_name) | `Idempotency-Key` |
 /// | [`methods`](Self::methods) | POST, PATCH |
-/// | [`require_key`](Self::require_key) | `true` (400 without a key) |
+/// | [`require_key`](Self::require_key) / [`key_mode`](Self::key_mode) | required (400 without a key) |
 /// | [`tenant`](Self::tenant) | the [`TenantId`] request extension |
 /// | [`canonical_json`](Self::canonical_json) | off (raw body bytes) |
 /// | [`fingerprint_header`](Self::fingerprint_header) | none |
@@ -186,7 +186,18 @@ impl IdempotencyLayer {
     /// runs without idempotency: its handler still gets a `Tx`, committed on a final
     /// response, but no key is claimed and no response is stored.
     pub fn require_key(self, required: bool) -> Self {
-        self.with(|c| c.key_required = required)
+        self.key_mode(if required {
+            KeyMode::Required
+        } else {
+            KeyMode::Optional
+        })
+    }
+
+    /// Whether a key is required, optional, or only observed ([`KeyMode::Observe`]:
+    /// every request runs as without the layer, and what the layer would have done is
+    /// counted in `idem_observed_total`; the first step of a rollout).
+    pub fn key_mode(self, mode: KeyMode) -> Self {
+        self.with(|c| c.key_mode = mode)
     }
 
     /// Where the tenant comes from.
@@ -256,7 +267,7 @@ impl IdempotencyLayer {
     /// ```
     pub fn policy(self, policy: Policy) -> Self {
         self.with(|c| {
-            c.key_required = policy.keys == KeyMode::Required;
+            c.key_mode = policy.keys;
             c.hash_policy = policy.hash;
             c.failure_mode = policy.failure;
             c.retention = policy.retention;

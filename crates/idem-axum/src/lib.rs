@@ -54,6 +54,7 @@ mod handler;
 mod job;
 mod layer;
 mod observe;
+mod observing;
 mod problem;
 mod service;
 mod settle;

@@ -124,6 +124,19 @@ impl Observed {
     #[cfg(not(feature = "metrics"))]
     fn emit(&self, _outcome: Outcome, _decision: Option<Duration>, _overhead: Duration) {}
 
+    /// Counts what the layer would have done with a request in observe mode.
+    pub(crate) fn would(&self, would: idem_core::policy::Would) {
+        tracing::Span::current().record("idem.would", would.as_str());
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            names::OBSERVED,
+            names::METHOD => self.method,
+            names::ROUTE => self.route_label(),
+            names::WOULD => would.as_str(),
+        )
+        .increment(1);
+    }
+
     /// Records the size of a stored response.
     pub(crate) fn stored(&self, bytes: usize) {
         #[cfg(feature = "metrics")]

@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
+use idem_core::policy::KeyMode;
 use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
@@ -60,7 +61,7 @@ where
 
 /// The request's span, with OpenTelemetry's HTTP field names where one exists; the
 /// outcome, status and decision latency are recorded when the request finishes.
-macro_rules! request_span {
+macro_rules! request_span_impl {
     ($name:literal, $method:expr, $path:expr, $observed:expr $(, $($field:tt)+)?) => {
         tracing::info_span!(
             $name,
@@ -74,6 +75,8 @@ macro_rules! request_span {
         )
     };
 }
+
+pub(crate) use request_span_impl as request_span;
 
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]
@@ -94,6 +97,30 @@ pub struct ResponseFuture<E> {
 impl<E> std::fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> ResponseFuture<E> {
+    pub(crate) fn new(
+        inner: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<S> IdempotencyService<S> {
+    /// What every step of a request needs.
+    pub(crate) fn job(&self, observed: Arc<Observed>) -> Job {
+        Job {
+            config: self.config.clone(),
+            pool: self.pool.clone(),
+            flights: self.flights.clone(),
+            cache: self.cache.clone(),
+            tally: self.tally.clone(),
+            observed,
+        }
     }
 }
 
@@ -131,20 +158,16 @@ where
             return passthrough(inner, req);
         }
         let observed = Observed::start(&config, &req);
+        if config.key_mode == KeyMode::Observe {
+            return self.observing(inner, req, observed);
+        }
         let key = match read_key(&config, &req) {
             Ok(key) => key,
             Err(reason) => return ready(&observed, Problem::KeyInvalid { reason }),
         };
-        let job = Job {
-            config: config.clone(),
-            pool: self.pool.clone(),
-            flights: self.flights.clone(),
-            cache: self.cache.clone(),
-            tally: self.tally.clone(),
-            observed: observed.clone(),
-        };
+        let job = self.job(observed.clone());
         let Some(key) = key else {
-            if config.key_required {
+            if config.key_mode == KeyMode::Required {
                 let header = config.header.to_string();
                 return ready(&observed, Problem::KeyMissing { header });
             }
@@ -197,7 +220,7 @@ where
 /// Runs a job in its own task, so a client that disconnects (dropping the response
 /// future) cannot cut the claim -> handler -> commit section in half. The request is
 /// reported in that task too: a request whose client left is still counted.
-async fn spawned<E: Send + 'static>(
+pub(crate) async fn spawned<E: Send + 'static>(
     observed: Arc<Observed>,
     job: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
 ) -> Result<Response<Body>, E> {
@@ -233,7 +256,10 @@ fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFu
     }
 }
 
-fn read_key(config: &Config, req: &Request<Body>) -> Result<Option<IdempotencyKey>, String> {
+pub(crate) fn read_key(
+    config: &Config,
+    req: &Request<Body>,
+) -> Result<Option<IdempotencyKey>, String> {
     let mut values = req.headers().get_all(&config.header).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -249,7 +275,7 @@ fn read_key(config: &Config, req: &Request<Body>) -> Result<Option<IdempotencyKe
         .map_err(|e: KeyError| e.to_string())
 }
 
-fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
+pub(crate) fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
     let path = parts
         .uri
         .path_and_query()

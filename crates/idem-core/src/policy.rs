@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-/// Whether requests must carry a key.
+/// Whether requests must carry a key, and what a key does: the steps of a rollout
+/// are `Observe`, then `Optional`, then `Required` (then a strict [`HashPolicy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyMode {
     /// A request without a key is refused (400 `key-missing`).
@@ -13,6 +14,50 @@ pub enum KeyMode {
     /// A request without a key runs without idempotency (its handler still gets a
     /// transaction, committed on a final answer).
     Optional,
+    /// Passive key logging: every request runs as if the layer claimed nothing (its
+    /// handler gets a transaction, committed on a final answer). A key is recorded with
+    /// its fingerprint, and what the layer [`Would`] have done is counted. Nothing is
+    /// answered from storage, nothing stored is ever replayed.
+    Observe,
+}
+
+/// What the layer would have done with a keyed request, in observe mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Would {
+    /// Run it: the key is new (or past its retention).
+    Execute,
+    /// Replay the first request's answer: the same key and request came before.
+    Replay,
+    /// Refuse it as a mismatch: the key came before with a different request.
+    Mismatch,
+    /// Answer 409 `in-flight` (or wait): the key's first request is still running in
+    /// this process.
+    InFlight,
+}
+
+impl Would {
+    /// What the layer would have done, from what the observation found: `previous` is
+    /// `None` for a key not seen within its retention, else whether the earlier request
+    /// had the same fingerprint; `concurrent` when a request with the key is running
+    /// in this process.
+    pub fn from_observation(previous: Option<bool>, concurrent: bool) -> Would {
+        match (previous, concurrent) {
+            (Some(false), _) => Would::Mismatch,
+            (_, true) => Would::InFlight,
+            (Some(true), false) => Would::Replay,
+            (None, false) => Would::Execute,
+        }
+    }
+
+    /// The label value: stable, snake_case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Would::Execute => "execute",
+            Would::Replay => "replay",
+            Would::Mismatch => "mismatch",
+            Would::InFlight => "in_flight",
+        }
+    }
 }
 
 /// What a key reused with a different request (another fingerprint) gets.
@@ -189,6 +234,16 @@ mod tests {
                 24 * HOUR
             )
         );
+    }
+
+    #[test]
+    fn an_observation_says_what_the_layer_would_have_done() {
+        assert_eq!(Would::from_observation(None, false), Would::Execute);
+        assert_eq!(Would::from_observation(Some(true), false), Would::Replay);
+        assert_eq!(Would::from_observation(Some(false), false), Would::Mismatch);
+        assert_eq!(Would::from_observation(Some(false), true), Would::Mismatch);
+        assert_eq!(Would::from_observation(Some(true), true), Would::InFlight);
+        assert_eq!(Would::from_observation(None, true), Would::InFlight);
     }
 
     #[test]

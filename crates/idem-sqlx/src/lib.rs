@@ -63,6 +63,7 @@ mod migrate;
 #[cfg(feature = "nats")]
 mod nats;
 mod observe;
+mod observed;
 mod outbox;
 mod relay;
 mod replays;
@@ -78,6 +79,7 @@ pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, record,
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
 pub use nats::JetStreamSink;
+pub use observed::observe_key;
 pub use outbox::{
     CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, Message, NOTIFY_SPACING, OUTBOX_CHANNEL,
     OutboxMessage, OutboxWaker, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT, TRACESTATE,

@@ -18,6 +18,8 @@ pub struct Swept {
     pub outbox: u64,
     /// Inbox rows past the inbox window.
     pub inbox: u64,
+    /// Keys seen in observe mode, past their retention.
+    pub observed: u64,
 }
 
 /// Keeps idem's tables from growing forever. Each pass deletes, in batches of
@@ -28,7 +30,8 @@ pub struct Swept {
 /// - outbox messages delivered longer ago than `outbox_retention` (default 1 day);
 ///   pending and dead-lettered messages are never swept;
 /// - inbox rows first received longer ago than `inbox_window` (default 7 days); dead
-///   letters stay until redriven or purged.
+///   letters stay until redriven or purged;
+/// - keys seen in observe mode, past their retention.
 ///
 /// **The inbox window must exceed the broker's redelivery horizon**: the longest time
 /// after a message's first delivery at which the broker may still deliver it again
@@ -127,6 +130,7 @@ impl Sweeper {
                 .await?,
             outbox: self.drain(|| self.delivered_outbox()).await?,
             inbox: self.drain(|| self.old_inbox()).await?,
+            observed: self.drain(|| self.old_observations()).await?,
         })
     }
 
@@ -153,6 +157,18 @@ impl Sweeper {
                LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .bind(self.outbox_retention.as_secs_f64())
+        .bind(self.batch_size)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn old_observations(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
+               SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
+               LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        )
         .bind(self.batch_size)
         .execute(&self.pool)
         .await?;

@@ -39,6 +39,9 @@ pub const CLIENT_VERSION: &str = "client_version";
 pub const TOPIC: &str = "topic";
 /// Label: an inbox consumer's name.
 pub const CONSUMER: &str = "consumer";
+/// Label: what the layer would have done in observe mode
+/// ([`Would`](crate::policy::Would)).
+pub const WOULD: &str = "would";
 
 /// The `route` of a request that matched no route template (the layer was not added
 /// with `route_layer`, or the router had none), and of keys stored without one.
@@ -53,6 +56,8 @@ pub const DECISION_SECONDS: &str = "idem_decision_seconds";
 pub const OVERHEAD_SECONDS: &str = "idem_layer_overhead_seconds";
 /// The size of each stored response (body and replayed headers).
 pub const STORED_RESPONSE_BYTES: &str = "idem_stored_response_bytes";
+/// Keyed requests on routes in observe mode, by what the layer would have done.
+pub const OBSERVED: &str = "idem_observed_total";
 /// Keys replayed for the first time: their client retried and received the stored
 /// answer.
 pub const KEYS_RETRIED: &str = "idem_keys_retried_total";
@@ -117,6 +122,12 @@ pub const ALL: &[Metric] = &[
         kind: Kind::Histogram,
         labels: &[ROUTE],
         help: "Size of each stored response (body and replayed headers).",
+    },
+    Metric {
+        name: OBSERVED,
+        kind: Kind::Counter,
+        labels: &[METHOD, ROUTE, WOULD],
+        help: "Keyed requests on routes in observe mode, by what the layer would have done.",
     },
     Metric {
         name: KEYS_RETRIED,

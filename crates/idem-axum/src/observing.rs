@@ -1,0 +1,111 @@
+//! Observe mode (passive key logging, the first step of a rollout): every request runs
+//! as without the layer; a key is recorded with its fingerprint, and what the layer
+//! would have done is counted and logged.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::Request;
+use idem_core::policy::Would;
+use idem_core::{Fingerprint, IdempotencyKey, Outcome, TenantId};
+use tracing::Instrument;
+
+use crate::answer::outcome;
+use crate::body::read_body;
+use crate::flight::Join;
+use crate::job::Job;
+use crate::observe::{Observed, finished};
+use crate::service::{
+    IdempotencyService, Inner, ResponseBody, ResponseFuture, fingerprint, read_key, request_span,
+    spawned,
+};
+use crate::store::bounded;
+
+impl<S> IdempotencyService<S> {
+    /// A request on a route in observe mode. Without a usable key (none, an invalid
+    /// one, no tenant) it simply runs; with one, the sighting is recorded first.
+    pub(crate) fn observing<B>(
+        &self,
+        inner: S,
+        req: Request<Body>,
+        observed: Arc<Observed>,
+    ) -> ResponseFuture<S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        let config = self.config.clone();
+        let job = self.job(observed.clone());
+        let key = read_key(&config, &req).ok().flatten();
+        let (parts, body) = req.into_parts();
+        let tenant = key.as_ref().and_then(|_| config.tenant.resolve(&parts));
+        let (Some(key), Some(tenant)) = (key, tenant) else {
+            let req = Request::from_parts(parts, body);
+            let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
+            let fut = spawned(observed, job.run_unkeyed(inner, req));
+            return ResponseFuture::new(fut.instrument(span));
+        };
+        let span = request_span!(
+            "observed_request",
+            &parts.method,
+            parts.uri.path(),
+            observed,
+            idem.tenant = %tenant,
+            idem.key_hash = %key.short_hash(),
+            idem.would = tracing::field::Empty,
+        );
+        let fut = async move {
+            let body = match read_body(body, config.max_request_body).await {
+                Ok(body) => body,
+                Err(problem) => {
+                    let answer = outcome(problem.into_response(), Outcome::Rejected);
+                    return finished(&observed, Ok(answer));
+                }
+            };
+            let print = fingerprint(&config, &parts, &body);
+            // Another request of this process holding the key makes this one a
+            // concurrent duplicate; nobody waits on anybody.
+            let leader = match job.flights.join(&tenant, &key) {
+                Join::Leader(leader) => Some(leader),
+                Join::Follower(_) => None,
+            };
+            job.observe(&tenant, &key, print, leader.is_none()).await;
+            let req = Request::from_parts(parts, Body::from(body));
+            let answer = spawned(observed, job.run_unkeyed(inner, req)).await;
+            drop(leader);
+            answer
+        };
+        ResponseFuture::new(fut.instrument(span))
+    }
+}
+
+impl Job {
+    /// Records the sighting of a key and counts what the layer would have done with
+    /// it. A store that fails is logged; the request runs regardless.
+    async fn observe(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+        print: Fingerprint,
+        concurrent: bool,
+    ) {
+        let work = {
+            let (pool, tenant, key) = (self.pool.clone(), tenant.clone(), key.clone());
+            let route = self.observed.route().cloned();
+            let retention = self.config.retention;
+            async move {
+                idem_sqlx::observe_key(&pool, &tenant, &key, &print, route.as_deref(), retention)
+                    .await
+            }
+        };
+        match bounded(self.config.store_timeout, work, |_| async {}).await {
+            Some(Ok(previous)) => {
+                let would = Would::from_observation(previous, concurrent);
+                tracing::info!(would = would.as_str(), "idempotency key observed");
+                self.observed.would(would);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "observing the key failed"),
+            None => tracing::warn!("observing the key took longer than store_timeout"),
+        }
+    }
+}
