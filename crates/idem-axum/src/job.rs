@@ -11,11 +11,12 @@ use idem_core::{Decision, Outcome, decide};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
+use crate::Problem;
 use crate::answer::outcome;
 use crate::answer::{decided, in_flight};
 use crate::cache::ReplayCache;
 use crate::flight::{Flights, Join, Landed, Leader};
-use crate::handler::{Handled, run_handler};
+use crate::handler::{Handled, roll_back, run_handler};
 use crate::layer::{Config, FailureMode};
 use crate::observe::Observed;
 use crate::service::{Inner, ResponseBody};
@@ -75,6 +76,11 @@ impl Job {
         let tx = match open_keyed(&self.pool, &self.config, keyed).await {
             Opened::Tx(tx) => {
                 self.observed.decided();
+                if let Err(wait) = self.admit(&keyed.tenant) {
+                    roll_back(&self.config, tx).await;
+                    self.land(keyed, leader, Landed::Unknown);
+                    return Ok(rate_limited(wait));
+                }
                 tx
             }
             Opened::Answer(answer, landed) => {
@@ -141,6 +147,14 @@ impl Job {
         }
     }
 
+    /// Takes a new key from the tenant's allowance, when the route limits new keys.
+    fn admit(&self, tenant: &idem_core::TenantId) -> Result<(), std::time::Duration> {
+        match &self.config.new_keys {
+            Some(limiter) => limiter.admit(tenant),
+            None => Ok(()),
+        }
+    }
+
     /// Wakes the outbox relays after a commit, when the handler enqueued.
     pub(crate) fn committed(&self, enqueued: bool) {
         if let (true, Some(waker)) = (enqueued, &self.config.outbox_waker) {
@@ -202,4 +216,12 @@ impl Job {
             }
         }
     }
+}
+
+/// 429 `new-key-rate`, with the wait rounded up to whole seconds.
+fn rate_limited(wait: std::time::Duration) -> Response<Body> {
+    let retry_after =
+        std::time::Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+    let problem = Problem::NewKeyRateExceeded { retry_after };
+    outcome(problem.into_response(), Outcome::RateLimited)
 }

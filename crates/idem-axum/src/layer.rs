@@ -1,5 +1,6 @@
 //! The layer and its configuration builder.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tower::Layer;
 
 use crate::cache::ReplayCache;
 use crate::flight::Flights;
+use crate::limits::NewKeyLimiter;
 use crate::{IdempotencyService, TenantSource};
 
 /// The header that carries the key, by default.
@@ -49,6 +51,7 @@ pub(crate) struct Config {
     pub(crate) correlation_header: HeaderName,
     pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
     pub(crate) hash_policy: HashPolicy,
+    pub(crate) new_keys: Option<Arc<NewKeyLimiter>>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             correlation_header: HeaderName::from_static(CORRELATION_ID),
             client_versions: None,
             hash_policy: HashPolicy::Strict,
+            new_keys: None,
         }
     }
 }
@@ -104,6 +108,7 @@ impl Default for Config {
 /// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
 /// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
+/// | [`new_key_rate`](Self::new_key_rate) | none |
 /// | [`retention`](Self::retention) | 24 h |
 /// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
 /// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
@@ -251,6 +256,20 @@ impl IdempotencyLayer {
     /// `mismatch_reported` and answered with the stored response.
     pub fn hash_policy(self, policy: HashPolicy) -> Self {
         self.with(|c| c.hash_policy = policy)
+    }
+
+    /// Limits each tenant to `per_second` new keys a second, with bursts of `burst`
+    /// (`governor`'s GCRA). A request that would run its handler for a new key beyond
+    /// it gets 429 `new-key-rate` with Retry-After; its claim is rolled back and
+    /// nothing runs. Replays, mismatches and other answers from storage are never
+    /// limited, so a client retrying what it already sent is not punished for a storm.
+    /// Every service made from this layer (and its clones) shares the allowance; zero
+    /// for either number removes the limit.
+    pub fn new_key_rate(self, per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second)
+            .zip(NonZeroU32::new(burst))
+            .map(|(rate, burst)| Arc::new(NewKeyLimiter::new(rate, burst)));
+        self.with(|c| c.new_keys = limiter)
     }
 
     /// Applies a route's [`Policy`]: whether a key is required, the hash policy, the

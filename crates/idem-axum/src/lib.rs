@@ -53,6 +53,7 @@ mod flight;
 mod handler;
 mod job;
 mod layer;
+mod limits;
 mod observe;
 mod observing;
 mod problem;

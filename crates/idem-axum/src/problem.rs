@@ -41,6 +41,12 @@ pub enum Problem {
         /// The status configured for mismatches.
         status: StatusCode,
     },
+    /// 429 `new-key-rate`: the tenant claimed new keys faster than the route allows;
+    /// nothing ran. Replays of keys already used are not limited.
+    NewKeyRateExceeded {
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// 409 `in-flight`: a request with the same key is still running.
     InFlight {
         /// When to retry.
@@ -113,6 +119,7 @@ impl Problem {
             Problem::BodyUnreadable => "body-unreadable",
             Problem::KeyMismatch { .. } => "key-mismatch",
             Problem::InFlight { .. } => "in-flight",
+            Problem::NewKeyRateExceeded { .. } => "new-key-rate",
             Problem::ResponseNotStored { .. } => "response-not-stored",
             Problem::StoreUnavailable { .. } => "store-unavailable",
             Problem::CommitFailed { .. } => "commit-failed",
@@ -136,6 +143,7 @@ impl Problem {
             Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::KeyMismatch { status } => *status,
             Problem::InFlight { .. } => StatusCode::CONFLICT,
+            Problem::NewKeyRateExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } | Problem::CommitFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -159,6 +167,7 @@ impl Problem {
             Problem::BodyUnreadable => "Request body unreadable",
             Problem::KeyMismatch { .. } => "Idempotency key reused for a different request",
             Problem::InFlight { .. } => "Request with this idempotency key in progress",
+            Problem::NewKeyRateExceeded { .. } => "Too many new idempotency keys",
             Problem::ResponseNotStored { .. } => "Original response not stored",
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
             Problem::CommitFailed { .. } => "Request not committed",
@@ -190,6 +199,11 @@ impl Problem {
                 .into(),
             Problem::InFlight { retry_after } => format!(
                 "A request with this idempotency key is still being processed. Retry in {} s.",
+                retry_after.as_secs().max(1)
+            ),
+            Problem::NewKeyRateExceeded { retry_after } => format!(
+                "Too many requests with new idempotency keys; retry in {} s. Retries of \
+                 requests already made are not limited.",
                 retry_after.as_secs().max(1)
             ),
             Problem::ResponseNotStored { original_status } => format!(
@@ -226,6 +240,7 @@ impl Problem {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Problem::InFlight { retry_after }
+            | Problem::NewKeyRateExceeded { retry_after }
             | Problem::StoreUnavailable { retry_after }
             | Problem::CommitFailed { retry_after } => Some(*retry_after),
             _ => None,

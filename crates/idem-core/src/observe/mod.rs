@@ -34,6 +34,9 @@ pub enum Outcome {
     /// The request was refused before anything ran: key missing or invalid, tenant
     /// unresolved, body too large or unreadable.
     Rejected,
+    /// The tenant claimed new keys faster than its configured rate: 429 + Retry-After,
+    /// nothing ran (replays are never limited).
+    RateLimited,
     /// The handler answered something that is not final (a 5xx, 408, 409, 425, 429)
     /// or its response body failed: its writes were rolled back, nothing stored.
     RolledBack,
@@ -64,7 +67,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of the README's table.
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
@@ -73,6 +76,7 @@ impl Outcome {
         Outcome::MismatchReported,
         Outcome::InFlight,
         Outcome::Rejected,
+        Outcome::RateLimited,
         Outcome::RolledBack,
         Outcome::RecordedAfterAbort,
         Outcome::StoreUnavailable,
@@ -97,6 +101,7 @@ impl Outcome {
             Outcome::MismatchReported => "mismatch_reported",
             Outcome::InFlight => "in_flight",
             Outcome::Rejected => "rejected",
+            Outcome::RateLimited => "rate_limited",
             Outcome::RolledBack => "rolled_back",
             Outcome::RecordedAfterAbort => "recorded_after_abort",
             Outcome::StoreUnavailable => "store_unavailable",

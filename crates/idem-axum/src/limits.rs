@@ -1,0 +1,77 @@
+//! Limits against key storms: a rate of new keys per tenant, through `governor`.
+//! Replays and other answers from storage are never limited: only a request that
+//! would run a handler for a key not seen before.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use idem_core::TenantId;
+
+/// How many tenants the limiter tracks before it forgets those with a full bucket.
+const TRACKED_TENANTS: usize = 10_000;
+
+/// The rate of new keys each tenant may claim.
+pub(crate) struct NewKeyLimiter {
+    limiter: DefaultKeyedRateLimiter<TenantId>,
+    clock: DefaultClock,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+}
+
+impl std::fmt::Debug for NewKeyLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKeyLimiter")
+            .field("per_second", &self.per_second)
+            .field("burst", &self.burst)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewKeyLimiter {
+    pub(crate) fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        NewKeyLimiter {
+            limiter: RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            per_second,
+            burst,
+        }
+    }
+
+    /// Takes one new key from `tenant`'s allowance; `Err(wait)` when it has none left
+    /// for `wait`.
+    pub(crate) fn admit(&self, tenant: &TenantId) -> Result<(), Duration> {
+        if self.limiter.len() > TRACKED_TENANTS {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(tenant)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tenant_has_its_own_allowance() {
+        let three = NonZeroU32::new(3).expect("3");
+        let limiter = NewKeyLimiter::new(NonZeroU32::MIN, three);
+        let (a, b) = (
+            TenantId::new("a").expect("a"),
+            TenantId::new("b").expect("b"),
+        );
+        for _ in 0..3 {
+            assert!(limiter.admit(&a).is_ok());
+        }
+        let wait = limiter.admit(&a).expect_err("a's burst is used");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(limiter.admit(&b).is_ok(), "b is not a's storm");
+    }
+}

@@ -1,0 +1,76 @@
+//! A tenant that claims new keys faster than the route allows is refused with 429 and
+//! Retry-After, while another tenant's requests, and the storming tenant's own
+//! retries of what it already sent, go on.
+
+use idem_tests::{effects_app, problem_type, replayed, test_db};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served() {
+    let db = test_db().await;
+    // 1 new key a second per tenant, bursts of 5: the storm's 40 keys come within a
+    // second or two.
+    let (app, _) = effects_app(&db, |l| l.new_key_rate(1, 5)).await;
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let key = format!("storm-{i}");
+        let response = app
+            .post("/effects", "storm", Some(&key), "x")
+            .send()
+            .await
+            .expect("answered");
+        match response.status().as_u16() {
+            201 => admitted.push(key),
+            429 => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .expect("a Retry-After in seconds");
+                assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+                assert_eq!(
+                    problem_type(response).await,
+                    "urn:idem:problem:new-key-rate"
+                );
+                refused += 1;
+            }
+            other => panic!("{key}: {other}"),
+        }
+    }
+    assert!(
+        (5..=8).contains(&admitted.len()),
+        "admitted {}",
+        admitted.len()
+    );
+    assert_eq!(refused, 40 - admitted.len());
+    assert_eq!(
+        db.effects().await,
+        admitted.len() as i64,
+        "refused requests ran nothing"
+    );
+    assert_eq!(
+        db.keys().await,
+        admitted.len() as i64,
+        "and claimed nothing"
+    );
+
+    // Meanwhile: another tenant's new keys, and the storming tenant's retries.
+    for i in 0..5 {
+        let calm = app
+            .post("/effects", "calm", Some(&format!("calm-{i}")), "x")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(calm.status(), 201, "the other tenant is served");
+    }
+    for key in &admitted {
+        let retry = app
+            .post("/effects", "storm", Some(key), "x")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(retry.status(), 201, "a retry is not limited");
+        assert!(replayed(&retry));
+    }
+}
