@@ -7,7 +7,10 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 pub use idem_core::policy::FailureMode;
 use idem_core::policy::{HashPolicy, KeyMode, Policy};
-use idem_core::{BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, TenantId};
+use idem_core::protect::KeyProtection;
+use idem_core::{
+    BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, IdempotencyKey, TenantId,
+};
 use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
 use sqlx::PgPool;
 use tower::Layer;
@@ -52,6 +55,17 @@ pub(crate) struct Config {
     pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
     pub(crate) hash_policy: HashPolicy,
     pub(crate) new_keys: Option<Arc<NewKeyLimiter>>,
+    pub(crate) key_protection: Option<KeyProtection>,
+}
+
+impl Config {
+    /// The key as the store keeps it: protected when the layer protects keys.
+    pub(crate) fn stored_key(&self, tenant: &TenantId, key: IdempotencyKey) -> IdempotencyKey {
+        match &self.key_protection {
+            Some(protection) => protection.protect(tenant, &key),
+            None => key,
+        }
+    }
 }
 
 impl Default for Config {
@@ -81,6 +95,7 @@ impl Default for Config {
             client_versions: None,
             hash_policy: HashPolicy::Strict,
             new_keys: None,
+            key_protection: None,
         }
     }
 }
@@ -109,6 +124,7 @@ impl Default for Config {
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
 /// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
 /// | [`new_key_rate`](Self::new_key_rate) | none |
+/// | [`protect_keys`](Self::protect_keys) | off (keys stored as sent) |
 /// | [`retention`](Self::retention) | 24 h |
 /// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
 /// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
@@ -270,6 +286,18 @@ impl IdempotencyLayer {
             .zip(NonZeroU32::new(burst))
             .map(|(rate, burst)| Arc::new(NewKeyLimiter::new(rate, burst)));
         self.with(|c| c.new_keys = limiter)
+    }
+
+    /// Stores each key as its HMAC-SHA-256 under a server secret
+    /// ([`KeyProtection`]: `hmac:<id>:<hex>`) instead of as the client sent it, so a dump
+    /// of the database reveals no client keys. Every part of idem sees only the
+    /// protected key: the key rows, the outbox messages a handler enqueues with
+    /// [`Message::from_request`](idem_sqlx::Message::from_request), observe mode's
+    /// records, and the handler's own [`IdempotencyKey`](idem_core::IdempotencyKey)
+    /// extension. Keys stored before the switch are not found under their HMAC: see the
+    /// README for the migration.
+    pub fn protect_keys(self, protection: KeyProtection) -> Self {
+        self.with(|c| c.key_protection = Some(protection))
     }
 
     /// Applies a route's [`Policy`]: whether a key is required, the hash policy, the

@@ -63,6 +63,8 @@ mod store;
 mod tenant;
 mod tx;
 
+pub use idem_core::policy::{HashPolicy, KeyMode, Policy, RiskClass, Would};
+pub use idem_core::protect::KeyProtection;
 pub use idem_core::{
     ClientVersions, FinalStatuses, IdempotencyKey, Outcome, TenantId, TraceContext,
 };

@@ -45,6 +45,7 @@ impl<S> IdempotencyService<S> {
             let fut = spawned(observed, job.run_unkeyed(inner, req));
             return ResponseFuture::new(fut.instrument(span));
         };
+        let key = config.stored_key(&tenant, key);
         let span = request_span!(
             "observed_request",
             &parts.method,

@@ -183,6 +183,7 @@ where
         let Some(tenant) = config.tenant.resolve(&parts) else {
             return ready(&observed, Problem::TenantUnresolved);
         };
+        let key = config.stored_key(&tenant, key);
         let span = request_span!(
             "idempotent_request",
             &parts.method,

@@ -82,6 +82,11 @@ impl IdempotencyKey {
         let digest = Sha256::digest(self.0.as_bytes());
         hex::encode(&digest[..8])
     }
+
+    /// A protected key (`hmac:<id>:<hex>`), valid by construction.
+    pub(crate) fn from_protected(stored: String) -> Self {
+        IdempotencyKey(stored)
+    }
 }
 
 fn validate(key: &[u8]) -> Result<(), KeyError> {

@@ -58,6 +58,7 @@ mod fingerprint;
 mod key;
 pub mod observe;
 pub mod policy;
+pub mod protect;
 mod response;
 pub mod retry;
 mod streaming;
