@@ -137,10 +137,14 @@ pub struct Policy {
 }
 
 impl Default for Policy {
+    /// The layer's own defaults, which are [`RiskClass::High`]'s.
     fn default() -> Self {
         Policy {
+            keys: KeyMode::Required,
+            hash: HashPolicy::Strict,
+            failure: FailureMode::Closed,
+            retention: 24 * HOUR,
             risk: None,
-            ..Policy::for_risk(RiskClass::High)
         }
     }
 }
