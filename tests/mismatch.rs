@@ -214,3 +214,44 @@ async fn every_value_of_a_repeated_fingerprint_header_counts() {
     assert!(replayed(&same));
     assert_eq!(db.effects().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_selected_fields_a_changed_volatile_field_is_the_same_request() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.fingerprint_fields(["/amount", "/currency"])).await;
+    let first = app
+        .post(
+            "/effects",
+            "t1",
+            Some("f1"),
+            r#"{"amount":1,"currency":"EUR","sent_at":1}"#,
+        )
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let retry = app
+        .post(
+            "/effects",
+            "t1",
+            Some("f1"),
+            r#"{"sent_at":2,"currency":"EUR","amount":1}"#,
+        )
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status(), 201);
+    assert!(replayed(&retry), "a new sent_at is the same request");
+    let changed = app
+        .post(
+            "/effects",
+            "t1",
+            Some("f1"),
+            r#"{"amount":2,"currency":"EUR","sent_at":3}"#,
+        )
+        .send()
+        .await
+        .expect("changed");
+    assert_eq!(changed.status(), 422, "a new amount is not");
+    assert_eq!(db.effects().await, 1);
+}

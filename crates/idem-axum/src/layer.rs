@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub(crate) tenant: TenantSource,
     pub(crate) body_mode: BodyMode,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) fingerprint_fields: Option<Vec<String>>,
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) in_flight_wait: Duration,
@@ -77,6 +78,7 @@ impl Default for Config {
             tenant: TenantSource::Extension,
             body_mode: BodyMode::Raw,
             fingerprint_headers: Vec::new(),
+            fingerprint_fields: None,
             max_request_body: 1024 * 1024,
             max_response_body: 1024 * 1024,
             in_flight_wait: Duration::from_secs(5),
@@ -118,6 +120,7 @@ impl Default for Config {
 /// | [`tenant`](Self::tenant) | the [`TenantId`] request extension |
 /// | [`canonical_json`](Self::canonical_json) | off (raw body bytes) |
 /// | [`fingerprint_header`](Self::fingerprint_header) | none |
+/// | [`fingerprint_fields`](Self::fingerprint_fields) | the whole body |
 /// | [`max_request_body`](Self::max_request_body) | 1 MiB (413 beyond) |
 /// | [`max_response_body`](Self::max_response_body) | 1 MiB (passed through, not stored, beyond) |
 /// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
@@ -241,6 +244,19 @@ impl IdempotencyLayer {
     /// account header that changes what the request means).
     pub fn fingerprint_header(self, name: HeaderName) -> Self {
         self.with(|c| c.fingerprint_headers.push(name))
+    }
+
+    /// Fingerprints only these fields of a JSON body, each a JSON pointer (RFC 6901:
+    /// `/amount`, `/payee/iban`), as canonical JSON: for clients that put volatile
+    /// fields (a timestamp, a trace id) in the bodies of their retries. A listed field
+    /// that is absent counts as absent; a body that is not JSON is fingerprinted raw.
+    pub fn fingerprint_fields<I, S>(self, pointers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let pointers = pointers.into_iter().map(Into::into).collect();
+        self.with(|c| c.fingerprint_fields = Some(pointers))
     }
 
     /// The largest request body the layer buffers; larger ones get 413.

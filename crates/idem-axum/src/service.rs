@@ -286,5 +286,9 @@ pub(crate) fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Finger
         let values = parts.headers.get_all(name).iter();
         builder = builder.header_values(name.as_str(), values.map(|v| v.as_bytes()));
     }
-    builder.body(body, config.body_mode).finish()
+    match &config.fingerprint_fields {
+        Some(pointers) => builder.body_fields(body, pointers),
+        None => builder.body(body, config.body_mode),
+    }
+    .finish()
 }

@@ -190,10 +190,74 @@ impl FingerprintBuilder {
         self
     }
 
+    /// Adds only some fields of a JSON body, each named by a JSON pointer (RFC 6901,
+    /// `/amount`, `/items/0/sku`), as canonical JSON: for clients that add volatile
+    /// fields (timestamps, trace ids) to the bodies of their retries. A field that is
+    /// absent counts as absent (so adding it makes a different request); a body that
+    /// is not canonical JSON is hashed raw, under a distinct tag.
+    ///
+    /// ```
+    /// use idem_core::Fingerprint;
+    ///
+    /// let fields = ["/amount", "/currency"];
+    /// let a = Fingerprint::builder("POST", "/payments")
+    ///     .body_fields(br#"{"amount":100,"currency":"EUR","sent_at":"10:00:01"}"#, &fields)
+    ///     .finish();
+    /// let b = Fingerprint::builder("POST", "/payments")
+    ///     .body_fields(br#"{"sent_at":"10:00:07","currency":"EUR","amount":100}"#, &fields)
+    ///     .finish();
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn body_fields<P: AsRef<str>>(mut self, body: &[u8], pointers: &[P]) -> Self {
+        if canonical_json(body).is_none() {
+            self.part(b"body-raw-not-json");
+            self.part(body);
+            return self;
+        }
+        self.part(b"body-fields");
+        for pointer in pointers {
+            let pointer = pointer.as_ref();
+            self.part(pointer.as_bytes());
+            match json_pointer(body, pointer).and_then(|raw| canonical_json(raw.as_bytes())) {
+                Some(canonical) => {
+                    self.part(b"present");
+                    self.part(&canonical);
+                }
+                None => self.part(b"absent"),
+            }
+        }
+        self
+    }
+
     /// Produces the digest.
     pub fn finish(self) -> Fingerprint {
         Fingerprint(self.hasher.finalize().into())
     }
+}
+
+/// The text of the value `pointer` (RFC 6901) names in the JSON document `body`, as
+/// sent. `None` when it names nothing. `""` names the whole document.
+fn json_pointer<'a>(body: &'a [u8], pointer: &str) -> Option<&'a str> {
+    let mut current: &RawValue = serde_json::from_slice(body).ok()?;
+    if pointer.is_empty() {
+        return Some(current.get());
+    }
+    for token in pointer.strip_prefix('/')?.split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let text = current.get();
+        current = if text.starts_with('{') {
+            let object: std::collections::BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).ok()?;
+            object.get(&token).copied()?
+        } else if text.starts_with('[') {
+            let array: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            let index: usize = token.parse().ok()?;
+            array.get(index).copied()?
+        } else {
+            return None;
+        };
+    }
+    Some(current.get())
 }
 
 /// How deeply arrays and objects may nest in a body that [`canonical_json`] accepts:
@@ -454,6 +518,50 @@ mod tests {
                 BodyMode::Raw
             )
         );
+    }
+
+    fn fields(body: &str, pointers: &[&str]) -> Fingerprint {
+        Fingerprint::builder("POST", "/p")
+            .body_fields(body.as_bytes(), pointers)
+            .finish()
+    }
+
+    #[test]
+    fn selected_fields_ignore_the_others_but_not_their_own_values() {
+        let pointers = ["/amount", "/payee/iban"];
+        let a = fields(
+            r#"{"amount":100,"payee":{"iban":"DE1","name":"A"},"ts":1}"#,
+            &pointers,
+        );
+        let b = fields(
+            r#"{"ts":2,"payee":{"name":"B","iban":"DE1"},"amount":100}"#,
+            &pointers,
+        );
+        assert_eq!(a, b, "other fields and key order do not count");
+        let c = fields(r#"{"amount":101,"payee":{"iban":"DE1"}}"#, &pointers);
+        assert_ne!(a, c, "a selected field's value counts");
+        let d = fields(r#"{"amount":100}"#, &pointers);
+        assert_ne!(a, d, "an absent field is not the same as a present one");
+        let big = fields(r#"{"amount":12345678901234567890123}"#, &["/amount"]);
+        let bigger = fields(r#"{"amount":12345678901234567890124}"#, &["/amount"]);
+        assert_ne!(big, bigger, "numbers compare by their exact text");
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        let body = br#"{"a/b":{"m~n":[10,{"x":true}]}}"#;
+        assert_eq!(json_pointer(body, "/a~1b/m~0n/1/x"), Some("true"));
+        assert_eq!(json_pointer(body, "/a~1b/m~0n/0"), Some("10"));
+        assert_eq!(json_pointer(body, "/a~1b/m~0n/2"), None);
+        assert_eq!(json_pointer(body, "/missing"), None);
+        assert_eq!(json_pointer(body, "no-slash"), None);
+        assert!(json_pointer(body, "").is_some());
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_hashed_raw_in_fields_mode() {
+        assert_ne!(fields("not json", &["/a"]), fields("not jsoN", &["/a"]));
+        assert_eq!(fields("not json", &["/a"]), fields("not json", &["/a"]));
     }
 
     fn canonical(text: &str) -> Option<String> {
