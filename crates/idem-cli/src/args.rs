@@ -1,0 +1,169 @@
+//! The command line.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+/// The idem operator command.
+#[derive(Parser, Debug)]
+#[command(
+    name = "idem",
+    version,
+    about = "Operate idem's tables: keys, outbox, inbox"
+)]
+pub struct Cli {
+    /// The database idem's tables live in.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Idempotency keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The transactional outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// The inbox of idempotent consumers.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+    /// Messages the outbox delivered that a consumer's inbox never recorded.
+    Reconcile {
+        /// The consumer whose inbox is checked.
+        #[arg(long)]
+        consumer: String,
+        /// Delivered since: an RFC 3339 time, or an age such as 30m, 2h, 7d.
+        #[arg(long, value_parser = parse_since)]
+        since: DateTime<Utc>,
+        /// Only messages of this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Deletes expired keys, old delivered outbox messages and old inbox rows now.
+    Sweep {
+        /// Rows per statement.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: i64,
+    },
+    /// Runs idem's migrations.
+    Migrate,
+}
+
+/// Which key.
+#[derive(Args, Debug)]
+pub struct KeyRef {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The key, as the client sent it.
+    #[arg(long)]
+    pub key: String,
+    /// The layer's key secret, as hex, when it protects keys (`protect_keys`).
+    #[arg(long, env = "IDEM_KEY_SECRET_HEX", hide_env_values = true)]
+    pub key_secret_hex: Option<String>,
+    /// The id of that secret.
+    #[arg(long, default_value = "1")]
+    pub key_secret_id: String,
+}
+
+/// `idem keys ...`
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// A key's status, stored response and replays.
+    Show(KeyRef),
+    /// Deletes a key: its next request runs as new.
+    Evict(KeyRef),
+    /// Keys per day and route: count, bytes, replays.
+    Stats {
+        /// How many days back.
+        #[arg(long, default_value_t = 7)]
+        days: i32,
+    },
+}
+
+/// `idem outbox ...`
+#[derive(Subcommand, Debug)]
+pub enum OutboxCommand {
+    /// Pending, delivered and dead messages per topic, and the oldest pending's age.
+    Status,
+    /// Dead-lettered messages, oldest first.
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Makes a dead letter pending again.
+    Redrive {
+        /// The message id.
+        id: Uuid,
+    },
+    /// Deletes a dead letter.
+    Purge {
+        /// The message id.
+        id: Uuid,
+    },
+}
+
+/// `idem inbox ...`
+#[derive(Subcommand, Debug)]
+pub enum InboxCommand {
+    /// Processed, failing and dead messages per consumer.
+    Status,
+    /// A consumer's dead letters.
+    Dead {
+        /// The consumer.
+        #[arg(long)]
+        consumer: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// An RFC 3339 time, or an age (`30s`, `30m`, `2h`, `7d`) before now.
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor an age like 2h"))?;
+    let age = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}`: the unit is one of s, m, h, d"))?;
+    Utc::now()
+        .checked_sub_signed(age)
+        .ok_or_else(|| format!("`{text}` is too far back"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_an_age() {
+        let at = parse_since("2026-11-24T10:00:00Z").expect("time");
+        assert_eq!(at.to_rfc3339(), "2026-11-24T10:00:00+00:00");
+        let two_hours = parse_since("2h").expect("age");
+        let ago = Utc::now() - two_hours;
+        assert!((ago.num_seconds() - 7200).abs() <= 5);
+        assert!(parse_since("2w").is_err());
+        assert!(parse_since("yesterday").is_err());
+        assert!(parse_since("").is_err());
+    }
+}

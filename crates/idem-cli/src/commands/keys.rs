@@ -1,0 +1,144 @@
+//! `idem keys show | evict | stats`.
+
+use chrono::{DateTime, Utc};
+use idem_core::protect::KeyProtection;
+use idem_core::{IdempotencyKey, TenantId};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+
+use super::{Error, Failure};
+use crate::args::{KeyRef, KeysCommand};
+
+/// How much of a stored body `keys show` prints.
+const BODY_PREVIEW: usize = 200;
+
+pub(super) async fn run(pool: &PgPool, command: &KeysCommand) -> Result<Value, Failure> {
+    match command {
+        KeysCommand::Show(key) => show(pool, key).await,
+        KeysCommand::Evict(key) => evict(pool, key).await,
+        KeysCommand::Stats { days } => stats(pool, *days).await,
+    }
+}
+
+/// The (tenant, key) as the store keeps it: protected with the layer's secret, when
+/// one is given.
+fn stored(key: &KeyRef) -> Result<(TenantId, IdempotencyKey), Error> {
+    let tenant = TenantId::new(key.tenant.clone()).map_err(|e| Error::Invalid(e.to_string()))?;
+    let raw = IdempotencyKey::parse(&key.key).map_err(|e| Error::Invalid(e.to_string()))?;
+    let Some(secret) = &key.key_secret_hex else {
+        return Ok((tenant, raw));
+    };
+    let secret = hex::decode(secret.trim())
+        .map_err(|_| Error::Invalid("--key-secret-hex is not hex".into()))?;
+    let protection = KeyProtection::hmac(&key.key_secret_id, &secret)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let protected = protection.protect(&tenant, &raw);
+    Ok((tenant, protected))
+}
+
+fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
+    Failure::NotFound(json!({
+        "found": false,
+        "tenant": tenant.as_str(),
+        "key": key.as_str(),
+    }))
+}
+
+async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
+    let (tenant, key) = stored(key)?;
+    let row = sqlx::query(
+        "SELECT method, path, route, response_status, response_header_names, \
+           response_header_values, response_body, created_at, completed_at, \
+           greatest(expires_at, completed_at + retention) AS expires_at, replays, \
+           greatest(expires_at, completed_at + retention) <= now() AS expired \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Err(not_found(&tenant, &key));
+    };
+    let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
+    let body: Option<Vec<u8>> = row.try_get("response_body")?;
+    let expired: bool = row.try_get("expired")?;
+    let status = match (expired, completed_at.is_some(), body.is_some()) {
+        (true, _, _) => "expired",
+        (false, false, _) => "in_flight",
+        (false, true, true) => "completed",
+        (false, true, false) => "completed_unstored",
+    };
+    let names: Vec<String> = row
+        .try_get::<Option<Vec<String>>, _>("response_header_names")?
+        .unwrap_or_default();
+    let values: Vec<Vec<u8>> = row
+        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
+        .unwrap_or_default();
+    let headers: Vec<Value> = names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| json!([n, String::from_utf8_lossy(v)]))
+        .collect();
+    let preview = body.as_ref().map(|b| {
+        let shown = &b[..b.len().min(BODY_PREVIEW)];
+        String::from_utf8_lossy(shown).into_owned()
+    });
+    Ok(json!({
+        "found": true,
+        "tenant": tenant.as_str(),
+        "key": key.as_str(),
+        "status": status,
+        "method": row.try_get::<String, _>("method")?,
+        "path": row.try_get::<String, _>("path")?,
+        "route": row.try_get::<Option<String>, _>("route")?,
+        "response_status": row.try_get::<Option<i16>, _>("response_status")?,
+        "response_headers": headers,
+        "body_bytes": body.as_ref().map(Vec::len),
+        "body_preview": preview,
+        "created_at": row.try_get::<DateTime<Utc>, _>("created_at")?,
+        "completed_at": completed_at,
+        "expires_at": row.try_get::<DateTime<Utc>, _>("expires_at")?,
+        "replays": row.try_get::<i32, _>("replays")?,
+    }))
+}
+
+async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
+    let (tenant, key) = stored(key)?;
+    let done = sqlx::query("DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2")
+        .bind(tenant.as_str())
+        .bind(key.as_str())
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_found(&tenant, &key));
+    }
+    Ok(json!({ "evicted": true, "tenant": tenant.as_str(), "key": key.as_str() }))
+}
+
+async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
+    let rows = sqlx::query(
+        "SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD') AS day, \
+           coalesce(route, 'unmatched') AS route, count(*) AS keys, \
+           coalesce(sum(pg_column_size(k.*)), 0)::int8 AS bytes, \
+           coalesce(sum(replays), 0)::int8 AS replays, \
+           count(*) FILTER (WHERE completed_at IS NULL) AS in_flight \
+         FROM idem.keys k WHERE created_at >= now() - make_interval(days => $1) \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(days)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(json!({
+            "day": row.try_get::<String, _>("day")?,
+            "route": row.try_get::<String, _>("route")?,
+            "keys": row.try_get::<i64, _>("keys")?,
+            "bytes": row.try_get::<i64, _>("bytes")?,
+            "replays": row.try_get::<i64, _>("replays")?,
+            "in_flight": row.try_get::<i64, _>("in_flight")?,
+        }));
+    }
+    Ok(Value::Array(out))
+}

@@ -1,0 +1,261 @@
+//! The `idem` binary run against real Postgres: keys made by the payments example over
+//! real HTTP, outbox and inbox rows in the states operators meet.
+
+use std::time::Duration;
+
+use idem_tests::{TestApp, TestDb, replayed, test_db};
+use serde_json::Value;
+
+const IDEM: &str = env!("CARGO_BIN_EXE_idem");
+const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR"}"#;
+
+/// Runs `idem --json <args>` against `db`: its exit code and its output as JSON.
+async fn idem(db: &TestDb, args: &[&str]) -> (i32, Value) {
+    let out = tokio::process::Command::new(IDEM)
+        .arg("--json")
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .expect("run idem");
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "idem {args:?} exited {code} without JSON:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, json)
+}
+
+async fn pay(app: &TestApp, key: &str) -> reqwest::Response {
+    app.post("/payments", "acme", Some(key), PAYMENT)
+        .send()
+        .await
+        .expect("POST /payments")
+}
+
+async fn exec(db: &TestDb, sql: &'static str) {
+    sqlx::raw_sql(sql).execute(&db.pool).await.expect(sql);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_show_prints_a_key_s_status_response_and_replays() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    assert_eq!(pay(&app, "k1").await.status(), 201);
+    assert!(replayed(&pay(&app, "k1").await));
+    // The replay is counted on the row about a second later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let (code, shown) = idem(&db, &["keys", "show", "--tenant", "acme", "--key", "k1"]).await;
+        assert_eq!(code, 0, "{shown}");
+        if shown["replays"] == 1 || tokio::time::Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["response_status"], 201);
+    assert_eq!(shown["route"], "/payments");
+    assert_eq!(shown["replays"], 1);
+    let preview = shown["body_preview"].as_str().expect("a body preview");
+    assert!(preview.contains("\"amount\":1250"), "{preview}");
+    let headers = shown["response_headers"].to_string();
+    assert!(headers.contains("location"), "{headers}");
+
+    let (code, missing) = idem(&db, &["keys", "show", "--tenant", "acme", "--key", "nope"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(missing["found"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_evict_makes_the_next_request_run_as_new() {
+    let db = test_db().await;
+    // Without the replay cache: a process that keeps the finished record in memory
+    // answers from it until it expires there (see the README).
+    let layer = payments::idempotency(db.pool.clone()).replay_cache(0);
+    let app = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
+    assert_eq!(pay(&app, "k2").await.status(), 201);
+    let (code, evicted) = idem(&db, &["keys", "evict", "--tenant", "acme", "--key", "k2"]).await;
+    assert_eq!((code, &evicted["evicted"]), (0, &Value::Bool(true)));
+    let again = pay(&app, "k2").await;
+    assert_eq!(again.status(), 201);
+    assert!(!replayed(&again), "the evicted key runs as new");
+    assert_eq!(db.payments().await, 2);
+    let (code, _) = idem(&db, &["keys", "evict", "--tenant", "other", "--key", "k2"]).await;
+    assert_eq!(code, 2, "nothing to evict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stats_counts_keys_per_day_and_route() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    for key in ["s1", "s2", "s3"] {
+        assert_eq!(pay(&app, key).await.status(), 201);
+    }
+    let (code, stats) = idem(&db, &["keys", "stats", "--days", "1"]).await;
+    assert_eq!(code, 0);
+    let rows = stats.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{stats}");
+    assert_eq!(rows[0]["route"], "/payments");
+    assert_eq!(rows[0]["keys"], 3);
+    assert!(rows[0]["bytes"].as_i64().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_status_lists_and_repairs_dead_letters() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    for key in ["o1", "o2"] {
+        assert_eq!(pay(&app, key).await.status(), 201);
+    }
+    exec(
+        &db,
+        "UPDATE idem.outbox SET dead_lettered_at = now(), last_error = 'broker said no' \
+         WHERE id = (SELECT id FROM idem.outbox ORDER BY id LIMIT 1)",
+    )
+    .await;
+    let (_, status) = idem(&db, &["outbox", "status"]).await;
+    assert_eq!(status[0]["topic"], "payments.created");
+    assert_eq!(
+        (&status[0]["pending"], &status[0]["dead"]),
+        (&1.into(), &1.into())
+    );
+
+    let (_, dead) = idem(&db, &["outbox", "dead-letters"]).await;
+    let dead = dead.as_array().expect("dead letters").clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["last_error"], "broker said no");
+    let id = dead[0]["id"].as_str().expect("id").to_owned();
+
+    let (code, _) = idem(&db, &["outbox", "redrive", &id]).await;
+    assert_eq!(code, 0);
+    let (_, status) = idem(&db, &["outbox", "status"]).await;
+    assert_eq!(
+        (&status[0]["pending"], &status[0]["dead"]),
+        (&2.into(), &0.into())
+    );
+    let (code, _) = idem(&db, &["outbox", "redrive", &id]).await;
+    assert_eq!(code, 2, "no longer a dead letter");
+
+    exec(&db, "UPDATE idem.outbox SET dead_lettered_at = now()").await;
+    let (code, _) = idem(&db, &["outbox", "purge", &id]).await;
+    assert_eq!(code, 0);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idem.outbox")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_status_and_dead_letters_per_consumer() {
+    let db = test_db().await;
+    exec(
+        &db,
+        "INSERT INTO idem.inbox (consumer, message_id, processed_at) \
+           VALUES ('ledger', gen_random_uuid(), now()), ('ledger', gen_random_uuid(), now()); \
+         INSERT INTO idem.inbox (consumer, message_id, attempts, last_error) \
+           VALUES ('ledger', gen_random_uuid(), 2, 'timeout'); \
+         INSERT INTO idem.inbox (consumer, message_id, attempts, last_error, dead_at, subject, payload) \
+           VALUES ('ledger', gen_random_uuid(), 5, 'poison', now(), 'payments.created', 'x')",
+    )
+    .await;
+    let (_, status) = idem(&db, &["inbox", "status"]).await;
+    assert_eq!(status[0]["consumer"], "ledger");
+    assert_eq!(
+        (
+            &status[0]["processed"],
+            &status[0]["failing"],
+            &status[0]["dead"]
+        ),
+        (&2.into(), &1.into(), &1.into())
+    );
+    let (_, dead) = idem(&db, &["inbox", "dead", "--consumer", "ledger"]).await;
+    assert_eq!(dead[0]["last_error"], "poison");
+    assert_eq!(dead[0]["subject"], "payments.created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_lists_delivered_messages_the_consumer_never_recorded() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    for key in ["r1", "r2", "r3"] {
+        assert_eq!(pay(&app, key).await.status(), 201);
+    }
+    // All three delivered; the ledger recorded the first two.
+    exec(&db, "UPDATE idem.outbox SET delivered_at = now()").await;
+    exec(
+        &db,
+        "INSERT INTO idem.inbox (consumer, message_id, processed_at) \
+         SELECT 'ledger', id, now() FROM idem.outbox ORDER BY id LIMIT 2",
+    )
+    .await;
+    let never: String =
+        sqlx::query_scalar("SELECT id::text FROM idem.outbox ORDER BY id DESC LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the third");
+    let (code, report) = idem(&db, &["reconcile", "--consumer", "ledger", "--since", "1h"]).await;
+    assert_eq!(code, 0);
+    let missing = report["missing"].as_array().expect("missing");
+    assert_eq!(missing.len(), 1, "{report}");
+    assert_eq!(missing[0]["id"], never.as_str());
+    let (_, other_topic) = idem(
+        &db,
+        &[
+            "reconcile",
+            "--consumer",
+            "ledger",
+            "--since",
+            "1h",
+            "--topic",
+            "refunds",
+        ],
+    )
+    .await;
+    assert_eq!(other_topic["missing"], Value::Array(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_removes_expired_keys_and_migrate_reports_the_versions() {
+    let db = test_db().await;
+    let app = TestApp::spawn(payments::app(db.pool.clone())).await;
+    for key in ["w1", "w2"] {
+        assert_eq!(pay(&app, key).await.status(), 201);
+    }
+    exec(
+        &db,
+        "UPDATE idem.keys SET expires_at = now() - interval '1 hour', \
+           completed_at = now() - interval '2 hours', retention = interval '0' \
+         WHERE key = 'w1'",
+    )
+    .await;
+    let (code, swept) = idem(&db, &["sweep", "--batch-size", "1"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(swept["keys"], 1);
+    assert_eq!(db.keys().await, 1);
+
+    let (code, migrated) = idem(&db, &["migrate"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        migrated["versions"]
+            .as_array()
+            .is_some_and(|v| v.len() >= 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_database_it_says_so_and_fails() {
+    let out = tokio::process::Command::new(IDEM)
+        .args(["outbox", "status"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .expect("run idem");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
