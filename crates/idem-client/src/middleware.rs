@@ -265,7 +265,10 @@ impl Run<'_> {
         };
         let wanted = retry_after.map(|ra| ra.min(self.retry.config.max_retry_after));
         let delay = wanted.map_or(backoff, |ra| ra.max(backoff));
-        if Instant::now() + delay >= self.deadline {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|start| start >= self.deadline)
+        {
             return Err(StopReason::Deadline);
         }
         if !self.budget.withdraw() {
@@ -345,7 +348,7 @@ impl Middleware for IdempotentRetry {
             budget,
             key,
             started: SystemTime::now(),
-            deadline: Instant::now() + self.config.deadline,
+            deadline: far_or(Instant::now(), self.config.deadline),
             attempts: 0,
         };
         loop {
@@ -376,4 +379,12 @@ impl Middleware for IdempotentRetry {
             }
         }
     }
+}
+
+/// `from + after`, or about thirty years on when that overflows (a deadline of
+/// `Duration::MAX` means none).
+fn far_or(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(Duration::from_secs(30 * 365 * 24 * 3600)))
+        .unwrap_or(from)
 }
