@@ -74,3 +74,42 @@ async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served()
         assert!(replayed(&retry));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_key_quota_gets_507_while_others_and_replays_are_served() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.key_quota(3)).await;
+    for i in 0..3 {
+        let key = format!("q-{i}");
+        let response = app
+            .post("/effects", "full", Some(&key), "x")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 201, "{key} is within the quota");
+    }
+    for i in 3..6 {
+        let key = format!("q-{i}");
+        let response = app
+            .post("/effects", "full", Some(&key), "x")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 507, "{key} is over the quota");
+        assert_eq!(problem_type(response).await, "urn:idem:problem:key-quota");
+    }
+    assert_eq!(db.keys().await, 3, "refused keys claimed nothing");
+    assert_eq!(db.effects().await, 3);
+    let retry = app
+        .post("/effects", "full", Some("q-0"), "x")
+        .send()
+        .await
+        .expect("answered");
+    assert!(replayed(&retry), "a replay is not held to the quota");
+    let other = app
+        .post("/effects", "other", Some("q-0"), "x")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(other.status(), 201, "another tenant has its own quota");
+}

@@ -244,6 +244,21 @@ async fn observe_mode_counts_what_the_layer_would_have_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_quota_usage_is_reported_before_it_is_reached() {
+    let db = test_db().await;
+    let app = app("/quota/{id}", layer(&db).key_quota(4)).await;
+    for key in ["q1", "q2", "q3"] {
+        assert_eq!(send(&app, "/quota/1", Some(key), "x", None).await, 200);
+    }
+    assert_eq!(value("idem_key_quota_usage_ratio", &[]), Some(0.75));
+    assert_eq!(send(&app, "/quota/1", Some("q4"), "x", None).await, 200);
+    assert_eq!(send(&app, "/quota/1", Some("q5"), "x", None).await, 507);
+    assert_eq!(value("idem_key_quota_usage_ratio", &[]), Some(1.0));
+    let refused = [("route", "/quota/{id}"), ("outcome", "quota_exceeded")];
+    assert_eq!(value("idem_requests_total", &refused), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_versions_fold_into_the_configured_set() {
     let db = test_db().await;
     let app = app("/versions/{id}", layer(&db)).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use chrono::Utc;
 use http::{Request, Response};
-use idem_core::{Decision, Outcome, decide};
+use idem_core::{Decision, Outcome, TenantId, decide};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
@@ -20,7 +20,7 @@ use crate::handler::{Handled, roll_back, run_handler};
 use crate::layer::{Config, FailureMode};
 use crate::observe::Observed;
 use crate::service::{Inner, ResponseBody};
-use crate::store::{Keyed, Opened, begin, open_keyed, unavailable};
+use crate::store::{Keyed, Opened, PgTx, begin, open_keyed, unavailable};
 
 /// What every step of a request needs.
 pub(crate) struct Job {
@@ -76,12 +76,13 @@ impl Job {
         let tx = match open_keyed(&self.pool, &self.config, keyed).await {
             Opened::Tx(tx) => {
                 self.observed.decided();
-                if let Err(wait) = self.admit(&keyed.tenant) {
-                    roll_back(&self.config, tx).await;
-                    self.land(keyed, leader, Landed::Unknown);
-                    return Ok(rate_limited(wait));
+                match self.limit(&keyed.tenant, tx).await {
+                    Ok(tx) => tx,
+                    Err(answer) => {
+                        self.land(keyed, leader, Landed::Unknown);
+                        return Ok(answer);
+                    }
                 }
-                tx
             }
             Opened::Answer(answer, landed) => {
                 self.land(keyed, leader, landed);
@@ -147,11 +148,38 @@ impl Job {
         }
     }
 
-    /// Takes a new key from the tenant's allowance, when the route limits new keys.
-    fn admit(&self, tenant: &idem_core::TenantId) -> Result<(), std::time::Duration> {
-        match &self.config.new_keys {
-            Some(limiter) => limiter.admit(tenant),
-            None => Ok(()),
+    /// The limits on a new key, once it is claimed: the tenant's rate of new keys and
+    /// its quota of live keys. `Err`: the claim is rolled back, and the answer.
+    async fn limit(&self, tenant: &TenantId, mut tx: PgTx) -> Result<PgTx, Response<Body>> {
+        if let Some(limiter) = &self.config.new_keys
+            && let Err(wait) = limiter.admit(tenant)
+        {
+            roll_back(&self.config, tx).await;
+            return Err(rate_limited(wait));
+        }
+        let Some(quota) = &self.config.key_quota else {
+            return Ok(tx);
+        };
+        let (live, fresh) = match quota.cached_with_new(tenant) {
+            Some(live) => (live, false),
+            // Read in the request's transaction: it sees the key just claimed.
+            None => match idem_sqlx::live_keys(&mut *tx, tenant).await {
+                Ok(live) => (live, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting the tenant's keys failed");
+                    roll_back(&self.config, tx).await;
+                    return Err(unavailable(&self.config));
+                }
+            },
+        };
+        if quota.admit(tenant, live, fresh) {
+            Ok(tx)
+        } else {
+            roll_back(&self.config, tx).await;
+            Err(outcome(
+                Problem::KeyQuotaExceeded.into_response(),
+                Outcome::QuotaExceeded,
+            ))
         }
     }
 

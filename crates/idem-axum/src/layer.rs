@@ -17,7 +17,7 @@ use tower::Layer;
 
 use crate::cache::ReplayCache;
 use crate::flight::Flights;
-use crate::limits::NewKeyLimiter;
+use crate::limits::{KeyQuota, NewKeyLimiter};
 use crate::{IdempotencyService, TenantSource};
 
 /// The header that carries the key, by default.
@@ -56,6 +56,7 @@ pub(crate) struct Config {
     pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
     pub(crate) hash_policy: HashPolicy,
     pub(crate) new_keys: Option<Arc<NewKeyLimiter>>,
+    pub(crate) key_quota: Option<Arc<KeyQuota>>,
     pub(crate) key_protection: Option<KeyProtection>,
 }
 
@@ -97,6 +98,7 @@ impl Default for Config {
             client_versions: None,
             hash_policy: HashPolicy::Strict,
             new_keys: None,
+            key_quota: None,
             key_protection: None,
         }
     }
@@ -127,6 +129,7 @@ impl Default for Config {
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
 /// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
 /// | [`new_key_rate`](Self::new_key_rate) | none |
+/// | [`key_quota`](Self::key_quota) | none |
 /// | [`protect_keys`](Self::protect_keys) | off (keys stored as sent) |
 /// | [`retention`](Self::retention) | 24 h |
 /// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
@@ -302,6 +305,19 @@ impl IdempotencyLayer {
             .zip(NonZeroU32::new(burst))
             .map(|(rate, burst)| Arc::new(NewKeyLimiter::new(rate, burst)));
         self.with(|c| c.new_keys = limiter)
+    }
+
+    /// Lets each tenant hold at most `max_live_keys` live keys (in flight or completed,
+    /// not expired). A request that would claim one more gets 507 `key-quota`; its
+    /// claim is rolled back and nothing runs. The count is read in the request's own
+    /// transaction at most every 10 s per tenant and process (an index scan of the
+    /// tenant's keys), and counted on in memory in between, so a quota is held within
+    /// a few keys per replica. `idem_key_quota_usage_ratio` reports the highest usage,
+    /// for an alert before a tenant reaches it. Every service made from this layer
+    /// (and its clones) shares the counts; zero removes the quota.
+    pub fn key_quota(self, max_live_keys: u64) -> Self {
+        let quota = (max_live_keys > 0).then(|| Arc::new(KeyQuota::new(max_live_keys)));
+        self.with(|c| c.key_quota = quota)
     }
 
     /// Stores each key as its HMAC-SHA-256 under a server secret

@@ -47,6 +47,9 @@ pub enum Problem {
         /// When to retry.
         retry_after: Duration,
     },
+    /// 507 `key-quota`: the tenant holds as many live keys as its quota allows; nothing
+    /// ran. Keys free up as they expire. Replays are not limited.
+    KeyQuotaExceeded,
     /// 409 `in-flight`: a request with the same key is still running.
     InFlight {
         /// When to retry.
@@ -120,6 +123,7 @@ impl Problem {
             Problem::KeyMismatch { .. } => "key-mismatch",
             Problem::InFlight { .. } => "in-flight",
             Problem::NewKeyRateExceeded { .. } => "new-key-rate",
+            Problem::KeyQuotaExceeded => "key-quota",
             Problem::ResponseNotStored { .. } => "response-not-stored",
             Problem::StoreUnavailable { .. } => "store-unavailable",
             Problem::CommitFailed { .. } => "commit-failed",
@@ -144,6 +148,7 @@ impl Problem {
             Problem::KeyMismatch { status } => *status,
             Problem::InFlight { .. } => StatusCode::CONFLICT,
             Problem::NewKeyRateExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Problem::KeyQuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } | Problem::CommitFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -168,6 +173,7 @@ impl Problem {
             Problem::KeyMismatch { .. } => "Idempotency key reused for a different request",
             Problem::InFlight { .. } => "Request with this idempotency key in progress",
             Problem::NewKeyRateExceeded { .. } => "Too many new idempotency keys",
+            Problem::KeyQuotaExceeded => "Idempotency key quota reached",
             Problem::ResponseNotStored { .. } => "Original response not stored",
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
             Problem::CommitFailed { .. } => "Request not committed",
@@ -206,6 +212,9 @@ impl Problem {
                  requests already made are not limited.",
                 retry_after.as_secs().max(1)
             ),
+            Problem::KeyQuotaExceeded => "This tenant holds as many idempotency keys as its \
+                quota allows; new keys are accepted again as older ones expire."
+                .into(),
             Problem::ResponseNotStored { original_status } => format!(
                 "The original request completed with status {original_status}, but its \
                  response was not stored and cannot be replayed. Do not retry this key."

@@ -402,6 +402,23 @@ fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
     Ok((record, row.try_get("db_now")?))
 }
 
+/// How many live keys (in flight or completed, not expired) `tenant` holds. Through
+/// the primary key's index: it reads the tenant's keys.
+pub async fn live_keys<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: &TenantId,
+) -> Result<u64, StoreError> {
+    let live: i64 = sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM idem.keys WHERE tenant_id = $1 AND ",
+        expiry!(),
+        " > now()"
+    ))
+    .bind(tenant.as_str())
+    .fetch_one(executor)
+    .await?;
+    Ok(live.unsigned_abs())
+}
+
 /// Deletes up to `limit` expired keys and returns how many it deleted. Safe to run
 /// from several processes at once (`FOR UPDATE SKIP LOCKED`); run it periodically to
 /// keep the table small. Expired keys count as absent whether or not they are swept.

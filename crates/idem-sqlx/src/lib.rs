@@ -75,7 +75,9 @@ pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
 pub use isolation::{Isolation, begin};
-pub use keys::{Claim, ClaimRequest, Completion, claim, complete, lookup, record, sweep_expired};
+pub use keys::{
+    Claim, ClaimRequest, Completion, claim, complete, live_keys, lookup, record, sweep_expired,
+};
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
 pub use nats::JetStreamSink;

@@ -37,6 +37,8 @@ pub enum Outcome {
     /// The tenant claimed new keys faster than its configured rate: 429 + Retry-After,
     /// nothing ran (replays are never limited).
     RateLimited,
+    /// The tenant holds as many live keys as its quota allows: 507, nothing ran.
+    QuotaExceeded,
     /// The handler answered something that is not final (a 5xx, 408, 409, 425, 429)
     /// or its response body failed: its writes were rolled back, nothing stored.
     RolledBack,
@@ -67,7 +69,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of the README's table.
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
@@ -77,6 +79,7 @@ impl Outcome {
         Outcome::InFlight,
         Outcome::Rejected,
         Outcome::RateLimited,
+        Outcome::QuotaExceeded,
         Outcome::RolledBack,
         Outcome::RecordedAfterAbort,
         Outcome::StoreUnavailable,
@@ -102,6 +105,7 @@ impl Outcome {
             Outcome::InFlight => "in_flight",
             Outcome::Rejected => "rejected",
             Outcome::RateLimited => "rate_limited",
+            Outcome::QuotaExceeded => "quota_exceeded",
             Outcome::RolledBack => "rolled_back",
             Outcome::RecordedAfterAbort => "recorded_after_abort",
             Outcome::StoreUnavailable => "store_unavailable",

@@ -58,6 +58,8 @@ pub const OVERHEAD_SECONDS: &str = "idem_layer_overhead_seconds";
 pub const STORED_RESPONSE_BYTES: &str = "idem_stored_response_bytes";
 /// Keyed requests on routes in observe mode, by what the layer would have done.
 pub const OBSERVED: &str = "idem_observed_total";
+/// The highest share of its live-key quota any tenant uses, in this process.
+pub const KEY_QUOTA_USAGE: &str = "idem_key_quota_usage_ratio";
 /// Keys replayed for the first time: their client retried and received the stored
 /// answer.
 pub const KEYS_RETRIED: &str = "idem_keys_retried_total";
@@ -128,6 +130,12 @@ pub const ALL: &[Metric] = &[
         kind: Kind::Counter,
         labels: &[METHOD, ROUTE, WOULD],
         help: "Keyed requests on routes in observe mode, by what the layer would have done.",
+    },
+    Metric {
+        name: KEY_QUOTA_USAGE,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "The highest share of its live-key quota any tenant uses (this process's tenants).",
     },
     Metric {
         name: KEYS_RETRIED,

@@ -1,6 +1,4 @@
-//! Limits against key storms: a rate of new keys per tenant, through `governor`.
-//! Replays and other answers from storage are never limited: only a request that
-//! would run a handler for a key not seen before.
+//! A rate of new keys per tenant, through `governor`.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
