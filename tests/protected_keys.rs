@@ -1,10 +1,12 @@
-//! With `protect_keys`, the store keeps each key as its HMAC under the server's
-//! secret: a dump of idem's tables holds no client key, and replays, mismatches and
-//! tenants work as with clear keys.
+//! Protected storage. With `protect_keys`, the store keeps each key as its HMAC under
+//! the server's secret: a dump of idem's tables holds no client key, and replays,
+//! mismatches and tenants work as with clear keys. With `seal_bodies`, stored bodies
+//! are ciphertext, opened on replay, through key rotation; `redact` changes what is
+//! stored.
 
-use idem_axum::KeyProtection;
+use idem_axum::{BodySealing, KeyProtection};
 use idem_core::policy::KeyMode;
-use idem_tests::{TestDb, effects_app, replayed, test_db};
+use idem_tests::{TestDb, effects_app, problem_type, replayed, test_db};
 
 const SECRET: [u8; 32] = [0x42; 32];
 
@@ -102,4 +104,111 @@ async fn observe_mode_records_only_protected_keys() {
     let dump = dump(&db).await;
     assert!(dump.contains("hmac:k1:"), "{dump}");
     assert!(!dump.contains("client-key-4711"), "{dump}");
+}
+
+fn sealing(id: &str, key: u8) -> BodySealing {
+    BodySealing::new(id, &[key; 32]).expect("sealing")
+}
+
+async fn stored_bodies(db: &TestDb) -> Vec<Vec<u8>> {
+    sqlx::query_scalar("SELECT response_body FROM idem.keys")
+        .fetch_all(&db.pool)
+        .await
+        .expect("bodies")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_bodies_are_ciphertext_in_the_store_and_replay_byte_for_byte() {
+    let db = test_db().await;
+    // No replay cache: every replay comes from the store and must be opened.
+    let (app, _) = effects_app(&db, |l| l.seal_bodies(sealing("k1", 1)).replay_cache(0)).await;
+    let first = app
+        .post("/effects", "acme", Some("s1"), "secret-note")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let first = first.text().await.expect("body");
+    assert!(first.contains("secret-note"));
+    let bodies = stored_bodies(&db).await;
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].starts_with(b"idem-aead1:k1:"));
+    assert!(!String::from_utf8_lossy(&bodies[0]).contains("secret-note"));
+    let retry = app
+        .post("/effects", "acme", Some("s1"), "secret-note")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    assert_eq!(retry.text().await.expect("body"), first, "byte for byte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
+    let db = test_db().await;
+    let (old, _) = effects_app(&db, |l| l.seal_bodies(sealing("k1", 1)).replay_cache(0)).await;
+    let first = old
+        .post("/effects", "acme", Some("r1"), "note")
+        .send()
+        .await
+        .expect("first");
+    let first = first.text().await.expect("body");
+
+    let rotated = sealing("k2", 2).previous("k1", &[1; 32]).expect("previous");
+    let (new, _) = effects_app(&db, |l| l.seal_bodies(rotated.clone()).replay_cache(0)).await;
+    let retry = new
+        .post("/effects", "acme", Some("r1"), "note")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    assert_eq!(retry.text().await.expect("body"), first);
+
+    let (lost, _) = effects_app(&db, |l| l.seal_bodies(sealing("k2", 2)).replay_cache(0)).await;
+    let refused = lost
+        .post("/effects", "acme", Some("r1"), "note")
+        .send()
+        .await
+        .expect("refused");
+    assert_eq!(refused.status(), 500);
+    assert_eq!(
+        problem_type(refused).await,
+        "urn:idem:problem:record-corrupt"
+    );
+    assert_eq!(db.effects().await, 1, "nothing ran again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| {
+        l.redact(|stored| {
+            if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&stored.body) {
+                if let Some(object) = json.as_object_mut() {
+                    object.remove("note");
+                }
+                stored.body = json.to_string().into_bytes();
+            }
+        })
+    })
+    .await;
+    let first = app
+        .post("/effects", "acme", Some("d1"), "card-4242")
+        .send()
+        .await
+        .expect("first");
+    assert!(first.text().await.expect("body").contains("card-4242"));
+    let bodies = stored_bodies(&db).await;
+    assert!(!String::from_utf8_lossy(&bodies[0]).contains("card-4242"));
+    let retry = app
+        .post("/effects", "acme", Some("d1"), "card-4242")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    let replay: serde_json::Value = retry.json().await.expect("JSON");
+    assert!(
+        replay.get("note").is_none() && replay.get("id").is_some(),
+        "{replay}"
+    );
 }

@@ -9,7 +9,8 @@ pub use idem_core::policy::FailureMode;
 use idem_core::policy::{HashPolicy, KeyMode, Policy};
 use idem_core::protect::KeyProtection;
 use idem_core::{
-    BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, IdempotencyKey, TenantId,
+    BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, IdempotencyKey, StoredResponse,
+    TenantId,
 };
 use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
 use sqlx::PgPool;
@@ -18,6 +19,7 @@ use tower::Layer;
 use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::limits::{KeyQuota, NewKeyLimiter};
+use crate::seal::{BodySealing, Redactor};
 use crate::{IdempotencyService, TenantSource};
 
 /// The header that carries the key, by default.
@@ -58,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) new_keys: Option<Arc<NewKeyLimiter>>,
     pub(crate) key_quota: Option<Arc<KeyQuota>>,
     pub(crate) key_protection: Option<KeyProtection>,
+    pub(crate) sealing: Option<BodySealing>,
+    pub(crate) redact: Option<Redactor>,
 }
 
 impl Config {
@@ -100,6 +104,8 @@ impl Default for Config {
             new_keys: None,
             key_quota: None,
             key_protection: None,
+            sealing: None,
+            redact: None,
         }
     }
 }
@@ -131,6 +137,8 @@ impl Default for Config {
 /// | [`new_key_rate`](Self::new_key_rate) | none |
 /// | [`key_quota`](Self::key_quota) | none |
 /// | [`protect_keys`](Self::protect_keys) | off (keys stored as sent) |
+/// | [`seal_bodies`](Self::seal_bodies) | off (bodies stored as sent) |
+/// | [`redact`](Self::redact) | none |
 /// | [`retention`](Self::retention) | 24 h |
 /// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
 /// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
@@ -330,6 +338,22 @@ impl IdempotencyLayer {
     /// README for the migration.
     pub fn protect_keys(self, protection: KeyProtection) -> Self {
         self.with(|c| c.key_protection = Some(protection))
+    }
+
+    /// Encrypts stored response bodies at rest (AES-256-GCM under the keys of
+    /// `sealing`, each body bound to its tenant and key); replays open them. A body
+    /// sealed under a key the layer no longer has is answered 500 `record-corrupt`;
+    /// keep rotated keys as [`BodySealing::previous`] until their keys have expired.
+    /// Headers and status are stored as they are.
+    pub fn seal_bodies(self, sealing: BodySealing) -> Self {
+        self.with(|c| c.sealing = Some(sealing))
+    }
+
+    /// Changes each final response before it is stored (for example to drop a field
+    /// retries should not see again). The first answer goes to the client as the
+    /// handler made it; replays, from memory or the store, get the redacted form.
+    pub fn redact(self, hook: impl Fn(&mut StoredResponse) + Send + Sync + 'static) -> Self {
+        self.with(|c| c.redact = Some(Redactor(Arc::new(hook))))
     }
 
     /// Applies a route's [`Policy`]: whether a key is required, the hash policy, the

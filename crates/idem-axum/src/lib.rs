@@ -57,6 +57,7 @@ mod limits;
 mod observe;
 mod observing;
 mod problem;
+mod seal;
 mod service;
 mod settle;
 mod store;
@@ -74,6 +75,7 @@ pub use layer::{
     IdempotencyLayer,
 };
 pub use problem::{PROBLEM_JSON, Problem};
+pub use seal::{BodySealing, SealingError};
 pub use service::{IdempotencyService, ResponseFuture};
 pub use tenant::TenantSource;
 pub use tx::Tx;

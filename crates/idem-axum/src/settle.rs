@@ -21,6 +21,7 @@ use crate::flight::Landed;
 use crate::handler::roll_back;
 use crate::job::Job;
 use crate::layer::Config;
+use crate::seal;
 use crate::service::ResponseBody;
 use crate::store::{Keyed, PgTx, bounded, rollback, store_fault};
 
@@ -125,6 +126,7 @@ impl Job {
         let (config, keyed) = (self.config.clone(), keyed.clone());
         let work = async move {
             let mut tx = tx;
+            let stored = stored.and_then(|s| sealed(&config, &keyed, s));
             let completion = completion(status, stored.as_ref());
             let request = keyed.claim_request(&config);
             if let Err(e) = idem_sqlx::complete(&mut tx, &request, completion).await {
@@ -159,6 +161,7 @@ impl Job {
             let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
             let stored = stored.clone();
             async move {
+                let stored = stored.and_then(|s| sealed(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
                 idem_sqlx::record(&pool, &keyed.claim_request(&config), completion).await
             }
@@ -225,6 +228,11 @@ impl Job {
     }
 }
 
+/// The response as written to the store (sealed when the layer seals bodies).
+fn sealed(config: &Config, keyed: &Keyed, stored: StoredResponse) -> Option<StoredResponse> {
+    seal::for_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, stored)
+}
+
 fn completion(status: u16, stored: Option<&StoredResponse>) -> Completion<'_> {
     match stored {
         Some(stored) => Completion::Response(stored),
@@ -264,7 +272,7 @@ async fn collect<B: ResponseBody>(
     }
     match buffer(body, config.max_response_body, config.response_timeout).await? {
         Buffered::Complete(bytes) => {
-            let stored = StoredResponse {
+            let mut stored = StoredResponse {
                 status,
                 headers: parts
                     .headers
@@ -274,6 +282,9 @@ async fn collect<B: ResponseBody>(
                     .collect(),
                 body: bytes.to_vec(),
             };
+            if let Some(redact) = &config.redact {
+                (redact.0)(&mut stored);
+            }
             Ok((Some(stored), Body::from(bytes)))
         }
         Buffered::TooLarge(body) => Ok((None, body)),

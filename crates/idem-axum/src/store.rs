@@ -17,6 +17,7 @@ use crate::Problem;
 use crate::answer::{decided, in_flight, mismatched, outcome, replay};
 use crate::flight::Landed;
 use crate::layer::Config;
+use crate::seal;
 
 /// How many transactions a claim may take when serialization failures make it start
 /// over (only under REPEATABLE READ or SERIALIZABLE).
@@ -170,6 +171,18 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
         return Claimed::Tx(tx);
     }
     rollback(tx).await;
+    let claimed = claimed.map(|claim| match claim {
+        Claim::Replay(record, now) => opened(config, keyed, record).map(|r| Claim::Replay(r, now)),
+        Claim::Mismatch(record, now) => {
+            opened(config, keyed, record).map(|r| Claim::Mismatch(r, now))
+        }
+        other => Ok(other),
+    });
+    let claimed = match claimed {
+        Ok(Err(corrupt)) => return Claimed::Answer(corrupt, Landed::Unknown),
+        Ok(Ok(claim)) => Ok(claim),
+        Err(e) => Err(e),
+    };
     match claimed {
         Ok(Claim::Replay(record, now)) => {
             let answer = replay(config, &record);
@@ -209,12 +222,27 @@ async fn answer_without_transaction(
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
+    let record = match opened(config, keyed, record) {
+        Ok(record) => record,
+        Err(corrupt) => return Some(Opened::Answer(corrupt, Landed::Unknown)),
+    };
     let answer = decided(
         config,
         decide(Some(&record), &keyed.fingerprint, now),
         &record,
     )?;
     Some(Opened::Answer(answer, landed(record, now, sent)))
+}
+
+/// A record read from the store with its body opened; 500 `record-corrupt` when it is
+/// sealed under a key this layer does not have.
+fn opened(config: &Config, keyed: &Keyed, record: Record) -> Result<Record, Response<Body>> {
+    seal::from_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, record).ok_or_else(|| {
+        outcome(
+            Problem::RecordCorrupt.into_response(),
+            Outcome::RecordCorrupt,
+        )
+    })
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:
