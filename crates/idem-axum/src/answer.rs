@@ -35,10 +35,7 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
             }
             None => {
                 tracing::error!("stored response cannot be rebuilt");
-                outcome(
-                    Problem::RecordCorrupt.into_response(),
-                    Outcome::RecordCorrupt,
-                )
+                corrupt()
             }
         },
         RecordState::CompletedUnstored { status } => {
@@ -68,6 +65,14 @@ pub(crate) fn decided(
         Decision::Mismatch => Some(mismatched(config, record)),
         Decision::Execute | Decision::InFlight => None,
     }
+}
+
+/// 500 `record-corrupt`: a stored response cannot be replayed.
+pub(crate) fn corrupt() -> Response<Body> {
+    outcome(
+        Problem::RecordCorrupt.into_response(),
+        Outcome::RecordCorrupt,
+    )
 }
 
 /// 409 `in-flight` + Retry-After: the key is held by a request that has not finished.

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::answer::{decided, in_flight, mismatched, outcome, replay};
+use crate::answer::{corrupt, decided, in_flight, mismatched, outcome, replay};
 use crate::flight::Landed;
 use crate::layer::Config;
 use crate::seal;
@@ -171,17 +171,17 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
         return Claimed::Tx(tx);
     }
     rollback(tx).await;
-    let claimed = claimed.map(|claim| match claim {
-        Claim::Replay(record, now) => opened(config, keyed, record).map(|r| Claim::Replay(r, now)),
-        Claim::Mismatch(record, now) => {
-            opened(config, keyed, record).map(|r| Claim::Mismatch(r, now))
-        }
-        other => Ok(other),
-    });
+    // A stored body is opened here, before anything answers from it.
     let claimed = match claimed {
-        Ok(Err(corrupt)) => return Claimed::Answer(corrupt, Landed::Unknown),
-        Ok(Ok(claim)) => Ok(claim),
-        Err(e) => Err(e),
+        Ok(Claim::Replay(record, now)) => match opened(config, keyed, record) {
+            Some(record) => Ok(Claim::Replay(record, now)),
+            None => return Claimed::Answer(corrupt(), Landed::Unknown),
+        },
+        Ok(Claim::Mismatch(record, now)) => match opened(config, keyed, record) {
+            Some(record) => Ok(Claim::Mismatch(record, now)),
+            None => return Claimed::Answer(corrupt(), Landed::Unknown),
+        },
+        other => other,
     };
     match claimed {
         Ok(Claim::Replay(record, now)) => {
@@ -222,9 +222,8 @@ async fn answer_without_transaction(
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
-    let record = match opened(config, keyed, record) {
-        Ok(record) => record,
-        Err(corrupt) => return Some(Opened::Answer(corrupt, Landed::Unknown)),
+    let Some(record) = opened(config, keyed, record) else {
+        return Some(Opened::Answer(corrupt(), Landed::Unknown));
     };
     let answer = decided(
         config,
@@ -234,15 +233,10 @@ async fn answer_without_transaction(
     Some(Opened::Answer(answer, landed(record, now, sent)))
 }
 
-/// A record read from the store with its body opened; 500 `record-corrupt` when it is
-/// sealed under a key this layer does not have.
-fn opened(config: &Config, keyed: &Keyed, record: Record) -> Result<Record, Response<Body>> {
-    seal::from_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, record).ok_or_else(|| {
-        outcome(
-            Problem::RecordCorrupt.into_response(),
-            Outcome::RecordCorrupt,
-        )
-    })
+/// A record read from the store with its body opened; `None` when it is sealed under a
+/// key this layer does not have.
+fn opened(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
+    seal::from_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, record)
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:
