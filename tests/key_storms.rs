@@ -113,3 +113,40 @@ async fn a_tenant_at_its_key_quota_gets_507_while_others_and_replays_are_served(
         .expect("answered");
     assert_eq!(other.status(), 201, "another tenant has its own quota");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_identities_one_client_s_storm_spares_its_tenant_s_other_clients() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| {
+        l.new_key_rate(1, 3).client_identity(|parts| {
+            parts
+                .headers
+                .get("x-client-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+    })
+    .await;
+    let send = |client: &'static str, key: String| {
+        app.post("/effects", "acme", Some(&key), "x")
+            .header("x-client-id", client)
+            .send()
+    };
+    let mut stormer = Vec::new();
+    for i in 0..10 {
+        stormer.push(
+            send("stormer", format!("s-{i}"))
+                .await
+                .expect("answered")
+                .status(),
+        );
+    }
+    assert!(
+        stormer.iter().filter(|s| s.as_u16() == 429).count() >= 5,
+        "{stormer:?}"
+    );
+    for i in 0..3 {
+        let calm = send("calm", format!("c-{i}")).await.expect("answered");
+        assert_eq!(calm.status(), 201, "the tenant's other client is served");
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use chrono::Utc;
 use http::{Request, Response};
-use idem_core::{Decision, Outcome, TenantId, decide};
+use idem_core::{Decision, Outcome, decide};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
@@ -76,7 +76,7 @@ impl Job {
         let tx = match open_keyed(&self.pool, &self.config, keyed).await {
             Opened::Tx(tx) => {
                 self.observed.decided();
-                match self.limit(&keyed.tenant, tx).await {
+                match self.limit(keyed, tx).await {
                     Ok(tx) => tx,
                     Err(answer) => {
                         self.land(keyed, leader, Landed::Unknown);
@@ -150,9 +150,10 @@ impl Job {
 
     /// The limits on a new key, once it is claimed: the tenant's rate of new keys and
     /// its quota of live keys. `Err`: the claim is rolled back, and the answer.
-    async fn limit(&self, tenant: &TenantId, mut tx: PgTx) -> Result<PgTx, Response<Body>> {
+    async fn limit(&self, keyed: &Keyed, mut tx: PgTx) -> Result<PgTx, Response<Body>> {
+        let tenant = &keyed.tenant;
         if let Some(limiter) = &self.config.new_keys
-            && let Err(wait) = limiter.admit(tenant)
+            && let Err(wait) = limiter.admit(&(tenant.clone(), keyed.client.clone()))
         {
             roll_back(&self.config, tx).await;
             return Err(rate_limited(wait));

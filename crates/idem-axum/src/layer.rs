@@ -4,6 +4,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 pub use idem_core::policy::FailureMode;
 use idem_core::policy::{HashPolicy, KeyMode, Policy};
@@ -58,13 +59,33 @@ pub(crate) struct Config {
     pub(crate) client_versions: Option<(HeaderName, ClientVersions)>,
     pub(crate) hash_policy: HashPolicy,
     pub(crate) new_keys: Option<Arc<NewKeyLimiter>>,
+    pub(crate) client_identity: Option<ClientIdentity>,
     pub(crate) key_quota: Option<Arc<KeyQuota>>,
     pub(crate) key_protection: Option<KeyProtection>,
     pub(crate) sealing: Option<BodySealing>,
     pub(crate) redact: Option<Redactor>,
 }
 
+/// How the layer finds the client of a tenant that sent a request.
+#[derive(Clone)]
+pub(crate) struct ClientIdentity(Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity")
+    }
+}
+
+/// The longest client identity counted on its own.
+const MAX_CLIENT_IDENTITY: usize = 256;
+
 impl Config {
+    /// The client of the tenant that sent `parts`, when the layer knows its clients.
+    pub(crate) fn client(&self, parts: &Parts) -> Option<String> {
+        let identify = self.client_identity.as_ref()?;
+        (identify.0)(parts).filter(|id| id.len() <= MAX_CLIENT_IDENTITY)
+    }
+
     /// The key as the store keeps it: protected when the layer protects keys.
     pub(crate) fn stored_key(&self, tenant: &TenantId, key: IdempotencyKey) -> IdempotencyKey {
         match &self.key_protection {
@@ -102,6 +123,7 @@ impl Default for Config {
             client_versions: None,
             hash_policy: HashPolicy::Strict,
             new_keys: None,
+            client_identity: None,
             key_quota: None,
             key_protection: None,
             sealing: None,
@@ -135,6 +157,7 @@ impl Default for Config {
 /// | [`mismatch_status`](Self::mismatch_status) | 422 |
 /// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
 /// | [`new_key_rate`](Self::new_key_rate) | none |
+/// | [`client_identity`](Self::client_identity) | none (new keys are counted per tenant) |
 /// | [`key_quota`](Self::key_quota) | none |
 /// | [`protect_keys`](Self::protect_keys) | off (keys stored as sent) |
 /// | [`seal_bodies`](Self::seal_bodies) | off (bodies stored as sent) |
@@ -313,6 +336,18 @@ impl IdempotencyLayer {
             .zip(NonZeroU32::new(burst))
             .map(|(rate, burst)| Arc::new(NewKeyLimiter::new(rate, burst)));
         self.with(|c| c.new_keys = limiter)
+    }
+
+    /// Tells the layer which client of a tenant sent a request (for example the API
+    /// client id the authentication middleware put in the extensions), so
+    /// [`new_key_rate`](Self::new_key_rate) counts each client of a tenant on its own:
+    /// one client's storm then does not hold back the tenant's other clients. A
+    /// request without an identity (or one over 256 bytes) counts for its tenant.
+    pub fn client_identity(
+        self,
+        identify: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.with(|c| c.client_identity = Some(ClientIdentity(Arc::new(identify))))
     }
 
     /// Lets each tenant hold at most `max_live_keys` live keys (in flight or completed,

@@ -207,6 +207,7 @@ where
                 method: parts.method.as_str().to_owned(),
                 path: parts.uri.path().to_owned(),
                 route: observed.route().cloned(),
+                client: config.client(&parts),
             };
             let req = Request::from_parts(parts, Body::from(body));
             spawned(observed, job.run_keyed(keyed, inner, req)).await

@@ -33,6 +33,8 @@ pub(crate) struct Keyed {
     pub(crate) path: String,
     /// The route template the request matched.
     pub(crate) route: Option<Arc<str>>,
+    /// The client of the tenant that sent it, when the layer knows its clients.
+    pub(crate) client: Option<String>,
 }
 
 impl Keyed {

@@ -10,9 +10,13 @@ use idem_core::TenantId;
 /// How many tenants the limiter tracks before it forgets those with a full bucket.
 const TRACKED_TENANTS: usize = 10_000;
 
-/// The rate of new keys each tenant may claim.
+/// Who a rate of new keys is counted for: a tenant, or one client of a tenant when the
+/// layer knows its clients.
+pub(crate) type Claimant = (TenantId, Option<String>);
+
+/// The rate of new keys each tenant (or each client of a tenant) may claim.
 pub(crate) struct NewKeyLimiter {
-    limiter: DefaultKeyedRateLimiter<TenantId>,
+    limiter: DefaultKeyedRateLimiter<Claimant>,
     clock: DefaultClock,
     per_second: NonZeroU32,
     burst: NonZeroU32,
@@ -38,14 +42,14 @@ impl NewKeyLimiter {
         }
     }
 
-    /// Takes one new key from `tenant`'s allowance; `Err(wait)` when it has none left
-    /// for `wait`.
-    pub(crate) fn admit(&self, tenant: &TenantId) -> Result<(), Duration> {
+    /// Takes one new key from the claimant's allowance; `Err(wait)` when it has none
+    /// left for `wait`.
+    pub(crate) fn admit(&self, claimant: &Claimant) -> Result<(), Duration> {
         if self.limiter.len() > TRACKED_TENANTS {
             self.limiter.retain_recent();
         }
         self.limiter
-            .check_key(tenant)
+            .check_key(claimant)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -62,6 +66,7 @@ mod tests {
             TenantId::new("a").expect("a"),
             TenantId::new("b").expect("b"),
         );
+        let (a, b) = ((a, None), (b, None));
         for _ in 0..3 {
             assert!(limiter.admit(&a).is_ok());
         }
@@ -71,5 +76,10 @@ mod tests {
             "{wait:?}"
         );
         assert!(limiter.admit(&b).is_ok(), "b is not a's storm");
+        let other_client = (a.0.clone(), Some("app-2".to_owned()));
+        assert!(
+            limiter.admit(&other_client).is_ok(),
+            "nor another client's of a"
+        );
     }
 }
