@@ -68,7 +68,10 @@ pub(crate) struct Config {
 
 /// How the layer finds the client of a tenant that sent a request.
 #[derive(Clone)]
-pub(crate) struct ClientIdentity(Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>);
+pub(crate) struct ClientIdentity(Arc<IdentifyFn>);
+
+/// A function over the request's parts that names its client.
+type IdentifyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
