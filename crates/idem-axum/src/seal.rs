@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use idem_core::protect::is_secret_id;
 use idem_core::{IdempotencyKey, Record, RecordState, StoredResponse, TenantId};
 
 /// How a sealed body starts: `idem-aead1:<key id>:<12-byte nonce><ciphertext and tag>`.
@@ -56,12 +57,7 @@ impl std::fmt::Debug for BodySealing {
 }
 
 fn cipher(id: &str, key: &[u8]) -> Result<(String, Aes256Gcm), SealingError> {
-    let id_ok = !id.is_empty()
-        && id.len() <= 16
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !id_ok {
+    if !is_secret_id(id) {
         return Err(SealingError::BadId);
     }
     let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SealingError::KeyLength(key.len()))?;

@@ -24,6 +24,16 @@ pub enum ProtectionError {
     BadId,
 }
 
+/// Whether `id` may name a server secret in stored data: 1 to 16 of `A-Z`, `a-z`,
+/// `0-9`, `_` and `-` (never the `:` that separates it from what follows).
+pub fn is_secret_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Turns (tenant, key) into the key the store keeps: `hmac:<id>:<hex>`, the HMAC-SHA-256
 /// of the tenant, a zero byte and the key, under the secret. The same (tenant, key)
 /// always gives the same stored key under one secret, so claims, replays and
@@ -61,12 +71,7 @@ impl KeyProtection {
     /// HMAC-SHA-256 under `secret` (at least 32 bytes; use random bytes, kept like any
     /// other server secret), named `id`.
     pub fn hmac(id: &str, secret: &[u8]) -> Result<Self, ProtectionError> {
-        let id_ok = !id.is_empty()
-            && id.len() <= 16
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !id_ok {
+        if !is_secret_id(id) {
             return Err(ProtectionError::BadId);
         }
         if secret.len() < MIN_SECRET_LEN {
