@@ -160,18 +160,24 @@ pub(crate) fn finished<E>(
     observed: &Observed,
     result: Result<Response<Body>, E>,
 ) -> Result<Response<Body>, E> {
-    match &result {
-        Ok(response) => {
-            let outcome = response
-                .extensions()
-                .get::<Outcome>()
-                .copied()
-                .unwrap_or(Outcome::Executed);
-            observed.finish(outcome, Some(response.status().as_u16()));
+    match result {
+        Ok(response) => Ok(answered(observed, response)),
+        Err(e) => {
+            observed.finish(Outcome::HandlerError, None);
+            Err(e)
         }
-        Err(_) => observed.finish(Outcome::HandlerError, None),
     }
-    result
+}
+
+/// Reports an answer's outcome (its [`Outcome`] extension) and passes it on.
+pub(crate) fn answered(observed: &Observed, response: Response<Body>) -> Response<Body> {
+    let outcome = response
+        .extensions()
+        .get::<Outcome>()
+        .copied()
+        .unwrap_or(Outcome::Executed);
+    observed.finish(outcome, Some(response.status().as_u16()));
+    response
 }
 
 /// The method as a label: the standard methods by name, any other as `OTHER` (a

@@ -7,17 +7,15 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::Request;
 use idem_core::policy::Would;
-use idem_core::{Fingerprint, IdempotencyKey, Outcome, TenantId};
+use idem_core::{Fingerprint, IdempotencyKey, TenantId};
 use tracing::Instrument;
 
-use crate::answer::outcome;
-use crate::body::read_body;
 use crate::flight::Join;
 use crate::job::Job;
-use crate::observe::{Observed, finished};
+use crate::observe::Observed;
 use crate::service::{
-    IdempotencyService, Inner, ResponseBody, ResponseFuture, fingerprint, read_key, request_span,
-    spawned,
+    IdempotencyService, Inner, ResponseBody, ResponseFuture, buffered, fingerprint, read_key,
+    request_span, spawned, unkeyed,
 };
 use crate::store::bounded;
 
@@ -40,10 +38,7 @@ impl<S> IdempotencyService<S> {
         let (parts, body) = req.into_parts();
         let tenant = key.as_ref().and_then(|_| config.tenant.resolve(&parts));
         let (Some(key), Some(tenant)) = (key, tenant) else {
-            let req = Request::from_parts(parts, body);
-            let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
-            let fut = spawned(observed, job.run_unkeyed(inner, req));
-            return ResponseFuture::new(fut.instrument(span));
+            return unkeyed(job, observed, inner, Request::from_parts(parts, body));
         };
         let key = config.stored_key(&tenant, key);
         let span = request_span!(
@@ -56,12 +51,9 @@ impl<S> IdempotencyService<S> {
             idem.would = tracing::field::Empty,
         );
         let fut = async move {
-            let body = match read_body(body, config.max_request_body).await {
+            let body = match buffered(&config, &observed, body).await {
                 Ok(body) => body,
-                Err(problem) => {
-                    let answer = outcome(problem.into_response(), Outcome::Rejected);
-                    return finished(&observed, Ok(answer));
-                }
+                Err(rejected) => return Ok(rejected),
             };
             let print = fingerprint(&config, &parts, &body);
             // Another request of this process holding the key makes this one a

@@ -25,7 +25,7 @@ use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::job::Job;
 use crate::layer::Config;
-use crate::observe::{Observed, finished};
+use crate::observe::{Observed, answered, finished};
 use crate::store::Keyed;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -173,11 +173,7 @@ where
             }
             // No key on a route where it is optional: the handler still gets a `Tx`,
             // committed on a final response, but nothing is claimed or stored.
-            let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
-            let fut = spawned(observed, job.run_unkeyed(inner, req));
-            return ResponseFuture {
-                inner: Box::pin(fut.instrument(span)),
-            };
+            return unkeyed(job, observed, inner, req);
         };
         let (parts, body) = req.into_parts();
         let Some(tenant) = config.tenant.resolve(&parts) else {
@@ -193,12 +189,9 @@ where
             idem.key_hash = %key.short_hash(),
         );
         let fut = async move {
-            let body = match read_body(body, config.max_request_body).await {
+            let body = match buffered(&config, &observed, body).await {
                 Ok(body) => body,
-                Err(problem) => {
-                    let answer = outcome(problem.into_response(), Outcome::Rejected);
-                    return finished(&observed, Ok(answer));
-                }
+                Err(rejected) => return Ok(rejected),
             };
             let keyed = Keyed {
                 fingerprint: fingerprint(&config, &parts, &body),
@@ -217,6 +210,40 @@ where
             inner: Box::pin(fut),
         }
     }
+}
+
+/// A request that claims nothing: its handler runs in a transaction, committed on a
+/// final answer (no key where it is optional; observe mode without a usable key).
+pub(crate) fn unkeyed<S, B>(
+    job: Job,
+    observed: Arc<Observed>,
+    inner: S,
+    req: Request<Body>,
+) -> ResponseFuture<S::Error>
+where
+    S: Inner<B>,
+    B: ResponseBody,
+{
+    let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
+    let fut = spawned(observed, job.run_unkeyed(inner, req));
+    ResponseFuture::new(fut.instrument(span))
+}
+
+/// The request body, buffered up to `max_request_body`; past it (or unreadable) the
+/// layer's rejection, already reported.
+pub(crate) async fn buffered(
+    config: &Config,
+    observed: &Observed,
+    body: Body,
+) -> Result<Bytes, Response<Body>> {
+    read_body(body, config.max_request_body)
+        .await
+        .map_err(|problem| {
+            answered(
+                observed,
+                outcome(problem.into_response(), Outcome::Rejected),
+            )
+        })
 }
 
 /// Runs a job in its own task, so a client that disconnects (dropping the response
@@ -251,11 +278,11 @@ where
 
 /// The layer's own answer, made before anything ran: counted as `rejected`.
 fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFuture<E> {
-    let response = outcome(problem.into_response(), Outcome::Rejected);
-    let response = finished(observed, Ok(response));
-    ResponseFuture {
-        inner: Box::pin(async move { response }),
-    }
+    let response = answered(
+        observed,
+        outcome(problem.into_response(), Outcome::Rejected),
+    );
+    ResponseFuture::new(async move { Ok(response) })
 }
 
 pub(crate) fn read_key(
