@@ -13,12 +13,24 @@ const REFRESH: Duration = Duration::from_secs(10);
 /// How many tenants' counts are kept; beyond it the stalest are forgotten.
 const TRACKED_TENANTS: usize = 10_000;
 
+/// How often the highest usage is found again among all tenants' counts (in between,
+/// it only rises with the count just admitted).
+const RESCAN: Duration = Duration::from_secs(1);
+
 /// Each tenant may hold at most `max_live` live keys (in flight or completed, not
 /// expired).
 #[derive(Debug)]
 pub(crate) struct KeyQuota {
     max_live: u64,
-    usage: Mutex<HashMap<TenantId, Usage>>,
+    counts: Mutex<Counts>,
+}
+
+/// The tenants' counts, and the highest of them as last found.
+#[derive(Debug, Default)]
+struct Counts {
+    by_tenant: HashMap<TenantId, Usage>,
+    highest: u64,
+    rescanned: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -31,14 +43,14 @@ impl KeyQuota {
     pub(crate) fn new(max_live: u64) -> Self {
         KeyQuota {
             max_live,
-            usage: Mutex::default(),
+            counts: Mutex::default(),
         }
     }
 
     /// The tenant's live keys with the one just claimed, when a recent count is known.
     pub(crate) fn cached_with_new(&self, tenant: &TenantId) -> Option<u64> {
-        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = usage.get(tenant)?;
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = counts.by_tenant.get(tenant)?;
         (known.read_at.elapsed() < REFRESH).then(|| known.live.saturating_add(1))
     }
 
@@ -47,7 +59,8 @@ impl KeyQuota {
     /// store (else it is the cached count plus one, and keeps the count's age).
     pub(crate) fn admit(&self, tenant: &TenantId, live: u64, fresh: bool) -> bool {
         let within = live <= self.max_live;
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let usage = &mut counts.by_tenant;
         if usage.len() >= TRACKED_TENANTS && !usage.contains_key(tenant) {
             usage.retain(|_, u| u.read_at.elapsed() < REFRESH);
         }
@@ -63,8 +76,13 @@ impl KeyQuota {
                 read_at,
             },
         );
-        let highest = usage.values().map(|u| u.live).max().unwrap_or(0);
-        drop(usage);
+        counts.highest = counts.highest.max(counted);
+        if counts.rescanned.is_none_or(|at| at.elapsed() >= RESCAN) {
+            counts.highest = counts.by_tenant.values().map(|u| u.live).max().unwrap_or(0);
+            counts.rescanned = Some(Instant::now());
+        }
+        let highest = counts.highest;
+        drop(counts);
         self.report(highest);
         within
     }
