@@ -91,3 +91,45 @@ async fn a_critical_route_requires_a_key_and_a_low_risk_one_runs_without() {
     }
     assert_eq!(db.effects().await, 2, "without a key each request runs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_policy_fingerprints_only_its_fields_and_replays_its_headers() {
+    let db = test_db().await;
+    let policy = Policy::for_risk(RiskClass::Critical)
+        .fingerprint_fields(["/amount"])
+        .replay_header("x-not-replayed");
+    let (app, _) = effects_app(&db, |l| l.policy(policy).replay_cache(0)).await;
+    let send = |body: &'static str| app.post("/effects", "t1", Some("f1"), body).send();
+
+    let first = send(r#"{"amount":5,"sent_at":"10:00"}"#)
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["x-not-replayed"], "first-only");
+    let first_body = first.text().await.expect("body");
+
+    let restamped = send(r#"{"sent_at":"10:01","amount":5}"#)
+        .await
+        .expect("restamped");
+    assert_eq!(restamped.status(), 201);
+    assert!(
+        replayed(&restamped),
+        "a volatile field is not fingerprinted"
+    );
+    assert_eq!(
+        restamped
+            .headers()
+            .get("x-not-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"first-only"[..]),
+        "the policy's header is replayed"
+    );
+    assert_eq!(restamped.text().await.expect("body"), first_body);
+
+    let changed = send(r#"{"amount":6,"sent_at":"10:02"}"#)
+        .await
+        .expect("changed");
+    assert_eq!(changed.status(), 422, "a fingerprinted field is");
+    assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
+    assert_eq!(db.effects().await, 1);
+}

@@ -395,7 +395,8 @@ impl IdempotencyLayer {
     }
 
     /// Applies a route's [`Policy`]: whether a key is required, the hash policy, the
-    /// failure mode and the retention. Declare it where the route is declared, so the
+    /// fingerprint's fields, the replayed headers, the failure mode and the retention
+    /// (each replacing what an earlier call set). Declare it where the route is declared, so the
     /// route's idempotency policy reads in one place:
     ///
     /// ```no_run
@@ -403,7 +404,11 @@ impl IdempotencyLayer {
     /// use idem_core::policy::{Policy, RiskClass};
     ///
     /// # fn run(pool: sqlx::PgPool) {
-    /// let payments = IdempotencyLayer::new(pool).policy(Policy::for_risk(RiskClass::Critical));
+    /// let payments = IdempotencyLayer::new(pool).policy(
+    ///     Policy::for_risk(RiskClass::Critical)
+    ///         .fingerprint_fields(["/amount", "/currency"])
+    ///         .replay_header("x-request-id"),
+    /// );
     /// # }
     /// ```
     pub fn policy(self, policy: Policy) -> Self {
@@ -412,6 +417,8 @@ impl IdempotencyLayer {
             c.hash_policy = policy.hash;
             c.failure_mode = policy.failure;
             c.retention = policy.retention;
+            c.fingerprint_fields = policy.fingerprint_fields;
+            c.replay_headers = policy.replayed_headers;
         })
     }
 

@@ -1,8 +1,11 @@
 //! A route's idempotency policy, decided where the route is declared: whether a key is
-//! required, how a reused key with a different request is treated, what happens when
-//! the store is away, how long keys count, and the risk class these follow from.
+//! required, how a reused key with a different request is treated, what the
+//! fingerprint covers, which headers are replayed, what happens when the store is away,
+//! how long keys count, and the risk class these follow from.
 
 use std::time::Duration;
+
+use crate::HeaderAllowList;
 
 /// Whether requests must carry a key, and what a key does: the steps of a rollout
 /// are `Observe`, then `Optional`, then `Required` (then a strict [`HashPolicy`]).
@@ -121,8 +124,15 @@ pub enum RiskClass {
 ///     .retention(Duration::from_secs(24 * 3600));
 /// assert_eq!(avatar.failure, FailureMode::Open);
 /// assert_eq!(avatar.risk, Some(RiskClass::Low));
+///
+/// // A route whose clients stamp their retries: only the amount and payee count, and
+/// // the request id the handler answers with is replayed too.
+/// let transfers = Policy::for_risk(RiskClass::Critical)
+///     .fingerprint_fields(["/amount", "/payee"])
+///     .replay_header("x-request-id");
+/// assert!(transfers.replayed_headers.allows("X-Request-Id"));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Whether requests must carry a key.
     pub keys: KeyMode,
@@ -132,6 +142,11 @@ pub struct Policy {
     pub failure: FailureMode,
     /// How long a key counts after its request completed.
     pub retention: Duration,
+    /// The JSON fields (RFC 6901 pointers) the fingerprint covers, for clients that
+    /// put volatile fields in their retries; `None` covers the whole body.
+    pub fingerprint_fields: Option<Vec<String>>,
+    /// The response headers stored and replayed with the body and status.
+    pub replayed_headers: HeaderAllowList,
     /// The class the defaults came from, if any (for documentation and logs).
     pub risk: Option<RiskClass>,
 }
@@ -144,6 +159,8 @@ impl Default for Policy {
             hash: HashPolicy::Strict,
             failure: FailureMode::Closed,
             retention: 24 * HOUR,
+            fingerprint_fields: None,
+            replayed_headers: HeaderAllowList::default(),
             risk: None,
         }
     }
@@ -166,6 +183,7 @@ impl Policy {
             failure,
             retention,
             risk: Some(class),
+            ..Policy::default()
         }
     }
 
@@ -190,6 +208,31 @@ impl Policy {
     /// How long a key counts after its request completed.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Fingerprints only these fields of a JSON body, each a JSON pointer (RFC 6901:
+    /// `/amount`, `/payee/iban`), as canonical JSON. A listed field that is absent
+    /// counts as absent; a body that is not JSON is fingerprinted raw.
+    pub fn fingerprint_fields<I, S>(mut self, pointers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fingerprint_fields = Some(pointers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds a response header to those stored and replayed (beside the defaults of
+    /// [`HeaderAllowList`]).
+    pub fn replay_header(mut self, name: &str) -> Self {
+        self.replayed_headers = self.replayed_headers.with(name);
+        self
+    }
+
+    /// Replaces the response headers stored and replayed.
+    pub fn replayed_headers(mut self, headers: HeaderAllowList) -> Self {
+        self.replayed_headers = headers;
         self
     }
 }

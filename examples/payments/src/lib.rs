@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, TraceContext, Tx};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, Policy, RiskClass, TenantId, TraceContext, Tx};
 use idem_sqlx::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -59,12 +59,14 @@ pub const CLIENT_VERSION: &str = "x-client-version";
 /// The client versions the metrics tell apart; any other is `other`.
 pub const CLIENT_VERSIONS: [&str; 3] = ["ios/5.2", "android/5.2", "web/2026.11"];
 
-/// The idempotency layer as the example configures it: canonical JSON fingerprints,
-/// metrics labelled by [`CLIENT_VERSIONS`]. `main` adds an
+/// The idempotency layer as the example configures it: the policy of a critical route
+/// (a key required, strict fingerprints, fail closed, keys kept 7 days), canonical
+/// JSON fingerprints, metrics labelled by [`CLIENT_VERSIONS`]. `main` adds an
 /// [`OutboxWaker`](idem_sqlx::OutboxWaker) so the relay publishes each payment's
 /// message at once.
 pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
     IdempotencyLayer::new(pool)
+        .policy(Policy::for_risk(RiskClass::Critical))
         .canonical_json()
         .client_versions(
             axum::http::HeaderName::from_static(CLIENT_VERSION),
