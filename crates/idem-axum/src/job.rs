@@ -8,7 +8,7 @@ use axum::body::Body;
 use chrono::Utc;
 use http::{Request, Response};
 use idem_core::{Decision, Outcome, decide};
-use idem_sqlx::ReplayTally;
+use idem_sqlx::{ReplayTally, Tallied};
 use sqlx::PgPool;
 
 use crate::Problem;
@@ -33,7 +33,8 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// A request with a key: exactly once. A replay is counted on the key's row.
+    /// A request with a key: exactly once. A replay or a mismatch is counted on the
+    /// key's row.
     pub(crate) async fn run_keyed<S, B>(
         self,
         keyed: Keyed,
@@ -45,13 +46,14 @@ impl Job {
         B: ResponseBody,
     {
         let answer = self.answer_keyed(&keyed, inner, req).await;
-        if let Ok(response) = &answer
-            && matches!(
-                response.extensions().get::<Outcome>(),
-                Some(Outcome::Replayed | Outcome::ReplayedUnstored | Outcome::MismatchReported)
-            )
-        {
-            self.tally.add(&keyed.tenant, &keyed.key);
+        let tallied = match answer.as_ref().map(|r| r.extensions().get::<Outcome>()) {
+            Ok(Some(Outcome::Replayed | Outcome::ReplayedUnstored)) => Some(Tallied::Replay),
+            Ok(Some(Outcome::Mismatch)) => Some(Tallied::Mismatch),
+            Ok(Some(Outcome::MismatchReported)) => Some(Tallied::ReplayedMismatch),
+            _ => None,
+        };
+        if let Some(what) = tallied {
+            self.tally.add(&keyed.tenant, &keyed.key, what);
         }
         answer
     }

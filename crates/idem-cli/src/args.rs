@@ -77,11 +77,11 @@ pub struct KeyRef {
 /// `idem keys ...`
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// A key's status, stored response and replays.
+    /// A key's status, stored response, replays and mismatches.
     Show(KeyRef),
     /// Deletes a key: its next request runs as new.
     Evict(KeyRef),
-    /// Keys per day and route: count, bytes, replays.
+    /// Keys per day and route: count, bytes, replays, mismatches.
     Stats {
         /// How many days back.
         #[arg(long, default_value_t = 7)]

@@ -89,19 +89,51 @@ async fn keys_evict_makes_the_next_request_run_as_new() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_stats_counts_keys_per_day_and_route() {
+async fn keys_stats_counts_keys_replays_and_mismatches_per_day_and_route() {
     let db = test_db().await;
     let app = TestApp::spawn(payments::app(db.pool.clone())).await;
     for key in ["s1", "s2", "s3"] {
         assert_eq!(pay(&app, key).await.status(), 201);
     }
-    let (code, stats) = idem(&db, &["keys", "stats", "--days", "1"]).await;
-    assert_eq!(code, 0);
+    assert!(replayed(&pay(&app, "s1").await));
+    assert!(replayed(&pay(&app, "s2").await));
+    let changed = app
+        .post(
+            "/payments",
+            "acme",
+            Some("s3"),
+            r#"{"amount":1,"currency":"EUR"}"#,
+        )
+        .send()
+        .await
+        .expect("POST /payments");
+    assert_eq!(changed.status(), 422, "the key reused for another payment");
+    // Replays and mismatches are counted on the rows about a second later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let (code, stats) = idem(&db, &["keys", "stats", "--days", "1"]).await;
+        assert_eq!(code, 0);
+        let counted = stats[0]["replays"] == 2 && stats[0]["mismatches"] == 1;
+        if counted || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let rows = stats.as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{stats}");
     assert_eq!(rows[0]["route"], "/payments");
     assert_eq!(rows[0]["keys"], 3);
+    assert_eq!(
+        (&rows[0]["replays"], &rows[0]["mismatches"]),
+        (&2.into(), &1.into())
+    );
     assert!(rows[0]["bytes"].as_i64().unwrap_or(0) > 0);
+
+    let (_, shown) = idem(&db, &["keys", "show", "--tenant", "acme", "--key", "s3"]).await;
+    assert_eq!(
+        (&shown["replays"], &shown["mismatches"]),
+        (&0.into(), &1.into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

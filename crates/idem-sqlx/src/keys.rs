@@ -175,7 +175,7 @@ async fn claim_inner(
             Decision::Execute => {
                 let replaced = sqlx::query(concat!(
                     "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $7, \
-                       replays = 0, created_at = now(), expires_at = now() + make_interval(secs => $6), \
+                       replays = 0, mismatches = 0, created_at = now(), expires_at = now() + make_interval(secs => $6), \
                        retention = make_interval(secs => $6), \
                        completed_at = NULL, response_status = NULL, response_header_names = NULL, \
                        response_header_values = NULL, response_body = NULL, \
@@ -272,7 +272,7 @@ pub async fn record<'e>(
            now() + make_interval(secs => $10), make_interval(secs => $10) FROM cfg \
          ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
            method = EXCLUDED.method, path = EXCLUDED.path, route = EXCLUDED.route, \
-           replays = 0, \
+           replays = 0, mismatches = 0, \
            response_status = EXCLUDED.response_status, \
            response_header_names = EXCLUDED.response_header_names, \
            response_header_values = EXCLUDED.response_header_values, \

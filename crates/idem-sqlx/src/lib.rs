@@ -88,7 +88,7 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use relay::{OutboxRelay, Sink, SinkError};
-pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally};
+pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};
 pub use sweeper::{Sweeper, Swept};
 #[cfg(feature = "http")]
 pub use webhook::WebhookSink;

@@ -1,5 +1,6 @@
-//! Replays counted on the key rows, in batches written after the replays: a replay
-//! itself never writes (it may be answered from memory without the store at all).
+//! Replays and mismatches counted on the key rows, in batches written after the
+//! answers: a replay itself never writes (it may be answered from memory without the
+//! store at all).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,12 +17,36 @@ use crate::observe;
 /// How long replays gather before their batch is written, by default.
 pub const REPLAY_FLUSH_DELAY: Duration = Duration::from_secs(1);
 
-type Pending = HashMap<(TenantId, IdempotencyKey), i32>;
+/// What was answered from a key's stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tallied {
+    /// The stored response was replayed to a retry.
+    Replay,
+    /// The key came back with a different request: refused, or answered with the
+    /// stored response under the report-only hash policy.
+    Mismatch,
+    /// Both: a mismatch answered with the stored response (report-only).
+    ReplayedMismatch,
+}
 
-/// Counts replays in `idem.keys.replays`. [`add`](Self::add) only counts in memory;
-/// the first replay of a batch starts a task that writes the whole batch after
-/// `delay` in one statement, so however many replays a second brings, they cost one
-/// write. A key replayed for the first time counts in `idem_keys_retried_total`.
+impl Tallied {
+    /// (replays, mismatches) it adds to the key's counts.
+    fn counts(self) -> (i32, i32) {
+        match self {
+            Tallied::Replay => (1, 0),
+            Tallied::Mismatch => (0, 1),
+            Tallied::ReplayedMismatch => (1, 1),
+        }
+    }
+}
+
+type Pending = HashMap<(TenantId, IdempotencyKey), (i32, i32)>;
+
+/// Counts replays in `idem.keys.replays` and mismatches in `idem.keys.mismatches`.
+/// [`add`](Self::add) only counts in memory; the first answer of a batch starts a task
+/// that writes the whole batch after `delay` in one statement, so however many replays
+/// a second brings, they cost one write. A key replayed for the first time counts in
+/// `idem_keys_retried_total`.
 ///
 /// Counts are for operators and metrics, never for decisions: a batch that cannot be
 /// written (the store is away, the process ends first) is dropped with a log line.
@@ -49,12 +74,18 @@ impl ReplayTally {
         self
     }
 
-    /// Counts one replay of (tenant, key). Must be called within a Tokio runtime.
-    pub fn add(&self, tenant: &TenantId, key: &IdempotencyKey) {
+    /// Counts one answer from (tenant, key)'s record. Must be called within a Tokio
+    /// runtime.
+    pub fn add(&self, tenant: &TenantId, key: &IdempotencyKey, what: Tallied) {
+        let (replays, mismatches) = what.counts();
         let first_of_batch = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let first = pending.is_empty();
-            *pending.entry((tenant.clone(), key.clone())).or_insert(0) += 1;
+            let counts = pending
+                .entry((tenant.clone(), key.clone()))
+                .or_insert((0, 0));
+            counts.0 = counts.0.saturating_add(replays);
+            counts.1 = counts.1.saturating_add(mismatches);
             first
         };
         if first_of_batch {
@@ -63,7 +94,7 @@ impl ReplayTally {
                 async move {
                     tokio::time::sleep(tally.delay).await;
                     if let Err(e) = tally.flush().await {
-                        tracing::warn!(error = %e, "replay counts not written");
+                        tracing::warn!(error = %e, "replay and mismatch counts not written");
                     }
                 }
                 .in_current_span(),
@@ -71,7 +102,7 @@ impl ReplayTally {
         }
     }
 
-    /// Writes the replays counted so far. Rows are locked in key order, so two
+    /// Writes the replays and mismatches counted so far. Rows are locked in key order, so two
     /// processes writing overlapping batches never deadlock.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let batch =
@@ -81,27 +112,31 @@ impl ReplayTally {
         }
         let mut tenants = Vec::with_capacity(batch.len());
         let mut keys = Vec::with_capacity(batch.len());
-        let mut counts = Vec::with_capacity(batch.len());
-        for ((tenant, key), n) in batch {
+        let mut replays = Vec::with_capacity(batch.len());
+        let mut mismatches = Vec::with_capacity(batch.len());
+        for ((tenant, key), (r, m)) in batch {
             tenants.push(tenant.as_str().to_owned());
             keys.push(key.as_str().to_owned());
-            counts.push(n);
+            replays.push(r);
+            mismatches.push(m);
         }
-        // `first`: the key had no replay counted before this batch.
+        // `first`: the batch replayed the key, and no replay was counted before it.
         let rows: Vec<(Option<String>, bool)> = sqlx::query_as(
-            "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[]) \
-               AS t(tenant_id, key, n)), \
-             locked AS (SELECT k.tenant_id, k.key, t.n FROM idem.keys k \
+            "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[]) \
+               AS t(tenant_id, key, n, m)), \
+             locked AS (SELECT k.tenant_id, k.key, t.n, t.m FROM idem.keys k \
                JOIN t ON k.tenant_id = t.tenant_id AND k.key = t.key \
                WHERE k.completed_at IS NOT NULL \
                ORDER BY k.tenant_id, k.key FOR UPDATE OF k) \
-             UPDATE idem.keys k SET replays = k.replays + locked.n FROM locked \
+             UPDATE idem.keys k SET replays = k.replays + locked.n, \
+               mismatches = k.mismatches + locked.m FROM locked \
              WHERE k.tenant_id = locked.tenant_id AND k.key = locked.key \
-             RETURNING k.route, k.replays = locked.n AS first",
+             RETURNING k.route, locked.n > 0 AND k.replays = locked.n AS first",
         )
         .bind(&tenants)
         .bind(&keys)
-        .bind(&counts)
+        .bind(&replays)
+        .bind(&mismatches)
         .fetch_all(&self.pool)
         .await?;
         for (route, first) in rows {

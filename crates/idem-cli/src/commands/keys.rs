@@ -49,7 +49,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let row = sqlx::query(
         "SELECT method, path, route, response_status, response_header_names, \
            response_header_values, response_body, created_at, completed_at, \
-           greatest(expires_at, completed_at + retention) AS expires_at, replays, \
+           greatest(expires_at, completed_at + retention) AS expires_at, replays, mismatches, \
            greatest(expires_at, completed_at + retention) <= now() AS expired \
          FROM idem.keys WHERE tenant_id = $1 AND key = $2",
     )
@@ -100,6 +100,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         "completed_at": completed_at,
         "expires_at": row.try_get::<DateTime<Utc>, _>("expires_at")?,
         "replays": row.try_get::<i32, _>("replays")?,
+        "mismatches": row.try_get::<i32, _>("mismatches")?,
     }))
 }
 
@@ -122,6 +123,7 @@ async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
            coalesce(route, 'unmatched') AS route, count(*) AS keys, \
            coalesce(sum(pg_column_size(k.*)), 0)::int8 AS bytes, \
            coalesce(sum(replays), 0)::int8 AS replays, \
+           coalesce(sum(mismatches), 0)::int8 AS mismatches, \
            count(*) FILTER (WHERE completed_at IS NULL) AS in_flight \
          FROM idem.keys k WHERE created_at >= now() - make_interval(days => $1) \
          GROUP BY 1, 2 ORDER BY 1, 2",
@@ -137,6 +139,7 @@ async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
             "keys": row.try_get::<i64, _>("keys")?,
             "bytes": row.try_get::<i64, _>("bytes")?,
             "replays": row.try_get::<i64, _>("replays")?,
+            "mismatches": row.try_get::<i64, _>("mismatches")?,
             "in_flight": row.try_get::<i64, _>("in_flight")?,
         }));
     }
