@@ -20,8 +20,9 @@ use tower::Layer;
 use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::limits::{KeyQuota, NewKeyLimiter};
-use crate::seal::{BodySealing, Redactor};
+use crate::seal::Redactor;
 use crate::{IdempotencyService, TenantSource};
+use idem_core::seal::BodySealing;
 
 /// The header that carries the key, by default.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

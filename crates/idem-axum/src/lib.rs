@@ -66,6 +66,7 @@ mod tx;
 
 pub use idem_core::policy::{HashPolicy, KeyMode, Policy, RiskClass, Would};
 pub use idem_core::protect::KeyProtection;
+pub use idem_core::seal::{BodySealing, SealingError};
 pub use idem_core::{
     ClientVersions, FinalStatuses, IdempotencyKey, Outcome, TenantId, TraceContext,
 };
@@ -75,7 +76,6 @@ pub use layer::{
     IdempotencyLayer,
 };
 pub use problem::{PROBLEM_JSON, Problem};
-pub use seal::{BodySealing, SealingError};
 pub use service::{IdempotencyService, ResponseFuture};
 pub use tenant::TenantSource;
 pub use tx::Tx;

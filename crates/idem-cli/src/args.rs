@@ -72,6 +72,15 @@ pub struct KeyRef {
     /// The id of that secret.
     #[arg(long, default_value = "1")]
     pub key_secret_id: String,
+    /// The layer's body keys, when it seals bodies (`seal_bodies`): `ID=HEX`, the
+    /// 32-byte key as hex; repeat it, or separate with commas, for rotated keys.
+    #[arg(
+        long = "body-key",
+        env = "IDEM_BODY_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub body_keys: Vec<String>,
 }
 
 /// `idem keys ...`

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use idem_axum::BodySealing;
 use idem_tests::{TestApp, TestDb, replayed, test_db};
 use serde_json::Value;
 
@@ -68,6 +69,40 @@ async fn keys_show_prints_a_key_s_status_response_and_replays() {
     let (code, missing) = idem(&db, &["keys", "show", "--tenant", "acme", "--key", "nope"]).await;
     assert_eq!(code, 2);
     assert_eq!(missing["found"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_show_opens_a_sealed_body_only_with_its_body_key() {
+    let db = test_db().await;
+    let (old, current) = ([3u8; 32], [7u8; 32]);
+    let sealing = BodySealing::new("b2", &current)
+        .and_then(|s| s.previous("b1", &old))
+        .expect("sealing");
+    let layer = payments::idempotency(db.pool.clone()).seal_bodies(sealing);
+    let app = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
+    assert_eq!(pay(&app, "sealed").await.status(), 201);
+    let show = ["keys", "show", "--tenant", "acme", "--key", "sealed"];
+
+    let (code, locked) = idem(&db, &show).await;
+    assert_eq!(code, 0);
+    assert_eq!(locked["body_sealed"], true);
+    assert_eq!(locked["body_preview"], Value::Null, "no ciphertext shown");
+
+    // Both keys, as after a rotation: each opens what it sealed.
+    let keys = format!("b1={},b2={}", hex::encode(old), hex::encode(current));
+    let (code, opened) = idem(&db, &[&show[..], &["--body-key", &keys]].concat()).await;
+    assert_eq!(code, 0, "{opened}");
+    assert_eq!(opened["body_sealed"], true);
+    let preview = opened["body_preview"].as_str().expect("an opened body");
+    assert!(preview.contains("\"amount\":1250"), "{preview}");
+
+    let wrong = format!("b2={}", hex::encode([9u8; 32]));
+    let (_, refused) = idem(&db, &[&show[..], &["--body-key", &wrong]].concat()).await;
+    assert_eq!(
+        refused["body_preview"],
+        Value::Null,
+        "a wrong key opens nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

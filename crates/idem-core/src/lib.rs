@@ -61,6 +61,7 @@ pub mod policy;
 pub mod protect;
 mod response;
 pub mod retry;
+pub mod seal;
 mod streaming;
 mod tenant;
 mod trace;

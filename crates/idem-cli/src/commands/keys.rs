@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use idem_core::protect::KeyProtection;
+use idem_core::seal::{BodySealing, Opened, is_sealed};
 use idem_core::{IdempotencyKey, TenantId};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
@@ -36,6 +37,47 @@ fn stored(key: &KeyRef) -> Result<(TenantId, IdempotencyKey), Error> {
     Ok((tenant, protected))
 }
 
+/// The body keys given as `ID=HEX`, the first sealing new bodies and the others only
+/// opening; `None` when none are given.
+fn sealing(keys: &[String]) -> Result<Option<BodySealing>, Error> {
+    let mut sealing: Option<BodySealing> = None;
+    for given in keys {
+        let (id, key) = given
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid("--body-key must be ID=HEX".into()))?;
+        let key = hex::decode(key.trim())
+            .map_err(|_| Error::Invalid("--body-key's key is not hex".into()))?;
+        let added = match sealing {
+            None => BodySealing::new(id, &key),
+            Some(s) => s.previous(id, &key),
+        };
+        sealing = Some(added.map_err(|e| Error::Invalid(e.to_string()))?);
+    }
+    Ok(sealing)
+}
+
+/// What `keys show` prints of a stored body: its start, opened when it is sealed and a
+/// body key opens it (`None` when it is sealed and none does), and whether it was
+/// sealed.
+fn preview(
+    sealing: Option<&BodySealing>,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    body: &[u8],
+) -> (Option<String>, bool) {
+    let opened = match sealing {
+        Some(sealing) => sealing.open(tenant, key, body),
+        None if is_sealed(body) => Opened::Unreadable,
+        None => Opened::Plain,
+    };
+    let shown = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(BODY_PREVIEW)]).into_owned();
+    match opened {
+        Opened::Plain => (Some(shown(body)), false),
+        Opened::Sealed(plain) => (Some(shown(&plain)), true),
+        Opened::Unreadable => (None, true),
+    }
+}
+
 fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
     Failure::NotFound(json!({
         "found": false,
@@ -45,6 +87,7 @@ fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
 }
 
 async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
+    let sealing = sealing(&key.body_keys)?;
     let (tenant, key) = stored(key)?;
     let row = sqlx::query(
         "SELECT method, path, route, response_status, response_header_names, \
@@ -80,10 +123,10 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         .zip(&values)
         .map(|(n, v)| json!([n, String::from_utf8_lossy(v)]))
         .collect();
-    let preview = body.as_ref().map(|b| {
-        let shown = &b[..b.len().min(BODY_PREVIEW)];
-        String::from_utf8_lossy(shown).into_owned()
-    });
+    let (preview, sealed) = match &body {
+        Some(body) => preview(sealing.as_ref(), &tenant, &key, body),
+        None => (None, false),
+    };
     Ok(json!({
         "found": true,
         "tenant": tenant.as_str(),
@@ -96,6 +139,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         "response_headers": headers,
         "body_bytes": body.as_ref().map(Vec::len),
         "body_preview": preview,
+        "body_sealed": sealed,
         "created_at": row.try_get::<DateTime<Utc>, _>("created_at")?,
         "completed_at": completed_at,
         "expires_at": row.try_get::<DateTime<Utc>, _>("expires_at")?,
