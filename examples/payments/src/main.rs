@@ -13,6 +13,8 @@
 //!
 //! `GET /metrics` serves the Prometheus text format (no authentication: keep the port
 //! private). The store's gauges are read every `GAUGES_INTERVAL_MS` (default 15000).
+//! Each tenant may hold `KEY_QUOTA` live keys (default 1,000,000; 0 for no quota), so
+//! the dashboard's quota panel and its alert have a usage to show.
 
 use std::error::Error;
 
@@ -53,6 +55,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let upkeep = tokio::spawn(payments::metrics::upkeep(metrics.clone(), shutdown.clone()));
     let waker = idem_sqlx::OutboxWaker::notifying(pool.clone());
     let mut idempotency = payments::idempotency(pool.clone()).outbox_waker(waker);
+    let quota = env_number("KEY_QUOTA").unwrap_or(DEFAULT_KEY_QUOTA);
+    idempotency = idempotency.key_quota(quota);
     if let Some(ms) = env_ms("IN_FLIGHT_WAIT_MS") {
         idempotency = idempotency.in_flight_wait(std::time::Duration::from_millis(ms));
     }
@@ -81,7 +85,15 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     Ok(())
 }
 
+/// The live keys each tenant may hold, unless `KEY_QUOTA` says otherwise.
+const DEFAULT_KEY_QUOTA: u64 = 1_000_000;
+
 /// A number of milliseconds from the environment, when set and valid.
 fn env_ms(name: &str) -> Option<u64> {
+    env_number(name)
+}
+
+/// A whole number from the environment, when set and valid.
+fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok())
 }

@@ -22,6 +22,8 @@ const WARM_EXECUTED: usize = 3;
 const EXECUTED: usize = 12;
 const REPLAYED: usize = 4;
 const MISMATCHED: usize = 2;
+/// The live keys the tenant may hold: all of them are one tenant's.
+const KEY_QUOTA: usize = 1000;
 
 fn ops(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,7 +239,13 @@ async fn every_dashboard_expression_returns_the_traffic_that_was_sent() {
     let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.expect("NATS"));
     let _ = js.delete_stream("PAYMENTS").await;
 
-    let service = ServiceProcess::start(PAYMENTS, &db.url, &[("GAUGES_INTERVAL_MS", "300")]).await;
+    let quota = KEY_QUOTA.to_string();
+    let service = ServiceProcess::start(
+        PAYMENTS,
+        &db.url,
+        &[("GAUGES_INTERVAL_MS", "300"), ("KEY_QUOTA", &quota)],
+    )
+    .await;
     let ledger_metrics = format!("127.0.0.1:{}", free_port());
     let _ledger = WorkerProcess::start(
         LEDGER,
@@ -349,6 +357,10 @@ async fn every_dashboard_expression_returns_the_traffic_that_was_sent() {
         ),
         ("Replays per retried key by route", 1.0),
         ("Dead letters", 0.0),
+        (
+            "Key quota usage (fullest tenant)",
+            executed as f64 / KEY_QUOTA as f64,
+        ),
     ];
     for (title, value) in expected {
         let (_, expr) = exprs
