@@ -4,7 +4,7 @@
 
 use idem_axum::IdempotencyLayer;
 use idem_core::policy::{HashPolicy, Policy, RiskClass};
-use idem_tests::{effects_app, problem_type, replayed, test_db};
+use idem_tests::{Proxy, TestApp, effects_app, effects_router, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_nothing() {
@@ -132,4 +132,60 @@ async fn a_route_policy_fingerprints_only_its_fields_and_replays_its_headers() {
     assert_eq!(changed.status(), 422, "a fingerprinted field is");
     assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
     assert_eq!(db.effects().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_policy_sets_how_long_its_keys_are_kept() {
+    let db = test_db().await;
+    let (critical, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
+    let (low, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Low))).await;
+    for (app, key) in [(&critical, "kept-critical"), (&low, "kept-low")] {
+        let r = app
+            .post("/effects", "t1", Some(key), "a")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    let kept: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT key, extract(epoch FROM retention)::float8 FROM idem.keys ORDER BY key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("keys");
+    assert_eq!(
+        kept,
+        [
+            ("kept-critical".to_owned(), 7.0 * 24.0 * 3600.0),
+            ("kept-low".to_owned(), 3600.0)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_risk_route_fails_open_and_a_critical_one_closed_when_the_store_is_down() {
+    let db = test_db().await;
+    let (proxy, pool) = Proxy::with_pool(&db).await;
+    let route = |class| {
+        let layer = IdempotencyLayer::new(pool.clone()).policy(Policy::for_risk(class));
+        TestApp::spawn(effects_router(pool.clone(), layer, Default::default()))
+    };
+    let (critical, low) = (
+        route(RiskClass::Critical).await,
+        route(RiskClass::Low).await,
+    );
+    proxy.cut();
+    let refused = critical
+        .post("/echo", "t1", Some("o1"), "ping")
+        .send()
+        .await
+        .expect("critical");
+    assert_eq!(refused.status(), 503, "fail closed");
+    let served = low
+        .post("/echo", "t1", Some("o1"), "ping")
+        .send()
+        .await
+        .expect("low");
+    assert_eq!(served.status(), 200, "fail open runs the handler");
+    assert_eq!(served.bytes().await.expect("body"), "ping");
 }
