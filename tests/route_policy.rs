@@ -1,6 +1,8 @@
 //! A route's policy, declared with its layer: risk classes set whether a key is
-//! required, and the report-only hash policy replays a changed request's stored answer
-//! instead of refusing it (the transition to fingerprinting).
+//! required, how long keys are kept and whether the route fails open; the report-only
+//! hash policy replays a changed request's stored answer instead of refusing it (the
+//! transition to fingerprinting); fingerprint fields and replayed headers travel with
+//! the policy.
 
 use idem_axum::IdempotencyLayer;
 use idem_core::policy::{HashPolicy, Policy, RiskClass};
