@@ -57,6 +57,7 @@ mod failure;
 mod fingerprint;
 mod key;
 pub mod observe;
+pub mod phased;
 pub mod policy;
 pub mod protect;
 mod response;

@@ -24,6 +24,11 @@ pub enum StoreError {
     /// The row to complete was not found in this transaction: it was never claimed here.
     #[error("no claimed key to complete in this transaction")]
     NotClaimed,
+    /// A phased key's row no longer carries this owner's fencing token (another
+    /// request took the key over after the lease passed), or it finished: the stale
+    /// owner commits nothing.
+    #[error("the key was taken over by another owner; this one may no longer commit")]
+    Fenced,
 }
 
 impl StoreError {
@@ -53,7 +58,7 @@ impl StoreError {
                 | sqlx::Error::BeginFailed,
             ) => FailureKind::Unavailable,
             StoreError::Database(_) => FailureKind::Fault,
-            StoreError::Contended => FailureKind::Serialization,
+            StoreError::Contended | StoreError::Fenced => FailureKind::Serialization,
             StoreError::Corrupt(_) | StoreError::NotClaimed => FailureKind::Fault,
         }
     }

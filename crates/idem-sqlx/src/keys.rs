@@ -179,7 +179,8 @@ async fn claim_inner(
                        retention = make_interval(secs => $6), \
                        completed_at = NULL, response_status = NULL, response_header_names = NULL, \
                        response_header_values = NULL, response_body = NULL, \
-                       recovery_point = NULL, locked_until = NULL \
+                       recovery_point = NULL, locked_until = NULL, fence = NULL, phases = NULL, \
+                       request_body = NULL, request_content_type = NULL \
                      WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
                        AND completed_at IS NOT NULL \
                      RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)"
@@ -278,7 +279,8 @@ pub async fn record<'e>(
            response_header_values = EXCLUDED.response_header_values, \
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
-           retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL \
+           retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL, \
+           fence = NULL, phases = NULL, request_body = NULL, request_content_type = NULL \
          WHERE ",
         expiry!("idem.keys."),
         " <= now() AND idem.keys.completed_at IS NOT NULL"
@@ -307,15 +309,15 @@ pub async fn record<'e>(
 }
 
 /// A [`Completion`] as the columns store it.
-struct CompletionParts<'a> {
-    status: i16,
-    names: Option<Vec<String>>,
-    values: Option<Vec<Vec<u8>>>,
-    body: Option<&'a [u8]>,
+pub(crate) struct CompletionParts<'a> {
+    pub(crate) status: i16,
+    pub(crate) names: Option<Vec<String>>,
+    pub(crate) values: Option<Vec<Vec<u8>>>,
+    pub(crate) body: Option<&'a [u8]>,
 }
 
 impl<'a> CompletionParts<'a> {
-    fn new(completion: Completion<'a>) -> Result<Self, StoreError> {
+    pub(crate) fn new(completion: Completion<'a>) -> Result<Self, StoreError> {
         let (status, names, values, body) = match completion {
             Completion::Response(r) => {
                 let (names, values): (Vec<String>, Vec<Vec<u8>>) =
@@ -356,7 +358,7 @@ pub async fn lookup<'e>(
     row.map(|row| decode_record(&row)).transpose()
 }
 
-fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
+pub(crate) fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
     let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
     let fingerprint =
         Fingerprint::from_slice(&fingerprint).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -422,6 +424,8 @@ pub async fn live_keys<'e>(
 /// Deletes up to `limit` expired keys and returns how many it deleted. Safe to run
 /// from several processes at once (`FOR UPDATE SKIP LOCKED`); run it periodically to
 /// keep the table small. Expired keys count as absent whether or not they are swept.
+/// A phased key still in progress is never swept: its work is half done, and only
+/// finishing it (a retry, or the completer) ends it.
 pub async fn sweep_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
@@ -431,7 +435,7 @@ pub async fn sweep_expired<'e>(
         "DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \
            SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() AND ",
         expiry!(),
-        " <= now() \
+        " <= now() AND (completed_at IS NOT NULL OR fence IS NULL) \
            ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
     ))
     .bind(limit)

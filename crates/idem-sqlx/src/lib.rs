@@ -65,6 +65,7 @@ mod nats;
 mod observe;
 mod observed;
 mod outbox;
+mod phases;
 mod relay;
 mod replays;
 mod sweeper;
@@ -86,6 +87,10 @@ pub use outbox::{
     CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, Message, NOTIFY_SPACING, OUTBOX_CHANNEL,
     OutboxMessage, OutboxWaker, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT, TRACESTATE,
     dead_letters, enqueue, purge, redrive, track_enqueues,
+};
+pub use phases::{
+    Lease, Phased, PhasedClaim, begin_phase, claim_phased, commit_phase, finish_phased,
+    record_failure, release_lease,
 };
 pub use relay::{OutboxRelay, Sink, SinkError};
 pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};
