@@ -85,7 +85,7 @@ where
 
 /// The request's `traceparent`, `tracestate` and correlation id, when it carried any
 /// that are valid.
-fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Option<TraceContext> {
+pub(crate) fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Option<TraceContext> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     TraceContext::from_headers(
         header("traceparent"),

@@ -111,7 +111,7 @@ impl Job {
     }
 
     /// A replay or a mismatch answered from the finished records in memory.
-    fn answer_from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
+    pub(crate) fn answer_from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
         let (decision, record) = self.cache.decide(keyed)?;
         decided(&self.config, decision, &record)
     }

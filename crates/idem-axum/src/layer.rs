@@ -20,6 +20,7 @@ use tower::Layer;
 use crate::cache::ReplayCache;
 use crate::flight::Flights;
 use crate::limits::{KeyQuota, NewKeyLimiter};
+use crate::phased::PhasedMode;
 use crate::seal::Redactor;
 use crate::{IdempotencyService, TenantSource};
 use idem_core::seal::BodySealing;
@@ -65,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) key_protection: Option<KeyProtection>,
     pub(crate) sealing: Option<BodySealing>,
     pub(crate) redact: Option<Redactor>,
+    pub(crate) phased: Option<PhasedMode>,
 }
 
 /// How the layer finds the client of a tenant that sent a request.
@@ -132,6 +134,7 @@ impl Default for Config {
             key_protection: None,
             sealing: None,
             redact: None,
+            phased: None,
         }
     }
 }
@@ -522,6 +525,24 @@ impl IdempotencyLayer {
     /// messages the handler enqueues.
     pub fn correlation_header(self, name: HeaderName) -> Self {
         self.with(|c| c.correlation_header = name)
+    }
+
+    /// Makes the route phased: for handlers that call other services and need their
+    /// answers (see [`Phases`](crate::Phases)). A keyed request's row commits at once,
+    /// in progress, with a lease of `lease` and a fencing token; the handler commits
+    /// its work in named phases (each phase renews the lease); a retry after the lease
+    /// passed takes the key over and resumes after the last phase that committed, and
+    /// the earlier owner can no longer commit. A retry while the lease is live waits
+    /// (`in_flight_wait`), then replays or answers 409 `in-flight`. Choose `lease`
+    /// longer than the slowest step between two phases (a call to another service).
+    ///
+    /// A final answer is stored with the key when the handler returns it; anything
+    /// else (a 5xx, an interrupted phase) ends the lease early, keeps the committed
+    /// phases, and lets a retry resume. Handlers take [`Phases`](crate::Phases), not
+    /// [`Tx`](crate::Tx). Requests without a key (where it is optional) run as on an
+    /// atomic route.
+    pub fn phased(self, lease: Duration) -> Self {
+        self.with(|c| c.phased = Some(PhasedMode { lease }))
     }
 
     /// Labels the layer's metrics by client version: the value of `header` when it is

@@ -98,6 +98,32 @@ pub enum Problem {
     /// (the route is not behind the layer, the method does not take part, or the store
     /// was unreachable on a route that fails open; such handlers take `Option<Tx>`).
     TransactionUnavailable,
+    /// 500 `phase-failed`: a phase of a phased request failed permanently (and the
+    /// handler did not answer otherwise, say after compensating). Final: stored, and
+    /// replayed to retries.
+    PhaseFailed {
+        /// The phase.
+        phase: String,
+        /// Why, as the phase said.
+        reason: String,
+    },
+    /// 503 `phase-interrupted`: a phase of a phased request failed in a way a retry may
+    /// not (the store was away, a call failed); the phases that committed stay, and a
+    /// retry with the same key resumes after them.
+    PhaseInterrupted {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// 409 `lease-lost`: this request's lease on a phased key passed and another
+    /// request took the key over; this one committed nothing more. A retry with the
+    /// same key waits for the new owner and gets its answer.
+    LeaseLost {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// 500 `phases-unavailable`: a handler asked for `Phases` on a route that is not
+    /// phased (or a request without a key).
+    PhasesUnavailable,
 }
 
 #[derive(Serialize)]
@@ -134,6 +160,10 @@ impl Problem {
             Problem::ResponseUnreadable => "response-unreadable",
             Problem::RecordCorrupt => "record-corrupt",
             Problem::TransactionUnavailable => "transaction-unavailable",
+            Problem::PhaseFailed { .. } => "phase-failed",
+            Problem::PhaseInterrupted { .. } => "phase-interrupted",
+            Problem::LeaseLost { .. } => "lease-lost",
+            Problem::PhasesUnavailable => "phases-unavailable",
         }
     }
 
@@ -150,16 +180,19 @@ impl Problem {
             Problem::NewKeyRateExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::KeyQuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
-            Problem::StoreUnavailable { .. } | Problem::CommitFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Problem::StoreUnavailable { .. }
+            | Problem::CommitFailed { .. }
+            | Problem::PhaseInterrupted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::LeaseLost { .. } => StatusCode::CONFLICT,
             Problem::HandlerPanicked
             | Problem::TransactionAborted
             | Problem::StoreFault
             | Problem::TransactionHeld
             | Problem::ResponseUnreadable
             | Problem::RecordCorrupt
-            | Problem::TransactionUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
+            | Problem::TransactionUnavailable
+            | Problem::PhaseFailed { .. }
+            | Problem::PhasesUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -184,6 +217,10 @@ impl Problem {
             Problem::ResponseUnreadable => "Response body failed",
             Problem::RecordCorrupt => "Stored response unreadable",
             Problem::TransactionUnavailable => "No transaction for this request",
+            Problem::PhaseFailed { .. } => "Request failed",
+            Problem::PhaseInterrupted { .. } => "Request interrupted",
+            Problem::LeaseLost { .. } => "Request taken over",
+            Problem::PhasesUnavailable => "No phases for this request",
         }
     }
 
@@ -243,6 +280,16 @@ impl Problem {
             }
             Problem::RecordCorrupt => "The stored response for this key cannot be read.".into(),
             Problem::TransactionUnavailable => "This request has no idempotent transaction.".into(),
+            Problem::PhaseFailed { phase, reason } => {
+                format!("Step `{phase}` of the request failed for good: {reason}.")
+            }
+            Problem::PhaseInterrupted { .. } => "The request was interrupted; retry with the \
+                same idempotency key to resume it."
+                .into(),
+            Problem::LeaseLost { .. } => "Another attempt with this idempotency key took the \
+                request over; retry with the same key to get its result."
+                .into(),
+            Problem::PhasesUnavailable => "This request is not processed in phases.".into(),
         }
     }
 
@@ -251,7 +298,9 @@ impl Problem {
             Problem::InFlight { retry_after }
             | Problem::NewKeyRateExceeded { retry_after }
             | Problem::StoreUnavailable { retry_after }
-            | Problem::CommitFailed { retry_after } => Some(*retry_after),
+            | Problem::CommitFailed { retry_after }
+            | Problem::PhaseInterrupted { retry_after }
+            | Problem::LeaseLost { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -202,6 +202,10 @@ where
                 route: observed.route().cloned(),
                 client: config.client(&parts),
             };
+            if config.phased.is_some() {
+                let req = Request::from_parts(parts, Body::from(body.clone()));
+                return spawned(observed, job.run_phased(keyed, body, inner, req)).await;
+            }
             let req = Request::from_parts(parts, Body::from(body));
             spawned(observed, job.run_keyed(keyed, inner, req)).await
         }

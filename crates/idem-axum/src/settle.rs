@@ -191,7 +191,7 @@ impl Job {
     /// What the duplicates waiting in this process (and its memory) learn of a
     /// committed answer. Its expiry counts from `sent`, the local time before the
     /// statement that started the key's retention on the store's clock.
-    fn landed(
+    pub(crate) fn landed(
         &self,
         keyed: &Keyed,
         status: u16,
@@ -215,7 +215,7 @@ impl Job {
 
     /// 503 `commit-failed` (retrying is safe), or 500 `store-fault` when the store
     /// failed in a way retrying does not fix.
-    fn commit_failed(&self, error: Option<&StoreError>) -> Response<Body> {
+    pub(crate) fn commit_failed(&self, error: Option<&StoreError>) -> Response<Body> {
         match error {
             Some(e) if e.kind() == FailureKind::Fault => return store_fault(e),
             Some(e) => tracing::warn!(error = %e, "commit failed"),
@@ -229,11 +229,15 @@ impl Job {
 }
 
 /// The response as written to the store (sealed when the layer seals bodies).
-fn sealed(config: &Config, keyed: &Keyed, stored: StoredResponse) -> Option<StoredResponse> {
+pub(crate) fn sealed(
+    config: &Config,
+    keyed: &Keyed,
+    stored: StoredResponse,
+) -> Option<StoredResponse> {
     seal::for_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, stored)
 }
 
-fn completion(status: u16, stored: Option<&StoredResponse>) -> Completion<'_> {
+pub(crate) fn completion(status: u16, stored: Option<&StoredResponse>) -> Completion<'_> {
     match stored {
         Some(stored) => Completion::Response(stored),
         None => Completion::StatusOnly(status),
@@ -256,7 +260,7 @@ fn transaction_aborted(status: u16) -> Response<Body> {
 
 /// The response as stored (`None` for a stream, a body over the size limit, or one
 /// that did not end within `response_timeout`), and the body to send on.
-async fn collect<B: ResponseBody>(
+pub(crate) async fn collect<B: ResponseBody>(
     config: &Config,
     status: u16,
     parts: &Parts,

@@ -237,13 +237,13 @@ async fn answer_without_transaction(
 
 /// A record read from the store with its body opened; `None` when it is sealed under a
 /// key this layer does not have.
-fn opened(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
+pub(crate) fn opened(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
     seal::from_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, record)
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:
 /// with its expiry on the local clock (`sent`: the local time before the read).
-fn landed(record: Record, store_now: DateTime<Utc>, sent: DateTime<Utc>) -> Landed {
+pub(crate) fn landed(record: Record, store_now: DateTime<Utc>, sent: DateTime<Utc>) -> Landed {
     Landed::Record(Arc::new(record.on_local_clock(store_now, sent)))
 }
 

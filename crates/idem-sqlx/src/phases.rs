@@ -85,12 +85,7 @@ pub async fn claim_phased(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Phased
         else {
             continue; // swept between the two statements
         };
-        match decide_phased(
-            Some(&record),
-            lease_until,
-            &req.request.fingerprint,
-            now,
-        ) {
+        match decide_phased(Some(&record), lease_until, &req.request.fingerprint, now) {
             PhasedDecision::Replay => return Ok(Phased::Replay(record, now)),
             PhasedDecision::Mismatch => return Ok(Phased::Mismatch(record, now)),
             PhasedDecision::Wait => {
@@ -290,8 +285,8 @@ pub async fn commit_phase(
     name: &str,
     entry: &PhaseEntry,
 ) -> Result<(), StoreError> {
-    let entry =
-        serde_json::to_value(entry).map_err(|e| StoreError::Corrupt(format!("phase entry: {e}")))?;
+    let entry = serde_json::to_value(entry)
+        .map_err(|e| StoreError::Corrupt(format!("phase entry: {e}")))?;
     let done = sqlx::query(
         "UPDATE idem.keys SET \
            phases = jsonb_build_object($4::text, $5::jsonb) || coalesce(phases, '{}'), \

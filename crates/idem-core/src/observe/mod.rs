@@ -65,11 +65,20 @@ pub enum Outcome {
     HandlerError,
     /// A stored response could not be rebuilt for a replay: 500.
     RecordCorrupt,
+    /// A phased key whose owner's lease had passed was taken over, its handler resumed
+    /// from the journal, and its final answer stored.
+    Resumed,
+    /// A phased request answered something that is not final, or was interrupted: its
+    /// committed phases stay, its lease ends, and a retry resumes from them.
+    Suspended,
+    /// A phased request's key was taken over by another request after its lease
+    /// passed: this owner commits nothing more (409 `lease-lost`).
+    LeaseLost,
 }
 
 impl Outcome {
     /// Every outcome, in the order of the README's table.
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 24] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
@@ -91,6 +100,9 @@ impl Outcome {
         Outcome::Panicked,
         Outcome::HandlerError,
         Outcome::RecordCorrupt,
+        Outcome::Resumed,
+        Outcome::Suspended,
+        Outcome::LeaseLost,
     ];
 
     /// The label value: stable, snake_case.
@@ -117,6 +129,9 @@ impl Outcome {
             Outcome::Panicked => "panicked",
             Outcome::HandlerError => "handler_error",
             Outcome::RecordCorrupt => "record_corrupt",
+            Outcome::Resumed => "resumed",
+            Outcome::Suspended => "suspended",
+            Outcome::LeaseLost => "lease_lost",
         }
     }
 
@@ -127,6 +142,7 @@ impl Outcome {
         matches!(
             self,
             Outcome::Executed
+                | Outcome::Resumed
                 | Outcome::RecordedAfterAbort
                 | Outcome::Replayed
                 | Outcome::ReplayedUnstored
@@ -181,6 +197,7 @@ mod tests {
             .collect();
         let expected = HashSet::from([
             Outcome::Executed,
+            Outcome::Resumed,
             Outcome::RecordedAfterAbort,
             Outcome::Replayed,
             Outcome::ReplayedUnstored,

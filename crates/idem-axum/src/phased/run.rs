@@ -1,0 +1,274 @@
+//! A keyed request on a phased route: claim (committed at once, leased), run the
+//! handler with its [`Phases`], then settle: store a final answer under the fencing
+//! token, or end the lease early so a retry resumes.
+
+use std::panic::AssertUnwindSafe;
+
+use axum::body::Body;
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::FutureExt;
+use http::{Request, Response, header};
+use idem_core::{FailureKind, Outcome, StoredResponse};
+use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
+
+use super::phases::{PhaseAnswer, Phases};
+use crate::Problem;
+use crate::answer::{in_flight, mismatched, outcome, replay};
+use crate::flight::Landed;
+use crate::handler::trace_context;
+use crate::job::Job;
+use crate::service::{Inner, ResponseBody};
+use crate::settle::{collect, completion, sealed};
+use crate::store::{Keyed, bounded, landed, opened, store_fault, unavailable};
+
+/// How often a request polls a key whose owner holds a live lease.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where the claim left a phased request.
+enum Claimed {
+    /// Run the handler as the key's owner.
+    Owned(Lease, idem_core::phased::Journal, bool),
+    /// Answered without running (replay, mismatch, in flight, store failure).
+    Answer(Response<Body>),
+}
+
+impl Job {
+    /// A keyed request on a phased route: exactly once across its phases.
+    pub(crate) async fn run_phased<S, B>(
+        self,
+        keyed: Keyed,
+        body: Bytes,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        if let Some(answer) = self.answer_from_memory(&keyed) {
+            return Ok(answer);
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (lease, journal, resumed) = match self.open_phased(&keyed, body, content_type).await {
+            Claimed::Owned(lease, journal, resumed) => (lease, journal, resumed),
+            Claimed::Answer(answer) => return Ok(answer),
+        };
+        self.observed.decided();
+        let phases = Phases::new(
+            self.pool.clone(),
+            lease.clone(),
+            journal,
+            resumed,
+            trace_context(&req, &self.config.correlation_header),
+        );
+        self.run_phases(&keyed, lease, phases, inner, req).await
+    }
+
+    /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
+    /// live lease on it.
+    async fn open_phased(
+        &self,
+        keyed: &Keyed,
+        body: Bytes,
+        content_type: Option<String>,
+    ) -> Claimed {
+        let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
+        loop {
+            let sent = Utc::now();
+            let claiming = {
+                let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
+                let (body, content_type) = (body.clone(), content_type.clone());
+                async move {
+                    let claim = PhasedClaim {
+                        request: keyed.claim_request(&config),
+                        lease: config.phased.map_or_else(Default::default, |p| p.lease),
+                        body: &body,
+                        content_type: content_type.as_deref(),
+                    };
+                    idem_sqlx::claim_phased(&pool, &claim).await
+                }
+            };
+            let claimed = bounded(self.config.store_timeout, claiming, |_| async {}).await;
+            let answered = match claimed {
+                Some(Ok(Phased::Owned {
+                    lease,
+                    journal,
+                    resumed,
+                })) => return Claimed::Owned(lease, journal, resumed),
+                Some(Ok(Phased::Replay(record, now))) => {
+                    match opened(&self.config, keyed, record) {
+                        Some(record) => {
+                            let answer = replay(&self.config, &record);
+                            self.cache_landed(keyed, landed(record, now, sent));
+                            answer
+                        }
+                        None => crate::answer::corrupt(),
+                    }
+                }
+                Some(Ok(Phased::Mismatch(record, now))) => {
+                    match opened(&self.config, keyed, record) {
+                        Some(record) => {
+                            let answer = mismatched(&self.config, &record);
+                            self.cache_landed(keyed, landed(record, now, sent));
+                            answer
+                        }
+                        None => crate::answer::corrupt(),
+                    }
+                }
+                Some(Ok(Phased::Busy { .. })) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        in_flight(&self.config)
+                    } else {
+                        tokio::time::sleep(BUSY_POLL.min(deadline - now)).await;
+                        continue;
+                    }
+                }
+                Some(Err(e)) if e.kind() == FailureKind::Fault => store_fault(&e),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "phased claim failed");
+                    unavailable(&self.config)
+                }
+                None => {
+                    tracing::warn!("the phased claim did not finish within store_timeout");
+                    unavailable(&self.config)
+                }
+            };
+            return Claimed::Answer(answered);
+        }
+    }
+
+    /// Keeps a finished record read from the store in memory, for the retries to come.
+    fn cache_landed(&self, keyed: &Keyed, landed: Landed) {
+        if let Landed::Record(record) = &landed {
+            self.cache.keep(keyed, record);
+        }
+    }
+
+    /// Runs the handler with `phases` in its extensions, then settles its answer.
+    async fn run_phases<S, B>(
+        &self,
+        keyed: &Keyed,
+        lease: Lease,
+        phases: Phases,
+        mut inner: S,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
+        let resumed = phases.resumed();
+        req.extensions_mut().insert(phases);
+        req.extensions_mut().insert(keyed.key.clone());
+        req.extensions_mut().insert(keyed.tenant.clone());
+        if let Some(context) = trace_context(&req, &self.config.correlation_header) {
+            req.extensions_mut().insert(context);
+        }
+        let started = tokio::time::Instant::now();
+        let result = AssertUnwindSafe(async move { inner.call(req).await })
+            .catch_unwind()
+            .await;
+        self.observed.handled(started.elapsed());
+        let response = match result {
+            Err(_panic) => {
+                self.release(&lease).await;
+                let answer = Problem::HandlerPanicked.into_response();
+                return Ok(outcome(answer, Outcome::Panicked));
+            }
+            Ok(Err(e)) => {
+                self.release(&lease).await;
+                return Err(e);
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        let answer = response.extensions().get::<PhaseAnswer>().copied();
+        let permanent = answer == Some(PhaseAnswer::PermanentFailure);
+        if !(self.config.final_statuses.is_final(status) || permanent) {
+            self.release(&lease).await;
+            let kind = match answer {
+                Some(PhaseAnswer::LeaseLost) => Outcome::LeaseLost,
+                _ => Outcome::Suspended,
+            };
+            return Ok(outcome(response.map(Body::new), kind));
+        }
+        Ok(self.finish(keyed, &lease, response, resumed).await)
+    }
+
+    /// Stores a final answer on the key, if this request still owns it.
+    async fn finish<B: ResponseBody>(
+        &self,
+        keyed: &Keyed,
+        lease: &Lease,
+        response: Response<B>,
+        resumed: bool,
+    ) -> Response<Body> {
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let (stored, body) = match collect(&self.config, status, &parts, body).await {
+            Ok(collected) => collected,
+            Err(e) => {
+                tracing::warn!(error = %e, "response body failed; the key stays in progress");
+                self.release(lease).await;
+                let answer = Problem::ResponseUnreadable.into_response();
+                return outcome(answer, Outcome::Suspended);
+            }
+        };
+        let stored_size = stored.as_ref().map(StoredResponse::size);
+        let sent = Utc::now();
+        let work = {
+            let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
+            let (lease, stored) = (lease.clone(), stored.clone());
+            async move {
+                let stored = stored.and_then(|s| sealed(&config, &keyed, s));
+                idem_sqlx::finish_phased(&pool, &lease, completion(status, stored.as_ref())).await
+            }
+        };
+        match bounded(self.config.store_timeout, work, |_| async {}).await {
+            Some(Ok(())) => {
+                if let Some(size) = stored_size {
+                    self.observed.stored(size);
+                }
+                self.cache_landed(keyed, self.landed(keyed, status, stored, sent));
+                let kind = if resumed {
+                    Outcome::Resumed
+                } else {
+                    Outcome::Executed
+                };
+                outcome(Response::from_parts(parts, body), kind)
+            }
+            Some(Err(StoreError::Fenced)) => lease_lost(),
+            Some(Err(e)) => {
+                self.release(lease).await;
+                self.commit_failed(Some(&e))
+            }
+            None => self.commit_failed(None),
+        }
+    }
+
+    /// Ends the lease early, so a retry resumes at once (best effort: a lease that is
+    /// not released passes by itself).
+    async fn release(&self, lease: &Lease) {
+        let work = {
+            let (pool, lease) = (self.pool.clone(), lease.clone());
+            async move { idem_sqlx::release_lease(&pool, &lease).await }
+        };
+        if let Some(Err(e)) = bounded(self.config.store_timeout, work, |_| async {}).await {
+            tracing::warn!(error = %e, "releasing the lease failed; it passes by itself");
+        }
+    }
+}
+
+/// 409 `lease-lost`: another request owns the key now.
+fn lease_lost() -> Response<Body> {
+    let problem = Problem::LeaseLost {
+        retry_after: std::time::Duration::from_secs(1),
+    };
+    outcome(problem.into_response(), Outcome::LeaseLost)
+}

@@ -1,0 +1,375 @@
+//! Phased routes: the key row commits before the work, each phase commits with the
+//! key's journal, a retry after the lease resumes after the last committed phase, a
+//! stale owner commits nothing (fencing), and a permanent failure is compensated once.
+//!
+//! The "other service" is a real one: an atomic-mode app behind its own idempotency
+//! layer on its own socket, called over HTTP with the phase's derived key; it writes an
+//! `effects` row per execution (note `provider:charge`, `provider:refund`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, PhaseError, Phases, TenantId, Tx};
+use idem_tests::{TestApp, TestDb, problem_type, replayed, tenant_from_header, test_db};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+/// What the phased handler is told to do wrong, once each.
+#[derive(Default)]
+struct Faults {
+    /// Answer 503 after the first phase.
+    interrupt: AtomicUsize,
+    /// Pauses after the first phase (milliseconds), one per request, in order.
+    pauses: Mutex<VecDeque<u64>>,
+}
+
+impl Faults {
+    fn pause(&self) -> Option<u64> {
+        self.pauses.lock().expect("pauses").pop_front()
+    }
+}
+
+fn take(counter: &AtomicUsize) -> usize {
+    counter.swap(0, Ordering::SeqCst)
+}
+
+#[derive(Deserialize, Default)]
+struct Knobs {
+    /// Fail the phase after the charge for good (the refund then runs).
+    #[serde(default)]
+    fail_after_charge: bool,
+}
+
+#[derive(Clone)]
+struct Provider {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Provider {
+    /// Calls the provider with the phase's key: the provider's own layer dedupes it.
+    async fn call(&self, what: &str, key: &IdempotencyKey) -> Result<String, PhaseError> {
+        let answer = self
+            .http
+            .post(format!("{}/{what}", self.url))
+            .header("x-tenant-id", "merchant")
+            .header("idempotency-key", key.as_str())
+            .body("{}")
+            .send()
+            .await
+            .map_err(|e| PhaseError::Transient(e.to_string()))?;
+        if !answer.status().is_success() {
+            return Err(PhaseError::Transient(format!(
+                "provider {}",
+                answer.status()
+            )));
+        }
+        let body: Value = answer
+            .json()
+            .await
+            .map_err(|e| PhaseError::Transient(e.to_string()))?;
+        Ok(body["id"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+async fn effect(tx: &mut PgConnection, tenant: &str, note: &str) -> Result<i64, PhaseError> {
+    let id =
+        sqlx::query_scalar("INSERT INTO effects (tenant_id, note) VALUES ($1, $2) RETURNING id")
+            .bind(tenant)
+            .bind(note)
+            .fetch_one(tx)
+            .await?;
+    Ok(id)
+}
+
+/// `POST /orders`: phase `first` writes a row; phase `charge` calls the provider and
+/// records its charge id; phase `second` writes a row (or fails for good, and then
+/// `refund` calls the provider's refund and the answer is 402).
+async fn order(
+    phases: Phases,
+    Extension(tenant): Extension<TenantId>,
+    Extension(faults): Extension<Arc<Faults>>,
+    Extension(provider): Extension<Provider>,
+    Query(knobs): Query<Knobs>,
+) -> Result<Response, PhaseError> {
+    let tenant = tenant.as_str();
+    let first: i64 = phases
+        .atomic("first", async |tx| effect(tx, tenant, "first").await)
+        .await?;
+    if take(&faults.interrupt) > 0 {
+        return Err(PhaseError::Transient("interrupted on purpose".into()));
+    }
+    if let Some(pause) = faults.pause() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    let charge: String = phases
+        .remote(
+            "charge",
+            async |key| provider.call("charges", &key).await,
+            async |tx, charge: String| {
+                effect(tx, tenant, "charge").await?;
+                Ok(charge)
+            },
+        )
+        .await?;
+    let second = phases
+        .atomic("second", async |tx| {
+            if knobs.fail_after_charge {
+                return Err(PhaseError::Permanent(
+                    "the order cannot be fulfilled".into(),
+                ));
+            }
+            effect(tx, tenant, "second").await
+        })
+        .await;
+    match second {
+        Ok(second) => {
+            let body = json!({ "first": first, "charge": charge, "second": second });
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(PhaseError::Failed { reason, .. }) => {
+            let refund: String = phases
+                .remote(
+                    "refund",
+                    async |key| provider.call("refunds", &key).await,
+                    async |tx, refund: String| {
+                        effect(tx, tenant, "refund").await?;
+                        Ok(refund)
+                    },
+                )
+                .await?;
+            let body = json!({ "refunded": refund, "charge": charge, "reason": reason });
+            Ok((StatusCode::PAYMENT_REQUIRED, Json(body)).into_response())
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The provider: an atomic route that records each execution.
+async fn provider_call(
+    Extension(what): Extension<&'static str>,
+    mut tx: Tx,
+) -> Result<(StatusCode, Json<Value>), StatusCode> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO effects (tenant_id, note) VALUES ('merchant', $1) RETURNING id",
+    )
+    .bind(format!("provider:{what}"))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": format!("{what}-{id}") })),
+    ))
+}
+
+struct Setup {
+    app: TestApp,
+    faults: Arc<Faults>,
+    _provider: TestApp,
+}
+
+async fn setup(db: &TestDb, lease: Duration, wait: Duration) -> Setup {
+    let provider_layer = IdempotencyLayer::new(db.pool.clone()).tenant(tenant_from_header());
+    let provider = TestApp::spawn(
+        Router::new()
+            .route("/charges", post(provider_call).layer(Extension("charge")))
+            .route("/refunds", post(provider_call).layer(Extension("refund")))
+            .layer(provider_layer),
+    )
+    .await;
+    let faults = Arc::new(Faults::default());
+    let layer = IdempotencyLayer::new(db.pool.clone())
+        .tenant(tenant_from_header())
+        .phased(lease)
+        .in_flight_wait(wait)
+        .replay_cache(0);
+    let app = TestApp::spawn(
+        Router::new()
+            .route("/orders", post(order).route_layer(layer))
+            .layer(Extension(faults.clone()))
+            .layer(Extension(Provider {
+                url: provider.url(""),
+                http: provider.client.clone(),
+            })),
+    )
+    .await;
+    Setup {
+        app,
+        faults,
+        _provider: provider,
+    }
+}
+
+async fn notes(db: &TestDb, note: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE note = $1")
+        .bind(note)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+async fn order_request(app: &TestApp, key: &str, query: &str) -> reqwest::Response {
+    app.post(&format!("/orders{query}"), "t1", Some(key), "{}")
+        .send()
+        .await
+        .expect("POST /orders")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_phase_runs_once_and_a_retry_replays_the_final_answer() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    let first = order_request(&s.app, "o1", "").await;
+    assert_eq!(first.status(), 201);
+    let body = first.text().await.expect("body");
+    let again = order_request(&s.app, "o1", "").await;
+    assert!(replayed(&again));
+    assert_eq!(again.text().await.expect("body"), body);
+    for note in ["first", "charge", "second", "provider:charge"] {
+        assert_eq!(notes(&db, note).await, 1, "{note}");
+    }
+    let (point, fence, journal): (Option<String>, Option<i64>, Value) =
+        sqlx::query_as("SELECT recovery_point, fence, phases FROM idem.keys WHERE key = 'o1'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("key row");
+    assert_eq!((point.as_deref(), fence), (Some("second"), Some(1)));
+    assert_eq!(
+        journal.as_object().map(|o| o.len()),
+        Some(3),
+        "first, charge and second are in the journal: {journal}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_an_interruption_resumes_after_the_last_committed_phase() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    s.faults.interrupt.store(1, Ordering::SeqCst);
+    let interrupted = order_request(&s.app, "o2", "").await;
+    assert_eq!(interrupted.status(), 503);
+    assert_eq!(
+        problem_type(interrupted).await,
+        "urn:idem:problem:phase-interrupted"
+    );
+    assert_eq!(notes(&db, "first").await, 1, "the first phase committed");
+
+    // The lease was released with the 503: the retry takes over at once.
+    let resumed = order_request(&s.app, "o2", "").await;
+    assert_eq!(resumed.status(), 201);
+    assert!(!replayed(&resumed));
+    let body: Value = resumed.json().await.expect("body");
+    let first_id: i64 = sqlx::query_scalar("SELECT id FROM effects WHERE note = 'first'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("first row");
+    assert_eq!(
+        body["first"], first_id,
+        "the first phase's output, from the journal"
+    );
+    for note in ["first", "charge", "second", "provider:charge"] {
+        assert_eq!(notes(&db, note).await, 1, "{note}");
+    }
+    let fence: i64 = sqlx::query_scalar("SELECT fence FROM idem.keys WHERE key = 'o2'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("fence");
+    assert_eq!(fence, 2, "the retry owns the key with the next token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_owner_whose_lease_passed_commits_nothing_after_a_take_over() {
+    let db = test_db().await;
+    // A one-second lease. The first owner pauses three seconds after its first phase;
+    // the retry takes the key over at 1.5 s and pauses as long, so it is still in
+    // progress (its own lease passed, nobody took it) when the stale owner wakes.
+    let s = setup(&db, Duration::from_secs(1), Duration::from_millis(200)).await;
+    s.faults.pauses.lock().expect("pauses").extend([3000, 3000]);
+    let stale = order_request(&s.app, "o3", "");
+    let take_over = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        order_request(&s.app, "o3", "").await
+    };
+    let (stale, took_over) = tokio::join!(stale, take_over);
+    assert_eq!(took_over.status(), 201, "the retry took the key over");
+    assert_eq!(stale.status(), 409);
+    assert_eq!(problem_type(stale).await, "urn:idem:problem:lease-lost");
+    for note in ["first", "charge", "second", "provider:charge"] {
+        assert_eq!(notes(&db, note).await, 1, "{note}");
+    }
+    let replay = order_request(&s.app, "o3", "").await;
+    assert!(replayed(&replay));
+    assert_eq!(replay.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_during_a_live_lease_waits_and_replays() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(10)).await;
+    s.faults.pauses.lock().expect("pauses").push_back(1000);
+    let first = order_request(&s.app, "o4", "");
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        order_request(&s.app, "o4", "").await
+    };
+    let (first, duplicate) = tokio::join!(first, duplicate);
+    assert_eq!(first.status(), 201);
+    assert!(replayed(&duplicate), "the duplicate waited for the owner");
+    assert_eq!(
+        first.text().await.expect("body"),
+        duplicate.text().await.expect("body")
+    );
+    assert_eq!(notes(&db, "provider:charge").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_failure_after_the_charge_is_refunded_once_and_the_answer_replays() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    let failed = order_request(&s.app, "o5", "?fail_after_charge=true").await;
+    assert_eq!(failed.status(), 402);
+    let body: Value = failed.json().await.expect("body");
+    assert_eq!(body["reason"], "the order cannot be fulfilled");
+    assert!(
+        body["refunded"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("refund-"))
+    );
+    for _ in 0..2 {
+        let again = order_request(&s.app, "o5", "?fail_after_charge=true").await;
+        assert_eq!(again.status(), 402);
+        assert!(replayed(&again));
+    }
+    assert_eq!(notes(&db, "provider:charge").await, 1);
+    assert_eq!(notes(&db, "provider:refund").await, 1, "refunded once");
+    assert_eq!(notes(&db, "refund").await, 1);
+    assert_eq!(
+        notes(&db, "second").await,
+        0,
+        "the failed phase wrote nothing"
+    );
+    let journal: Value = sqlx::query_scalar("SELECT phases FROM idem.keys WHERE key = 'o5'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("journal");
+    assert_eq!(journal["second"]["failed"], "the order cannot be fulfilled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_request_with_a_phased_key_is_a_mismatch() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    assert_eq!(order_request(&s.app, "o6", "").await.status(), 201);
+    let changed = order_request(&s.app, "o6", "?fail_after_charge=true").await;
+    assert_eq!(changed.status(), 422);
+    assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
+}
