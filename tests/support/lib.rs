@@ -6,6 +6,7 @@ pub mod app;
 pub mod fault_proxy;
 pub mod nats;
 pub mod pg;
+pub mod phased;
 pub mod process;
 pub mod proxy;
 pub mod receiver;

@@ -76,7 +76,7 @@ pub use layer::{
     CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
     IdempotencyLayer,
 };
-pub use phased::{PhaseError, Phases};
+pub use phased::{Completer, PhaseError, Phases};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};
 pub use tenant::TenantSource;

@@ -26,6 +26,7 @@ use crate::flight::Flights;
 use crate::job::Job;
 use crate::layer::Config;
 use crate::observe::{Observed, answered, finished};
+use crate::phased::Resume;
 use crate::store::Keyed;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -148,7 +149,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // The clone is not necessarily ready; keep the ready one for this call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -158,6 +159,11 @@ where
             return passthrough(inner, req);
         }
         let observed = Observed::start(&config, &req);
+        if config.phased.is_some()
+            && let Some(resume) = req.extensions_mut().remove::<Resume>()
+        {
+            return resumed(self.job(observed.clone()), observed, resume, inner, req);
+        }
         if config.key_mode == KeyMode::Observe {
             return self.observing(inner, req, observed);
         }
@@ -230,6 +236,48 @@ where
 {
     let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
     let fut = spawned(observed, job.run_unkeyed(inner, req));
+    ResponseFuture::new(fut.instrument(span))
+}
+
+/// A phased key's kept request, run again by the completer: the key, tenant and
+/// fingerprint are the claim's, from the [`Resume`] extension.
+fn resumed<S, B>(
+    job: Job,
+    observed: Arc<Observed>,
+    resume: Resume,
+    inner: S,
+    req: Request<Body>,
+) -> ResponseFuture<S::Error>
+where
+    S: Inner<B>,
+    B: ResponseBody,
+{
+    let (parts, body) = req.into_parts();
+    let span = request_span!(
+        "resumed_request",
+        &parts.method,
+        parts.uri.path(),
+        observed,
+        idem.tenant = %resume.tenant,
+        idem.key_hash = %resume.key.short_hash(),
+    );
+    let fut = async move {
+        let body = match buffered(&job.config, &observed, body).await {
+            Ok(body) => body,
+            Err(rejected) => return Ok(rejected),
+        };
+        let keyed = Keyed {
+            fingerprint: resume.fingerprint,
+            tenant: resume.tenant,
+            key: resume.key,
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            route: observed.route().cloned(),
+            client: None,
+        };
+        let req = Request::from_parts(parts, Body::from(body.clone()));
+        spawned(observed, job.run_phased(keyed, body, inner, req)).await
+    };
     ResponseFuture::new(fut.instrument(span))
 }
 

@@ -180,7 +180,8 @@ async fn claim_inner(
                        completed_at = NULL, response_status = NULL, response_header_names = NULL, \
                        response_header_values = NULL, response_body = NULL, \
                        recovery_point = NULL, locked_until = NULL, fence = NULL, phases = NULL, \
-                       request_body = NULL, request_content_type = NULL \
+                       request_body = NULL, request_content_type = NULL, request_query = NULL, \
+                       operation_id = NULL \
                      WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
                        AND completed_at IS NOT NULL \
                      RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)"
@@ -280,7 +281,8 @@ pub async fn record<'e>(
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
            retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL, \
-           fence = NULL, phases = NULL, request_body = NULL, request_content_type = NULL \
+           fence = NULL, phases = NULL, request_body = NULL, request_content_type = NULL, \
+           request_query = NULL, operation_id = NULL \
          WHERE ",
         expiry!("idem.keys."),
         " <= now() AND idem.keys.completed_at IS NOT NULL"

@@ -89,8 +89,8 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use phases::{
-    Lease, Phased, PhasedClaim, begin_phase, claim_phased, commit_phase, finish_phased,
-    record_failure, release_lease,
+    Abandoned, Lease, Operation, OperationState, Phased, PhasedClaim, abandoned, begin_phase,
+    claim_phased, commit_phase, finish_phased, operation, record_failure, release_lease,
 };
 pub use relay::{OutboxRelay, Sink, SinkError};
 pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};

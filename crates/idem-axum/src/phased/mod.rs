@@ -9,9 +9,12 @@
 //! with keys derived from the request's key and the phase, so they dedupe the calls a
 //! resume repeats.
 
+mod completer;
 mod phases;
 mod run;
 
+pub use completer::Completer;
+pub(crate) use completer::Resume;
 pub use phases::{PhaseError, Phases};
 
 /// The phased mode's settings.

@@ -25,6 +25,14 @@ use crate::store::{Keyed, bounded, landed, opened, store_fault, unavailable};
 /// How often a request polls a key whose owner holds a live lease.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The request as the claim keeps it, for the completer.
+#[derive(Debug, Clone)]
+struct Kept {
+    body: Bytes,
+    query: Option<String>,
+    content_type: Option<String>,
+}
+
 /// Where the claim left a phased request.
 enum Claimed {
     /// Run the handler as the key's owner.
@@ -49,12 +57,16 @@ impl Job {
         if let Some(answer) = self.answer_from_memory(&keyed) {
             return Ok(answer);
         }
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let (lease, journal, resumed) = match self.open_phased(&keyed, body, content_type).await {
+        let kept = Kept {
+            body,
+            query: req.uri().query().map(str::to_owned),
+            content_type: req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let (lease, journal, resumed) = match self.open_phased(&keyed, kept).await {
             Claimed::Owned(lease, journal, resumed) => (lease, journal, resumed),
             Claimed::Answer(answer) => return Ok(answer),
         };
@@ -71,24 +83,20 @@ impl Job {
 
     /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
     /// live lease on it.
-    async fn open_phased(
-        &self,
-        keyed: &Keyed,
-        body: Bytes,
-        content_type: Option<String>,
-    ) -> Claimed {
+    async fn open_phased(&self, keyed: &Keyed, kept: Kept) -> Claimed {
         let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
         loop {
             let sent = Utc::now();
             let claiming = {
                 let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
-                let (body, content_type) = (body.clone(), content_type.clone());
+                let kept = kept.clone();
                 async move {
                     let claim = PhasedClaim {
                         request: keyed.claim_request(&config),
                         lease: config.phased.map_or_else(Default::default, |p| p.lease),
-                        body: &body,
-                        content_type: content_type.as_deref(),
+                        query: kept.query.as_deref(),
+                        body: &kept.body,
+                        content_type: kept.content_type.as_deref(),
                     };
                     idem_sqlx::claim_phased(&pool, &claim).await
                 }

@@ -1,0 +1,202 @@
+//! The phased claim: a new key's row committed at once with a lease and the first
+//! fencing token, or an in-progress key taken over after its lease passed.
+
+use chrono::{DateTime, Utc};
+use idem_core::phased::{Journal, PhasedDecision, decide_phased};
+use idem_core::{IdempotencyKey, Record, TenantId};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{Lease, Phased, PhasedClaim, secs};
+use crate::StoreError;
+use crate::keys::decode_record;
+
+/// How many times a phased claim re-reads a key that changed under it.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// Claims `(tenant, key)` for a phased request, committing at once (each statement is
+/// its own transaction): a new key's row is inserted in progress with the first
+/// fencing token and a lease; a key whose lease passed is taken over with the next
+/// token. What to do with an existing row is [`decide_phased`]'s.
+pub async fn claim_phased(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Phased, StoreError> {
+    let (tenant, key) = (req.request.tenant, req.request.key);
+    for _ in 0..CLAIM_ATTEMPTS {
+        if let Some((fence, operation)) = insert_new(pool, req).await? {
+            return Ok(owned(req, fence, operation, Journal::default(), false));
+        }
+        let Some((record, lease_until, fence, now)) = lookup_phased(pool, tenant, key).await?
+        else {
+            continue; // swept between the two statements
+        };
+        match decide_phased(Some(&record), lease_until, &req.request.fingerprint, now) {
+            PhasedDecision::Replay => return Ok(Phased::Replay(record, now)),
+            PhasedDecision::Mismatch => return Ok(Phased::Mismatch(record, now)),
+            PhasedDecision::Wait => {
+                let until = lease_until.unwrap_or(now);
+                return Ok(Phased::Busy { until });
+            }
+            PhasedDecision::TakeOver => {
+                if let Some((fence, operation, journal)) = take_over(pool, req, fence).await? {
+                    return Ok(owned(req, fence, operation, journal, true));
+                }
+            }
+            PhasedDecision::Execute => {
+                if let Some((fence, operation)) = replace_expired(pool, req).await? {
+                    return Ok(owned(req, fence, operation, Journal::default(), false));
+                }
+            }
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+fn owned(
+    req: &PhasedClaim<'_>,
+    fence: i64,
+    operation: Uuid,
+    journal: Journal,
+    resumed: bool,
+) -> Phased {
+    Phased::Owned {
+        lease: Lease {
+            tenant: req.request.tenant.clone(),
+            key: req.request.key.clone(),
+            fence,
+            duration: req.lease,
+            operation,
+        },
+        journal,
+        resumed,
+    }
+}
+
+/// A new claim's fencing token and operation id.
+type Claimed = Option<(i64, Uuid)>;
+
+async fn insert_new(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+    let r = &req.request;
+    let claimed = sqlx::query_as(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, created_at, \
+           expires_at, retention, fence, locked_until, phases, request_body, \
+           request_content_type, request_query, operation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(secs => $7), \
+           make_interval(secs => $7), 1, now() + make_interval(secs => $8), '{}', $9, $10, \
+           $11, gen_random_uuid()) \
+         ON CONFLICT (tenant_id, key) DO NOTHING RETURNING fence, operation_id",
+    )
+    .bind(r.tenant.as_str())
+    .bind(r.key.as_str())
+    .bind(r.fingerprint.as_bytes().as_slice())
+    .bind(r.method)
+    .bind(r.path)
+    .bind(r.route)
+    .bind(secs(r.retention))
+    .bind(secs(req.lease))
+    .bind(req.body)
+    .bind(req.content_type)
+    .bind(req.query)
+    .fetch_optional(pool)
+    .await?;
+    Ok(claimed)
+}
+
+/// A finished key past its retention becomes this request's, as new.
+async fn replace_expired(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+    let r = &req.request;
+    let claimed = sqlx::query_as(
+        "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $6, \
+           replays = 0, mismatches = 0, created_at = now(), \
+           expires_at = now() + make_interval(secs => $7), retention = make_interval(secs => $7), \
+           completed_at = NULL, response_status = NULL, response_header_names = NULL, \
+           response_header_values = NULL, response_body = NULL, recovery_point = NULL, \
+           fence = coalesce(fence, 0) + 1, locked_until = now() + make_interval(secs => $8), \
+           phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
+           operation_id = gen_random_uuid() \
+         WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
+           AND greatest(expires_at, completed_at + retention) <= now() \
+         RETURNING fence, operation_id",
+    )
+    .bind(r.tenant.as_str())
+    .bind(r.key.as_str())
+    .bind(r.fingerprint.as_bytes().as_slice())
+    .bind(r.method)
+    .bind(r.path)
+    .bind(r.route)
+    .bind(secs(r.retention))
+    .bind(secs(req.lease))
+    .bind(req.body)
+    .bind(req.content_type)
+    .bind(req.query)
+    .fetch_optional(pool)
+    .await?;
+    Ok(claimed)
+}
+
+/// Takes over an in-progress key whose lease passed, if it still carries the token
+/// `seen` (else another request took it first, or it finished): the next token, a new
+/// lease, and the journal the earlier owners left.
+async fn take_over(
+    pool: &PgPool,
+    req: &PhasedClaim<'_>,
+    seen: Option<i64>,
+) -> Result<Option<(i64, Uuid, Journal)>, StoreError> {
+    let row = sqlx::query(
+        "UPDATE idem.keys SET fence = coalesce(fence, 0) + 1, \
+           locked_until = now() + make_interval(secs => $4), \
+           operation_id = coalesce(operation_id, gen_random_uuid()) \
+         WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL \
+           AND fence IS NOT DISTINCT FROM $3 \
+           AND (locked_until IS NULL OR locked_until <= now()) \
+         RETURNING fence, phases, operation_id",
+    )
+    .bind(req.request.tenant.as_str())
+    .bind(req.request.key.as_str())
+    .bind(seen)
+    .bind(secs(req.lease))
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let fence: i64 = row.try_get("fence")?;
+    let journal = journal(row.try_get("phases")?)?;
+    Ok(Some((fence, row.try_get("operation_id")?, journal)))
+}
+
+fn journal(value: Option<serde_json::Value>) -> Result<Journal, StoreError> {
+    match value {
+        None => Ok(Journal::default()),
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| StoreError::Corrupt(format!("phase journal: {e}"))),
+    }
+}
+
+/// The key's record, the end of its lease, its fencing token, and the store's time.
+type PhasedRow = (Record, Option<DateTime<Utc>>, Option<i64>, DateTime<Utc>);
+
+async fn lookup_phased(
+    pool: &PgPool,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<PhasedRow>, StoreError> {
+    let row = sqlx::query(
+        "SELECT fingerprint, response_status, response_header_names, response_header_values, \
+           response_body, completed_at, greatest(expires_at, completed_at + retention) \
+           AS expires_at, now() AS db_now, locked_until, fence \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (record, now) = decode_record(&row)?;
+    Ok(Some((
+        record,
+        row.try_get("locked_until")?,
+        row.try_get("fence")?,
+        now,
+    )))
+}

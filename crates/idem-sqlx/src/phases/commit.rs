@@ -1,0 +1,126 @@
+//! Phase commits and the key's completion, each guarded by the owner's fencing token.
+
+use idem_core::phased::PhaseEntry;
+use sqlx::{PgPool, PgTransaction};
+
+use super::{Lease, secs};
+use crate::StoreError;
+use crate::keys::{Completion, CompletionParts};
+
+/// Opens a phase: a transaction that holds the key row locked, after checking that it
+/// still carries `lease`'s token and is not finished ([`StoreError::Fenced`] if not).
+/// Do the phase's writes on it, then [`commit_phase`].
+pub async fn begin_phase(
+    pool: &PgPool,
+    lease: &Lease,
+) -> Result<PgTransaction<'static>, StoreError> {
+    let mut tx = pool.begin().await?;
+    fenced(&mut tx, lease).await?;
+    Ok(tx)
+}
+
+/// Checks, under the row's lock, that `lease` still owns the key.
+async fn fenced(tx: &mut PgTransaction<'_>, lease: &Lease) -> Result<(), StoreError> {
+    let owner: Option<(Option<i64>, bool)> = sqlx::query_as(
+        "SELECT fence, completed_at IS NOT NULL FROM idem.keys \
+         WHERE tenant_id = $1 AND key = $2 FOR UPDATE",
+    )
+    .bind(lease.tenant.as_str())
+    .bind(lease.key.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    match owner {
+        Some((Some(fence), false)) if fence == lease.fence => Ok(()),
+        _ => Err(StoreError::Fenced),
+    }
+}
+
+/// Records the phase `name`'s entry in the key's journal, makes it the recovery point,
+/// renews the lease, and commits, with the phase's writes. A phase that already has an
+/// entry keeps it (a phase commits once).
+pub async fn commit_phase(
+    mut tx: PgTransaction<'static>,
+    lease: &Lease,
+    name: &str,
+    entry: &PhaseEntry,
+) -> Result<(), StoreError> {
+    let entry = serde_json::to_value(entry)
+        .map_err(|e| StoreError::Corrupt(format!("phase entry: {e}")))?;
+    let done = sqlx::query(
+        "UPDATE idem.keys SET \
+           phases = jsonb_build_object($4::text, $5::jsonb) || coalesce(phases, '{}'), \
+           recovery_point = $4, locked_until = now() + make_interval(secs => $6) \
+         WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
+    )
+    .bind(lease.tenant.as_str())
+    .bind(lease.key.as_str())
+    .bind(lease.fence)
+    .bind(name)
+    .bind(entry)
+    .bind(secs(lease.duration))
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Fenced);
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a phase's permanent failure in the journal, in a transaction of its own
+/// (the phase's writes rolled back): a resumed handler then gets the same failure.
+pub async fn record_failure(
+    pool: &PgPool,
+    lease: &Lease,
+    name: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let tx = begin_phase(pool, lease).await?;
+    commit_phase(tx, lease, name, &PhaseEntry::Failed(reason.to_owned())).await
+}
+
+/// Stores the final response of a phased key and ends its lease, if `lease` still owns
+/// it ([`StoreError::Fenced`] if not). Its retention counts from now.
+pub async fn finish_phased(
+    pool: &PgPool,
+    lease: &Lease,
+    completion: Completion<'_>,
+) -> Result<(), StoreError> {
+    let parts = CompletionParts::new(completion)?;
+    let done = sqlx::query(
+        "UPDATE idem.keys SET response_status = $4, response_header_names = $5, \
+           response_header_values = $6, response_body = $7, completed_at = now(), \
+           locked_until = NULL \
+         WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
+    )
+    .bind(lease.tenant.as_str())
+    .bind(lease.key.as_str())
+    .bind(lease.fence)
+    .bind(parts.status)
+    .bind(parts.names)
+    .bind(parts.values)
+    .bind(parts.body)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced)
+    }
+}
+
+/// Ends `lease` early without finishing the key (the handler answered something that
+/// is not final): a retry takes it over at once and resumes. Does nothing when another
+/// owner has the key.
+pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE idem.keys SET locked_until = now() \
+         WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
+    )
+    .bind(lease.tenant.as_str())
+    .bind(lease.key.as_str())
+    .bind(lease.fence)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

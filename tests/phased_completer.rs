@@ -1,0 +1,107 @@
+//! The completer: a phased key whose lease passed with no retry coming (the client
+//! gave up after an interruption, or the owner hangs) is finished in the library,
+//! resumed after its last committed phase, and its answer stored for later retries.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use idem_axum::Completer;
+use idem_tests::phased::{notes, order_request, setup};
+use idem_tests::{TestDb, problem_type, replayed, test_db};
+use tokio_util::sync::CancellationToken;
+
+/// Waits (at most 20 s) until the key has a stored answer; its status.
+async fn finished(db: &TestDb, key: &str) -> Option<i16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: Option<i16> = sqlx::query_scalar(
+            "SELECT response_status FROM idem.keys WHERE key = $1 AND completed_at IS NOT NULL",
+        )
+        .bind(key)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("key row");
+        if status.is_some() || tokio::time::Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_key_nobody_retries_is_finished_by_the_completer() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    s.faults.interrupt.store(1, Ordering::SeqCst);
+    let interrupted = order_request(&s.app, "c1", "?note=kept").await;
+    assert_eq!(interrupted.status(), 503);
+    assert_eq!(
+        notes(&db, "charge").await,
+        0,
+        "stopped after the first phase"
+    );
+
+    let shutdown = CancellationToken::new();
+    let completer = Completer::new(db.pool.clone(), s.routes.clone())
+        .interval(Duration::from_millis(200))
+        .after(Duration::ZERO);
+    let running = tokio::spawn(completer.run(shutdown.clone()));
+    assert_eq!(
+        finished(&db, "c1").await,
+        Some(201),
+        "the completer finished it"
+    );
+    shutdown.cancel();
+    running.await.expect("the completer stops");
+
+    for note in ["first", "charge", "second", "provider:charge"] {
+        assert_eq!(notes(&db, note).await, 1, "{note}");
+    }
+    let retry = order_request(&s.app, "c1", "?note=kept").await;
+    assert_eq!(retry.status(), 201);
+    assert!(
+        replayed(&retry),
+        "the client's late retry gets the stored answer"
+    );
+    let body: serde_json::Value = retry.json().await.expect("body");
+    assert_eq!(
+        body["note"], "kept",
+        "the completer ran the request with its query"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_owner_s_key_is_taken_over_by_the_completer_and_the_owner_commits_nothing() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(1), Duration::from_millis(200)).await;
+    s.faults.pauses.lock().expect("pauses").push_back(4000);
+    let hung = tokio::spawn({
+        let app_url = s.app.url("/orders");
+        let client = s.app.client.clone();
+        async move {
+            client
+                .post(app_url)
+                .header("x-tenant-id", "t1")
+                .header("idempotency-key", "c2")
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .expect("the hung request answers in the end")
+        }
+    });
+    let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
+    // Before the lease passed: nothing to do.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(completer.complete_once().await.expect("round"), 0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(completer.complete_once().await.expect("round"), 1);
+    assert_eq!(finished(&db, "c2").await, Some(201));
+
+    let hung = hung.await.expect("hung request");
+    assert_eq!(hung.status(), 409);
+    assert_eq!(problem_type(hung).await, "urn:idem:problem:lease-lost");
+    for note in ["first", "charge", "second", "provider:charge"] {
+        assert_eq!(notes(&db, note).await, 1, "{note}");
+    }
+}
