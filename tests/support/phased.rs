@@ -189,6 +189,15 @@ pub struct Setup {
 
 /// Serves the provider and the phased app (lease `lease`, in-flight wait `wait`).
 pub async fn setup(db: &TestDb, lease: Duration, wait: Duration) -> Setup {
+    setup_with(db, |layer| layer.phased(lease).in_flight_wait(wait)).await
+}
+
+/// Serves the provider and the phased app, its layer configured by `configure` (which
+/// makes it phased), with the operations' status at `GET /operations/{id}`.
+pub async fn setup_with(
+    db: &TestDb,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> Setup {
     let provider_layer = IdempotencyLayer::new(db.pool.clone()).tenant(tenant_from_header());
     let provider = TestApp::spawn(
         Router::new()
@@ -198,13 +207,14 @@ pub async fn setup(db: &TestDb, lease: Duration, wait: Duration) -> Setup {
     )
     .await;
     let faults = Arc::new(Faults::default());
-    let layer = IdempotencyLayer::new(db.pool.clone())
-        .tenant(tenant_from_header())
-        .phased(lease)
-        .in_flight_wait(wait)
-        .replay_cache(0);
+    let layer = configure(
+        IdempotencyLayer::new(db.pool.clone())
+            .tenant(tenant_from_header())
+            .replay_cache(0),
+    );
     let routes = Router::new()
-        .route("/orders", post(order).route_layer(layer))
+        .route("/orders", post(order).route_layer(layer.clone()))
+        .route("/operations/{id}", layer.operations())
         .layer(Extension(faults.clone()))
         .layer(Extension(Provider {
             url: provider.url(""),

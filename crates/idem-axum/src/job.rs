@@ -23,6 +23,7 @@ use crate::service::{Inner, ResponseBody};
 use crate::store::{Keyed, Opened, PgTx, begin, open_keyed, unavailable};
 
 /// What every step of a request needs.
+#[derive(Clone)]
 pub(crate) struct Job {
     pub(crate) config: Arc<Config>,
     pub(crate) pool: PgPool,

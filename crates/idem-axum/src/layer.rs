@@ -213,6 +213,9 @@ pub struct IdempotencyLayer {
     pub(crate) tally: ReplayTally,
 }
 
+/// The lease of a phased route configured with `accept_after` before `phased`.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// How many bytes of finished records a layer keeps in memory by default.
 pub const DEFAULT_REPLAY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -542,7 +545,58 @@ impl IdempotencyLayer {
     /// [`Tx`](crate::Tx). Requests without a key (where it is optional) run as on an
     /// atomic route.
     pub fn phased(self, lease: Duration) -> Self {
-        self.with(|c| c.phased = Some(PhasedMode { lease }))
+        self.with(|c| {
+            let accept = c.phased.take().and_then(|p| p.accept);
+            c.phased = Some(PhasedMode { lease, accept });
+        })
+    }
+
+    /// On a [`phased`](Self::phased) route, answers a request that has not finished
+    /// within `after` with **202 Accepted**, `Location: {status_path}/{operation id}`
+    /// and `Retry-After`; its phases go on, and its final answer is stored as usual.
+    /// Serve the status there with [`operations`](Self::operations): it answers from
+    /// the key row, 202 with the recovery point while the work runs, the stored final
+    /// answer once it finished. A retry of the request itself waits, then replays.
+    pub fn accept_after(self, after: Duration, status_path: impl Into<String>) -> Self {
+        let status_path = status_path.into();
+        self.with(|c| {
+            let lease = c.phased.as_ref().map_or(DEFAULT_LEASE, |p| p.lease);
+            c.phased = Some(PhasedMode {
+                lease,
+                accept: Some((after, status_path)),
+            });
+        })
+    }
+
+    /// The status endpoint of this layer's phased operations (see
+    /// [`accept_after`](Self::accept_after)), for `GET {status_path}/{id}`. It resolves
+    /// the tenant as the layer does, and an operation of another tenant is unknown
+    /// (404 `operation-unknown`).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use axum::Router;
+    /// use axum::routing::post;
+    /// use idem_axum::{IdempotencyLayer, PhaseError, Phases};
+    ///
+    /// async fn export(phases: Phases) -> Result<&'static str, PhaseError> {
+    ///     phases.atomic("exported", async |_tx| Ok(())).await?;
+    ///     Ok("done")
+    /// }
+    ///
+    /// # fn run(pool: sqlx::PgPool) {
+    /// let layer = IdempotencyLayer::new(pool)
+    ///     .single_tenant()
+    ///     .phased(Duration::from_secs(30))
+    ///     .accept_after(Duration::from_secs(2), "/operations");
+    /// let app: Router = Router::new()
+    ///     .route("/exports", post(export).route_layer(layer.clone()))
+    ///     .route("/operations/{id}", layer.operations());
+    /// # }
+    /// ```
+    pub fn operations<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
+        crate::phased::operations(self.pool.clone(), self.config.clone())
     }
 
     /// Labels the layer's metrics by client version: the value of `header` when it is

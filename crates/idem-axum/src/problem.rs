@@ -124,6 +124,8 @@ pub enum Problem {
     /// 500 `phases-unavailable`: a handler asked for `Phases` on a route that is not
     /// phased (or a request without a key).
     PhasesUnavailable,
+    /// 404 `operation-unknown`: no operation of the tenant has this id (or it expired).
+    OperationUnknown,
 }
 
 #[derive(Serialize)]
@@ -164,6 +166,7 @@ impl Problem {
             Problem::PhaseInterrupted { .. } => "phase-interrupted",
             Problem::LeaseLost { .. } => "lease-lost",
             Problem::PhasesUnavailable => "phases-unavailable",
+            Problem::OperationUnknown => "operation-unknown",
         }
     }
 
@@ -184,6 +187,7 @@ impl Problem {
             | Problem::CommitFailed { .. }
             | Problem::PhaseInterrupted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Problem::LeaseLost { .. } => StatusCode::CONFLICT,
+            Problem::OperationUnknown => StatusCode::NOT_FOUND,
             Problem::HandlerPanicked
             | Problem::TransactionAborted
             | Problem::StoreFault
@@ -221,6 +225,7 @@ impl Problem {
             Problem::PhaseInterrupted { .. } => "Request interrupted",
             Problem::LeaseLost { .. } => "Request taken over",
             Problem::PhasesUnavailable => "No phases for this request",
+            Problem::OperationUnknown => "Operation unknown",
         }
     }
 
@@ -290,6 +295,7 @@ impl Problem {
                 request over; retry with the same key to get its result."
                 .into(),
             Problem::PhasesUnavailable => "This request is not processed in phases.".into(),
+            Problem::OperationUnknown => "No operation with this id is known.".into(),
         }
     }
 

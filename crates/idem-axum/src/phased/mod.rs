@@ -12,14 +12,19 @@
 mod completer;
 mod phases;
 mod run;
+mod status;
 
 pub use completer::Completer;
 pub(crate) use completer::Resume;
 pub use phases::{PhaseError, Phases};
+pub(crate) use status::operations;
 
 /// The phased mode's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PhasedMode {
     /// How long an owner holds the key without committing a phase.
     pub(crate) lease: std::time::Duration,
+    /// Answer 202 Accepted to a request still running after this long, pointing at its
+    /// status under this path.
+    pub(crate) accept: Option<(std::time::Duration, String)>,
 }

@@ -78,7 +78,25 @@ impl Job {
             resumed,
             trace_context(&req, &self.config.correlation_header),
         );
-        self.run_phases(&keyed, lease, phases, inner, req).await
+        let accept = self.config.phased.as_ref().and_then(|p| p.accept.clone());
+        let Some((after, status_path)) = accept else {
+            return self.run_phases(&keyed, lease, phases, inner, req).await;
+        };
+        // The phases run in a task of their own, which goes on after a 202.
+        let operation = lease.operation;
+        let job = self.clone();
+        let mut running =
+            tokio::spawn(async move { job.run_phases(&keyed, lease, phases, inner, req).await });
+        tokio::select! {
+            done = &mut running => match done {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::error!(error = %e, "a phased request's task failed");
+                    Ok(outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked))
+                }
+            },
+            () = tokio::time::sleep(after) => Ok(accepted(&status_path, operation)),
+        }
     }
 
     /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
@@ -93,7 +111,10 @@ impl Job {
                 async move {
                     let claim = PhasedClaim {
                         request: keyed.claim_request(&config),
-                        lease: config.phased.map_or_else(Default::default, |p| p.lease),
+                        lease: config
+                            .phased
+                            .as_ref()
+                            .map_or_else(Default::default, |p| p.lease),
                         query: kept.query.as_deref(),
                         body: &kept.body,
                         content_type: kept.content_type.as_deref(),
@@ -271,6 +292,16 @@ impl Job {
             tracing::warn!(error = %e, "releasing the lease failed; it passes by itself");
         }
     }
+}
+
+/// 202 Accepted: the request goes on; its status is at `{status_path}/{operation}`.
+fn accepted(status_path: &str, operation: uuid::Uuid) -> Response<Body> {
+    let mut response = super::status::in_progress(operation, None);
+    let location = format!("{}/{operation}", status_path.trim_end_matches('/'));
+    if let Ok(location) = http::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    outcome(response, Outcome::Accepted)
 }
 
 /// 409 `lease-lost`: another request owns the key now.

@@ -74,11 +74,14 @@ pub enum Outcome {
     /// A phased request's key was taken over by another request after its lease
     /// passed: this owner commits nothing more (409 `lease-lost`).
     LeaseLost,
+    /// A phased request still running after the route's `accept_after` was answered
+    /// 202 Accepted with its status URL; its phases go on.
+    Accepted,
 }
 
 impl Outcome {
     /// Every outcome, in the order of the README's table.
-    pub const ALL: [Outcome; 24] = [
+    pub const ALL: [Outcome; 25] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
@@ -103,6 +106,7 @@ impl Outcome {
         Outcome::Resumed,
         Outcome::Suspended,
         Outcome::LeaseLost,
+        Outcome::Accepted,
     ];
 
     /// The label value: stable, snake_case.
@@ -132,6 +136,7 @@ impl Outcome {
             Outcome::Resumed => "resumed",
             Outcome::Suspended => "suspended",
             Outcome::LeaseLost => "lease_lost",
+            Outcome::Accepted => "accepted",
         }
     }
 
