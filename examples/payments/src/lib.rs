@@ -14,9 +14,11 @@
 //! # }
 //! ```
 
+pub mod charged;
 mod dev_db;
 pub mod ledger;
 pub mod metrics;
+pub mod provider;
 
 pub use dev_db::DevDatabase;
 

@@ -15,6 +15,13 @@
 //! private). The store's gauges are read every `GAUGES_INTERVAL_MS` (default 15000).
 //! Each tenant may hold `KEY_QUOTA` live keys (default 1,000,000; 0 for no quota), so
 //! the dashboard's quota panel and its alert have a usage to show.
+//!
+//! With `PROVIDER_URL` (the address of `payments-provider`) it also serves
+//! `POST /payments/charged` in phased mode and `GET /operations/{id}`, and runs the
+//! completer every `COMPLETER_INTERVAL_MS` (default 5000; 0 runs none). `PHASED_LEASE_MS` (default
+//! 10000) is the lease, `ACCEPT_AFTER_MS` (default 5000) when a charge still running is
+//! answered 202; `CHARGE_PAUSE_AFTER_PROVIDER_MS` (crash tests only) pauses every
+//! charge right after the provider answered.
 
 use std::error::Error;
 
@@ -70,6 +77,33 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             std::time::Duration::from_millis(ms),
         )));
     }
+    let completer = match charging() {
+        Some(charging) => {
+            let layer = payments::charged::idempotency(pool.clone(), &charging)
+                .outbox_waker(idem_sqlx::OutboxWaker::notifying(pool.clone()));
+            let mut routes = payments::charged::routes(layer, &charging);
+            if let Some(ms) = env_ms("CHARGE_PAUSE_AFTER_PROVIDER_MS") {
+                tracing::warn!(ms, "CHARGE_PAUSE_AFTER_PROVIDER_MS: every charge pauses");
+                routes = routes.layer(axum::Extension(payments::charged::PauseAfterProvider(
+                    std::time::Duration::from_millis(ms),
+                )));
+            }
+            app = app.merge(
+                routes
+                    .clone()
+                    .layer(axum::middleware::from_fn(payments::auth)),
+            );
+            match env_ms("COMPLETER_INTERVAL_MS").unwrap_or(5000) {
+                0 => None,
+                every => {
+                    let completer = idem_axum::Completer::new(pool.clone(), routes)
+                        .interval(std::time::Duration::from_millis(every));
+                    Some(tokio::spawn(completer.run(shutdown.clone())))
+                }
+            }
+        }
+        None => None,
+    };
     let app = app.merge(payments::metrics::router(metrics));
     axum::serve(listener, app)
         .with_graceful_shutdown(payments::shutdown_signal())
@@ -80,9 +114,23 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     sweeper.await?;
     gauges.await?;
     upkeep.await?;
+    if let Some(completer) = completer {
+        completer.await?;
+    }
     pool.close().await;
     database.shutdown().await?;
     Ok(())
+}
+
+/// `POST /payments/charged`'s settings, when `PROVIDER_URL` names the card provider:
+/// `PHASED_LEASE_MS` (default 10000) and `ACCEPT_AFTER_MS` (default 5000).
+fn charging() -> Option<payments::charged::Charging> {
+    let provider = std::env::var("PROVIDER_URL").ok()?;
+    Some(payments::charged::Charging {
+        provider: payments::provider::ProviderClient::new(provider),
+        lease: std::time::Duration::from_millis(env_ms("PHASED_LEASE_MS").unwrap_or(10_000)),
+        accept_after: std::time::Duration::from_millis(env_ms("ACCEPT_AFTER_MS").unwrap_or(5_000)),
+    })
 }
 
 /// The live keys each tenant may hold, unless `KEY_QUOTA` says otherwise.
