@@ -159,3 +159,21 @@ async fn a_changed_request_with_a_phased_key_is_a_mismatch() {
     assert_eq!(changed.status(), 422);
     assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_during_a_live_lease_past_the_wait_gets_409_in_flight() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_millis(200)).await;
+    s.faults.pauses.lock().expect("pauses").push_back(1500);
+    let first = order_request(&s.app, "o7", "");
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        order_request(&s.app, "o7", "").await
+    };
+    let (first, duplicate) = tokio::join!(first, duplicate);
+    assert_eq!(first.status(), 201);
+    assert_eq!(duplicate.status(), 409);
+    assert!(duplicate.headers().contains_key("retry-after"));
+    assert_eq!(problem_type(duplicate).await, "urn:idem:problem:in-flight");
+    assert_eq!(notes(&db, "provider:charge").await, 1);
+}

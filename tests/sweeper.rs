@@ -1,7 +1,7 @@
 //! The sweeper keeps idem's tables from growing forever: expired keys, delivered outbox
 //! rows past their retention and inbox rows past their window go; pending messages,
-//! dead letters and recent rows stay; a row another transaction holds is skipped, not
-//! waited on.
+//! dead letters, recent rows and phased keys still in progress stay; a row another
+//! transaction holds is skipped, not waited on.
 
 use std::time::Duration;
 
@@ -175,4 +175,35 @@ async fn the_sweeper_skips_a_row_another_transaction_holds_instead_of_waiting() 
         .await
         .expect("sweep");
     assert_eq!(swept.outbox, 1, "and taken on the next pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phased_key_still_in_progress_is_never_swept_however_old() {
+    let db = test_db().await;
+    // Two phased keys claimed long ago: one finished and expired, one still in progress
+    // (its owner crashed; a retry or the completer will resume it).
+    sqlx::raw_sql(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, \
+           expires_at, retention, fence, locked_until, phases, recovery_point, \
+           response_status, completed_at) VALUES \
+         ('t', 'finished', decode(repeat('00', 32), 'hex'), 'POST', '/p', \
+           now() - interval '3 days', now() - interval '2 days', interval '1 day', 1, NULL, \
+           '{}', 'done', 201, now() - interval '2 days'), \
+         ('t', 'in-progress', decode(repeat('00', 32), 'hex'), 'POST', '/p', \
+           now() - interval '3 days', now() - interval '2 days', interval '1 day', 1, \
+           now() - interval '2 days', '{\"pending\": {\"done\": 1}}', 'pending', NULL, NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("phased keys");
+    let swept = Sweeper::new(db.pool.clone())
+        .sweep_once()
+        .await
+        .expect("sweep");
+    assert_eq!(swept.keys, 1, "only the finished key");
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idem.keys")
+        .fetch_all(&db.pool)
+        .await
+        .expect("keys");
+    assert_eq!(left, ["in-progress"]);
 }

@@ -106,6 +106,34 @@ async fn keys_show_opens_a_sealed_body_only_with_its_body_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_show_prints_a_phased_key_s_recovery_point_and_journal() {
+    let db = test_db().await;
+    exec(
+        &db,
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, expires_at, \
+           fence, locked_until, phases, recovery_point, operation_id) VALUES \
+         ('acme', 'phased-1', decode(repeat('00', 32), 'hex'), 'POST', '/payments/charged', \
+           now() + interval '1 day', 2, now() - interval '1 minute', \
+           '{\"pending\": {\"done\": {\"id\": 7}}}', 'pending', gen_random_uuid())",
+    )
+    .await;
+    let (code, shown) = idem(
+        &db,
+        &["keys", "show", "--tenant", "acme", "--key", "phased-1"],
+    )
+    .await;
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(shown["status"], "in_flight");
+    let phased = &shown["phased"];
+    assert_eq!(
+        (&phased["fence"], &phased["recovery_point"]),
+        (&2.into(), &"pending".into())
+    );
+    assert_eq!(phased["journal"]["pending"]["done"]["id"], 7);
+    assert!(phased["operation"].is_string() && phased["lease_until"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_evict_makes_the_next_request_run_as_new() {
     let db = test_db().await;
     // Without the replay cache: a process that keeps the finished record in memory

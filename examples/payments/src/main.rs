@@ -18,10 +18,10 @@
 //!
 //! With `PROVIDER_URL` (the address of `payments-provider`) it also serves
 //! `POST /payments/charged` in phased mode and `GET /operations/{id}`, and runs the
-//! completer every `COMPLETER_INTERVAL_MS` (default 5000; 0 runs none). `PHASED_LEASE_MS` (default
-//! 10000) is the lease, `ACCEPT_AFTER_MS` (default 5000) when a charge still running is
-//! answered 202; `CHARGE_PAUSE_AFTER_PROVIDER_MS` (crash tests only) pauses every
-//! charge right after the provider answered.
+//! completer every `COMPLETER_INTERVAL_MS` (default 5000; 0 runs none).
+//! `PHASED_LEASE_MS` (default 30000) is the lease, `ACCEPT_AFTER_MS` (default 5000)
+//! when a charge still running is answered 202; `CHARGE_PAUSE_AFTER_PROVIDER_MS`
+//! (crash tests only) pauses every charge right after the provider answered.
 
 use std::error::Error;
 
@@ -123,12 +123,14 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 }
 
 /// `POST /payments/charged`'s settings, when `PROVIDER_URL` names the card provider:
-/// `PHASED_LEASE_MS` (default 10000) and `ACCEPT_AFTER_MS` (default 5000).
+/// `PHASED_LEASE_MS` (default 30000, longer than the provider client's 10 s timeout,
+/// so an owner waiting on the provider keeps its key) and `ACCEPT_AFTER_MS` (default
+/// 5000).
 fn charging() -> Option<payments::charged::Charging> {
     let provider = std::env::var("PROVIDER_URL").ok()?;
     Some(payments::charged::Charging {
         provider: payments::provider::ProviderClient::new(provider),
-        lease: std::time::Duration::from_millis(env_ms("PHASED_LEASE_MS").unwrap_or(10_000)),
+        lease: std::time::Duration::from_millis(env_ms("PHASED_LEASE_MS").unwrap_or(30_000)),
         accept_after: std::time::Duration::from_millis(env_ms("ACCEPT_AFTER_MS").unwrap_or(5_000)),
     })
 }

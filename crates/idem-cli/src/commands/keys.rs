@@ -93,6 +93,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         "SELECT method, path, route, response_status, response_header_names, \
            response_header_values, response_body, created_at, completed_at, \
            greatest(expires_at, completed_at + retention) AS expires_at, replays, mismatches, \
+           fence, recovery_point, locked_until, phases, operation_id, \
            greatest(expires_at, completed_at + retention) <= now() AS expired \
          FROM idem.keys WHERE tenant_id = $1 AND key = $2",
     )
@@ -145,6 +146,22 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         "expires_at": row.try_get::<DateTime<Utc>, _>("expires_at")?,
         "replays": row.try_get::<i32, _>("replays")?,
         "mismatches": row.try_get::<i32, _>("mismatches")?,
+        "phased": phased(&row)?,
+    }))
+}
+
+/// A phased key's fencing token, recovery point, lease, journal and operation id;
+/// `null` for a key of an atomic route.
+fn phased(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
+    let Some(fence) = row.try_get::<Option<i64>, _>("fence")? else {
+        return Ok(Value::Null);
+    };
+    Ok(json!({
+        "fence": fence,
+        "recovery_point": row.try_get::<Option<String>, _>("recovery_point")?,
+        "lease_until": row.try_get::<Option<DateTime<Utc>>, _>("locked_until")?,
+        "journal": row.try_get::<Option<Value>, _>("phases")?,
+        "operation": row.try_get::<Option<uuid::Uuid>, _>("operation_id")?,
     }))
 }
 
