@@ -88,6 +88,9 @@ pub struct ChargedPayment {
     /// The provider's refund id, when the payment was refunded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<String>,
+    /// Why the payment was refused after its charge, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 async fn charge(
@@ -135,6 +138,7 @@ async fn charge(
         payment,
         charge_id: Some(charge_id),
         refund_id: None,
+        failure: None,
     };
     let announced = phases
         .atomic("announced", async |tx| {
@@ -149,13 +153,9 @@ async fn charge(
     match announced {
         Ok(()) => Ok(answer(StatusCode::CREATED, &charged)),
         Err(PhaseError::Failed { reason, .. }) => {
-            let refunded = compensate(&phases, &provider, &tenant, charged).await?;
-            let mut response = answer(StatusCode::PAYMENT_REQUIRED, &refunded);
-            response.headers_mut().insert(
-                "x-payment-failure",
-                HeaderValue::from_str(&reason).unwrap_or(HeaderValue::from_static("refused")),
-            );
-            Ok(response)
+            let mut refunded = compensate(&phases, &provider, &tenant, charged).await?;
+            refunded.failure = Some(reason);
+            Ok(answer(StatusCode::PAYMENT_REQUIRED, &refunded))
         }
         Err(other) => Err(other),
     }

@@ -234,6 +234,7 @@ async fn a_payment_refused_after_its_charge_is_refunded_once() {
             .as_str()
             .is_some_and(|r| r.starts_with("re_"))
     );
+    assert_eq!(payment["failure"], "XTS payments are never settled");
     for _ in 0..2 {
         let again = world
             .charge(&payments, "refund-1", refused)
