@@ -105,3 +105,36 @@ async fn a_hung_owner_s_key_is_taken_over_by_the_completer_and_the_owner_commits
         assert_eq!(notes(&db, note).await, 1, "{note}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_had_too_many_owners_is_left_for_an_operator() {
+    let db = test_db().await;
+    let s = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    // Interrupted once, then twice more by retries that ended unfinished: three owners.
+    s.faults.interrupt.store(1, Ordering::SeqCst);
+    assert_eq!(order_request(&s.app, "c3", "").await.status(), 503);
+    sqlx::query("UPDATE idem.keys SET fence = 3, locked_until = now() - interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .expect("age the lease");
+    let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
+    assert_eq!(
+        completer
+            .clone()
+            .max_owners(3)
+            .complete_once()
+            .await
+            .expect("round"),
+        0,
+        "three owners already"
+    );
+    assert_eq!(
+        completer
+            .max_owners(4)
+            .complete_once()
+            .await
+            .expect("round"),
+        1
+    );
+    assert_eq!(finished(&db, "c3").await, Some(201));
+}

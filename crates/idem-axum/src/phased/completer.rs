@@ -61,12 +61,13 @@ pub struct Completer<S> {
     after: Duration,
     batch_size: i64,
     concurrency: usize,
+    max_owners: i64,
 }
 
 impl<S> Completer<S> {
     /// A completer over `pool` and `routes`: a round every 5 s, keys whose lease passed
     /// at least 1 s ago (a retry that follows the lease gets the first chance), 100
-    /// keys a round, 8 at once.
+    /// keys a round, 8 at once, keys that had fewer than 20 owners.
     pub fn new(pool: sqlx::PgPool, routes: S) -> Self {
         Completer {
             pool,
@@ -75,7 +76,17 @@ impl<S> Completer<S> {
             after: Duration::from_secs(1),
             batch_size: 100,
             concurrency: 8,
+            max_owners: 20,
         }
+    }
+
+    /// Leaves alone a key that had `owners` owners already (its fencing token counts
+    /// them): one whose every run ends unfinished (a handler that keeps answering 5xx)
+    /// is then left in progress for an operator (`idem keys show` prints its journal),
+    /// rather than run again every round.
+    pub fn max_owners(mut self, owners: u32) -> Self {
+        self.max_owners = i64::from(owners.max(1));
+        self
     }
 
     /// How often it looks for abandoned keys.
@@ -126,7 +137,8 @@ where
 
     /// One round: resumes the abandoned keys found now; how many it ran.
     pub async fn complete_once(&self) -> Result<usize, StoreError> {
-        let found = idem_sqlx::abandoned(&self.pool, self.batch_size, self.after).await?;
+        let found =
+            idem_sqlx::abandoned(&self.pool, self.batch_size, self.after, self.max_owners).await?;
         let n = found.len();
         futures_util::stream::iter(found)
             .for_each_concurrent(self.concurrency, |key| self.resume(key))

@@ -36,23 +36,27 @@ pub struct Abandoned {
     pub content_type: Option<String>,
 }
 
-/// Up to `limit` phased keys in progress whose lease passed at least `after` ago,
-/// the longest abandoned first (through the partial index on in-progress leases).
+/// Up to `limit` phased keys in progress whose lease passed at least `after` ago and
+/// that were taken over at most `max_owners - 1` times (a key whose every run ends
+/// unfinished is left to an operator), the longest abandoned first (through the
+/// partial index on in-progress leases).
 pub async fn abandoned(
     pool: &PgPool,
     limit: i64,
     after: Duration,
+    max_owners: i64,
 ) -> Result<Vec<Abandoned>, StoreError> {
     let rows = sqlx::query(
         "SELECT tenant_id, key, fingerprint, method, path, request_query, request_body, \
            request_content_type \
          FROM idem.keys \
          WHERE completed_at IS NULL AND fence IS NOT NULL \
-           AND locked_until <= now() - make_interval(secs => $2) \
+           AND locked_until <= now() - make_interval(secs => $2) AND fence < $3 \
          ORDER BY locked_until LIMIT $1",
     )
     .bind(limit)
     .bind(secs(after))
+    .bind(max_owners)
     .fetch_all(pool)
     .await?;
     rows.iter().map(decode_abandoned).collect()
