@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use idem_axum::BodySealing;
 use idem_axum::Completer;
-use idem_tests::phased::{notes, order_request, setup};
+use idem_tests::phased::{notes, order_request, setup, setup_with};
 use idem_tests::{TestDb, problem_type, replayed, test_db};
 use tokio_util::sync::CancellationToken;
 
@@ -137,4 +138,50 @@ async fn a_key_that_had_too_many_owners_is_left_for_an_operator() {
         1
     );
     assert_eq!(finished(&db, "c3").await, Some(201));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_sealed_bodies_the_kept_request_is_sealed_and_the_completer_opens_it() {
+    let db = test_db().await;
+    let sealing = BodySealing::new("k1", &[5; 32]).expect("sealing");
+    let s = setup_with(&db, |layer| {
+        layer.phased(Duration::from_secs(10)).seal_bodies(sealing)
+    })
+    .await;
+    s.faults.interrupt.store(1, Ordering::SeqCst);
+    let secret = r#"{"card":"4242424242424242"}"#;
+    let interrupted = s
+        .app
+        .post("/orders?note=sealed", "t1", Some("c4"), secret)
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(interrupted.status(), 503);
+    let kept: Vec<u8> = sqlx::query_scalar("SELECT request_body FROM idem.keys WHERE key = 'c4'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("kept body");
+    assert!(kept.starts_with(b"idem-aead1:k1:"), "sealed");
+    assert!(
+        !kept.windows(4).any(|w| w == b"4242"),
+        "no card number in the row"
+    );
+
+    let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
+    assert_eq!(completer.complete_once().await.expect("round"), 1);
+    assert_eq!(finished(&db, "c4").await, Some(201));
+    let retry = s
+        .app
+        .post("/orders?note=sealed", "t1", Some("c4"), secret)
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry), "the completer's run matched the request");
+    let body: serde_json::Value = retry.json().await.expect("body");
+    assert_eq!(body["note"], "sealed");
+    assert_eq!(
+        body["body_len"],
+        secret.len(),
+        "the handler got the opened body"
+    );
 }

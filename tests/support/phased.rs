@@ -102,6 +102,7 @@ async fn order(
     Extension(faults): Extension<Arc<Faults>>,
     Extension(provider): Extension<Provider>,
     Query(knobs): Query<Knobs>,
+    body: axum::body::Bytes,
 ) -> Result<Response, PhaseError> {
     let tenant = tenant.as_str();
     let first: i64 = phases
@@ -137,6 +138,7 @@ async fn order(
         Ok(second) => {
             let body = json!({
                 "first": first, "charge": charge, "second": second, "note": knobs.note,
+                "body_len": body.len(),
             });
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }

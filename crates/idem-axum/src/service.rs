@@ -12,6 +12,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use idem_core::policy::KeyMode;
+use idem_core::seal::{Opened, is_sealed};
 use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
@@ -266,6 +267,13 @@ where
             Ok(body) => body,
             Err(rejected) => return Ok(rejected),
         };
+        let Some(body) = opened_request(&job.config, &resume, body) else {
+            let answer = outcome(
+                Problem::RecordCorrupt.into_response(),
+                Outcome::RecordCorrupt,
+            );
+            return Ok(answered(&observed, answer));
+        };
         let keyed = Keyed {
             fingerprint: resume.fingerprint,
             tenant: resume.tenant,
@@ -279,6 +287,24 @@ where
         spawned(observed, job.run_phased(keyed, body, inner, req)).await
     };
     ResponseFuture::new(fut.instrument(span))
+}
+
+/// A kept request body as the handler gets it: opened when it was sealed (`None` when
+/// no key of this layer opens it).
+fn opened_request(config: &Config, resume: &Resume, body: Bytes) -> Option<Bytes> {
+    let opened = match &config.sealing {
+        Some(sealing) => sealing.open_request(&resume.tenant, &resume.key, &body),
+        None if is_sealed(&body) => Opened::Unreadable,
+        None => Opened::Plain,
+    };
+    match opened {
+        Opened::Plain => Some(body),
+        Opened::Sealed(plain) => Some(Bytes::from(plain)),
+        Opened::Unreadable => {
+            tracing::error!("a kept request body is sealed under a key this layer does not have");
+            None
+        }
+    }
 }
 
 /// The request body, buffered up to `max_request_body`; past it (or unreadable) the

@@ -102,6 +102,23 @@ impl BodySealing {
         self.open_bound(&aad(tenant, key), stored)
     }
 
+    /// A phased key's kept request body, sealed for (tenant, key)'s row: bound apart
+    /// from the response body, so neither opens in the other's place.
+    pub fn seal_request(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.seal_bound(&request_aad(tenant, key), body)
+    }
+
+    /// A kept request body as stored in (tenant, key)'s row (see
+    /// [`seal_request`](Self::seal_request)).
+    pub fn open_request(&self, tenant: &TenantId, key: &IdempotencyKey, stored: &[u8]) -> Opened {
+        self.open_bound(&request_aad(tenant, key), stored)
+    }
+
     fn seal_bound(&self, aad: &[u8], body: &[u8]) -> Option<Vec<u8>> {
         let (id, cipher) = &self.current;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
@@ -145,6 +162,13 @@ pub fn is_sealed(stored: &[u8]) -> bool {
     stored.starts_with(MAGIC)
 }
 
+/// What binds a sealed request body to its row.
+fn request_aad(tenant: &TenantId, key: &IdempotencyKey) -> Vec<u8> {
+    let mut aad = aad(tenant, key);
+    aad.extend_from_slice(b"\0request");
+    aad
+}
+
 /// What binds a sealed body to its row.
 fn aad(tenant: &TenantId, key: &IdempotencyKey) -> Vec<u8> {
     let mut aad = Vec::with_capacity(tenant.as_str().len() + 1 + key.as_str().len());
@@ -181,6 +205,25 @@ mod tests {
             sealing.open_bound(b"row-1", b"plain"),
             Opened::Plain
         ));
+    }
+
+    #[test]
+    fn a_sealed_request_body_opens_as_a_request_only() {
+        let tenant = TenantId::new("acme").expect("tenant");
+        let key = IdempotencyKey::parse("k").expect("key");
+        let sealing = BodySealing::new("a", &[1; 32]).expect("sealing");
+        let sealed = sealing
+            .seal_request(&tenant, &key, b"card")
+            .expect("sealed");
+        assert!(
+            matches!(sealing.open_request(&tenant, &key, &sealed), Opened::Sealed(b) if b == b"card")
+        );
+        assert_eq!(sealing.open(&tenant, &key, &sealed), Opened::Unreadable);
+        let response = sealing.seal(&tenant, &key, b"body").expect("sealed");
+        assert_eq!(
+            sealing.open_request(&tenant, &key, &response),
+            Opened::Unreadable
+        );
     }
 
     #[test]

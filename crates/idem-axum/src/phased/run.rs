@@ -57,6 +57,12 @@ impl Job {
         if let Some(answer) = self.answer_from_memory(&keyed) {
             return Ok(answer);
         }
+        let Some(body) = self.kept_body(&keyed, body) else {
+            return Ok(outcome(
+                Problem::StoreFault.into_response(),
+                Outcome::StoreFault,
+            ));
+        };
         let kept = Kept {
             body,
             query: req.uri().query().map(str::to_owned),
@@ -170,6 +176,19 @@ impl Job {
             };
             return Claimed::Answer(answered);
         }
+    }
+
+    /// The request body as the claim keeps it: sealed when the layer seals bodies
+    /// (`None` when it cannot be).
+    fn kept_body(&self, keyed: &Keyed, body: Bytes) -> Option<Bytes> {
+        let Some(sealing) = &self.config.sealing else {
+            return Some(body);
+        };
+        let sealed = sealing.seal_request(&keyed.tenant, &keyed.key, &body);
+        if sealed.is_none() {
+            tracing::error!("the request body could not be sealed; nothing was claimed");
+        }
+        sealed.map(Bytes::from)
     }
 
     /// Keeps a finished record read from the store in memory, for the retries to come.
