@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use idem_tests::phased::{notes, order_request, setup};
+use idem_tests::phased::{notes, order_request, setup, setup_with};
 use idem_tests::{problem_type, replayed, test_db};
 use serde_json::Value;
 
@@ -176,4 +176,38 @@ async fn a_retry_during_a_live_lease_past_the_wait_gets_409_in_flight() {
     assert!(duplicate.headers().contains_key("retry-after"));
     assert_eq!(problem_type(duplicate).await, "urn:idem:problem:in-flight");
     assert_eq!(notes(&db, "provider:charge").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn phased_claims_are_held_to_the_key_quota_and_the_new_key_rate() {
+    let db = test_db().await;
+    let quota = setup_with(&db, |layer| {
+        layer.phased(Duration::from_secs(10)).key_quota(2)
+    })
+    .await;
+    for key in ["q1", "q2"] {
+        assert_eq!(order_request(&quota.app, key, "").await.status(), 201);
+    }
+    let refused = order_request(&quota.app, "q3", "").await;
+    assert_eq!(refused.status(), 507);
+    assert_eq!(problem_type(refused).await, "urn:idem:problem:key-quota");
+    let q3: i64 = sqlx::query_scalar("SELECT count(*) FROM idem.keys WHERE key = 'q3'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(q3, 0, "the refused claim was undone");
+    assert_eq!(notes(&db, "first").await, 2, "nothing ran for it");
+    assert!(
+        replayed(&order_request(&quota.app, "q1", "").await),
+        "replays are not limited"
+    );
+
+    let rate = setup_with(&db, |layer| {
+        layer.phased(Duration::from_secs(10)).new_key_rate(1, 1)
+    })
+    .await;
+    assert_eq!(order_request(&rate.app, "r1", "").await.status(), 201);
+    let limited = order_request(&rate.app, "r2", "").await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(problem_type(limited).await, "urn:idem:problem:new-key-rate");
 }

@@ -154,32 +154,52 @@ impl Job {
     /// The limits on a new key, once it is claimed: the tenant's rate of new keys and
     /// its quota of live keys. `Err`: the claim is rolled back, and the answer.
     async fn limit(&self, keyed: &Keyed, mut tx: PgTx) -> Result<PgTx, Response<Body>> {
+        // Read in the request's transaction: it sees the key just claimed.
+        let admitted = self
+            .admit_new_key(keyed, async || {
+                idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await
+            })
+            .await;
+        match admitted {
+            Ok(()) => Ok(tx),
+            Err(answer) => {
+                roll_back(&self.config, tx).await;
+                Err(answer)
+            }
+        }
+    }
+
+    /// Whether the tenant may have one more key, just claimed: its rate of new keys
+    /// and its quota of live keys (`count` reads its live keys, the new one included,
+    /// when the cached count is too old). `Err`: the answer; the caller undoes the
+    /// claim.
+    pub(crate) async fn admit_new_key(
+        &self,
+        keyed: &Keyed,
+        count: impl AsyncFnOnce() -> Result<u64, idem_sqlx::StoreError>,
+    ) -> Result<(), Response<Body>> {
         let tenant = &keyed.tenant;
         if let Some(limiter) = &self.config.new_keys
             && let Err(wait) = limiter.admit(&(tenant.clone(), keyed.client.clone()))
         {
-            roll_back(&self.config, tx).await;
             return Err(rate_limited(wait));
         }
         let Some(quota) = &self.config.key_quota else {
-            return Ok(tx);
+            return Ok(());
         };
         let (live, fresh) = match quota.cached_with_new(tenant) {
             Some(live) => (live, false),
-            // Read in the request's transaction: it sees the key just claimed.
-            None => match idem_sqlx::live_keys(&mut *tx, tenant).await {
+            None => match count().await {
                 Ok(live) => (live, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "counting the tenant's keys failed");
-                    roll_back(&self.config, tx).await;
                     return Err(unavailable(&self.config));
                 }
             },
         };
         if quota.admit(tenant, live, fresh) {
-            Ok(tx)
+            Ok(())
         } else {
-            roll_back(&self.config, tx).await;
             Err(outcome(
                 Problem::KeyQuotaExceeded.into_response(),
                 Outcome::QuotaExceeded,

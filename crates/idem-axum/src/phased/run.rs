@@ -77,6 +77,15 @@ impl Job {
             Claimed::Answer(answer) => return Ok(answer),
         };
         self.observed.decided();
+        if !resumed {
+            let count = async || idem_sqlx::live_keys(&self.pool, &keyed.tenant).await;
+            if let Err(answer) = self.admit_new_key(&keyed, count).await {
+                if let Err(e) = idem_sqlx::unclaim(&self.pool, &lease).await {
+                    tracing::warn!(error = %e, "undoing a refused phased claim failed");
+                }
+                return Ok(answer);
+            }
+        }
         let phases = Phases::new(
             self.pool.clone(),
             lease.clone(),

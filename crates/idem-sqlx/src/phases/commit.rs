@@ -124,3 +124,18 @@ pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<(), StoreErro
     .await?;
     Ok(())
 }
+
+/// Undoes a phased claim nothing ran under (a limit refused the new key): deletes the
+/// row while it still carries `lease`'s token and no phase committed.
+pub async fn unclaim(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND fence = $3 \
+           AND completed_at IS NULL AND recovery_point IS NULL",
+    )
+    .bind(lease.tenant.as_str())
+    .bind(lease.key.as_str())
+    .bind(lease.fence)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

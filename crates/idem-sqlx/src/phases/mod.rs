@@ -21,7 +21,9 @@ use uuid::Uuid;
 use crate::keys::ClaimRequest;
 
 pub use claim::claim_phased;
-pub use commit::{begin_phase, commit_phase, finish_phased, record_failure, release_lease};
+pub use commit::{
+    begin_phase, commit_phase, finish_phased, record_failure, release_lease, unclaim,
+};
 pub use recovery::{Abandoned, Operation, OperationState, abandoned, operation};
 
 /// Seconds, as Postgres intervals take them.
