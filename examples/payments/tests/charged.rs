@@ -5,6 +5,8 @@
 //!   restart the client's retry resumes at the charge phase, the provider charges once,
 //!   and the client gets the final answer;
 //! - the same crash with no retry: the restarted process's completer finishes the key;
+//! - a paused process whose lease passed commits nothing after another process took
+//!   the key over (fencing);
 //! - a payment refused after the charge is refunded once, and the answer replays;
 //! - a slow provider: 202 Accepted, then the status URL turns into the final answer.
 
@@ -293,4 +295,51 @@ async fn a_slow_provider_s_charge_is_accepted_and_its_status_polled_to_the_end()
     .await;
     let answer = last.expect("the final answer");
     world.charged_once(&answer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_whose_lease_passed_commits_nothing_after_another_process_took_over() {
+    let world = World::start(&[]).await;
+    // Both processes pause 4 s after the provider answered; the lease is 1 s. A wakes
+    // while B, which took the key over, is still in progress: only the fencing token
+    // stops A from committing.
+    let pausing = [
+        ("CHARGE_PAUSE_AFTER_PROVIDER_MS", "4000"),
+        ("COMPLETER_INTERVAL_MS", "0"),
+    ];
+    let paused = world.payments(&pausing).await;
+    let other = world.payments(&pausing).await;
+    let stale = tokio::spawn(world.charge(&paused, "stale-1", PAYMENT).send());
+    until("the provider's charge", async || {
+        world.charges().await.len() == 1
+    })
+    .await;
+    // Process B gets the client's retry after A's lease passed, and takes the key over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let took_over = world
+        .charge(&other, "stale-1", PAYMENT)
+        .send()
+        .await
+        .expect("retry on the other process");
+    assert_eq!(took_over.status(), 201);
+    let answer: Value = took_over.json().await.expect("JSON");
+
+    let stale = stale
+        .await
+        .expect("task")
+        .expect("the paused process answers");
+    assert_eq!(stale.status(), 409);
+    let problem: Value = stale.json().await.expect("problem");
+    assert_eq!(problem["type"], "urn:idem:problem:lease-lost");
+    world.charged_once(&answer).await;
+    let (fence, status): (i64, Option<i16>) =
+        sqlx::query_as("SELECT fence, response_status FROM idem.keys WHERE key = 'stale-1'")
+            .fetch_one(&world.payments_db.pool)
+            .await
+            .expect("key row");
+    assert_eq!(
+        (fence, status),
+        (2, Some(201)),
+        "B's answer is the stored one"
+    );
 }
