@@ -93,15 +93,30 @@ impl Job {
             resumed,
             trace_context(&req, &self.config.correlation_header),
         );
+        self.run_or_accept(keyed, lease, phases, inner, req).await
+    }
+
+    /// Runs the handler's phases; on a route with `accept_after`, answers 202 when they
+    /// are still running by then, and lets them go on in their own task.
+    async fn run_or_accept<S, B>(
+        self,
+        keyed: Keyed,
+        lease: Lease,
+        phases: Phases,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Inner<B>,
+        B: ResponseBody,
+    {
         let accept = self.config.phased.as_ref().and_then(|p| p.accept.clone());
         let Some((after, status_path)) = accept else {
             return self.run_phases(&keyed, lease, phases, inner, req).await;
         };
-        // The phases run in a task of their own, which goes on after a 202.
         let operation = lease.operation;
-        let job = self.clone();
         let mut running =
-            tokio::spawn(async move { job.run_phases(&keyed, lease, phases, inner, req).await });
+            tokio::spawn(async move { self.run_phases(&keyed, lease, phases, inner, req).await });
         tokio::select! {
             done = &mut running => match done {
                 Ok(answer) => answer,
@@ -145,24 +160,10 @@ impl Job {
                     resumed,
                 })) => return Claimed::Owned(lease, journal, resumed),
                 Some(Ok(Phased::Replay(record, now))) => {
-                    match opened(&self.config, keyed, record) {
-                        Some(record) => {
-                            let answer = replay(&self.config, &record);
-                            self.cache_landed(keyed, landed(record, now, sent));
-                            answer
-                        }
-                        None => crate::answer::corrupt(),
-                    }
+                    self.from_record(keyed, record, (now, sent), replay)
                 }
                 Some(Ok(Phased::Mismatch(record, now))) => {
-                    match opened(&self.config, keyed, record) {
-                        Some(record) => {
-                            let answer = mismatched(&self.config, &record);
-                            self.cache_landed(keyed, landed(record, now, sent));
-                            answer
-                        }
-                        None => crate::answer::corrupt(),
-                    }
+                    self.from_record(keyed, record, (now, sent), mismatched)
                 }
                 Some(Ok(Phased::Busy { .. })) => {
                     let now = tokio::time::Instant::now();
@@ -185,6 +186,24 @@ impl Job {
             };
             return Claimed::Answer(answered);
         }
+    }
+
+    /// The answer `answer` makes from a finished record read from the store (its body
+    /// opened), which is kept in memory for the retries to come. `clocks`: the store's
+    /// time of the read, and the local time before it.
+    fn from_record(
+        &self,
+        keyed: &Keyed,
+        record: idem_core::Record,
+        clocks: (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+        answer: fn(&crate::layer::Config, &idem_core::Record) -> Response<Body>,
+    ) -> Response<Body> {
+        let Some(record) = opened(&self.config, keyed, record) else {
+            return crate::answer::corrupt();
+        };
+        let answered = answer(&self.config, &record);
+        self.cache_landed(keyed, landed(record, clocks.0, clocks.1));
+        answered
     }
 
     /// The request body as the claim keeps it: sealed when the layer seals bodies
@@ -221,12 +240,12 @@ impl Job {
         B: ResponseBody,
     {
         let resumed = phases.resumed();
+        if let Some(context) = phases.trace().cloned() {
+            req.extensions_mut().insert(context);
+        }
         req.extensions_mut().insert(phases);
         req.extensions_mut().insert(keyed.key.clone());
         req.extensions_mut().insert(keyed.tenant.clone());
-        if let Some(context) = trace_context(&req, &self.config.correlation_header) {
-            req.extensions_mut().insert(context);
-        }
         let started = tokio::time::Instant::now();
         let result = AssertUnwindSafe(async move { inner.call(req).await })
             .catch_unwind()
