@@ -160,10 +160,10 @@ impl Job {
                     resumed,
                 })) => return Claimed::Owned(lease, journal, resumed),
                 Some(Ok(Phased::Replay(record, now))) => {
-                    self.from_record(keyed, record, (now, sent), replay)
+                    self.answer_stored(keyed, record, (now, sent), replay)
                 }
                 Some(Ok(Phased::Mismatch(record, now))) => {
-                    self.from_record(keyed, record, (now, sent), mismatched)
+                    self.answer_stored(keyed, record, (now, sent), mismatched)
                 }
                 Some(Ok(Phased::Busy { .. })) => {
                     let now = tokio::time::Instant::now();
@@ -191,7 +191,7 @@ impl Job {
     /// The answer `answer` makes from a finished record read from the store (its body
     /// opened), which is kept in memory for the retries to come. `clocks`: the store's
     /// time of the read, and the local time before it.
-    fn from_record(
+    fn answer_stored(
         &self,
         keyed: &Keyed,
         record: idem_core::Record,
