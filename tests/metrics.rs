@@ -329,6 +329,16 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
         .execute(&db.pool)
         .await
         .expect("a dead inbox message");
+    // A phased key whose owner's lease passed a minute ago.
+    sqlx::raw_sql(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, expires_at, \
+           fence, locked_until, phases) VALUES ('t', 'abandoned', \
+           decode(repeat('00', 32), 'hex'), 'POST', '/charged', '/charged', \
+           now() + interval '1 day', 1, now() - interval '1 minute', '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an abandoned phased key");
 
     let stats = StoreGauges::new(db.pool.clone())
         .read()
@@ -342,6 +352,7 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
     assert_eq!(keys.live, 3);
     assert!(keys.stored_bytes > 0);
     assert_eq!(stats.inbox_dead, [("gauged-consumer".to_owned(), 1)]);
+    assert_eq!(stats.phased_abandoned, 1);
 
     let shutdown = CancellationToken::new();
     let gauges = tokio::spawn(
@@ -353,6 +364,7 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
     let consumer = [("consumer", "gauged-consumer")];
     wait_for(|| value("idem_keys_live", &route) == Some(3.0)).await;
     wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(1.0)).await;
+    wait_for(|| value("idem_phased_keys_abandoned", &[]) == Some(1.0)).await;
     // The tally's batch lands after its delay; the gauges then read it.
     wait_for(|| value("idem_key_replays", &route) == Some(1.0)).await;
     assert_eq!(value("idem_keys_replayed", &route), Some(1.0));
@@ -367,6 +379,7 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
         .expect("inbox gone");
     wait_for(|| value("idem_keys_live", &route) == Some(0.0)).await;
     wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(0.0)).await;
+    wait_for(|| value("idem_phased_keys_abandoned", &[]) == Some(0.0)).await;
     shutdown.cancel();
     gauges.await.expect("gauges stop");
 }

@@ -40,13 +40,16 @@ pub struct StoreStats {
     pub outbox_dead: i64,
     /// Dead-lettered inbox messages per consumer.
     pub inbox_dead: Vec<(String, i64)>,
+    /// Phased keys in progress whose owner's lease passed.
+    pub phased_abandoned: i64,
 }
 
 /// Sets the store's gauges of the README's metrics table (`idem_keys_*`,
 /// `idem_outbox_pending`, `idem_outbox_oldest_pending_seconds`, the dead-letter
-/// counts) from one reading every `interval` (30 s by default).
+/// counts, `idem_phased_keys_abandoned`) from one reading every `interval` (30 s by
+/// default).
 ///
-/// The outbox and inbox readings go through small partial indexes. The keys' reading
+/// The outbox, inbox and phased readings go through small partial indexes. The keys' reading
 /// groups the live keys by route, a scan of `idem.keys`: run one reporter per
 /// deployment (not per replica) on a large table, and keep the interval at least as
 /// long as the scrape interval.
@@ -137,12 +140,19 @@ impl StoreGauges {
         )
         .fetch_all(&self.pool)
         .await?;
+        let phased_abandoned = sqlx::query_scalar(
+            "SELECT count(*) FROM idem.keys \
+             WHERE completed_at IS NULL AND fence IS NOT NULL AND locked_until <= now()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(StoreStats {
             routes,
             outbox_pending,
             outbox_oldest_pending: oldest_secs.map(|s| Duration::from_secs_f64(s.max(0.0))),
             outbox_dead,
             inbox_dead,
+            phased_abandoned,
         })
     }
 }
@@ -181,6 +191,11 @@ fn set_gauges(stats: &StoreStats, seen: &mut Seen) {
     let lag = stats.outbox_oldest_pending.unwrap_or_default();
     observe::set(names::OUTBOX_LAG_SECONDS, None, lag.as_secs_f64());
     observe::set(names::OUTBOX_DEAD, None, stats.outbox_dead as f64);
+    observe::set(
+        names::PHASED_ABANDONED,
+        None,
+        stats.phased_abandoned as f64,
+    );
     for (consumer, dead) in &stats.inbox_dead {
         observe::set(
             names::INBOX_DEAD,

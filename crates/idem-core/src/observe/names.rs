@@ -60,6 +60,9 @@ pub const STORED_RESPONSE_BYTES: &str = "idem_stored_response_bytes";
 pub const OBSERVED: &str = "idem_observed_total";
 /// The highest share of its live-key quota any tenant uses, in this process.
 pub const KEY_QUOTA_USAGE: &str = "idem_key_quota_usage_ratio";
+/// Phased keys in progress whose owner's lease passed (periodic): work a retry or the
+/// completer has yet to finish.
+pub const PHASED_ABANDONED: &str = "idem_phased_keys_abandoned";
 /// Keys replayed for the first time: their client retried and received the stored
 /// answer.
 pub const KEYS_RETRIED: &str = "idem_keys_retried_total";
@@ -136,6 +139,12 @@ pub const ALL: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &[],
         help: "The highest share of its live-key quota any tenant uses (this process's tenants).",
+    },
+    Metric {
+        name: PHASED_ABANDONED,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Phased keys in progress whose owner's lease passed.",
     },
     Metric {
         name: KEYS_RETRIED,
