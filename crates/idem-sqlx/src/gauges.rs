@@ -191,11 +191,7 @@ fn set_gauges(stats: &StoreStats, seen: &mut Seen) {
     let lag = stats.outbox_oldest_pending.unwrap_or_default();
     observe::set(names::OUTBOX_LAG_SECONDS, None, lag.as_secs_f64());
     observe::set(names::OUTBOX_DEAD, None, stats.outbox_dead as f64);
-    observe::set(
-        names::PHASED_ABANDONED,
-        None,
-        stats.phased_abandoned as f64,
-    );
+    observe::set(names::PHASED_ABANDONED, None, stats.phased_abandoned as f64);
     for (consumer, dead) in &stats.inbox_dead {
         observe::set(
             names::INBOX_DEAD,
