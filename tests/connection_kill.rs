@@ -14,11 +14,16 @@ async fn a_connection_killed_inside_the_handler_commits_nothing_and_the_retry_ex
             .send(),
     );
 
-    // Find the request's backend: the one idle inside a transaction.
+    // Find the request's backend: the one idle inside a transaction after the handler's
+    // writes (it holds a lock on the outbox, its last write), so the kill lands while
+    // the handler sleeps, not during one of its statements (which the handler itself
+    // would answer 503).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let pid: i32 = loop {
         let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'",
+            "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+             WHERE a.datname = $1 AND a.state = 'idle in transaction' \
+               AND l.relation = 'idem.outbox'::regclass",
         )
         .bind(&db.name)
         .fetch_optional(&db.pool)
