@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use idem_core::phased::{Journal, PhasedDecision, decide_phased};
 use idem_core::{IdempotencyKey, Record, TenantId};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::{Lease, Phased, PhasedClaim, secs};
@@ -73,9 +75,30 @@ fn owned(
 /// A new claim's fencing token and operation id.
 type Claimed = Option<(i64, Uuid)>;
 
-async fn insert_new(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+/// A claiming statement's parameters, in the order both statements number them:
+/// $1 tenant, $2 key, $3 fingerprint, $4 method, $5 path, $6 route, $7 retention
+/// (seconds), $8 lease (seconds), $9 body, $10 content type, $11 query.
+fn with_claim<'q, O>(
+    statement: QueryAs<'q, Postgres, O, PgArguments>,
+    req: &'q PhasedClaim<'q>,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
     let r = &req.request;
-    let claimed = sqlx::query_as(
+    statement
+        .bind(r.tenant.as_str())
+        .bind(r.key.as_str())
+        .bind(r.fingerprint.as_bytes().as_slice())
+        .bind(r.method)
+        .bind(r.path)
+        .bind(r.route)
+        .bind(secs(r.retention))
+        .bind(secs(req.lease))
+        .bind(req.body)
+        .bind(req.content_type)
+        .bind(req.query)
+}
+
+async fn insert_new(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+    let statement = sqlx::query_as(
         "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, created_at, \
            expires_at, retention, fence, locked_until, phases, request_body, \
            request_content_type, request_query, operation_id) \
@@ -83,27 +106,13 @@ async fn insert_new(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, Sto
            make_interval(secs => $7), 1, now() + make_interval(secs => $8), '{}', $9, $10, \
            $11, gen_random_uuid()) \
          ON CONFLICT (tenant_id, key) DO NOTHING RETURNING fence, operation_id",
-    )
-    .bind(r.tenant.as_str())
-    .bind(r.key.as_str())
-    .bind(r.fingerprint.as_bytes().as_slice())
-    .bind(r.method)
-    .bind(r.path)
-    .bind(r.route)
-    .bind(secs(r.retention))
-    .bind(secs(req.lease))
-    .bind(req.body)
-    .bind(req.content_type)
-    .bind(req.query)
-    .fetch_optional(pool)
-    .await?;
-    Ok(claimed)
+    );
+    Ok(with_claim(statement, req).fetch_optional(pool).await?)
 }
 
 /// A finished key past its retention becomes this request's, as new.
 async fn replace_expired(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
-    let r = &req.request;
-    let claimed = sqlx::query_as(
+    let statement = sqlx::query_as(
         "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $6, \
            replays = 0, mismatches = 0, created_at = now(), \
            expires_at = now() + make_interval(secs => $7), retention = make_interval(secs => $7), \
@@ -115,21 +124,8 @@ async fn replace_expired(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
            AND greatest(expires_at, completed_at + retention) <= now() \
          RETURNING fence, operation_id",
-    )
-    .bind(r.tenant.as_str())
-    .bind(r.key.as_str())
-    .bind(r.fingerprint.as_bytes().as_slice())
-    .bind(r.method)
-    .bind(r.path)
-    .bind(r.route)
-    .bind(secs(r.retention))
-    .bind(secs(req.lease))
-    .bind(req.body)
-    .bind(req.content_type)
-    .bind(req.query)
-    .fetch_optional(pool)
-    .await?;
-    Ok(claimed)
+    );
+    Ok(with_claim(statement, req).fetch_optional(pool).await?)
 }
 
 /// Takes over an in-progress key whose lease passed, if it still carries the token
