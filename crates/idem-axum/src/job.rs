@@ -120,10 +120,15 @@ impl Job {
     /// Tells this process's duplicates what the request left, and keeps a finished
     /// record in memory for the retries still to come.
     fn land(&self, keyed: &Keyed, leader: Leader, landed: Landed) {
-        if let Landed::Record(record) = &landed {
+        self.keep(keyed, &landed);
+        leader.land(landed);
+    }
+
+    /// Keeps a finished record in memory, for the retries to come.
+    pub(crate) fn keep(&self, keyed: &Keyed, landed: &Landed) {
+        if let Landed::Record(record) = landed {
             self.cache.keep(keyed, record);
         }
-        leader.land(landed);
     }
 
     /// A request without a key on a route where it is optional: the handler runs in a

@@ -15,7 +15,6 @@ use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::answer::{in_flight, mismatched, outcome, replay};
-use crate::flight::Landed;
 use crate::handler::trace_context;
 use crate::job::Job;
 use crate::service::{Inner, ResponseBody};
@@ -202,7 +201,7 @@ impl Job {
             return crate::answer::corrupt();
         };
         let answered = answer(&self.config, &record);
-        self.cache_landed(keyed, landed(record, clocks.0, clocks.1));
+        self.keep(keyed, &landed(record, clocks.0, clocks.1));
         answered
     }
 
@@ -217,13 +216,6 @@ impl Job {
             tracing::error!("the request body could not be sealed; nothing was claimed");
         }
         sealed.map(Bytes::from)
-    }
-
-    /// Keeps a finished record read from the store in memory, for the retries to come.
-    fn cache_landed(&self, keyed: &Keyed, landed: Landed) {
-        if let Landed::Record(record) = &landed {
-            self.cache.keep(keyed, record);
-        }
     }
 
     /// Runs the handler with `phases` in its extensions, then settles its answer.
@@ -311,7 +303,7 @@ impl Job {
                 if let Some(size) = stored_size {
                     self.observed.stored(size);
                 }
-                self.cache_landed(keyed, self.landed(keyed, status, stored, sent));
+                self.keep(keyed, &self.landed(keyed, status, stored, sent));
                 let kind = if resumed {
                     Outcome::Resumed
                 } else {
