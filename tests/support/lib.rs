@@ -64,3 +64,16 @@ pub fn replayed(response: &reqwest::Response) -> bool {
         .get(idem_axum::IDEMPOTENT_REPLAYED)
         .is_some_and(|v| v == "true")
 }
+
+/// Waits until `check` holds, polling every 50 ms; fails the test after 20 s, naming
+/// `what` it waited for.
+pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use idem_tests::{ServiceProcess, TestDb, replayed, test_db};
+use idem_tests::{ServiceProcess, TestDb, replayed, test_db, until};
 use serde_json::Value;
 
 const PAYMENTS: &str = env!("CARGO_BIN_EXE_payments");
@@ -89,10 +89,17 @@ impl World {
             .expect("outbox")
     }
 
-    /// Kills `payments` once the provider has charged (the process is paused right
-    /// after the provider's answer), leaving the key in progress after phase `pending`.
-    async fn crash_after_the_provider_answered(&self, payments: &mut ServiceProcess, key: &str) {
-        let lost = tokio::spawn(self.charge(payments, key, PAYMENT).send());
+    /// Starts a payments process that pauses right after the provider's answer, sends
+    /// it a charge, and kills it once the provider has charged, leaving the key in
+    /// progress after phase `pending`.
+    async fn crash_after_the_provider_answered(&self, key: &str) {
+        let mut payments = self
+            .payments(&[
+                ("CHARGE_PAUSE_AFTER_PROVIDER_MS", "60000"),
+                ("COMPLETER_INTERVAL_MS", "0"),
+            ])
+            .await;
+        let lost = tokio::spawn(self.charge(&payments, key, PAYMENT).send());
         until("the provider's charge", async || {
             self.charges().await.len() == 1
         })
@@ -128,29 +135,10 @@ impl World {
     }
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_provider_answered_resumes_on_retry_and_charges_once() {
     let world = World::start(&[]).await;
-    let mut first = world
-        .payments(&[
-            ("CHARGE_PAUSE_AFTER_PROVIDER_MS", "60000"),
-            ("COMPLETER_INTERVAL_MS", "0"),
-        ])
-        .await;
-    world
-        .crash_after_the_provider_answered(&mut first, "crash-1")
-        .await;
+    world.crash_after_the_provider_answered("crash-1").await;
 
     let restarted = world.payments(&[("COMPLETER_INTERVAL_MS", "0")]).await;
     // The client retries after the lease (1 s) passed.
@@ -183,15 +171,7 @@ async fn a_crash_after_the_provider_answered_resumes_on_retry_and_charges_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_charge_nobody_retries_is_finished_by_the_completer() {
     let world = World::start(&[]).await;
-    let mut first = world
-        .payments(&[
-            ("CHARGE_PAUSE_AFTER_PROVIDER_MS", "60000"),
-            ("COMPLETER_INTERVAL_MS", "0"),
-        ])
-        .await;
-    world
-        .crash_after_the_provider_answered(&mut first, "crash-2")
-        .await;
+    world.crash_after_the_provider_answered("crash-2").await;
 
     let restarted = world.payments(&[("COMPLETER_INTERVAL_MS", "300")]).await;
     until("the completer's answer", async || {

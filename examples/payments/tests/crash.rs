@@ -1,23 +1,10 @@
 //! A process killed in the middle of a request leaves nothing behind: after a restart,
 //! the retry executes exactly once.
 
-use std::time::Duration;
-
-use idem_tests::{ServiceProcess, replayed, test_db};
+use idem_tests::{ServiceProcess, replayed, test_db, until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_payments");
 const PAYMENT: &str = r#"{"amount":990,"currency":"EUR","reference":"crash"}"#;
-
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_inside_the_handler_leaves_nothing_and_the_retry_executes_once() {
