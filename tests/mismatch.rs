@@ -255,3 +255,66 @@ async fn with_selected_fields_a_changed_volatile_field_is_the_same_request() {
     assert_eq!(changed.status(), 422, "a new amount is not");
     assert_eq!(db.effects().await, 1);
 }
+
+/// A transfer of the account in the path, behind the layer inside `Router::nest`: one
+/// `effects` row per execution, noting the path the client sent.
+async fn nested_transfer(
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    axum::Extension(tenant): axum::Extension<idem_axum::TenantId>,
+    mut tx: idem_axum::Tx,
+) -> (StatusCode, String) {
+    sqlx::query("INSERT INTO effects (tenant_id, note) VALUES ($1, $2)")
+        .bind(tenant.as_str())
+        .bind(uri.path())
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    (StatusCode::CREATED, uri.path().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fingerprint_covers_the_path_the_client_sent_inside_a_nested_router() {
+    use axum::Router;
+    use axum::routing::post;
+    use idem_axum::IdempotencyLayer;
+
+    let db = test_db().await;
+    // Axum strips `/accounts/{account}` before the inner route's layer runs: without
+    // the original URI both accounts' transfers look like `POST /transfers`.
+    let layer = IdempotencyLayer::new(db.pool.clone()).tenant(idem_tests::tenant_from_header());
+    let accounts = Router::new().route("/transfers", post(nested_transfer).route_layer(layer));
+    let app = TestApp::spawn(Router::new().nest("/accounts/{account}", accounts)).await;
+
+    let first = app
+        .post("/accounts/1/transfers", "t1", Some("n1"), "100")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let other = app
+        .post("/accounts/2/transfers", "t1", Some("n1"), "100")
+        .send()
+        .await
+        .expect("other account");
+    assert!(
+        !replayed(&other),
+        "another account's transfer is not the first's replay"
+    );
+    assert_eq!(other.status(), 422);
+    assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
+    let again = app
+        .post("/accounts/1/transfers", "t1", Some("n1"), "100")
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&again), "the same account's retry replays");
+    let path: String = sqlx::query_scalar("SELECT path FROM idem.keys WHERE key = 'n1'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("stored path");
+    assert_eq!(
+        path, "/accounts/1/transfers",
+        "the stored path is the client's"
+    );
+    assert_eq!(db.effects().await, 1);
+}

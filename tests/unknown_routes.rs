@@ -101,3 +101,36 @@ async fn post_payments_still_requires_a_key() {
     assert_eq!(db.payments().await, 0);
     assert_eq!(db.keys().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_router_layer_an_unknown_route_gets_the_routers_404_and_spends_no_key() {
+    let db = test_db().await;
+    // `effects_router` adds the layer with `Router::layer`, which also wraps the
+    // router's fallback.
+    let (app, _) = idem_tests::effects_app(&db, |l| l).await;
+    let with_key = app
+        .post("/nowhere", "t1", Some("nowhere-2"), "a")
+        .send()
+        .await
+        .expect("with a key");
+    assert_routers_own(with_key, 404).await;
+    let without_key = app
+        .post("/nowhere", "t1", None, "a")
+        .send()
+        .await
+        .expect("without a key");
+    assert_routers_own(without_key, 404).await;
+    assert_eq!(
+        db.keys().await,
+        0,
+        "no key claimed or stored for an unknown route"
+    );
+
+    let served = app
+        .post("/effects", "t1", Some("nowhere-2"), "a")
+        .send()
+        .await
+        .expect("a served route");
+    assert_eq!(served.status(), 201, "the key is still free");
+    assert!(!replayed(&served));
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
+use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
@@ -156,7 +157,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
 
-        if !config.methods.contains(req.method()) {
+        if !config.methods.contains(req.method()) || unmatched(&req) {
             return passthrough(inner, req);
         }
         let observed = Observed::start(&config, &req);
@@ -190,7 +191,7 @@ where
         let span = request_span!(
             "idempotent_request",
             &parts.method,
-            parts.uri.path(),
+            request_uri(&parts).path(),
             observed,
             idem.tenant = %tenant,
             idem.key_hash = %key.short_hash(),
@@ -205,7 +206,7 @@ where
                 tenant,
                 key,
                 method: parts.method.as_str().to_owned(),
-                path: parts.uri.path().to_owned(),
+                path: request_uri(&parts).path().to_owned(),
                 route: observed.route().cloned(),
                 client: config.client(&parts),
             };
@@ -235,7 +236,8 @@ where
     S: Inner<B>,
     B: ResponseBody,
 {
-    let span = request_span!("unkeyed_request", req.method(), req.uri().path(), observed);
+    let path = original_uri(req.extensions(), req.uri()).path();
+    let span = request_span!("unkeyed_request", req.method(), path, observed);
     let fut = spawned(observed, job.run_unkeyed(inner, req));
     ResponseFuture::new(fut.instrument(span))
 }
@@ -257,7 +259,7 @@ where
     let span = request_span!(
         "resumed_request",
         &parts.method,
-        parts.uri.path(),
+        request_uri(&parts).path(),
         observed,
         idem.tenant = %resume.tenant,
         idem.key_hash = %resume.key.short_hash(),
@@ -279,7 +281,7 @@ where
             tenant: resume.tenant,
             key: resume.key,
             method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().to_owned(),
+            path: request_uri(&parts).path().to_owned(),
             route: observed.route().cloned(),
             client: None,
         };
@@ -382,11 +384,41 @@ pub(crate) fn read_key(
         .map_err(|e: KeyError| e.to_string())
 }
 
+/// The URI the client sent: inside `Router::nest`, axum strips the prefix from the
+/// request's URI before inner layers run, and keeps the original as [`OriginalUri`].
+/// Everything that identifies the request (its fingerprint, its stored path, the
+/// completer's kept request) reads this one.
+pub(crate) fn request_uri(parts: &Parts) -> &http::Uri {
+    original_uri(&parts.extensions, &parts.uri)
+}
+
+fn original_uri<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a http::Uri {
+    extensions
+        .get::<OriginalUri>()
+        .map_or(uri, |original| &original.0)
+}
+
+/// The query string the client sent (without `?`), as a phased claim keeps it.
+pub(crate) fn kept_query(req: &Request<Body>) -> Option<String> {
+    original_uri(req.extensions(), req.uri())
+        .query()
+        .map(str::to_owned)
+}
+
+/// Whether an axum router passed the request on without matching a route (its
+/// fallback: a 404): such a request is the router's to answer, and spends no key.
+/// A request that reached the layer outside any router carries no [`OriginalUri`] and
+/// takes part as usual.
+fn unmatched(req: &Request<Body>) -> bool {
+    let extensions = req.extensions();
+    extensions.get::<OriginalUri>().is_some() && extensions.get::<MatchedPath>().is_none()
+}
+
 pub(crate) fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
-    let path = parts
-        .uri
+    let uri = request_uri(parts);
+    let path = uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+        .map_or_else(|| uri.path(), |pq| pq.as_str());
     let mut builder = Fingerprint::builder(parts.method.as_str(), path);
     for name in &config.fingerprint_headers {
         let values = parts.headers.get_all(name).iter();

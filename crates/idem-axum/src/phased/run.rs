@@ -64,7 +64,7 @@ impl Job {
         };
         let kept = Kept {
             body,
-            query: req.uri().query().map(str::to_owned),
+            query: crate::service::kept_query(&req),
             content_type: req
                 .headers()
                 .get(header::CONTENT_TYPE)
