@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header;
+use idem_core::retry::RetryStatuses;
 use reqwest::ResponseBuilderExt;
 
 /// The media type of idem's own answers.
@@ -12,18 +13,20 @@ const PROBLEM_JSON: &str = "application/problem+json";
 /// The most of a problem body that is read to find its `type`.
 const MAX_PROBLEM_BODY: usize = 64 * 1024;
 
-/// The `type` of a 409's `application/problem+json` body, which tells idem's
-/// `in-flight` from a conflict that retrying does not resolve, and the response with
-/// its body put back. Other responses pass untouched.
+/// The `type` of an `application/problem+json` body, when the verdict on the answer's
+/// status depends on it ([`RetryStatuses::depends_on_problem_type`]: a 409, which may
+/// be idem's `in-flight` or `lease-lost` or a conflict that retrying does not resolve,
+/// or a 5xx), and the response with its body put back. Other responses pass untouched.
 pub(crate) async fn problem_type(
     response: reqwest::Response,
+    statuses: &RetryStatuses,
 ) -> Result<(Option<String>, reqwest::Response), reqwest::Error> {
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    if response.status() != http::StatusCode::CONFLICT || !is_problem {
+    if !is_problem || !statuses.depends_on_problem_type(response.status().as_u16()) {
         return Ok((None, response));
     }
     let (status, version, url) = (

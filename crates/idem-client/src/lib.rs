@@ -6,8 +6,12 @@
 //! [`OperationKey`]), and retries with the same key when that is safe and useful: after
 //! a connection failure or a timeout (the server may have acted; the key makes the
 //! retry receive that first answer instead of acting twice), after 408, 425, 429, 502,
-//! 503 and 504, and after idem's 409 `in-flight`. Never after a validation failure or a
-//! key reused for a different request. Retries back off exponentially with full
+//! 503 and 504, and after every answer of idem's layer that says "retry with the same
+//! key" (409 `in-flight` and `lease-lost`, 503 `phase-interrupted`, `commit-failed` and
+//! `store-unavailable`: [`idem_core::retry::SAME_KEY_RETRY_PROBLEMS`]). Never after a
+//! validation failure or a key reused for a different request. An [`OperationKey`] that
+//! is no header value fails the request with an [`OperationKeyError`] before anything
+//! is sent. Retries back off exponentially with full
 //! jitter, honour `Retry-After`, stop at a number of attempts and a deadline, and draw
 //! from a [`RetryBudget`] per host, so that a partial outage does not turn into a
 //! retry storm.
@@ -55,6 +59,6 @@ mod outcome;
 
 pub use budget::{BudgetScope, RetryBudget};
 pub use idem_core::retry::StopReason;
-pub use key::OperationKey;
+pub use key::{OperationKey, OperationKeyError};
 pub use middleware::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotentRetry};
 pub use outcome::{AttemptTimedOut, Attempts, RetryError};

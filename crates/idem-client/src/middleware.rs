@@ -72,11 +72,17 @@ impl Default for Config {
 /// | [`budget`](Self::budget) | 10% of the last 10 s of requests plus 1 retry a second |
 /// | [`budget_scope`](Self::budget_scope) | per host |
 ///
-/// Retried: connection failures and timeouts, 408, 425, 429, 502, 503, 504, and idem's
-/// 409 `in-flight` (see [`idem_core::retry`]); a `Retry-After` on the answer is waited
-/// for (at most [`max_retry_after`](Self::max_retry_after)) when it is longer than the
-/// backoff. Never retried: other 4xx, the mismatch answer, and 500 unless configured.
-/// A request whose body cannot be cloned (a stream) is sent once.
+/// Retried, always with the same key: connection failures and timeouts, 408, 425, 429,
+/// 502, 503, 504, and every answer whose problem type says "retry with the same key"
+/// (idem's 409 `in-flight` and `lease-lost`, and its 503s; see
+/// [`idem_core::retry::RetryStatuses::verdict`]); a `Retry-After` on the answer is
+/// waited for (at most [`max_retry_after`](Self::max_retry_after)) when it is longer
+/// than the backoff. Never retried: other 4xx, the mismatch answer, and 500 unless
+/// configured. A request whose body cannot be cloned (a stream) is sent once.
+///
+/// A request carrying an [`OperationKey`](crate::OperationKey) that is not a valid
+/// header value fails with an [`OperationKeyError`](crate::OperationKeyError) before
+/// anything is sent (as reqwest fails a request with an invalid header at `send`).
 ///
 /// ```no_run
 /// use idem_client::{Attempts, IdempotentRetry};
@@ -236,7 +242,7 @@ impl Run<'_> {
     }
 
     async fn verdict(&self, response: reqwest::Response) -> Tried {
-        match problem_type(response).await {
+        match problem_type(response, &self.retry.config.statuses).await {
             Ok((kind, response)) => {
                 let status = response.status().as_u16();
                 let verdict = self.retry.config.statuses.verdict(status, kind.as_deref());
@@ -336,11 +342,14 @@ impl Middleware for IdempotentRetry {
         if !self.config.methods.contains(request.method()) {
             return next.run(request, extensions).await;
         }
+        // A key that cannot be sent fails the request before anything goes out: never an
+        // unkeyed request, and no deposit in the budget.
         let key = assign(
             &mut request,
             &self.config.header,
             extensions.get::<OperationKey>(),
-        );
+        )
+        .map_err(reqwest_middleware::Error::middleware)?;
         let budget = self.budgets.for_url(request.url());
         budget.deposit();
         let mut run = Run {

@@ -7,7 +7,7 @@ use idem_core::retry::StopReason;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempts {
     /// The idempotency key every attempt carried (`None` for a method that takes no
-    /// key, or a key that could not be sent as a header).
+    /// key, or when the request's own key header was not text).
     pub key: Option<String>,
     /// Attempts made, the first included.
     pub attempts: u32,
