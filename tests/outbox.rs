@@ -97,8 +97,10 @@ async fn the_relay_delivers_every_message_once_with_its_id_as_nats_msg_id() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
     db.enqueue_many(&stream.subject("orders"), 30).await;
-    let relay =
-        OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone())).batch_size(7);
+    let relay = OutboxRelay::builder(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
+        .batch_size(7)
+        .build()
+        .expect("relay settings");
     while relay.relay_once().await.expect("relay") > 0 {}
     assert_eq!(db.undelivered().await, 0);
     assert_eq!(stream.messages().await, 30);
@@ -130,7 +132,10 @@ async fn a_failure_after_publish_is_retried_and_deduplicated_by_jetstream() {
         inner: JetStreamSink::new(stream.js.clone()),
         lost: Mutex::new(Default::default()),
     };
-    let relay = OutboxRelay::new(db.pool.clone(), sink).backoff(Duration::ZERO, Duration::ZERO);
+    let relay = OutboxRelay::builder(db.pool.clone(), sink)
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .expect("relay settings");
     relay.relay_once().await.expect("first round");
     assert_eq!(db.undelivered().await, 10, "every delivery 'failed'");
     relay.relay_once().await.expect("second round");
@@ -152,9 +157,11 @@ async fn two_concurrent_relays_deliver_each_message_once() {
     let shutdown = CancellationToken::new();
     let relays: Vec<_> = (0..2)
         .map(|_| {
-            let relay = OutboxRelay::new(db.pool.clone(), counting.clone())
+            let relay = OutboxRelay::builder(db.pool.clone(), counting.clone())
                 .batch_size(10)
-                .poll_interval(Duration::from_millis(50));
+                .poll_interval(Duration::from_millis(50))
+                .build()
+                .expect("relay settings");
             tokio::spawn(relay.run(shutdown.clone()))
         })
         .collect();
@@ -204,9 +211,11 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
         inner: JetStreamSink::new(stream.js.clone()),
         failing: AtomicBool::new(true),
     });
-    let relay = OutboxRelay::new(db.pool.clone(), sink.clone())
+    let relay = OutboxRelay::builder(db.pool.clone(), sink.clone())
         .max_attempts(3)
-        .backoff(Duration::ZERO, Duration::ZERO);
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .expect("relay settings");
     for _ in 0..5 {
         relay.relay_once().await.expect("relay");
     }
@@ -258,8 +267,10 @@ async fn a_message_with_an_unpublishable_header_is_dead_lettered_not_panicked_on
     .await
     .expect("enqueue");
     tx.commit().await.expect("commit");
-    let relay =
-        OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone())).max_attempts(1);
+    let relay = OutboxRelay::builder(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
+        .max_attempts(1)
+        .build()
+        .expect("relay settings");
     relay.relay_once().await.expect("relay");
     assert_eq!(
         idem_sqlx::dead_letters(&db.pool, 10)

@@ -72,10 +72,12 @@ async fn the_layer_wakes_a_relay_in_its_process_after_the_commit() {
     let stream = TestStream::create(Duration::from_secs(120)).await;
     let waker = OutboxWaker::new();
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
+    let relay = OutboxRelay::builder(db.pool.clone(), JetStreamSink::new(stream.js.clone()))
         .poll_interval(NEVER)
         .listen(false)
-        .waker(waker.clone());
+        .waker(waker.clone())
+        .build()
+        .expect("relay settings");
     let task = tokio::spawn(relay.run(shutdown.clone()));
     let app = TestApp::spawn(payments_app(&db, &stream, waker)).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the relay is idle
@@ -99,8 +101,10 @@ async fn a_notifying_waker_wakes_a_relay_that_only_listens() {
         .connect_with(db.options.clone())
         .await
         .expect("relay pool");
-    let relay =
-        OutboxRelay::new(relay_pool, JetStreamSink::new(stream.js.clone())).poll_interval(NEVER);
+    let relay = OutboxRelay::builder(relay_pool, JetStreamSink::new(stream.js.clone()))
+        .poll_interval(NEVER)
+        .build()
+        .expect("relay settings");
     let task = tokio::spawn(relay.run(shutdown.clone()));
     let app = TestApp::spawn(payments_app(
         &db,
@@ -137,7 +141,10 @@ async fn a_relay_whose_first_listen_failed_listens_once_the_database_is_back() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy_with(proxy.connect_options(&db));
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(pool, JetStreamSink::new(stream.js.clone())).poll_interval(NEVER);
+    let relay = OutboxRelay::builder(pool, JetStreamSink::new(stream.js.clone()))
+        .poll_interval(NEVER)
+        .build()
+        .expect("relay settings");
     let task = tokio::spawn(relay.run(shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(1500)).await; // LISTEN fails, retries
     assert_eq!(listening_sessions(&db).await, 0);

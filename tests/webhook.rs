@@ -28,11 +28,13 @@ async fn a_webhook_receiver_behind_the_layer_runs_each_message_once() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let relay = OutboxRelay::new(
+    let relay = OutboxRelay::builder(
         db.pool.clone(),
         WebhookSink::new(client, receiver.url("/effects")),
     )
-    .backoff(Duration::ZERO, Duration::ZERO);
+    .backoff(Duration::ZERO, Duration::ZERO)
+    .build()
+    .expect("relay settings");
 
     // The receiver fails once: the delivery is retried.
     faults.fail_next.store(1, Ordering::SeqCst);
@@ -93,9 +95,11 @@ async fn a_permanent_4xx_dead_letters_at_once_and_the_later_ones_are_retried() {
     one_message(&db).await;
     // 409, 429 and 408 say "later"; 422 says "never".
     let receiver = Receiver::start([(409, None), (429, None), (408, None), (422, None)]).await;
-    let relay = OutboxRelay::new(db.pool.clone(), WebhookSink::new(client(), &receiver.url))
+    let relay = OutboxRelay::builder(db.pool.clone(), WebhookSink::new(client(), &receiver.url))
         .max_attempts(10)
-        .backoff(Duration::ZERO, Duration::ZERO);
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .expect("relay settings");
     for _ in 0..4 {
         assert_eq!(relay.relay_once().await.expect("round"), 1);
     }
@@ -119,8 +123,10 @@ async fn retry_after_holds_the_message_back_for_as_long_as_the_receiver_asked() 
     let db = test_db().await;
     one_message(&db).await;
     let receiver = Receiver::start([(503, Some("120"))]).await;
-    let relay = OutboxRelay::new(db.pool.clone(), WebhookSink::new(client(), &receiver.url))
-        .backoff(Duration::ZERO, Duration::ZERO);
+    let relay = OutboxRelay::builder(db.pool.clone(), WebhookSink::new(client(), &receiver.url))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .expect("relay settings");
     relay.relay_once().await.expect("round");
     let wait: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM available_at - now())::float8 FROM idem.outbox",

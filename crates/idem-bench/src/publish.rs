@@ -84,7 +84,9 @@ pub async fn start(pool: &PgPool, nats_url: &str) -> Result<Running, BoxError> {
     });
     let waker = OutboxWaker::new();
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(pool.clone(), timed.clone()).waker(waker.clone());
+    let relay = OutboxRelay::builder(pool.clone(), timed.clone())
+        .waker(waker.clone())
+        .build()?;
     let task = tokio::spawn(relay.run(shutdown.clone()));
     Ok(Running {
         timed,

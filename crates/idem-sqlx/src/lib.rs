@@ -92,7 +92,7 @@ pub use phases::{
     Abandoned, Lease, Operation, OperationState, Phased, PhasedClaim, abandoned, begin_phase,
     claim_phased, commit_phase, finish_phased, operation, record_failure, release_lease, unclaim,
 };
-pub use relay::{OutboxRelay, Sink, SinkError};
+pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayConfigError, Sink, SinkError};
 pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};
 pub use sweeper::{Sweeper, Swept};
 #[cfg(feature = "http")]

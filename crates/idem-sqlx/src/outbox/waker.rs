@@ -32,11 +32,14 @@ pub const NOTIFY_SPACING: Duration = Duration::from_millis(5);
 /// #     async fn deliver(&self, _: &OutboxMessage) -> Result<(), SinkError> { Ok(()) }
 /// # }
 ///
-/// # async fn run(pool: sqlx::PgPool) {
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), idem_sqlx::RelayConfigError> {
 /// let waker = OutboxWaker::new();
-/// let relay = OutboxRelay::new(pool.clone(), Log).waker(waker.clone());
+/// let relay = OutboxRelay::builder(pool.clone(), Log)
+///     .waker(waker.clone())
+///     .build()?;
 /// // ... hand `waker` to the idempotency layer (`IdempotencyLayer::outbox_waker`), or
 /// // call `waker.wake()` after committing a transaction that enqueued.
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone, Default)]

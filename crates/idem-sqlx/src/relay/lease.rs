@@ -3,11 +3,25 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::StoreError;
 use crate::outbox::{OutboxMessage, decode_message};
+
+/// A claimed batch and the end of its lease on this process's clock.
+pub(super) struct Claimed {
+    /// The messages, oldest first.
+    pub(super) messages: Vec<OutboxMessage>,
+    /// When their lease ends, measured by the database's clock: the time the lease had
+    /// left when the database took the claim, counted from the instant the claim was
+    /// sent (earlier than the database's), so neither a slow round trip nor a local
+    /// clock that disagrees with the database's moves it later. `None` when nothing
+    /// was claimed.
+    pub(super) lease_ends: Option<Instant>,
+}
 
 /// Claims up to `limit` messages that are due: moves their `available_at` to the end of
 /// the lease, records `relay` as their holder and counts the attempt. Another relay
@@ -18,8 +32,8 @@ pub(super) async fn claim(
     relay: Uuid,
     limit: i64,
     lease: Duration,
-) -> Result<Vec<OutboxMessage>, StoreError> {
-    let rows = sqlx::query(
+) -> Result<Claimed, StoreError> {
+    let query = sqlx::query(
         "WITH due AS ( \
            SELECT id FROM idem.outbox \
            WHERE delivered_at IS NULL AND dead_lettered_at IS NULL AND available_at <= now() \
@@ -29,23 +43,36 @@ pub(super) async fn claim(
              attempts = o.attempts + 1 \
          FROM due WHERE o.id = due.id \
          RETURNING o.id, o.topic, o.payload, o.headers, o.tenant_id, o.idempotency_key, \
-                   o.attempts, o.last_error, o.created_at",
+                   o.attempts, o.last_error, o.created_at, \
+                   o.available_at AS lease_end, now() AS db_now",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
-    .bind(relay)
-    .fetch_all(conn)
-    .await?;
+    .bind(relay);
+    let sent = Instant::now();
+    let rows = query.fetch_all(conn).await?;
+    let mut lease_ends: Option<Instant> = None;
+    for row in &rows {
+        let lease_end: DateTime<Utc> = row.try_get("lease_end")?;
+        let db_now: DateTime<Utc> = row.try_get("db_now")?;
+        let left = (lease_end - db_now).to_std().unwrap_or_default();
+        let ends = sent + left;
+        lease_ends = Some(lease_ends.map_or(ends, |earliest| earliest.min(ends)));
+    }
     let mut messages = rows
         .iter()
         .map(decode_message)
         .collect::<Result<Vec<_>, _>>()?;
     messages.sort_by_key(|m| m.id); // UUIDv7: enqueue order
-    Ok(messages)
+    Ok(Claimed {
+        messages,
+        lease_ends,
+    })
 }
 
-/// Marks messages delivered (whoever holds their lease now: they are delivered), in
-/// one statement.
+/// Marks messages delivered, in one statement. Not guarded by `leased_by`: a message
+/// another relay took meanwhile is delivered all the same, and its holder's own
+/// outcome, guarded, then changes nothing.
 pub(super) async fn delivered(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());

@@ -35,7 +35,9 @@ use listen::Listening;
 /// counted. It then **delivers** them with no transaction open, `concurrency` at a
 /// time, each bounded by the delivery timeout, and records the outcomes in short
 /// statements of their own: the delivered ones together at the end of the round (one
-/// `UPDATE`, not a commit per message); each failure as it happens, to be retried
+/// `UPDATE`, not a commit per message), and at the latest shortly before the lease
+/// ends (see [`lease`](OutboxRelayBuilder::lease)), so another relay never takes a
+/// message this one delivered; each failure as it happens, to be retried
 /// later (exponential backoff with full jitter, or the destination's `Retry-After`
 /// when longer), or, after `max_attempts` or on a permanent failure, dead-lettered (kept, listed by [`dead_letters`](crate::dead_letters),
 /// re-driven by [`redrive`](crate::redrive)). A relay that dies mid-batch leaves its
@@ -65,11 +67,12 @@ use listen::Listening;
 ///     }
 /// }
 ///
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), idem_sqlx::StoreError> {
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 /// let shutdown = CancellationToken::new();
-/// OutboxRelay::new(pool, Log)
+/// OutboxRelay::builder(pool, Log)
 ///     .max_attempts(5)
 ///     .delivery_timeout(Duration::from_secs(5))
+///     .build()? // refuses a lease not longer than the delivery timeout
 ///     .run(shutdown.clone())
 ///     .await?;
 /// # Ok(())
@@ -93,9 +96,10 @@ pub struct OutboxRelay<S> {
 }
 
 impl<S: Sink> OutboxRelay<S> {
-    /// A relay over `pool` delivering to `sink`: batches of 100 delivered 16 at a time,
-    /// a 10-second delivery timeout under a 60-second lease, polling every second,
-    /// 10 attempts, backoff from 100 ms up to 5 minutes, listening on `idem_outbox`.
+    /// A relay over `pool` delivering to `sink` with the defaults: batches of 100
+    /// delivered 16 at a time, a 10-second delivery timeout under a 60-second lease,
+    /// polling every second, 10 attempts, backoff from 100 ms up to 5 minutes,
+    /// listening on `idem_outbox`. To change them, use [`builder`](Self::builder).
     pub fn new(pool: PgPool, sink: S) -> Self {
         OutboxRelay {
             own: OwnConnection::new(pool.clone()),
@@ -115,63 +119,12 @@ impl<S: Sink> OutboxRelay<S> {
         }
     }
 
-    /// Messages claimed per round.
-    pub fn batch_size(mut self, n: i64) -> Self {
-        self.batch_size = n.max(1);
-        self
-    }
-
-    /// Deliveries in flight at once within a round.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// How often to look for messages when nothing wakes the relay.
-    pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll_interval = every;
-        self
-    }
-
-    /// Attempts before a message is dead-lettered.
-    pub fn max_attempts(mut self, n: i32) -> Self {
-        self.max_attempts = n.max(1);
-        self
-    }
-
-    /// The backoff: attempt `n` waits a random time up to `min(max, base * 2^n)`.
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max;
-        self
-    }
-
-    /// How long a claimed batch stays with this relay. A message whose delivery could
-    /// not start at least one delivery timeout before the lease ends is given back
-    /// unattempted. Another relay takes the messages of a relay that died once it ends.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// The longest one delivery may take; past it the attempt counts as a transient
-    /// failure.
-    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
-        self.delivery_timeout = timeout;
-        self
-    }
-
-    /// Wakes on this waker too (share it with the code that commits the messages, e.g.
-    /// `IdempotencyLayer::outbox_waker`).
-    pub fn waker(mut self, waker: OutboxWaker) -> Self {
-        self.waker = waker;
-        self
-    }
-
-    /// Whether to `LISTEN idem_outbox` (default yes).
-    pub fn listen(mut self, on: bool) -> Self {
-        self.listen = on;
-        self
+    /// Configures a relay over `pool` delivering to `sink`, starting from the defaults
+    /// of [`new`](Self::new); [`build`](OutboxRelayBuilder::build) checks the settings.
+    pub fn builder(pool: PgPool, sink: S) -> OutboxRelayBuilder<S> {
+        OutboxRelayBuilder {
+            relay: OutboxRelay::new(pool, sink),
+        }
     }
 
     /// This relay's id, recorded as `leased_by` on the messages it holds.
@@ -210,18 +163,61 @@ impl<S: Sink> OutboxRelay<S> {
     /// messages it claimed.
     pub async fn relay_once(&self) -> Result<usize, StoreError> {
         let (id, limit, lease) = (self.id, self.batch_size, self.lease);
-        let messages = self
+        let claimed = self
             .own
             .run(|conn| Box::pin(lease::claim(conn, id, limit, lease)))
             .await?;
-        let claimed = messages.len();
-        let lease_ends = Instant::now() + self.lease;
-        let delivered: Vec<Uuid> = futures_util::stream::iter(messages)
-            .map(|message| self.settle(message, lease_ends))
-            .buffer_unordered(self.concurrency)
-            .filter_map(|delivered| async move { delivered })
-            .collect()
-            .await;
+        let count = claimed.messages.len();
+        let Some(lease_ends) = claimed.lease_ends else {
+            return Ok(0);
+        };
+        // The deliveries end by then (one starts only if its timeout does), and are
+        // recorded then at the latest, before the lease ends and another relay may take
+        // them, even while failures are still being recorded through the pool.
+        let record_by = lease_ends
+            .checked_sub(self.record_reserve())
+            .unwrap_or(lease_ends);
+        let mut outcomes = futures_util::stream::iter(claimed.messages)
+            .map(|message| self.settle(message, record_by))
+            .buffer_unordered(self.concurrency);
+        let record_time = tokio::time::sleep_until(record_by);
+        tokio::pin!(record_time);
+        let mut recorded_early = false;
+        let mut delivered = Vec::new();
+        loop {
+            tokio::select! {
+                outcome = outcomes.next() => match outcome {
+                    Some(Some(id)) => {
+                        delivered.push(id);
+                        if recorded_early {
+                            // Ended just past the time: recorded at once.
+                            self.mark_delivered(std::mem::take(&mut delivered)).await;
+                        }
+                    }
+                    Some(None) => {}
+                    None => break,
+                },
+                () = &mut record_time, if !recorded_early => {
+                    recorded_early = true;
+                    self.mark_delivered(std::mem::take(&mut delivered)).await;
+                }
+            }
+        }
+        self.mark_delivered(delivered).await;
+        Ok(count)
+    }
+
+    /// The last part of a lease, kept for recording the round's deliveries: the smaller
+    /// of 1 s and half of what the lease leaves after one delivery timeout.
+    fn record_reserve(&self) -> Duration {
+        (self.lease.saturating_sub(self.delivery_timeout) / 2).min(Duration::from_secs(1))
+    }
+
+    /// Records deliveries, in one statement.
+    async fn mark_delivered(&self, delivered: Vec<Uuid>) {
+        if delivered.is_empty() {
+            return;
+        }
         let count = delivered.len();
         let marked = self
             .own
@@ -231,19 +227,20 @@ impl<S: Sink> OutboxRelay<S> {
             // Their leases end and they are delivered again (deduplicated downstream).
             tracing::warn!(error = %e, count, "outbox deliveries not recorded");
         }
-        Ok(claimed)
     }
 
-    /// Delivers one claimed message. `Some(id)` when it was delivered (marked with the
-    /// others of the round); every other outcome is recorded here.
-    async fn settle(&self, message: OutboxMessage, lease_ends: Instant) -> Option<Uuid> {
+    /// Delivers one claimed message if its delivery, timeout included, can end by
+    /// `end_by`, and gives it back unattempted otherwise. `Some(id)` when it was
+    /// delivered (recorded with the others of the round); every other outcome is
+    /// recorded here.
+    async fn settle(&self, message: OutboxMessage, end_by: Instant) -> Option<Uuid> {
         let recorded = if message.attempts > self.max_attempts {
             let error = format!(
                 "its lease ran out {} times without an outcome (a relay died or hung)",
                 message.attempts - 1
             );
             self.give_up(&message, &error).await
-        } else if Instant::now() + self.delivery_timeout > lease_ends {
+        } else if Instant::now() + self.delivery_timeout > end_by {
             lease::release(&self.pool, self.id, message.id).await
         } else {
             match self.deliver(&message).await {
@@ -310,6 +307,110 @@ impl<S: Sink> OutboxRelay<S> {
     fn backoff_for(&self, attempts: i32) -> Duration {
         full_jitter(self.backoff_base, self.backoff_max, attempts)
     }
+}
+
+/// The settings of an [`OutboxRelay`], from [`OutboxRelay::builder`]; checked by
+/// [`build`](Self::build).
+pub struct OutboxRelayBuilder<S> {
+    relay: OutboxRelay<S>,
+}
+
+impl<S: Sink> OutboxRelayBuilder<S> {
+    /// Messages claimed per round.
+    pub fn batch_size(mut self, n: i64) -> Self {
+        self.relay.batch_size = n.max(1);
+        self
+    }
+
+    /// Deliveries in flight at once within a round.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.relay.concurrency = n.max(1);
+        self
+    }
+
+    /// How often to look for messages when nothing wakes the relay.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.relay.poll_interval = every;
+        self
+    }
+
+    /// Attempts before a message is dead-lettered.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.relay.max_attempts = n.max(1);
+        self
+    }
+
+    /// The backoff: attempt `n` waits a random time up to `min(max, base * 2^n)`.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.relay.backoff_base = base;
+        self.relay.backoff_max = max;
+        self
+    }
+
+    /// How long a claimed batch stays with this relay, measured by the database's
+    /// clock; it must be longer than the [delivery timeout](Self::delivery_timeout).
+    /// The last part of a lease (the smaller of 1 s and half of what the lease leaves
+    /// after one delivery timeout) is kept for recording the round's deliveries: a
+    /// delivery starts only while it can end, timeout included, before that part, and
+    /// a message whose delivery cannot is given back unattempted. Another relay takes
+    /// the messages of a relay that died once the lease ends.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.relay.lease = lease;
+        self
+    }
+
+    /// The longest one delivery may take; past it the attempt counts as a transient
+    /// failure. It must be shorter than the [lease](Self::lease).
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.relay.delivery_timeout = timeout;
+        self
+    }
+
+    /// Wakes on this waker too (share it with the code that commits the messages, e.g.
+    /// `IdempotencyLayer::outbox_waker`).
+    pub fn waker(mut self, waker: OutboxWaker) -> Self {
+        self.relay.waker = waker;
+        self
+    }
+
+    /// Whether to `LISTEN idem_outbox` (default yes).
+    pub fn listen(mut self, on: bool) -> Self {
+        self.relay.listen = on;
+        self
+    }
+
+    /// The relay, or why these settings cannot work: a lease not longer than the
+    /// delivery timeout leaves no time to deliver anything
+    /// ([`RelayConfigError::LeaseNotLongerThanDeliveryTimeout`]).
+    pub fn build(self) -> Result<OutboxRelay<S>, RelayConfigError> {
+        let (lease, delivery_timeout) = (self.relay.lease, self.relay.delivery_timeout);
+        if lease <= delivery_timeout {
+            return Err(RelayConfigError::LeaseNotLongerThanDeliveryTimeout {
+                lease,
+                delivery_timeout,
+            });
+        }
+        Ok(self.relay)
+    }
+}
+
+/// Settings an [`OutboxRelayBuilder`] refuses to build a relay with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayConfigError {
+    /// The lease is not longer than the delivery timeout: no delivery could be sure to
+    /// end within its lease, so every claimed message would be given back unattempted,
+    /// round after round.
+    #[error(
+        "the relay's lease ({lease:?}) must be longer than its delivery timeout \
+         ({delivery_timeout:?}): no delivery could end within the lease"
+    )]
+    LeaseNotLongerThanDeliveryTimeout {
+        /// The lease asked for.
+        lease: Duration,
+        /// The delivery timeout asked for.
+        delivery_timeout: Duration,
+    },
 }
 
 /// Counts a delivery, and the time from its enqueueing transaction to now.

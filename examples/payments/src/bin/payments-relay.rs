@@ -56,12 +56,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let pool = sqlx::PgPool::connect(&database_url).await?;
     payments::migrate(&pool).await?;
     let js = jetstream::new(async_nats::connect(&nats_url).await?);
-    let relay = OutboxRelay::new(pool, JetStreamSink::new(js))
+    let relay = OutboxRelay::builder(pool, JetStreamSink::new(js))
         .batch_size(args.batch_size)
         .concurrency(args.concurrency)
         .lease(Duration::from_millis(args.lease_ms))
         .delivery_timeout(Duration::from_millis(args.delivery_timeout_ms))
-        .poll_interval(Duration::from_millis(args.poll_ms));
+        .poll_interval(Duration::from_millis(args.poll_ms))
+        .build()?;
     tracing::info!(relay = %relay.id(), %nats_url, "relaying the outbox to JetStream");
 
     let shutdown = CancellationToken::new();
