@@ -65,6 +65,31 @@ fn whitespace() -> impl Strategy<Value = String> {
     "[ \t\r\n]{0,3}"
 }
 
+/// How many arrays and objects nest in `value`, itself included.
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `inner` inside one array (`false`) or one object (`true`) per level, outermost
+/// first, with `ws` around every bracket.
+fn nest(levels: &[bool], inner: &str, ws: &str) -> String {
+    let mut text = String::new();
+    for &object in levels {
+        text.push_str(if object { "{\"k\":" } else { "[" });
+        text.push_str(ws);
+    }
+    text.push_str(inner);
+    for &object in levels.iter().rev() {
+        text.push_str(ws);
+        text.push(if object { '}' } else { ']' });
+    }
+    text
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -125,5 +150,29 @@ proptest! {
         };
         prop_assert_eq!(fp(&a) == fp(&b), a == b);
         prop_assert_eq!(fp(&a), fp(&format!("{ws}{a}{ws}")));
+    }
+
+    #[test]
+    fn canonical_json_nests_to_127_levels_and_hashes_deeper_bodies_raw(
+        levels in proptest::collection::vec(any::<bool>(), 0..140),
+        (value, text) in formatted_json(),
+        ws in whitespace(),
+    ) {
+        // Nesting is bounded as serde_json bounds it: 127 arrays and objects inside each
+        // other are canonical JSON; deeper, a body is hashed as raw bytes (so its
+        // whitespace counts), never refused.
+        let body = nest(&levels, &text, &ws);
+        let compact = serde_json::to_string(&value).expect("a Value serializes");
+        let canonical = canonical_json(compact.as_bytes()).expect("a Value is canonical JSON");
+        let canonical = String::from_utf8(canonical).expect("UTF-8");
+        let fp = |body: &str| Fingerprint::builder("POST", "/f").body(body.as_bytes(), BodyMode::CanonicalJson).finish();
+        let spaced = nest(&levels, &text, &format!("{ws} "));
+        if levels.len() + depth(&value) <= 127 {
+            prop_assert_eq!(canonical_json(body.as_bytes()), Some(nest(&levels, &canonical, "").into_bytes()));
+            prop_assert_eq!(fp(&body), fp(&spaced));
+        } else {
+            prop_assert_eq!(canonical_json(body.as_bytes()), None);
+            prop_assert_ne!(fp(&body), fp(&spaced));
+        }
     }
 }
