@@ -281,3 +281,109 @@ async fn failing_open_never_runs_a_second_handler_while_another_request_holds_th
     );
     assert_eq!(db.effects().await, 2);
 }
+
+/// Two replicas of a fail-open service on one database, each with a pool of one
+/// connection: replica A holds key `k` in a slow request; replica B's only connection
+/// is busy with another key when `k` arrives there. B's database is up, so B answers
+/// 503 rather than running `k`'s handler beside A's: `acquire`, B's pool's acquire
+/// timeout, and `store_timeout`, B's bound on opening a transaction, choose which of
+/// the two runs out first.
+async fn a_busy_replica_fails_closed(db: &TestDb, acquire: Duration, store_timeout: Duration) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let replica = async |acquire: Duration| {
+        let pool: PgPool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire)
+            .connect_with(db.options.clone())
+            .await
+            .expect("pool of one");
+        let layer = IdempotencyLayer::new(pool)
+            .failure_mode(FailureMode::Open)
+            .store_timeout(store_timeout)
+            .in_flight_wait(Duration::from_secs(5));
+        counted_app(layer, &runs).await
+    };
+    let (a, b) = (
+        replica(Duration::from_secs(5)).await,
+        replica(acquire).await,
+    );
+    let send = |app: &TestApp, key: &'static str, sleep_ms: u64| {
+        app.client
+            .post(app.url(&format!("/counted?sleep_ms={sleep_ms}")))
+            .header("idempotency-key", key)
+            .body("same body")
+            .send()
+    };
+    for (app, key) in [(&a, "warm-a"), (&b, "warm-b")] {
+        assert_eq!(send(app, key, 0).await.expect("warm-up").status(), 201);
+    }
+    let holder = tokio::spawn(send(&a, "k", 2000));
+    let busy = tokio::spawn(send(&b, "j", 2000));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let k_on_b = send(&b, "k", 0).await.expect("k on B");
+    assert_eq!(k_on_b.status(), 503, "the database is up: fail closed");
+    assert_eq!(
+        problem_type(k_on_b).await,
+        "urn:idem:problem:store-unavailable"
+    );
+    let (holder, busy) = (
+        holder.await.expect("join").expect("A"),
+        busy.await.expect("join").expect("B"),
+    );
+    assert_eq!(
+        (holder.status(), busy.status()),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        4,
+        "the warm-ups, A's `k` and B's `j`: never `k` a second time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_timeout_never_fails_open_while_another_replica_may_hold_the_key() {
+    let db = test_db().await;
+    a_busy_replica_fails_closed(&db, Duration::from_millis(300), Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_timeout_never_fails_open_while_another_replica_may_hold_the_key() {
+    let db = test_db().await;
+    a_busy_replica_fails_closed(&db, Duration::from_secs(5), Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_connections_runs_a_fail_open_handler_without_a_tx() {
+    let db = test_db().await;
+    // A port nobody listens on: connections are refused, and the pool retries them
+    // until its acquire timeout, so the layer sees a pool timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy_with(db.options.clone().host("127.0.0.1").port(port));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(pool)
+        .failure_mode(FailureMode::Open)
+        .store_timeout(Duration::from_secs(2));
+    let app = counted_app(layer, &runs).await;
+    let r = app
+        .client
+        .post(app.url("/counted"))
+        .header("idempotency-key", "refused-1")
+        .body("x")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(
+        r.status(),
+        201,
+        "nobody can hold a key in a database that is down"
+    );
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["tx"], json!(false));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use chrono::Utc;
 use http::{Request, Response};
+use idem_core::policy::StoreUnreached;
 use idem_core::{Decision, Outcome, decide};
-use idem_sqlx::{ReplayTally, Tallied};
+use idem_sqlx::{ReplayTally, StoreError, Tallied};
 use sqlx::PgPool;
 
 use crate::Problem;
@@ -20,7 +21,7 @@ use crate::handler::{Handled, roll_back, run_handler};
 use crate::layer::{Config, FailureMode};
 use crate::observe::Observed;
 use crate::service::{Inner, ResponseBody};
-use crate::store::{Keyed, Opened, PgTx, begin, open_keyed, unavailable};
+use crate::store::{Keyed, NotBegun, Opened, PgTx, begin, open_keyed, unavailable};
 
 /// What every step of a request needs.
 #[derive(Clone)]
@@ -91,10 +92,10 @@ impl Job {
                 self.land(keyed, leader, landed);
                 return Ok(answer);
             }
-            Opened::Unreachable => {
+            Opened::Unreached(cause) => {
                 // Nothing was claimed; the duplicates of this process still wait on
                 // this request, so a fail-open route never runs two handlers at once.
-                let answer = self.unreachable(inner, req).await;
+                let answer = self.unreachable(cause, inner, req).await;
                 drop(leader);
                 return answer;
             }
@@ -144,8 +145,8 @@ impl Job {
     {
         let tx = match begin(&self.pool, &self.config).await {
             Ok(tx) => tx,
-            Err(Opened::Answer(answer, _)) => return Ok(answer),
-            Err(_) => return self.unreachable(inner, req).await,
+            Err(NotBegun::Answer(answer)) => return Ok(answer),
+            Err(NotBegun::Unreached(cause)) => return self.unreachable(cause, inner, req).await,
         };
         match run_handler(&self.config, &self.observed, tx, None, inner, req).await {
             Handled::Final(response, tx, enqueued) => {
@@ -251,11 +252,13 @@ impl Job {
         }
     }
 
-    /// The store could not be reached before anything was claimed: fail closed (503),
-    /// or run the handler without idempotency (and without a `Tx`) when the route fails
-    /// open.
+    /// No transaction could be opened (`cause`: the store's error, `None` when it was
+    /// silent), so nothing was claimed: 503, or, on a route that fails open and only
+    /// when the database cannot be reached at all, the handler without idempotency
+    /// (and without a `Tx`).
     async fn unreachable<S, B>(
         &self,
+        cause: Option<StoreError>,
         mut inner: S,
         req: Request<Body>,
     ) -> Result<Response<Body>, S::Error>
@@ -263,15 +266,21 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        match self.config.failure_mode {
-            FailureMode::Closed => Ok(unavailable(&self.config)),
-            FailureMode::Open => {
-                let started = tokio::time::Instant::now();
-                let response = inner.call(req).await;
-                self.observed.handled(started.elapsed());
-                response.map(|r| outcome(r.map(Body::new), Outcome::FailedOpen))
-            }
+        if self.config.failure_mode == FailureMode::Closed {
+            return Ok(unavailable(&self.config));
         }
+        let why = match &cause {
+            Some(e) => idem_sqlx::unreached(&self.pool, e, self.config.store_timeout).await,
+            None => StoreUnreached::Silent,
+        };
+        if !self.config.failure_mode.runs_without_store(why) {
+            tracing::warn!(?why, "the store is up but unusable now; failing closed");
+            return Ok(unavailable(&self.config));
+        }
+        let started = tokio::time::Instant::now();
+        let response = inner.call(req).await;
+        self.observed.handled(started.elapsed());
+        response.map(|r| outcome(r.map(Body::new), Outcome::FailedOpen))
     }
 }
 

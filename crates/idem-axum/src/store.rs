@@ -63,9 +63,28 @@ pub(crate) enum Opened {
     /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...),
     /// and what it tells the request's duplicates.
     Answer(Response<Body>, Landed),
-    /// The store could not be reached before anything was claimed: fail closed, or
-    /// open when the route allows it.
-    Unreachable,
+    /// No transaction could be opened, so nothing was claimed: fail closed, or open
+    /// when the route allows it and the database cannot be reached at all. The
+    /// store's error, or `None` when it stayed silent past `store_timeout`.
+    Unreached(Option<StoreError>),
+}
+
+/// Why a request's transaction did not begin.
+pub(crate) enum NotBegun {
+    /// The store failed in a way that is answered at once (a fault).
+    Answer(Response<Body>),
+    /// No transaction could be opened: the store's error, or `None` when it was
+    /// silent past `store_timeout`.
+    Unreached(Option<StoreError>),
+}
+
+impl From<NotBegun> for Opened {
+    fn from(not_begun: NotBegun) -> Self {
+        match not_begun {
+            NotBegun::Answer(answer) => Opened::Answer(answer, Landed::Unknown),
+            NotBegun::Unreached(cause) => Opened::Unreached(cause),
+        }
+    }
 }
 
 /// Waits for `work` (store work) at most `limit`. Past the limit it answers `None` and
@@ -92,9 +111,9 @@ where
 }
 
 /// Opens the request's transaction at the configured isolation level, bounded by
-/// `store_timeout`. `Err(Opened::Unreachable)` when the store could not be reached (the
-/// only case a route may fail open), another answer when the store failed otherwise.
-pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, Opened> {
+/// `store_timeout`. `Err(NotBegun::Unreached)` when no transaction could be opened (the
+/// only case a route may fail open), an answer when the store failed otherwise.
+pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBegun> {
     let beginning = {
         let pool = pool.clone();
         let isolation = config.isolation;
@@ -110,12 +129,12 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, Opened
         Some(Ok(tx)) => Ok(tx),
         Some(Err(e)) if e.is_unavailable() => {
             tracing::warn!(error = %e, "idempotency store unavailable");
-            Err(Opened::Unreachable)
+            Err(NotBegun::Unreached(Some(e)))
         }
-        Some(Err(e)) => Err(Opened::Answer(store_fault(&e), Landed::Unknown)),
+        Some(Err(e)) => Err(NotBegun::Answer(store_fault(&e))),
         None => {
             tracing::warn!("idempotency store did not answer within store_timeout");
-            Err(Opened::Unreachable)
+            Err(NotBegun::Unreached(None))
         }
     }
 }
@@ -130,7 +149,7 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
     for _ in 0..CLAIM_TRANSACTIONS {
         let tx = match begin(pool, config).await {
             Ok(tx) => tx,
-            Err(opened) => return opened,
+            Err(not_begun) => return not_begun.into(),
         };
         match claim(tx, config, keyed).await {
             Claimed::Tx(tx) => return Opened::Tx(tx),

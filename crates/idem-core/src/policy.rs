@@ -82,14 +82,47 @@ pub enum FailureMode {
     /// for requests with effects.
     #[default]
     Closed,
-    /// Run the handler without idempotency, and without a `Tx`, when the store cannot
-    /// be reached at all (a connection cannot be had or the transaction cannot begin).
-    /// For low-risk routes whose handlers take `Option<Tx>` and do their work elsewhere
-    /// when it is `None` (a cache, a call that is idempotent by itself). Once a request
-    /// reached the store (its transaction is open), a later failure is answered 503 as
-    /// under `Closed`: another request may hold the key, and two handlers never run
-    /// for one key at once.
+    /// Run the handler without idempotency, and without a `Tx`, when the database
+    /// cannot be reached at all (no connection to it can be made: refused, reset,
+    /// unreachable). For low-risk routes whose handlers take `Option<Tx>` and do their
+    /// work elsewhere when it is `None` (a cache, a call that is idempotent by itself).
+    /// A store that answers slowly, or a pool whose connections are all in use, is
+    /// answered 503 as under `Closed` (see [`FailureMode::runs_without_store`]): the
+    /// database is up, another replica may hold the key, and two handlers never run
+    /// for one key at once. So is any failure after the request's transaction opened.
     Open,
+}
+
+/// Why a request could not open its transaction on the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreUnreached {
+    /// No connection to the database could be made (refused, reset, unreachable):
+    /// nobody can hold a key in it now.
+    Unreachable,
+    /// The pool had no connection free within its acquire timeout while the database
+    /// took connections: it is up, and busy.
+    PoolExhausted,
+    /// The store did not answer within `store_timeout`: it may be up and slow, and a
+    /// request of another replica may hold the key.
+    Silent,
+}
+
+impl FailureMode {
+    /// Whether a request whose transaction could not be opened (`why`) runs its
+    /// handler without idempotency: only on a fail-open route, and only when the
+    /// database cannot be reached at all.
+    ///
+    /// ```
+    /// use idem_core::policy::{FailureMode, StoreUnreached};
+    ///
+    /// assert!(FailureMode::Open.runs_without_store(StoreUnreached::Unreachable));
+    /// assert!(!FailureMode::Open.runs_without_store(StoreUnreached::PoolExhausted));
+    /// assert!(!FailureMode::Open.runs_without_store(StoreUnreached::Silent));
+    /// assert!(!FailureMode::Closed.runs_without_store(StoreUnreached::Unreachable));
+    /// ```
+    pub fn runs_without_store(self, why: StoreUnreached) -> bool {
+        self == FailureMode::Open && why == StoreUnreached::Unreachable
+    }
 }
 
 /// How much a duplicate of a route's requests would hurt; each class has defaults.

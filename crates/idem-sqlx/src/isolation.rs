@@ -1,7 +1,10 @@
-//! The isolation level of a request's transaction, set explicitly whatever the server's
-//! default.
+//! Opening a request's transaction: its isolation level, set explicitly whatever the
+//! server's default, and why a transaction could not be opened.
 
-use sqlx::{PgPool, PgTransaction};
+use std::time::Duration;
+
+use idem_core::policy::StoreUnreached;
+use sqlx::{Connection, PgConnection, PgPool, PgTransaction};
 
 use crate::StoreError;
 
@@ -43,4 +46,31 @@ pub async fn begin(
     isolation: Isolation,
 ) -> Result<PgTransaction<'static>, StoreError> {
     Ok(pool.begin_with(isolation.begin_statement()).await?)
+}
+
+/// Why `error` (from opening a transaction on `pool`) left the request without one,
+/// as [`FailureMode::runs_without_store`](idem_core::policy::FailureMode::runs_without_store)
+/// weighs it. A pool timeout is ambiguous (the pool retries a refused connection until
+/// its acquire timeout, and also times out when all its connections are in use), so
+/// this one case opens a connection of its own, bounded by `probe`: refused or reset,
+/// the database cannot be reached; made, it is up and the pool is busy.
+pub async fn unreached(pool: &PgPool, error: &StoreError, probe: Duration) -> StoreUnreached {
+    match error {
+        StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => {
+            StoreUnreached::Unreachable
+        }
+        StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            let options = pool.connect_options();
+            match tokio::time::timeout(probe, PgConnection::connect_with(&options)).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    StoreUnreached::PoolExhausted
+                }
+                Ok(Err(sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => StoreUnreached::Unreachable,
+                Ok(Err(_)) => StoreUnreached::PoolExhausted,
+                Err(_elapsed) => StoreUnreached::Silent,
+            }
+        }
+        _ => StoreUnreached::PoolExhausted,
+    }
 }

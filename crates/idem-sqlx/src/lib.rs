@@ -75,7 +75,7 @@ mod webhook;
 pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
-pub use isolation::{Isolation, begin};
+pub use isolation::{Isolation, begin, unreached};
 pub use keys::{
     Claim, ClaimRequest, Completion, claim, complete, live_keys, lookup, record, sweep_expired,
 };
