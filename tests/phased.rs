@@ -23,12 +23,12 @@ async fn every_phase_runs_once_and_a_retry_replays_the_final_answer() {
     for note in ["first", "charge", "second", "provider:charge"] {
         assert_eq!(notes(&db, note).await, 1, "{note}");
     }
-    let (point, fence, journal): (Option<String>, Option<i64>, Value) =
-        sqlx::query_as("SELECT recovery_point, fence, phases FROM idem.keys WHERE key = 'o1'")
+    let (point, owners, journal): (Option<String>, Option<i32>, Value) =
+        sqlx::query_as("SELECT recovery_point, owners, phases FROM idem.keys WHERE key = 'o1'")
             .fetch_one(&db.pool)
             .await
             .expect("key row");
-    assert_eq!((point.as_deref(), fence), (Some("second"), Some(1)));
+    assert_eq!((point.as_deref(), owners), (Some("second"), Some(1)));
     assert_eq!(
         journal.as_object().map(|o| o.len()),
         Some(3),
@@ -65,11 +65,11 @@ async fn a_retry_after_an_interruption_resumes_after_the_last_committed_phase() 
     for note in ["first", "charge", "second", "provider:charge"] {
         assert_eq!(notes(&db, note).await, 1, "{note}");
     }
-    let fence: i64 = sqlx::query_scalar("SELECT fence FROM idem.keys WHERE key = 'o2'")
+    let owners: i32 = sqlx::query_scalar("SELECT owners FROM idem.keys WHERE key = 'o2'")
         .fetch_one(&db.pool)
         .await
-        .expect("fence");
-    assert_eq!(fence, 2, "the retry owns the key with the next token");
+        .expect("owners");
+    assert_eq!(owners, 2, "the retry owns the key as its second owner");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -210,4 +210,124 @@ async fn phased_claims_are_held_to_the_key_quota_and_the_new_key_rate() {
     let limited = order_request(&rate.app, "r2", "").await;
     assert_eq!(limited.status(), 429);
     assert_eq!(problem_type(limited).await, "urn:idem:problem:new-key-rate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_owner_never_commits_into_the_keys_next_generation() {
+    let db = test_db().await;
+    // The first owner pauses after its first phase; its lease (1 s) passes, the key's
+    // row is deleted (an operator's eviction, the sweeper) and a new request claims the
+    // key afresh and pauses too. The stale owner must not find its token on the new
+    // row, whose phases and answer are the new request's.
+    let s = setup(&db, Duration::from_secs(1), Duration::from_millis(200)).await;
+    s.faults.pauses.lock().expect("pauses").extend([2500, 3000]);
+    let stale = order_request(&s.app, "g1", "");
+    let next_generation = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let evicted = sqlx::query("DELETE FROM idem.keys WHERE key = 'g1'")
+            .execute(&db.pool)
+            .await
+            .expect("evict");
+        assert_eq!(evicted.rows_affected(), 1);
+        order_request(&s.app, "g1", "").await
+    };
+    let (stale, next) = tokio::join!(stale, next_generation);
+    assert_eq!(
+        stale.status(),
+        409,
+        "the stale owner committed nothing more"
+    );
+    assert_eq!(problem_type(stale).await, "urn:idem:problem:lease-lost");
+    assert_eq!(next.status(), 201, "the new generation finished on its own");
+    assert_eq!(
+        notes(&db, "first").await,
+        2,
+        "each generation's first phase"
+    );
+    assert_eq!(notes(&db, "second").await, 1, "only the new generation's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phase_already_in_the_journal_commits_nothing_again() {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use idem_axum::{IdempotencyLayer, PhaseError, Phases};
+
+    /// Runs the phase `once` twice at the same time; each run writes a row.
+    async fn twice(phases: Phases) -> Result<(StatusCode, String), PhaseError> {
+        let run = async |tx: &mut sqlx::PgConnection| {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO effects (tenant_id, note) VALUES ('t1', 'once') RETURNING id",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(id)
+        };
+        let (a, b): (Result<i64, _>, Result<i64, _>) =
+            tokio::join!(phases.atomic("once", run), phases.atomic("once", run));
+        Ok((StatusCode::CREATED, format!("{} {}", a?, b?)))
+    }
+
+    let db = test_db().await;
+    let layer = IdempotencyLayer::new(db.pool.clone())
+        .single_tenant()
+        .phased(Duration::from_secs(30));
+    let app =
+        idem_tests::TestApp::spawn(Router::new().route("/twice", post(twice).route_layer(layer)))
+            .await;
+    let r = app
+        .client
+        .post(app.url("/twice"))
+        .header("idempotency-key", "j1")
+        .send()
+        .await
+        .expect("POST /twice");
+    assert_eq!(r.status(), 201);
+    let ids = r.text().await.expect("body");
+    let (a, b) = ids.split_once(' ').expect("two outputs");
+    assert_eq!(a, b, "both calls answer the output that committed");
+    assert_eq!(
+        notes(&db, "once").await,
+        1,
+        "the phase's writes committed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phased_request_answered_not_processed_never_runs_later() {
+    use idem_axum::Completer;
+
+    let db = test_db().await;
+    let s = setup_with(&db, |l| {
+        l.phased(Duration::from_millis(500))
+            .store_timeout(Duration::from_millis(300))
+    })
+    .await;
+    // Another transaction holds a lock that makes the claim's INSERT wait, past
+    // store_timeout: the client is told its request was not processed.
+    let mut locker = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE idem.keys IN SHARE MODE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock");
+    let refused = order_request(&s.app, "late-1", "").await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        problem_type(refused).await,
+        "urn:idem:problem:store-unavailable"
+    );
+    // The claim's INSERT goes on now, and the lease it would have had passes.
+    locker.commit().await.expect("unlock");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
+    let resumed = completer.complete_once().await.expect("completer round");
+    assert_eq!(resumed, 0, "no claim was left to resume");
+    assert_eq!(notes(&db, "first").await, 0, "the request never ran");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idem.keys WHERE key = 'late-1'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(kept, 0, "nothing of the claim committed");
 }

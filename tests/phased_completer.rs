@@ -114,7 +114,7 @@ async fn a_key_that_had_too_many_owners_is_left_for_an_operator() {
     // Interrupted once, then twice more by retries that ended unfinished: three owners.
     s.faults.interrupt.store(1, Ordering::SeqCst);
     assert_eq!(order_request(&s.app, "c3", "").await.status(), 503);
-    sqlx::query("UPDATE idem.keys SET fence = 3, locked_until = now() - interval '1 minute'")
+    sqlx::query("UPDATE idem.keys SET owners = 3, locked_until = now() - interval '1 minute'")
         .execute(&db.pool)
         .await
         .expect("age the lease");

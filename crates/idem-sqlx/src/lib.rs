@@ -89,8 +89,9 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use phases::{
-    Abandoned, Lease, Operation, OperationState, Phased, PhasedClaim, abandoned, begin_phase,
-    claim_phased, commit_phase, finish_phased, operation, record_failure, release_lease, unclaim,
+    Abandoned, Lease, Operation, OperationState, PhaseStart, Phased, PhasedClaim, abandoned,
+    begin_phase, claim_phased, commit_phase, finish_phased, operation, record_failure,
+    release_lease, unclaim,
 };
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayConfigError, Sink, SinkError};
 pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};

@@ -161,11 +161,11 @@ async fn a_crash_after_the_provider_answered_resumes_on_retry_and_charges_once()
         .expect("again");
     assert!(replayed(&again));
     assert_eq!(again.text().await.expect("body"), body);
-    let fence: i64 = sqlx::query_scalar("SELECT fence FROM idem.keys WHERE key = 'crash-1'")
+    let owners: i32 = sqlx::query_scalar("SELECT owners FROM idem.keys WHERE key = 'crash-1'")
         .fetch_one(&world.payments_db.pool)
         .await
-        .expect("fence");
-    assert_eq!(fence, 2, "the retry took the key over");
+        .expect("owners");
+    assert_eq!(owners, 2, "the retry took the key over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,13 +312,13 @@ async fn a_paused_owner_whose_lease_passed_commits_nothing_after_another_process
     let problem: Value = stale.json().await.expect("problem");
     assert_eq!(problem["type"], "urn:idem:problem:lease-lost");
     world.charged_once(&answer).await;
-    let (fence, status): (i64, Option<i16>) =
-        sqlx::query_as("SELECT fence, response_status FROM idem.keys WHERE key = 'stale-1'")
+    let (owners, status): (i32, Option<i16>) =
+        sqlx::query_as("SELECT owners, response_status FROM idem.keys WHERE key = 'stale-1'")
             .fetch_one(&world.payments_db.pool)
             .await
             .expect("key row");
     assert_eq!(
-        (fence, status),
+        (owners, status),
         (2, Some(201)),
         "B's answer is the stored one"
     );

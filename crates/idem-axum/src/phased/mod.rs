@@ -10,6 +10,7 @@
 //! resume repeats.
 
 mod completer;
+mod gate;
 mod phases;
 mod run;
 mod status;

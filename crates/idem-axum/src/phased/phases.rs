@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use idem_core::phased::{Journal, PhaseEntry, derived_key, is_phase_name};
 use idem_core::{IdempotencyKey, TraceContext};
-use idem_sqlx::{Lease, StoreError};
+use idem_sqlx::{Lease, PhaseStart, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
@@ -153,16 +153,9 @@ impl Phases {
         if !is_phase_name(name) {
             return Err(PhaseError::InvalidName(name.to_owned()));
         }
-        match self.entry(name) {
-            None => Ok(None),
-            Some(PhaseEntry::Done(value)) => serde_json::from_value(value)
-                .map(Some)
-                .map_err(|e| PhaseError::Journal(format!("phase `{name}`: {e}"))),
-            Some(PhaseEntry::Failed(reason)) => Err(PhaseError::Failed {
-                phase: name.to_owned(),
-                reason,
-            }),
-        }
+        self.entry(name)
+            .map(|entry| answered(name, entry))
+            .transpose()
     }
 
     /// Runs the phase `name` once: `work` gets a transaction (after the layer checked,
@@ -225,7 +218,15 @@ impl Phases {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, PhaseError>,
     {
         let lease = &self.inner.lease;
-        let mut tx = idem_sqlx::begin_phase(&self.inner.pool, lease).await?;
+        let mut tx = match idem_sqlx::begin_phase(&self.inner.pool, lease, name).await? {
+            PhaseStart::Open(tx) => tx,
+            PhaseStart::Recorded(entry) => {
+                // Committed meanwhile (another call of the same phase won the row's
+                // lock): its writes stand, these are never made.
+                self.remember(name, entry.clone());
+                return answered(name, entry);
+            }
+        };
         let output = match work(&mut tx).await {
             Ok(output) => output,
             Err(e) => {
@@ -248,15 +249,32 @@ impl Phases {
     async fn fail(&self, name: &str, reason: String) -> PhaseError {
         let lease = &self.inner.lease;
         match idem_sqlx::record_failure(&self.inner.pool, lease, name, &reason).await {
-            Ok(()) => {
-                self.remember(name, PhaseEntry::Failed(reason.clone()));
-                PhaseError::Failed {
-                    phase: name.to_owned(),
-                    reason,
+            Ok(entry) => {
+                self.remember(name, entry.clone());
+                match answered::<serde_json::Value>(name, entry) {
+                    Err(failed) => failed,
+                    // Another call of the phase committed it first: its output stands,
+                    // and this call's failure is the handler's to see.
+                    Ok(_) => PhaseError::Failed {
+                        phase: name.to_owned(),
+                        reason,
+                    },
                 }
             }
             Err(e) => e.into(),
         }
+    }
+}
+
+/// A journal entry as a phase answers it: its output, or its failure.
+fn answered<T: DeserializeOwned>(name: &str, entry: PhaseEntry) -> Result<T, PhaseError> {
+    match entry {
+        PhaseEntry::Done(value) => serde_json::from_value(value)
+            .map_err(|e| PhaseError::Journal(format!("phase `{name}`: {e}"))),
+        PhaseEntry::Failed(reason) => Err(PhaseError::Failed {
+            phase: name.to_owned(),
+            reason,
+        }),
     }
 }
 

@@ -12,6 +12,7 @@ use http::{Request, Response, header};
 use idem_core::{FailureKind, Outcome, StoredResponse};
 use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
 
+use super::gate::{self, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::answer::{in_flight, mismatched, outcome, replay};
@@ -135,9 +136,9 @@ impl Job {
         loop {
             let sent = Utc::now();
             let claiming = {
-                let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
+                let (config, keyed) = (self.config.clone(), keyed.clone());
                 let kept = kept.clone();
-                async move {
+                async move |mut tx: sqlx::PgTransaction<'static>| {
                     let claim = PhasedClaim {
                         request: keyed.claim_request(&config),
                         lease: config
@@ -148,23 +149,24 @@ impl Job {
                         body: &kept.body,
                         content_type: kept.content_type.as_deref(),
                     };
-                    idem_sqlx::claim_phased(&pool, &claim).await
+                    let claimed = idem_sqlx::claim_phased(&mut tx, &claim).await;
+                    (tx, claimed)
                 }
             };
-            let claimed = bounded(self.config.store_timeout, claiming, |_| async {}).await;
-            let answered = match claimed {
-                Some(Ok(Phased::Owned {
+            let gated = gate::claim(&self.pool, self.config.store_timeout, claiming).await;
+            let answered = match gated {
+                Gated::Answered(Phased::Owned {
                     lease,
                     journal,
                     resumed,
-                })) => return Claimed::Owned(lease, journal, resumed),
-                Some(Ok(Phased::Replay(record, now))) => {
+                }) => return Claimed::Owned(lease, journal, resumed),
+                Gated::Answered(Phased::Replay(record, now)) => {
                     self.answer_stored(keyed, record, (now, sent), replay)
                 }
-                Some(Ok(Phased::Mismatch(record, now))) => {
+                Gated::Answered(Phased::Mismatch(record, now)) => {
                     self.answer_stored(keyed, record, (now, sent), mismatched)
                 }
-                Some(Ok(Phased::Busy { .. })) => {
+                Gated::Answered(Phased::Busy { .. }) => {
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
                         in_flight(&self.config)
@@ -173,15 +175,20 @@ impl Job {
                         continue;
                     }
                 }
-                Some(Err(e)) if e.kind() == FailureKind::Fault => store_fault(&e),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "phased claim failed");
+                Gated::NotClaimed(Some(e)) if e.kind() == FailureKind::Fault => store_fault(&e),
+                Gated::NotClaimed(Some(e)) => {
+                    tracing::warn!(error = %e, "phased claim failed; nothing was claimed");
                     unavailable(&self.config)
                 }
-                None => {
-                    tracing::warn!("the phased claim did not finish within store_timeout");
+                Gated::NotClaimed(None) => {
+                    tracing::warn!(
+                        "the phased claim did not finish within store_timeout; rolled back"
+                    );
                     unavailable(&self.config)
                 }
+                // The claim may have committed: the answer must not say that nothing
+                // ran (a late claim is undone in the background).
+                Gated::Unknown(e) => self.commit_failed(e.as_ref()),
             };
             return Claimed::Answer(answered);
         }

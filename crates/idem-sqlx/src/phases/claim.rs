@@ -6,7 +6,7 @@ use idem_core::phased::{Journal, PhasedDecision, decide_phased};
 use idem_core::{IdempotencyKey, Record, TenantId};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::{Lease, Phased, PhasedClaim, secs};
@@ -16,17 +16,24 @@ use crate::keys::decode_record;
 /// How many times a phased claim re-reads a key that changed under it.
 const CLAIM_ATTEMPTS: usize = 4;
 
-/// Claims `(tenant, key)` for a phased request, committing at once (each statement is
-/// its own transaction): a new key's row is inserted in progress with the first
-/// fencing token and a lease; a key whose lease passed is taken over with the next
-/// token. What to do with an existing row is [`decide_phased`]'s.
-pub async fn claim_phased(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Phased, StoreError> {
+/// Claims `(tenant, key)` for a phased request on `conn`, inside a transaction of the
+/// caller's (READ COMMITTED), which the caller commits before the work starts: a new
+/// key's row is inserted in progress with a fresh fencing token and a lease; a key
+/// whose lease passed is taken over with another fresh token. What to do with an
+/// existing row is [`decide_phased`]'s.
+///
+/// Until that transaction commits, nothing of the claim exists: a caller that gives up
+/// on it (a timeout) rolls it back and can truthfully say the request did not run.
+pub async fn claim_phased(
+    conn: &mut PgConnection,
+    req: &PhasedClaim<'_>,
+) -> Result<Phased, StoreError> {
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
-        if let Some((fence, operation)) = insert_new(pool, req).await? {
+        if let Some((fence, operation)) = insert_new(conn, req).await? {
             return Ok(owned(req, fence, operation, Journal::default(), false));
         }
-        let Some((record, lease_until, fence, now)) = lookup_phased(pool, tenant, key).await?
+        let Some((record, lease_until, fence, now)) = lookup_phased(conn, tenant, key).await?
         else {
             continue; // swept between the two statements
         };
@@ -38,12 +45,12 @@ pub async fn claim_phased(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Phased
                 return Ok(Phased::Busy { until });
             }
             PhasedDecision::TakeOver => {
-                if let Some((fence, operation, journal)) = take_over(pool, req, fence).await? {
+                if let Some((fence, operation, journal)) = take_over(conn, req, fence).await? {
                     return Ok(owned(req, fence, operation, journal, true));
                 }
             }
             PhasedDecision::Execute => {
-                if let Some((fence, operation)) = replace_expired(pool, req).await? {
+                if let Some((fence, operation)) = replace_expired(conn, req).await? {
                     return Ok(owned(req, fence, operation, Journal::default(), false));
                 }
             }
@@ -97,47 +104,62 @@ fn with_claim<'q, O>(
         .bind(req.query)
 }
 
-async fn insert_new(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+async fn insert_new(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
     let statement = sqlx::query_as(
         "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, created_at, \
            expires_at, retention, fence, locked_until, phases, request_body, \
-           request_content_type, request_query, operation_id) \
+           request_content_type, request_query, operation_id, owners) \
          VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(secs => $7), \
-           make_interval(secs => $7), 1, now() + make_interval(secs => $8), '{}', $9, $10, \
-           $11, gen_random_uuid()) \
+           make_interval(secs => $7), nextval('idem.fences'), now() + make_interval(secs => $8), \
+           '{}', $9, $10, $11, gen_random_uuid(), 1) \
          ON CONFLICT (tenant_id, key) DO NOTHING RETURNING fence, operation_id",
     );
-    Ok(with_claim(statement, req).fetch_optional(pool).await?)
+    Ok(with_claim(statement, req).fetch_optional(conn).await?)
+}
+
+/// A fencing token no claim or take-over of any key had before.
+async fn next_fence(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT nextval('idem.fences')")
+        .fetch_one(conn)
+        .await?)
 }
 
 /// A finished key past its retention becomes this request's, as new.
-async fn replace_expired(pool: &PgPool, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
+async fn replace_expired(
+    conn: &mut PgConnection,
+    req: &PhasedClaim<'_>,
+) -> Result<Claimed, StoreError> {
+    let fence = next_fence(conn).await?;
     let statement = sqlx::query_as(
         "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $6, \
            replays = 0, mismatches = 0, created_at = now(), \
            expires_at = now() + make_interval(secs => $7), retention = make_interval(secs => $7), \
            completed_at = NULL, response_status = NULL, response_header_names = NULL, \
            response_header_values = NULL, response_body = NULL, recovery_point = NULL, \
-           fence = coalesce(fence, 0) + 1, locked_until = now() + make_interval(secs => $8), \
+           fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
            operation_id = gen_random_uuid() \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
            AND greatest(expires_at, completed_at + retention) <= now() \
          RETURNING fence, operation_id",
     );
-    Ok(with_claim(statement, req).fetch_optional(pool).await?)
+    Ok(with_claim(statement, req)
+        .bind(fence)
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// Takes over an in-progress key whose lease passed, if it still carries the token
 /// `seen` (else another request took it first, or it finished): the next token, a new
 /// lease, and the journal the earlier owners left.
 async fn take_over(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     req: &PhasedClaim<'_>,
     seen: Option<i64>,
 ) -> Result<Option<(i64, Uuid, Journal)>, StoreError> {
+    let fence = next_fence(conn).await?;
     let row = sqlx::query(
-        "UPDATE idem.keys SET fence = coalesce(fence, 0) + 1, \
+        "UPDATE idem.keys SET fence = $5, owners = coalesce(owners, 1) + 1, \
            locked_until = now() + make_interval(secs => $4), \
            operation_id = coalesce(operation_id, gen_random_uuid()) \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL \
@@ -149,7 +171,8 @@ async fn take_over(
     .bind(req.request.key.as_str())
     .bind(seen)
     .bind(secs(req.lease))
-    .fetch_optional(pool)
+    .bind(fence)
+    .fetch_optional(conn)
     .await?;
     let Some(row) = row else {
         return Ok(None);
@@ -171,7 +194,7 @@ fn journal(value: Option<serde_json::Value>) -> Result<Journal, StoreError> {
 type PhasedRow = (Record, Option<DateTime<Utc>>, Option<i64>, DateTime<Utc>);
 
 async fn lookup_phased(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<Option<PhasedRow>, StoreError> {
@@ -183,7 +206,7 @@ async fn lookup_phased(
     )
     .bind(tenant.as_str())
     .bind(key.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     let Some(row) = row else {
         return Ok(None);

@@ -7,37 +7,66 @@ use super::{Lease, secs};
 use crate::StoreError;
 use crate::keys::{Completion, CompletionParts};
 
-/// Opens a phase: a transaction that holds the key row locked, after checking that it
-/// still carries `lease`'s token and is not finished ([`StoreError::Fenced`] if not).
-/// Do the phase's writes on it, then [`commit_phase`].
+/// Where [`begin_phase`] left a phase.
+#[derive(Debug)]
+pub enum PhaseStart {
+    /// The phase's transaction, holding the key row locked: do the phase's writes on
+    /// it, then [`commit_phase`].
+    Open(PgTransaction<'static>),
+    /// The phase is in the journal already (it committed, or failed for good, under
+    /// this owner or an earlier one): run nothing, answer this.
+    Recorded(PhaseEntry),
+}
+
+/// Opens the phase `name`: a transaction that holds the key row locked, after checking
+/// that it still carries `lease`'s token and is not finished ([`StoreError::Fenced`] if
+/// not), and that the phase is not in the journal yet ([`PhaseStart::Recorded`] if it
+/// is: a phase commits its writes once, even when two calls of it race).
 pub async fn begin_phase(
     pool: &PgPool,
     lease: &Lease,
-) -> Result<PgTransaction<'static>, StoreError> {
+    name: &str,
+) -> Result<PhaseStart, StoreError> {
     let mut tx = pool.begin().await?;
-    fenced(&mut tx, lease).await?;
-    Ok(tx)
+    match fenced(&mut tx, lease, name).await? {
+        None => Ok(PhaseStart::Open(tx)),
+        Some(entry) => {
+            tx.rollback().await?;
+            Ok(PhaseStart::Recorded(entry))
+        }
+    }
 }
 
-/// Checks, under the row's lock, that `lease` still owns the key.
-async fn fenced(tx: &mut PgTransaction<'_>, lease: &Lease) -> Result<(), StoreError> {
-    let owner: Option<(Option<i64>, bool)> = sqlx::query_as(
-        "SELECT fence, completed_at IS NOT NULL FROM idem.keys \
+/// Checks, under the row's lock, that `lease` still owns the key; the journal's entry
+/// for `name`, if it has one.
+async fn fenced(
+    tx: &mut PgTransaction<'_>,
+    lease: &Lease,
+    name: &str,
+) -> Result<Option<PhaseEntry>, StoreError> {
+    let owner: Option<(Option<i64>, bool, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT fence, completed_at IS NOT NULL, phases -> $3 FROM idem.keys \
          WHERE tenant_id = $1 AND key = $2 FOR UPDATE",
     )
     .bind(lease.tenant.as_str())
     .bind(lease.key.as_str())
+    .bind(name)
     .fetch_optional(&mut **tx)
     .await?;
     match owner {
-        Some((Some(fence), false)) if fence == lease.fence => Ok(()),
+        Some((Some(fence), false, entry)) if fence == lease.fence => entry
+            .map(|entry| {
+                serde_json::from_value(entry)
+                    .map_err(|e| StoreError::Corrupt(format!("phase `{name}` entry: {e}")))
+            })
+            .transpose(),
         _ => Err(StoreError::Fenced),
     }
 }
 
 /// Records the phase `name`'s entry in the key's journal, makes it the recovery point,
-/// renews the lease, and commits, with the phase's writes. A phase that already has an
-/// entry keeps it (a phase commits once).
+/// renews the lease, and commits, with the phase's writes. `tx` is the one
+/// [`begin_phase`] opened, which holds the row locked and found no entry for `name`.
 pub async fn commit_phase(
     mut tx: PgTransaction<'static>,
     lease: &Lease,
@@ -69,14 +98,22 @@ pub async fn commit_phase(
 
 /// Records a phase's permanent failure in the journal, in a transaction of its own
 /// (the phase's writes rolled back): a resumed handler then gets the same failure.
+/// The phase's entry as the journal keeps it: this failure, or the entry it had
+/// already.
 pub async fn record_failure(
     pool: &PgPool,
     lease: &Lease,
     name: &str,
     reason: &str,
-) -> Result<(), StoreError> {
-    let tx = begin_phase(pool, lease).await?;
-    commit_phase(tx, lease, name, &PhaseEntry::Failed(reason.to_owned())).await
+) -> Result<PhaseEntry, StoreError> {
+    let entry = PhaseEntry::Failed(reason.to_owned());
+    match begin_phase(pool, lease, name).await? {
+        PhaseStart::Open(tx) => {
+            commit_phase(tx, lease, name, &entry).await?;
+            Ok(entry)
+        }
+        PhaseStart::Recorded(recorded) => Ok(recorded),
+    }
 }
 
 /// Stores the final response of a phased key and ends its lease, if `lease` still owns

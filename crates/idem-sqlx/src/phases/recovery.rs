@@ -51,7 +51,7 @@ pub async fn abandoned(
            request_content_type \
          FROM idem.keys \
          WHERE completed_at IS NULL AND fence IS NOT NULL \
-           AND locked_until <= now() - make_interval(secs => $2) AND fence < $3 \
+           AND locked_until <= now() - make_interval(secs => $2) AND coalesce(owners, 1) < $3 \
          ORDER BY locked_until LIMIT $1",
     )
     .bind(limit)
