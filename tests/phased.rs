@@ -331,3 +331,54 @@ async fn a_phased_request_answered_not_processed_never_runs_later() {
         .expect("count");
     assert_eq!(kept, 0, "nothing of the claim committed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finished_phased_key_keeps_no_request_and_seals_its_journal_with_sealed_bodies() {
+    let db = test_db().await;
+    let plain = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
+    let sealing = idem_axum::BodySealing::new("k1", &[5; 32]).expect("sealing");
+    let sealed = setup_with(&db, |l| {
+        l.phased(Duration::from_secs(10)).seal_bodies(sealing)
+    })
+    .await;
+    for (s, key) in [(&plain, "kept-plain"), (&sealed, "kept-sealed")] {
+        let r = s
+            .app
+            .post("/orders?note=secret", "t1", Some(key), r#"{"card":"4242"}"#)
+            .send()
+            .await
+            .expect("POST /orders");
+        assert_eq!(r.status(), 201);
+    }
+    let rows: Vec<(String, bool, Value)> = sqlx::query_as(
+        "SELECT key, request_body IS NULL AND request_query IS NULL \
+           AND request_content_type IS NULL AND binding IS NULL, phases \
+         FROM idem.keys WHERE key LIKE 'kept-%' ORDER BY key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), 2);
+    for (key, cleared, _) in &rows {
+        assert!(cleared, "{key}: a finished key keeps no request");
+    }
+    let (plain_journal, sealed_journal) = (&rows[0].2, &rows[1].2);
+    assert!(plain_journal.get("charge").is_some(), "{plain_journal}");
+    let text = sealed_journal.to_string();
+    assert!(
+        sealed_journal["sealed"].is_string() && !text.contains("charge"),
+        "the journal of a layer that seals bodies is sealed: {text}"
+    );
+    let replay = sealed
+        .app
+        .post(
+            "/orders?note=secret",
+            "t1",
+            Some("kept-sealed"),
+            r#"{"card":"4242"}"#,
+        )
+        .send()
+        .await
+        .expect("replay");
+    assert!(replayed(&replay));
+}

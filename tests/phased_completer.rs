@@ -185,3 +185,44 @@ async fn with_sealed_bodies_the_kept_request_is_sealed_and_the_completer_opens_i
         "the handler got the opened body"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_completer_finishes_a_sealed_kept_body_as_long_as_the_request_limit() {
+    let db = test_db().await;
+    let sealing = BodySealing::new("k1", &[5; 32]).expect("sealing");
+    // Sealed, a body of exactly `max_request_body` bytes is longer than the limit.
+    let s = setup_with(&db, |layer| {
+        layer
+            .phased(Duration::from_secs(10))
+            .seal_bodies(sealing)
+            .max_request_body(64)
+    })
+    .await;
+    s.faults.interrupt.store(1, Ordering::SeqCst);
+    let body = format!("{{\"card\":\"{}\"}}", "4".repeat(64 - 11));
+    assert_eq!(body.len(), 64);
+    let interrupted = s
+        .app
+        .post("/orders", "t1", Some("c5"), &body)
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(interrupted.status(), 503);
+
+    let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
+    assert_eq!(completer.complete_once().await.expect("round"), 1);
+    assert_eq!(
+        finished(&db, "c5").await,
+        Some(201),
+        "finished, not refused 413"
+    );
+    let retry = s
+        .app
+        .post("/orders", "t1", Some("c5"), &body)
+        .send()
+        .await
+        .expect("retry");
+    assert!(replayed(&retry));
+    let answer: serde_json::Value = retry.json().await.expect("body");
+    assert_eq!(answer["body_len"], 64, "the handler got the opened body");
+}

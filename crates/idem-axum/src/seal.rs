@@ -39,18 +39,24 @@ pub(crate) fn for_store(
 }
 
 /// A record as read from the store, its body opened. `None` when it is sealed and no
-/// key of this layer opens it.
-pub(crate) fn from_store(
+/// key of this layer opens it. `keys`: what the body may be bound to, in order: the key
+/// as stored, then the client's key when the stored one is protected (bodies sealed
+/// before key protection was turned on, whose rows the README's migration rewrote).
+pub(crate) fn from_store<'k>(
     sealing: Option<&BodySealing>,
     tenant: &TenantId,
-    key: &IdempotencyKey,
+    keys: impl IntoIterator<Item = &'k IdempotencyKey>,
     mut record: Record,
 ) -> Option<Record> {
     let RecordState::Completed(stored) = &mut record.state else {
         return Some(record);
     };
     let opened = match sealing {
-        Some(sealing) => sealing.open(tenant, key, &stored.body),
+        Some(sealing) => keys
+            .into_iter()
+            .map(|key| sealing.open(tenant, key, &stored.body))
+            .find(|opened| *opened != Opened::Unreadable)
+            .unwrap_or(Opened::Unreadable),
         None if is_sealed(&stored.body) => Opened::Unreadable,
         None => Opened::Plain,
     };
@@ -96,10 +102,15 @@ mod tests {
             }),
             expires_at: chrono::Utc::now(),
         };
-        let opened =
-            from_store(Some(&sealing), &tenant, &key, record(written.body.clone())).expect("opens");
+        let opened = from_store(
+            Some(&sealing),
+            &tenant,
+            [&key],
+            record(written.body.clone()),
+        )
+        .expect("opens");
         assert_eq!(opened.state, RecordState::Completed(stored.clone()));
-        assert!(from_store(None, &tenant, &key, record(written.body)).is_none());
-        assert!(from_store(None, &tenant, &key, record(stored.body.clone())).is_some());
+        assert!(from_store(None, &tenant, [&key], record(written.body)).is_none());
+        assert!(from_store(None, &tenant, [&key], record(stored.body.clone())).is_some());
     }
 }

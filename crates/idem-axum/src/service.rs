@@ -187,6 +187,7 @@ where
         let Some(tenant) = config.tenant.resolve(&parts) else {
             return ready(&observed, Problem::TenantUnresolved);
         };
+        let sent = config.key_protection.is_some().then(|| key.clone());
         let key = config.stored_key(&tenant, key);
         let span = request_span!(
             "idempotent_request",
@@ -205,6 +206,7 @@ where
                 fingerprint: fingerprint(&config, &parts, &body),
                 tenant,
                 key,
+                sent,
                 method: parts.method.as_str().to_owned(),
                 path: request_uri(&parts).path().to_owned(),
                 route: observed.route().cloned(),
@@ -265,9 +267,15 @@ where
         idem.key_hash = %resume.key.short_hash(),
     );
     let fut = async move {
-        let body = match buffered(&job.config, &observed, body).await {
+        // The kept body was within `max_request_body` when its request arrived; sealed,
+        // it is longer by the sealing's overhead. The limit is the client's, not the
+        // completer's: it is read whole, and opened.
+        let body = match read_body(body, usize::MAX).await {
             Ok(body) => body,
-            Err(rejected) => return Ok(rejected),
+            Err(problem) => {
+                let answer = outcome(problem.into_response(), Outcome::Rejected);
+                return Ok(answered(&observed, answer));
+            }
         };
         let Some(body) = opened_request(&job.config, &resume, body) else {
             let answer = outcome(
@@ -280,6 +288,7 @@ where
             fingerprint: resume.fingerprint,
             tenant: resume.tenant,
             key: resume.key,
+            sent: None,
             method: parts.method.as_str().to_owned(),
             path: request_uri(&parts).path().to_owned(),
             route: observed.route().cloned(),
@@ -295,7 +304,7 @@ where
 /// no key of this layer opens it).
 fn opened_request(config: &Config, resume: &Resume, body: Bytes) -> Option<Bytes> {
     let opened = match &config.sealing {
-        Some(sealing) => sealing.open_request(&resume.tenant, &resume.key, &body),
+        Some(sealing) => sealing.open_request(&resume.tenant, &resume.binding, &body),
         None if is_sealed(&body) => Opened::Unreadable,
         None => Opened::Plain,
     };

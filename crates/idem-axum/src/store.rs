@@ -27,7 +27,11 @@ const CLAIM_TRANSACTIONS: usize = 4;
 #[derive(Clone)]
 pub(crate) struct Keyed {
     pub(crate) tenant: TenantId,
+    /// The key as the store keeps it.
     pub(crate) key: IdempotencyKey,
+    /// The key as the client sent it, when the store keeps it protected: a body sealed
+    /// before protection was turned on is bound to this one (in memory only).
+    pub(crate) sent: Option<IdempotencyKey>,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) method: String,
     pub(crate) path: String,
@@ -257,7 +261,8 @@ async fn answer_without_transaction(
 /// A record read from the store with its body opened; `None` when it is sealed under a
 /// key this layer does not have.
 pub(crate) fn opened(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
-    seal::from_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, record)
+    let bound = std::iter::once(&keyed.key).chain(keyed.sent.as_ref());
+    seal::from_store(config.sealing.as_ref(), &keyed.tenant, bound, record)
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:

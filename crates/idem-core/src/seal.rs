@@ -119,6 +119,22 @@ impl BodySealing {
         self.open_bound(&request_aad(tenant, key), stored)
     }
 
+    /// A finished phased key's journal (its JSON), sealed for (tenant, key)'s row:
+    /// bound apart from the bodies.
+    pub fn seal_journal(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+        journal: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.seal_bound(&journal_aad(tenant, key), journal)
+    }
+
+    /// A journal as sealed by [`seal_journal`](Self::seal_journal).
+    pub fn open_journal(&self, tenant: &TenantId, key: &IdempotencyKey, stored: &[u8]) -> Opened {
+        self.open_bound(&journal_aad(tenant, key), stored)
+    }
+
     fn seal_bound(&self, aad: &[u8], body: &[u8]) -> Option<Vec<u8>> {
         let (id, cipher) = &self.current;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
@@ -169,6 +185,13 @@ fn request_aad(tenant: &TenantId, key: &IdempotencyKey) -> Vec<u8> {
     aad
 }
 
+/// What binds a sealed journal to its row.
+fn journal_aad(tenant: &TenantId, key: &IdempotencyKey) -> Vec<u8> {
+    let mut aad = aad(tenant, key);
+    aad.extend_from_slice(b"\0journal");
+    aad
+}
+
 /// What binds a sealed body to its row.
 fn aad(tenant: &TenantId, key: &IdempotencyKey) -> Vec<u8> {
     let mut aad = Vec::with_capacity(tenant.as_str().len() + 1 + key.as_str().len());
@@ -205,6 +228,30 @@ mod tests {
             sealing.open_bound(b"row-1", b"plain"),
             Opened::Plain
         ));
+    }
+
+    #[test]
+    fn a_sealed_journal_opens_as_a_journal_only() {
+        let tenant = TenantId::new("acme").expect("tenant");
+        let key = IdempotencyKey::parse("k").expect("key");
+        let sealing = BodySealing::new("a", &[1; 32]).expect("sealing");
+        let sealed = sealing
+            .seal_journal(&tenant, &key, br#"{"charge":{"done":"ch_1"}}"#)
+            .expect("sealed");
+        assert!(matches!(
+            sealing.open_journal(&tenant, &key, &sealed),
+            Opened::Sealed(b) if b == br#"{"charge":{"done":"ch_1"}}"#
+        ));
+        assert_eq!(sealing.open(&tenant, &key, &sealed), Opened::Unreadable);
+        assert_eq!(
+            sealing.open_request(&tenant, &key, &sealed),
+            Opened::Unreadable
+        );
+        let other = IdempotencyKey::parse("k2").expect("key");
+        assert_eq!(
+            sealing.open_journal(&tenant, &other, &sealed),
+            Opened::Unreadable
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use tower::{Service, ServiceExt};
 pub(crate) struct Resume {
     pub(crate) tenant: TenantId,
     pub(crate) key: IdempotencyKey,
+    /// What the kept body is sealed for (see [`idem_sqlx::Lease::binding`]).
+    pub(crate) binding: IdempotencyKey,
     pub(crate) fingerprint: Fingerprint,
 }
 
@@ -174,6 +176,7 @@ fn request(key: &Abandoned) -> Option<Request<Body>> {
         .extension(Resume {
             tenant: key.tenant.clone(),
             key: key.key.clone(),
+            binding: key.binding.clone(),
             fingerprint: key.fingerprint,
         });
     if let Some(content_type) = &key.content_type {

@@ -115,9 +115,21 @@ impl Phases {
 
     /// The key to send to another service for the phase `name`
     /// ([`derived_key`]): the same on every run of the phase, so that service
-    /// dedupes the call.
+    /// dedupes the call. It is derived from the key as it was stored when the key was
+    /// claimed, so rewriting stored keys (turning key protection on) changes it for no
+    /// key in progress.
     pub fn derived_key(&self, name: &str) -> IdempotencyKey {
-        derived_key(&self.inner.lease.tenant, &self.inner.lease.key, name)
+        derived_key(&self.inner.lease.tenant, &self.inner.lease.binding, name)
+    }
+
+    /// The journal as this owner knows it: the phases that committed before it, and
+    /// its own.
+    pub(crate) fn journal(&self) -> Journal {
+        self.inner
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The request's trace context and correlation id, to pass on to the services the

@@ -238,10 +238,10 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        let resumed = phases.resumed();
         if let Some(context) = phases.trace().cloned() {
             req.extensions_mut().insert(context);
         }
+        let journal = phases.clone();
         req.extensions_mut().insert(phases);
         req.extensions_mut().insert(keyed.key.clone());
         req.extensions_mut().insert(keyed.tenant.clone());
@@ -273,17 +273,24 @@ impl Job {
             };
             return Ok(outcome(response.map(Body::new), kind));
         }
-        Ok(self.finish(keyed, &lease, response, resumed).await)
+        Ok(self.finish(keyed, &lease, response, &journal).await)
     }
 
-    /// Stores a final answer on the key, if this request still owns it.
+    /// Stores a final answer on the key, if this request still owns it (with the
+    /// journal `phases` leaves sealed, when the layer seals bodies).
     async fn finish<B: ResponseBody>(
         &self,
         keyed: &Keyed,
         lease: &Lease,
         response: Response<B>,
-        resumed: bool,
+        phases: &Phases,
     ) -> Response<Body> {
+        let resumed = phases.resumed();
+        let journal = self
+            .config
+            .sealing
+            .as_ref()
+            .map(|sealing| sealed_journal(sealing, lease, &phases.journal()));
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let (stored, body) = match collect(&self.config, status, &parts, body).await {
@@ -302,7 +309,8 @@ impl Job {
             let (lease, stored) = (lease.clone(), stored.clone());
             async move {
                 let stored = stored.and_then(|s| sealed(&config, &keyed, s));
-                idem_sqlx::finish_phased(&pool, &lease, completion(status, stored.as_ref())).await
+                let completion = completion(status, stored.as_ref());
+                idem_sqlx::finish_phased(&pool, &lease, completion, journal).await
             }
         };
         match bounded(self.config.store_timeout, work, |_| async {}).await {
@@ -336,6 +344,26 @@ impl Job {
         };
         if let Some(Err(e)) = bounded(self.config.store_timeout, work, |_| async {}).await {
             tracing::warn!(error = %e, "releasing the lease failed; it passes by itself");
+        }
+    }
+}
+
+/// A finished key's journal as the store keeps it when the layer seals bodies:
+/// `{"sealed": "<hex>"}`, bound to its row (never in the clear; empty when it cannot be
+/// sealed).
+fn sealed_journal(
+    sealing: &idem_core::seal::BodySealing,
+    lease: &Lease,
+    journal: &idem_core::phased::Journal,
+) -> serde_json::Value {
+    let sealed = serde_json::to_vec(journal)
+        .ok()
+        .and_then(|plain| sealing.seal_journal(&lease.tenant, &lease.key, &plain));
+    match sealed {
+        Some(sealed) => serde_json::json!({ "sealed": hex::encode(sealed) }),
+        None => {
+            tracing::error!("a finished key's journal could not be sealed; it is dropped");
+            serde_json::json!({})
         }
     }
 }

@@ -31,7 +31,14 @@ pub async fn claim_phased(
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
         if let Some((fence, operation)) = insert_new(conn, req).await? {
-            return Ok(owned(req, fence, operation, Journal::default(), false));
+            let binding = req.request.key.clone();
+            return Ok(owned(
+                req,
+                (fence, binding),
+                operation,
+                Journal::default(),
+                false,
+            ));
         }
         let Some((record, lease_until, fence, now)) = lookup_phased(conn, tenant, key).await?
         else {
@@ -45,13 +52,20 @@ pub async fn claim_phased(
                 return Ok(Phased::Busy { until });
             }
             PhasedDecision::TakeOver => {
-                if let Some((fence, operation, journal)) = take_over(conn, req, fence).await? {
-                    return Ok(owned(req, fence, operation, journal, true));
+                if let Some((owner, operation, journal)) = take_over(conn, req, fence).await? {
+                    return Ok(owned(req, owner, operation, journal, true));
                 }
             }
             PhasedDecision::Execute => {
                 if let Some((fence, operation)) = replace_expired(conn, req).await? {
-                    return Ok(owned(req, fence, operation, Journal::default(), false));
+                    let binding = req.request.key.clone();
+                    return Ok(owned(
+                        req,
+                        (fence, binding),
+                        operation,
+                        Journal::default(),
+                        false,
+                    ));
                 }
             }
         }
@@ -59,9 +73,12 @@ pub async fn claim_phased(
     Err(StoreError::Contended)
 }
 
+/// An owner's fencing token, and what the key's derived keys are bound to.
+type Owner = (i64, IdempotencyKey);
+
 fn owned(
     req: &PhasedClaim<'_>,
-    fence: i64,
+    (fence, binding): Owner,
     operation: Uuid,
     journal: Journal,
     resumed: bool,
@@ -70,6 +87,7 @@ fn owned(
         lease: Lease {
             tenant: req.request.tenant.clone(),
             key: req.request.key.clone(),
+            binding,
             fence,
             duration: req.lease,
             operation,
@@ -138,7 +156,7 @@ async fn replace_expired(
            response_header_values = NULL, response_body = NULL, recovery_point = NULL, \
            fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
-           operation_id = gen_random_uuid() \
+           operation_id = gen_random_uuid(), binding = NULL \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
            AND greatest(expires_at, completed_at + retention) <= now() \
          RETURNING fence, operation_id",
@@ -156,7 +174,7 @@ async fn take_over(
     conn: &mut PgConnection,
     req: &PhasedClaim<'_>,
     seen: Option<i64>,
-) -> Result<Option<(i64, Uuid, Journal)>, StoreError> {
+) -> Result<Option<(Owner, Uuid, Journal)>, StoreError> {
     let fence = next_fence(conn).await?;
     let row = sqlx::query(
         "UPDATE idem.keys SET fence = $5, owners = coalesce(owners, 1) + 1, \
@@ -165,7 +183,7 @@ async fn take_over(
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL \
            AND fence IS NOT DISTINCT FROM $3 \
            AND (locked_until IS NULL OR locked_until <= now()) \
-         RETURNING fence, phases, operation_id",
+         RETURNING fence, phases, operation_id, coalesce(binding, key) AS binding",
     )
     .bind(req.request.tenant.as_str())
     .bind(req.request.key.as_str())
@@ -178,8 +196,14 @@ async fn take_over(
         return Ok(None);
     };
     let fence: i64 = row.try_get("fence")?;
+    let binding = IdempotencyKey::parse(&row.try_get::<String, _>("binding")?)
+        .map_err(|e| StoreError::Corrupt(format!("binding: {e}")))?;
     let journal = journal(row.try_get("phases")?)?;
-    Ok(Some((fence, row.try_get("operation_id")?, journal)))
+    Ok(Some((
+        (fence, binding),
+        row.try_get("operation_id")?,
+        journal,
+    )))
 }
 
 fn journal(value: Option<serde_json::Value>) -> Result<Journal, StoreError> {

@@ -117,17 +117,22 @@ pub async fn record_failure(
 }
 
 /// Stores the final response of a phased key and ends its lease, if `lease` still owns
-/// it ([`StoreError::Fenced`] if not). Its retention counts from now.
+/// it ([`StoreError::Fenced`] if not). Its retention counts from now. The request kept
+/// for the completer (query, body, content type) and the binding are cleared: a
+/// finished key keeps only its answer. `journal`, when given, replaces the journal (the
+/// layer passes it sealed, when it seals bodies).
 pub async fn finish_phased(
     pool: &PgPool,
     lease: &Lease,
     completion: Completion<'_>,
+    journal: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
     let parts = CompletionParts::new(completion)?;
     let done = sqlx::query(
         "UPDATE idem.keys SET response_status = $4, response_header_names = $5, \
            response_header_values = $6, response_body = $7, completed_at = now(), \
-           locked_until = NULL \
+           locked_until = NULL, request_query = NULL, request_body = NULL, \
+           request_content_type = NULL, binding = NULL, phases = coalesce($8, phases) \
          WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
     )
     .bind(lease.tenant.as_str())
@@ -137,6 +142,7 @@ pub async fn finish_phased(
     .bind(parts.names)
     .bind(parts.values)
     .bind(parts.body)
+    .bind(journal)
     .execute(pool)
     .await?;
     if done.rows_affected() == 1 {

@@ -55,6 +55,10 @@ pub struct Lease {
     pub tenant: TenantId,
     /// The key (as stored).
     pub key: IdempotencyKey,
+    /// What the key's derived keys and kept request are bound to: the key as stored
+    /// when it was claimed (the same as `key` unless `key` was rewritten since, as
+    /// turning key protection on does).
+    pub binding: IdempotencyKey,
     /// The fencing token: the row must still carry it for this owner to commit.
     pub fence: i64,
     /// How long each renewal lasts.

@@ -22,6 +22,9 @@ pub struct Abandoned {
     pub tenant: TenantId,
     /// The key (as stored).
     pub key: IdempotencyKey,
+    /// What its derived keys and kept request body are bound to (see
+    /// [`Lease::binding`](super::Lease::binding)).
+    pub binding: IdempotencyKey,
     /// The fingerprint of the request that claimed it.
     pub fingerprint: Fingerprint,
     /// The request's method.
@@ -47,8 +50,8 @@ pub async fn abandoned(
     max_owners: i64,
 ) -> Result<Vec<Abandoned>, StoreError> {
     let rows = sqlx::query(
-        "SELECT tenant_id, key, fingerprint, method, path, request_query, request_body, \
-           request_content_type \
+        "SELECT tenant_id, key, coalesce(binding, key) AS binding, fingerprint, method, path, \
+           request_query, request_body, request_content_type \
          FROM idem.keys \
          WHERE completed_at IS NULL AND fence IS NOT NULL \
            AND locked_until <= now() - make_interval(secs => $2) AND coalesce(owners, 1) < $3 \
@@ -68,6 +71,8 @@ fn decode_abandoned(row: &PgRow) -> Result<Abandoned, StoreError> {
     Ok(Abandoned {
         tenant: TenantId::new(row.try_get::<String, _>("tenant_id")?).map_err(|e| corrupt(&e))?,
         key: IdempotencyKey::parse(&row.try_get::<String, _>("key")?).map_err(|e| corrupt(&e))?,
+        binding: IdempotencyKey::parse(&row.try_get::<String, _>("binding")?)
+            .map_err(|e| corrupt(&e))?,
         fingerprint: Fingerprint::from_slice(&fingerprint).map_err(|e| corrupt(&e))?,
         method: row.try_get("method")?,
         path: row.try_get("path")?,
