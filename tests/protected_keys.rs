@@ -212,3 +212,99 @@ async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
         "{replay}"
     );
 }
+
+/// The README's migration to protected keys, for tenant `t1` (the provider of this
+/// test shares the database, but its keys are another service's).
+async fn protect_stored_keys(db: &TestDb) {
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+        .execute(&db.pool)
+        .await
+        .expect("pgcrypto");
+    let migration = format!(
+        "UPDATE idem.keys SET \
+           binding = CASE WHEN completed_at IS NULL AND fence IS NOT NULL \
+             THEN coalesce(binding, key) END, \
+           key = 'hmac:k1:' || encode(hmac(convert_to(tenant_id, 'UTF8') \
+             || '\\x00'::bytea || convert_to(key, 'UTF8'), decode('{}', 'hex'), 'sha256'), 'hex') \
+         WHERE key NOT LIKE 'hmac:%' AND tenant_id = 't1'",
+        hex::encode(SECRET)
+    );
+    let rewritten = sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
+        .execute(&db.pool)
+        .await
+        .expect("migration");
+    assert_eq!(rewritten.rows_affected(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switching_on_key_protection_loses_no_sealed_body_kept_request_or_derived_key() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use idem_axum::Completer;
+    use idem_tests::phased::{notes, order_request, setup_with};
+
+    let db = test_db().await;
+    let lease = Duration::from_millis(300);
+    let before = setup_with(&db, |l| l.phased(lease).seal_bodies(sealing("s1", 7))).await;
+    // A finished key, its answer sealed.
+    let done = order_request(&before.app, "done-1", "").await;
+    assert_eq!(done.status(), 201);
+    let done_body = done.bytes().await.expect("body");
+    // Two keys in progress: each stopped after its first phase, after its provider
+    // call went out (the process died before the phase committed), its kept request
+    // sealed.
+    for key in ["open-1", "open-2"] {
+        before.faults.interrupt.store(1, Ordering::SeqCst);
+        assert_eq!(order_request(&before.app, key, "").await.status(), 503);
+        let tenant = idem_axum::TenantId::new("t1").expect("tenant");
+        let client_key = idem_axum::IdempotencyKey::parse(key).expect("key");
+        let derived = idem_core::phased::derived_key(&tenant, &client_key, "charge");
+        let charged = before
+            .provider
+            .post("/charges", "merchant", Some(derived.as_str()), "{}")
+            .send()
+            .await
+            .expect("the charge that went out");
+        assert_eq!(charged.status(), 201);
+    }
+    assert_eq!(notes(&db, "provider:charge").await, 3);
+
+    protect_stored_keys(&db).await;
+    let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
+    let after = setup_with(&db, |l| {
+        l.phased(lease)
+            .seal_bodies(sealing("s1", 7))
+            .protect_keys(protection)
+    })
+    .await;
+    tokio::time::sleep(lease).await;
+
+    let replay = order_request(&after.app, "done-1", "").await;
+    assert_eq!(replay.status(), 201, "the sealed answer still opens");
+    assert!(replayed(&replay));
+    assert_eq!(replay.bytes().await.expect("body"), done_body);
+    let retried = order_request(&after.app, "open-2", "").await;
+    assert_eq!(
+        retried.status(),
+        201,
+        "a retry resumes a key claimed before"
+    );
+    let completer = Completer::new(db.pool.clone(), after.routes.clone()).after(Duration::ZERO);
+    assert_eq!(completer.complete_once().await.expect("round"), 1);
+    let finished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM idem.keys WHERE completed_at IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("finished");
+    assert_eq!(finished, 3 + 3, "ours, and the provider's three charges");
+    assert_eq!(
+        notes(&db, "provider:charge").await,
+        3,
+        "the resumed calls carried the same derived keys: no second charge"
+    );
+    assert!(
+        !dump(&db).await.contains("open-1"),
+        "no client key left in the store"
+    );
+}

@@ -186,7 +186,8 @@ pub struct Setup {
     pub routes: Router,
     /// What its handler is told to do wrong.
     pub faults: Arc<Faults>,
-    _provider: TestApp,
+    /// The provider the phase `charge` calls (`POST /charges`, `POST /refunds`).
+    pub provider: TestApp,
 }
 
 /// Serves the provider and the phased app (lease `lease`, in-flight wait `wait`).
@@ -227,7 +228,7 @@ pub async fn setup_with(
         app,
         routes,
         faults,
-        _provider: provider,
+        provider,
     }
 }
 
