@@ -382,3 +382,32 @@ async fn a_finished_phased_key_keeps_no_request_and_seals_its_journal_with_seale
         .expect("replay");
     assert!(replayed(&replay));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finished_phased_key_is_kept_in_memory_by_its_rows_retention() {
+    let db = test_db().await;
+    // A process whose keys are kept one second claims the key, and is interrupted.
+    let short = setup_with(&db, |l| {
+        l.phased(Duration::from_millis(200))
+            .retention(Duration::from_secs(1))
+    })
+    .await;
+    short.faults.interrupt.store(1, Ordering::SeqCst);
+    assert_eq!(order_request(&short.app, "r1", "").await.status(), 503);
+    // A process that keeps its keys a day, and replays in memory, finishes it.
+    let long = setup_with(&db, |l| {
+        l.phased(Duration::from_millis(200)).replay_cache(1 << 20)
+    })
+    .await;
+    let finished = order_request(&long.app, "r1", "").await;
+    assert_eq!(finished.status(), 201);
+    assert!(!replayed(&finished), "resumed, not replayed");
+    let replay = order_request(&long.app, "r1", "").await;
+    assert!(replayed(&replay), "kept in memory");
+    // Past the row's retention the key is gone: another request with it runs as new,
+    // where a memory keeping it a day would refuse it as a mismatch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reused = order_request(&long.app, "r1", "?note=other").await;
+    assert_eq!(reused.status(), 201, "the key expired with its row");
+    assert!(!replayed(&reused));
+}

@@ -198,19 +198,12 @@ impl Job {
         stored: Option<StoredResponse>,
         sent: DateTime<Utc>,
     ) -> Landed {
-        let state = match stored {
-            Some(stored) => RecordState::Completed(stored),
-            None => RecordState::CompletedUnstored { status },
-        };
         let retention =
             chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
-        Landed::Record(Arc::new(Record {
-            fingerprint: keyed.fingerprint,
-            state,
-            expires_at: sent
-                .checked_add_signed(retention)
-                .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
-        }))
+        let expires_at = sent
+            .checked_add_signed(retention)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        Landed::Record(Arc::new(finished_record(keyed, status, stored, expires_at)))
     }
 
     /// 503 `commit-failed` (retrying is safe), or 500 `store-fault` when the store
@@ -225,6 +218,25 @@ impl Job {
             retry_after: self.config.retry_after,
         };
         outcome(problem.into_response(), Outcome::CommitFailed)
+    }
+}
+
+/// The record of a key that finished with `status` (and `stored`, when its answer was
+/// stored), expiring at `expires_at`.
+pub(crate) fn finished_record(
+    keyed: &Keyed,
+    status: u16,
+    stored: Option<StoredResponse>,
+    expires_at: DateTime<Utc>,
+) -> Record {
+    let state = match stored {
+        Some(stored) => RecordState::Completed(stored),
+        None => RecordState::CompletedUnstored { status },
+    };
+    Record {
+        fingerprint: keyed.fingerprint,
+        state,
+        expires_at,
     }
 }
 

@@ -89,8 +89,8 @@ pub use outbox::{
     dead_letters, enqueue, purge, redrive, track_enqueues,
 };
 pub use phases::{
-    Abandoned, Lease, Operation, OperationState, PhaseStart, Phased, PhasedClaim, abandoned,
-    begin_phase, claim_phased, commit_phase, finish_phased, operation, record_failure,
+    Abandoned, Expiry, Lease, Operation, OperationState, PhaseStart, Phased, PhasedClaim,
+    abandoned, begin_phase, claim_phased, commit_phase, finish_phased, operation, record_failure,
     release_lease, unclaim,
 };
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayConfigError, Sink, SinkError};

@@ -19,7 +19,7 @@ use crate::answer::{in_flight, mismatched, outcome, replay};
 use crate::handler::trace_context;
 use crate::job::Job;
 use crate::service::{Inner, ResponseBody};
-use crate::settle::{collect, completion, sealed};
+use crate::settle::{collect, completion, finished_record, sealed};
 use crate::store::{Keyed, bounded, landed, opened, store_fault, unavailable};
 
 /// How often a request polls a key whose owner holds a live lease.
@@ -314,11 +314,13 @@ impl Job {
             }
         };
         match bounded(self.config.store_timeout, work, |_| async {}).await {
-            Some(Ok(())) => {
+            Some(Ok(expiry)) => {
                 if let Some(size) = stored_size {
                     self.observed.stored(size);
                 }
-                self.keep(keyed, &self.landed(keyed, status, stored, sent));
+                // Kept in memory by the row's retention, set when the key was claimed.
+                let record = finished_record(keyed, status, stored, expiry.expires_at);
+                self.keep(keyed, &landed(record, expiry.store_now, sent));
                 let kind = if resumed {
                     Outcome::Resumed
                 } else {

@@ -1,5 +1,6 @@
 //! Phase commits and the key's completion, each guarded by the owner's fencing token.
 
+use chrono::{DateTime, Utc};
 use idem_core::phased::PhaseEntry;
 use sqlx::{PgPool, PgTransaction};
 
@@ -120,20 +121,22 @@ pub async fn record_failure(
 /// it ([`StoreError::Fenced`] if not). Its retention counts from now. The request kept
 /// for the completer (query, body, content type) and the binding are cleared: a
 /// finished key keeps only its answer. `journal`, when given, replaces the journal (the
-/// layer passes it sealed, when it seals bodies).
+/// layer passes it sealed, when it seals bodies). When the finished key expires, by
+/// the row's own retention (set when it was claimed, whatever this process's is).
 pub async fn finish_phased(
     pool: &PgPool,
     lease: &Lease,
     completion: Completion<'_>,
     journal: Option<serde_json::Value>,
-) -> Result<(), StoreError> {
+) -> Result<Expiry, StoreError> {
     let parts = CompletionParts::new(completion)?;
-    let done = sqlx::query(
+    let done: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE idem.keys SET response_status = $4, response_header_names = $5, \
            response_header_values = $6, response_body = $7, completed_at = now(), \
            locked_until = NULL, request_query = NULL, request_body = NULL, \
            request_content_type = NULL, binding = NULL, phases = coalesce($8, phases) \
-         WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
+         WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL \
+         RETURNING greatest(expires_at, completed_at + retention) AS expires_at, now() AS db_now",
     )
     .bind(lease.tenant.as_str())
     .bind(lease.key.as_str())
@@ -143,13 +146,22 @@ pub async fn finish_phased(
     .bind(parts.values)
     .bind(parts.body)
     .bind(journal)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced)
-    }
+    let (expires_at, store_now) = done.ok_or(StoreError::Fenced)?;
+    Ok(Expiry {
+        expires_at,
+        store_now,
+    })
+}
+
+/// When a finished key expires, on the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// When the key expires.
+    pub expires_at: DateTime<Utc>,
+    /// The store's time when it finished.
+    pub store_now: DateTime<Utc>,
 }
 
 /// Ends `lease` early without finishing the key (the handler answered something that

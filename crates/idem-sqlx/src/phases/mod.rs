@@ -22,7 +22,8 @@ use crate::keys::ClaimRequest;
 
 pub use claim::claim_phased;
 pub use commit::{
-    PhaseStart, begin_phase, commit_phase, finish_phased, record_failure, release_lease, unclaim,
+    Expiry, PhaseStart, begin_phase, commit_phase, finish_phased, record_failure, release_lease,
+    unclaim,
 };
 pub use recovery::{Abandoned, Operation, OperationState, abandoned, operation};
 
