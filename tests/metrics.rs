@@ -420,3 +420,96 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Everything the layer logs in this test binary (a global subscriber, like the
+/// exporter), as text.
+fn logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("idem_axum=warn")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        logs
+    })
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_handler_that_never_takes_its_tx_is_warned_about_once_per_route() {
+    let logs = logs();
+    let db = test_db().await;
+    let pool = db.pool.clone();
+    // Writes on the pool, around the request's transaction.
+    let around = {
+        let pool = pool.clone();
+        move || async move {
+            sqlx::query("INSERT INTO effects (tenant_id, note) VALUES ('t1', 'around')")
+                .execute(&pool)
+                .await
+                .map(|_| StatusCode::CREATED)
+                .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+        }
+    };
+    let inside = async |mut tx: Tx| {
+        sqlx::query("INSERT INTO effects (tenant_id, note) VALUES ('t1', 'inside')")
+            .execute(&mut *tx)
+            .await
+            .map(|_| StatusCode::CREATED)
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let layer = IdempotencyLayer::new(pool).single_tenant();
+    let app = TestApp::spawn(
+        Router::new()
+            .route("/untaken/around", axum::routing::post(around))
+            .route("/untaken/inside", axum::routing::post(inside))
+            .route_layer(layer),
+    )
+    .await;
+    for (path, key) in [
+        ("/untaken/around", "u1"),
+        ("/untaken/around", "u2"),
+        ("/untaken/inside", "u3"),
+    ] {
+        let r = app
+            .client
+            .post(app.url(path))
+            .header("idempotency-key", key)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    let text = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("did not take its Tx"))
+        .collect();
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|l| l.contains("/untaken/around"))
+            .count(),
+        1,
+        "once for the route that wrote around its Tx: {warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|l| l.contains("/untaken/inside")),
+        "never for one that took it: {warnings:?}"
+    );
+}

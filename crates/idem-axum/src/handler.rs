@@ -1,7 +1,9 @@
 //! Running the handler with the request's transaction in its extensions, and taking the
 //! transaction back when it is done.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use axum::body::Body;
 use futures_util::FutureExt;
@@ -59,6 +61,11 @@ where
     )
     .await;
     observed.handled(started.elapsed());
+    if let Some(keyed) = keyed
+        && !slot.was_taken()
+    {
+        warn_untaken(observed.route().map_or(&*keyed.path, |route| route));
+    }
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.
         tracing::error!("a Tx was still held when the handler returned; nothing committed");
@@ -82,6 +89,28 @@ where
         Ok(Ok(response)) => Handled::Final(response, tx, enqueued),
     }
 }
+
+/// Warns, once per route and process, that a keyed handler never took its
+/// [`Tx`](crate::Tx): whatever it wrote went around the transaction its answer commits in,
+/// and a retry that runs it again (its answer not final, a crash) repeats those writes.
+fn warn_untaken(route: &str) {
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut warned = WARNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if warned.len() < MAX_WARNED_ROUTES && warned.insert(route.to_owned()) {
+        tracing::warn!(
+            route,
+            "a keyed handler did not take its Tx: its writes are not part of the \
+             idempotent transaction (take `idem_axum::Tx` and write on it)"
+        );
+    }
+}
+
+/// The most routes [`warn_untaken`] remembers (a route is its template, so this bounds
+/// only routers without templates).
+const MAX_WARNED_ROUTES: usize = 1024;
 
 /// The request's `traceparent`, `tracestate` and correlation id, when it carried any
 /// that are valid.

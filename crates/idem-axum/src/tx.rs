@@ -2,6 +2,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
@@ -12,19 +13,31 @@ use crate::Problem;
 
 type PgTx = Transaction<'static, Postgres>;
 
-/// Where the layer keeps the request's transaction while the handler runs.
+/// Where the layer keeps the request's transaction while the handler runs, and
+/// whether the handler took it.
 #[derive(Clone)]
-pub(crate) struct TxSlot(pub(crate) Arc<Mutex<Option<PgTx>>>);
+pub(crate) struct TxSlot {
+    tx: Arc<Mutex<Option<PgTx>>>,
+    taken: Arc<AtomicBool>,
+}
 
 impl TxSlot {
     pub(crate) fn new(tx: PgTx) -> Self {
-        TxSlot(Arc::new(Mutex::new(Some(tx))))
+        TxSlot {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            taken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the handler extracted a [`Tx`] from it.
+    pub(crate) fn was_taken(&self) -> bool {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// Takes the transaction back once the handler is done. `None` when a `Tx` is still
     /// alive somewhere (moved into a task that outlived the handler).
     pub(crate) fn take(&self) -> Option<PgTx> {
-        self.0.try_lock().ok().and_then(|mut guard| guard.take())
+        self.tx.try_lock().ok().and_then(|mut guard| guard.take())
     }
 }
 
@@ -80,8 +93,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Tx {
             .extensions
             .get::<TxSlot>()
             .ok_or(Problem::TransactionUnavailable)?;
+        slot.taken.store(true, Ordering::Relaxed);
         let guard = slot
-            .0
+            .tx
             .clone()
             .try_lock_owned()
             .map_err(|_| Problem::TransactionHeld)?;
