@@ -318,3 +318,51 @@ async fn the_fingerprint_covers_the_path_the_client_sent_inside_a_nested_router(
     );
     assert_eq!(db.effects().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_canonical_json_body_fingerprinted_off_the_workers_replays_and_mismatches() {
+    let db = test_db().await;
+    let (app, _) = effects_app(&db, |l| l.canonical_json()).await;
+    // Past idem_core::Fingerprint::BLOCKING_BODY_BYTES, nested deep: hashed on the
+    // blocking pool, and the same request still matches itself, reordered.
+    let items = |reorder: bool| -> String {
+        let item = |i: usize| match reorder {
+            false => format!(r#"{{"b":{i},"a":[{{"x":"{i}"}}]}}"#),
+            true => format!(r#"{{ "a": [ {{ "x": "{i}" }} ], "b": {i} }}"#),
+        };
+        format!("[{}]", (0..2000).map(item).collect::<Vec<_>>().join(","))
+    };
+    let nested = |reorder: bool| {
+        (0..100).fold(items(reorder), |acc, _| match reorder {
+            false => format!(r#"{{"n":{acc},"m":1}}"#),
+            true => format!(r#"{{"m":1,"n":{acc}}}"#),
+        })
+    };
+    let (body, reordered) = (nested(false), nested(true));
+    assert!(body.len() >= idem_core::Fingerprint::BLOCKING_BODY_BYTES);
+    assert_ne!(body, reordered);
+    let first = app
+        .post("/effects", "t1", Some("big-1"), &body)
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let again = app
+        .post("/effects", "t1", Some("big-1"), &reordered)
+        .send()
+        .await
+        .expect("reordered");
+    assert!(replayed(&again), "the same JSON, its keys in another order");
+    let changed = app
+        .post(
+            "/effects",
+            "t1",
+            Some("big-1"),
+            &body.replace(r#""x":"7""#, r#""x":"8""#),
+        )
+        .send()
+        .await
+        .expect("changed");
+    assert_eq!(changed.status(), 422, "one value deep inside changed");
+    assert_eq!(db.effects().await, 1);
+}

@@ -55,7 +55,7 @@ impl<S> IdempotencyService<S> {
                 Ok(body) => body,
                 Err(rejected) => return Ok(rejected),
             };
-            let print = fingerprint(&config, &parts, &body);
+            let print = fingerprint(&config, &parts, &body).await;
             // Another request of this process holding the key makes this one a
             // concurrent duplicate; nobody waits on anybody.
             let leader = match job.flights.join(&tenant, &key) {

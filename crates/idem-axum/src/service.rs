@@ -14,7 +14,7 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 use idem_core::policy::KeyMode;
 use idem_core::seal::{Opened, is_sealed};
-use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
+use idem_core::{Fingerprint, FingerprintBuilder, IdempotencyKey, KeyError, Outcome};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 use tower::Service;
@@ -203,7 +203,7 @@ where
                 Err(rejected) => return Ok(rejected),
             };
             let keyed = Keyed {
-                fingerprint: fingerprint(&config, &parts, &body),
+                fingerprint: fingerprint(&config, &parts, &body).await,
                 tenant,
                 key,
                 sent,
@@ -423,7 +423,11 @@ fn unmatched(req: &Request<Body>) -> bool {
     extensions.get::<OriginalUri>().is_some() && extensions.get::<MatchedPath>().is_none()
 }
 
-pub(crate) fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Fingerprint {
+/// The request's fingerprint: its method, the path and query the client sent, the
+/// configured headers, and its body. A body of [`Fingerprint::BLOCKING_BODY_BYTES`] or
+/// more is hashed on tokio's blocking pool, off the async workers (canonical JSON of
+/// a large body takes milliseconds).
+pub(crate) async fn fingerprint(config: &Arc<Config>, parts: &Parts, body: &Bytes) -> Fingerprint {
     let uri = request_uri(parts);
     let path = uri
         .path_and_query()
@@ -433,6 +437,22 @@ pub(crate) fn fingerprint(config: &Config, parts: &Parts, body: &[u8]) -> Finger
         let values = parts.headers.get_all(name).iter();
         builder = builder.header_values(name.as_str(), values.map(|v| v.as_bytes()));
     }
+    if body.len() < Fingerprint::BLOCKING_BODY_BYTES {
+        return with_body(builder, config, body);
+    }
+    let hashing = {
+        let (builder, config, body) = (builder.clone(), config.clone(), body.clone());
+        tokio::task::spawn_blocking(move || with_body(builder, &config, &body))
+    };
+    match hashing.await {
+        Ok(fingerprint) => fingerprint,
+        // The blocking pool would not run it (the runtime is shutting down): here, then.
+        Err(e) if e.is_cancelled() => with_body(builder, config, body),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn with_body(builder: FingerprintBuilder, config: &Config, body: &[u8]) -> Fingerprint {
     match &config.fingerprint_fields {
         Some(pointers) => builder.body_fields(body, pointers),
         None => builder.body(body, config.body_mode),
