@@ -134,3 +134,33 @@ async fn with_router_layer_an_unknown_route_gets_the_routers_404_and_spends_no_k
     assert_eq!(served.status(), 201, "the key is still free");
     assert!(!replayed(&served));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_router_layer_a_method_the_route_does_not_serve_gets_the_routers_405_and_spends_no_key()
+ {
+    let db = test_db().await;
+    // `/effects` serves POST and GET; PATCH takes part in idempotency by default, and
+    // `Router::layer` wraps the method router's 405 too.
+    let (app, _) = idem_tests::effects_app(&db, |l| l).await;
+    for _ in 0..2 {
+        let response = app
+            .client
+            .patch(app.url("/effects"))
+            .header("x-tenant-id", "t1")
+            .header("idempotency-key", "patch-405")
+            .body("a")
+            .send()
+            .await
+            .expect("PATCH");
+        let allow = assert_routers_own(response, 405).await;
+        assert!(allow.is_some_and(|a| a.contains("POST")));
+    }
+    assert_eq!(db.keys().await, 0, "no key stored for a 405");
+    let served = app
+        .post("/effects", "t1", Some("patch-405"), "a")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(served.status(), 201, "the key is still free");
+    assert!(!replayed(&served));
+}

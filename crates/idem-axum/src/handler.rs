@@ -61,11 +61,7 @@ where
     )
     .await;
     observed.handled(started.elapsed());
-    if let Some(keyed) = keyed
-        && !slot.was_taken()
-    {
-        warn_untaken(observed.route().map_or(&*keyed.path, |route| route));
-    }
+    let untaken = keyed.is_some() && !slot.was_taken();
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.
         tracing::error!("a Tx was still held when the handler returned; nothing committed");
@@ -82,12 +78,28 @@ where
             roll_back(config, tx).await;
             Handled::Failed(e)
         }
-        Ok(Ok(response)) if !config.final_statuses.is_final(response.status().as_u16()) => {
+        Ok(Ok(response))
+            if !config.final_statuses.is_final(response.status().as_u16())
+                || (untaken && routers_own_405(&response)) =>
+        {
             roll_back(config, tx).await;
             Handled::Answered(outcome(response.map(Body::new), Outcome::RolledBack))
         }
-        Ok(Ok(response)) => Handled::Final(response, tx, enqueued),
+        Ok(Ok(response)) => {
+            if let (true, Some(keyed)) = (untaken, keyed) {
+                warn_untaken(observed.route().map_or(&*keyed.path, |route| route));
+            }
+            Handled::Final(response, tx, enqueued)
+        }
     }
+}
+
+/// Whether a response is taken for the router's own 405 (a method the route does not
+/// serve, answered by axum's method router, which `Router::layer` wraps too; axum adds
+/// its `Allow` header outside the layer): 405 from a request that never took its `Tx`.
+/// Nothing of it is in the transaction; it is passed on, and the key stays unused.
+fn routers_own_405<B>(response: &Response<B>) -> bool {
+    response.status() == http::StatusCode::METHOD_NOT_ALLOWED
 }
 
 /// Warns, once per route and process, that a keyed handler never took its

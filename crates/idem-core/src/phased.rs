@@ -6,7 +6,7 @@
 //! (`locked_until`) and a fencing token. The handler runs as named phases, each one
 //! transaction that commits its writes with the phase's entry in the journal (its
 //! output, or the permanent failure it ended in) and the new recovery point. A retry
-//! after the lease passed takes the key over with the next token and runs the handler
+//! after the lease passed takes the key over with a fresh token and runs the handler
 //! again: every phase already in the journal answers from it instead of running, so
 //! the work resumes where it stopped. The stale owner's next phase finds another token
 //! on the row and commits nothing.
@@ -32,7 +32,7 @@ pub enum PhasedDecision {
     /// answer 409 + Retry-After.
     Wait,
     /// In progress and the lease passed (the owner crashed or hangs): take the key
-    /// over with the next fencing token and resume from the journal.
+    /// over with a fresh fencing token and resume from the journal.
     TakeOver,
 }
 

@@ -50,16 +50,17 @@ pub async fn begin(
 
 /// Why `error` (from opening a transaction on `pool`) left the request without one,
 /// as [`FailureMode::runs_without_store`](idem_core::policy::FailureMode::runs_without_store)
-/// weighs it. A pool timeout is ambiguous (the pool retries a refused connection until
-/// its acquire timeout, and also times out when all its connections are in use), so
-/// this one case opens a connection of its own, bounded by `probe`: refused or reset,
-/// the database cannot be reached; made, it is up and the pool is busy.
+/// weighs it. Connection errors are ambiguous: the pool retries a refused connection
+/// until its acquire timeout, and also times out when all its connections are in use;
+/// a pooled connection breaks when its server restarted, or its backend was
+/// terminated, while the database is up. So these open a connection of their own,
+/// bounded by `probe`: refused or reset, the database cannot be reached; made, it is
+/// up.
 pub async fn unreached(pool: &PgPool, error: &StoreError, probe: Duration) -> StoreUnreached {
     match error {
-        StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => {
-            StoreUnreached::Unreachable
-        }
-        StoreError::Database(sqlx::Error::PoolTimedOut) => {
+        StoreError::Database(
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
+        ) => {
             let options = pool.connect_options();
             match tokio::time::timeout(probe, PgConnection::connect_with(&options)).await {
                 Ok(Ok(conn)) => {

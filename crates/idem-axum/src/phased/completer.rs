@@ -34,7 +34,9 @@ pub(crate) struct Resume {
 /// application's outer middleware: the completer's requests carry the tenant and key
 /// in a way only the layer reads, and nothing else the application's authentication
 /// would add. Handlers of phased routes should need no more than the tenant and the
-/// request.
+/// request. The kept path is the one the client sent: give it the router that serves
+/// that path (with any `Router::nest` prefix), not a nested router alone. A kept
+/// request the routes answer 404 or 405 is logged as a warning.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -82,7 +84,7 @@ impl<S> Completer<S> {
         }
     }
 
-    /// Leaves alone a key that had `owners` owners already (its fencing token counts
+    /// Leaves alone a key that had `owners` owners already (`idem.keys.owners` counts
     /// them): one whose every run ends unfinished (a handler that keeps answering 5xx)
     /// is then left in progress for an operator (`idem keys show` prints its journal),
     /// rather than run again every round.
@@ -154,6 +156,13 @@ where
             return;
         };
         match self.routes.clone().oneshot(req).await {
+            Ok(response) if matches!(response.status().as_u16(), 404 | 405) => tracing::warn!(
+                key_hash = %key.key.short_hash(),
+                path = %key.path,
+                status = response.status().as_u16(),
+                "the completer's routes do not serve a kept request (give it the router \
+                 that serves the path the client sent)"
+            ),
             Ok(response) => tracing::info!(
                 key_hash = %key.key.short_hash(),
                 status = response.status().as_u16(),

@@ -8,13 +8,17 @@
 //! COMMIT: whichever comes first wins. Given up first, the claim rolls back, and the
 //! answer is truthfully "not processed". COMMIT sent first, the claim's fate is unknown
 //! to the request, which answers 503 `commit-failed` ("retry with the same key") and
-//! undoes the claim if it lands, before anything could resume it.
+//! undoes the claim if it lands, before anything could resume it. A new key is counted
+//! against the tenant's limits (new-key rate, key quota) inside the same transaction,
+//! before the COMMIT: refused, it rolls back and leaves nothing.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use axum::body::Body;
+use http::Response;
 use idem_sqlx::{Isolation, Phased, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -26,11 +30,22 @@ const COMMITTING: u8 = 1;
 /// The request gave up on the claim: it must not commit.
 const ABANDONED: u8 = 2;
 
+/// What a claim attempt made of the key, before its COMMIT.
+pub(super) enum Attempt {
+    /// The store's answer: the key is this request's, or another's.
+    Claimed(Phased),
+    /// Claimed as a new key, and refused by the tenant's limits (the new-key rate, the
+    /// key quota): rolled back, and this is the answer.
+    Refused(Response<Body>),
+}
+
 /// Where a gated claim left the request.
 pub(super) enum Gated {
     /// The store answered in time: the key is this request's (committed), or it is
     /// another's to replay, refuse or wait for (nothing was written).
     Answered(Phased),
+    /// A new key the tenant's limits refused: nothing committed; the answer.
+    Refused(Response<Body>),
     /// Nothing was claimed, and nothing will be: the store failed before the commit
     /// (`Some`), or stayed silent past the bound (`None`) and the claim rolls back.
     NotClaimed(Option<StoreError>),
@@ -43,6 +58,8 @@ pub(super) enum Gated {
 /// What the claim's task reports.
 enum Settled {
     Committed(Phased),
+    /// Refused by the limits before its COMMIT: rolled back.
+    Refused(Response<Body>),
     /// Nothing written (a replay, mismatch or busy key), rolled back.
     Read(Phased),
     /// Failed before its COMMIT was sent: rolled back.
@@ -57,7 +74,7 @@ enum Settled {
 pub(super) async fn claim<F, Fut>(pool: &PgPool, limit: Duration, claim: F) -> Gated
 where
     F: FnOnce(sqlx::PgTransaction<'static>) -> Fut + Send + 'static,
-    Fut: Future<Output = (sqlx::PgTransaction<'static>, Result<Phased, StoreError>)>
+    Fut: Future<Output = (sqlx::PgTransaction<'static>, Result<Attempt, StoreError>)>
         + Send
         + 'static,
 {
@@ -79,6 +96,7 @@ where
     };
     match settled {
         Settled::Committed(phased) | Settled::Read(phased) => Gated::Answered(phased),
+        Settled::Refused(answer) => Gated::Refused(answer),
         Settled::Failed(e) => Gated::NotClaimed(Some(e)),
         Settled::CommitFailed(e, phased) => {
             let pool = pool.clone();
@@ -96,16 +114,25 @@ where
 async fn run<F, Fut>(pool: PgPool, gate: Arc<AtomicU8>, claim: F) -> Settled
 where
     F: FnOnce(sqlx::PgTransaction<'static>) -> Fut,
-    Fut: Future<Output = (sqlx::PgTransaction<'static>, Result<Phased, StoreError>)>,
+    Fut: Future<Output = (sqlx::PgTransaction<'static>, Result<Attempt, StoreError>)>,
 {
     let tx = match idem_sqlx::begin(&pool, Isolation::ReadCommitted).await {
         Ok(tx) => tx,
         Err(e) => return Settled::Failed(e),
     };
+    if gate.load(Ordering::SeqCst) == ABANDONED {
+        // The request stopped waiting while a connection was found: claim nothing.
+        crate::store::rollback(tx).await;
+        return Settled::Abandoned;
+    }
     let (tx, claimed) = claim(tx).await;
     let phased = match claimed {
-        Ok(phased @ Phased::Owned { .. }) => phased,
-        Ok(read) => {
+        Ok(Attempt::Claimed(phased @ Phased::Owned { .. })) => phased,
+        Ok(Attempt::Refused(answer)) => {
+            crate::store::rollback(tx).await;
+            return Settled::Refused(answer);
+        }
+        Ok(Attempt::Claimed(read)) => {
             crate::store::rollback(tx).await;
             return Settled::Read(read);
         }
@@ -140,9 +167,14 @@ async fn undo(pool: &PgPool, settled: Settled) {
         idem_sqlx::unclaim(pool, &lease).await
     };
     match undone {
-        Ok(()) => tracing::info!(
+        Ok(true) => tracing::info!(
             key_hash = %lease.key.short_hash(),
             "a phased claim that committed after its request gave up was undone"
+        ),
+        Ok(false) => tracing::warn!(
+            key_hash = %lease.key.short_hash(),
+            "a late phased claim was not found to undo (its commit may still land; it \
+             then resumes after its lease)"
         ),
         Err(e) => tracing::error!(
             error = %e,

@@ -12,7 +12,7 @@ use http::{Request, Response, header};
 use idem_core::{FailureKind, Outcome, StoredResponse};
 use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
 
-use super::gate::{self, Gated};
+use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::answer::{in_flight, mismatched, outcome, replay};
@@ -77,15 +77,6 @@ impl Job {
             Claimed::Answer(answer) => return Ok(answer),
         };
         self.observed.decided();
-        if !resumed {
-            let count = async || idem_sqlx::live_keys(&self.pool, &keyed.tenant).await;
-            if let Err(answer) = self.admit_new_key(&keyed, count).await {
-                if let Err(e) = idem_sqlx::unclaim(&self.pool, &lease).await {
-                    tracing::warn!(error = %e, "undoing a refused phased claim failed");
-                }
-                return Ok(answer);
-            }
-        }
         let phases = Phases::new(
             self.pool.clone(),
             lease.clone(),
@@ -136,11 +127,12 @@ impl Job {
         loop {
             let sent = Utc::now();
             let claiming = {
-                let (config, keyed) = (self.config.clone(), keyed.clone());
+                let (job, keyed) = (self.clone(), keyed.clone());
                 let kept = kept.clone();
                 async move |mut tx: sqlx::PgTransaction<'static>| {
+                    let config = &job.config;
                     let claim = PhasedClaim {
-                        request: keyed.claim_request(&config),
+                        request: keyed.claim_request(config),
                         lease: config
                             .phased
                             .as_ref()
@@ -150,7 +142,20 @@ impl Job {
                         content_type: kept.content_type.as_deref(),
                     };
                     let claimed = idem_sqlx::claim_phased(&mut tx, &claim).await;
-                    (tx, claimed)
+                    let attempt = match claimed {
+                        // A new key counts against the tenant's limits before it
+                        // commits: refused, it rolls back and nothing of it remains.
+                        Ok(Phased::Owned { resumed: false, .. }) => {
+                            let count =
+                                async || idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await;
+                            match job.admit_new_key(&keyed, count).await {
+                                Ok(()) => claimed.map(Attempt::Claimed),
+                                Err(answer) => Ok(Attempt::Refused(answer)),
+                            }
+                        }
+                        other => other.map(Attempt::Claimed),
+                    };
+                    (tx, attempt)
                 }
             };
             let gated = gate::claim(&self.pool, self.config.store_timeout, claiming).await;
@@ -186,9 +191,15 @@ impl Job {
                     );
                     unavailable(&self.config)
                 }
+                Gated::Refused(answer) => answer,
                 // The claim may have committed: the answer must not say that nothing
-                // ran (a late claim is undone in the background).
-                Gated::Unknown(e) => self.commit_failed(e.as_ref()),
+                // ran, whatever the error (a late claim is undone in the background).
+                Gated::Unknown(e) => {
+                    if let Some(e) = &e {
+                        tracing::warn!(error = %e, "the phased claim's commit failed");
+                    }
+                    self.commit_failed(None)
+                }
             };
             return Claimed::Answer(answered);
         }

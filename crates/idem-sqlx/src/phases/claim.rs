@@ -135,7 +135,9 @@ async fn insert_new(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Cl
     Ok(with_claim(statement, req).fetch_optional(conn).await?)
 }
 
-/// A fencing token no claim or take-over of any key had before.
+/// A fencing token no claim or take-over of any key had before. (Values the
+/// statements on a distributed table need are made apart, never by a volatile
+/// function inside an `UPDATE`, which Citus refuses; operation ids come from Rust.)
 async fn next_fence(conn: &mut PgConnection) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT nextval('idem.fences')")
         .fetch_one(conn)
@@ -156,19 +158,20 @@ async fn replace_expired(
            response_header_values = NULL, response_body = NULL, recovery_point = NULL, \
            fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
-           operation_id = gen_random_uuid(), binding = NULL \
+           operation_id = $13, binding = NULL \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
            AND greatest(expires_at, completed_at + retention) <= now() \
          RETURNING fence, operation_id",
     );
     Ok(with_claim(statement, req)
         .bind(fence)
+        .bind(Uuid::new_v4())
         .fetch_optional(conn)
         .await?)
 }
 
 /// Takes over an in-progress key whose lease passed, if it still carries the token
-/// `seen` (else another request took it first, or it finished): the next token, a new
+/// `seen` (else another request took it first, or it finished): a fresh token, a new
 /// lease, and the journal the earlier owners left.
 async fn take_over(
     conn: &mut PgConnection,
@@ -179,7 +182,7 @@ async fn take_over(
     let row = sqlx::query(
         "UPDATE idem.keys SET fence = $5, owners = coalesce(owners, 1) + 1, \
            locked_until = now() + make_interval(secs => $4), \
-           operation_id = coalesce(operation_id, gen_random_uuid()) \
+           operation_id = coalesce(operation_id, $6) \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL \
            AND fence IS NOT DISTINCT FROM $3 \
            AND (locked_until IS NULL OR locked_until <= now()) \
@@ -190,6 +193,7 @@ async fn take_over(
     .bind(seen)
     .bind(secs(req.lease))
     .bind(fence)
+    .bind(Uuid::new_v4())
     .fetch_optional(conn)
     .await?;
     let Some(row) = row else {

@@ -28,7 +28,9 @@ pub async fn begin_phase(
     lease: &Lease,
     name: &str,
 ) -> Result<PhaseStart, StoreError> {
-    let mut tx = pool.begin().await?;
+    // READ COMMITTED whatever the server's default: the row's newest version, read
+    // under its lock, is what a racing call of the same phase committed.
+    let mut tx = crate::begin(pool, crate::Isolation::ReadCommitted).await?;
     match fenced(&mut tx, lease, name).await? {
         None => Ok(PhaseStart::Open(tx)),
         Some(entry) => {
@@ -166,9 +168,9 @@ pub struct Expiry {
 
 /// Ends `lease` early without finishing the key (the handler answered something that
 /// is not final): a retry takes it over at once and resumes. Does nothing when another
-/// owner has the key.
-pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
-    sqlx::query(
+/// owner has the key. Whether it ended the lease.
+pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "UPDATE idem.keys SET locked_until = now() \
          WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
     )
@@ -177,13 +179,14 @@ pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<(), StoreErro
     .bind(lease.fence)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
-/// Undoes a phased claim nothing ran under (a limit refused the new key): deletes the
-/// row while it still carries `lease`'s token and no phase committed.
-pub async fn unclaim(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
-    sqlx::query(
+/// Undoes a phased claim nothing ran under (it committed after its request stopped
+/// waiting for it): deletes the row while it still carries `lease`'s token and no
+/// phase committed. Whether it deleted the row.
+pub async fn unclaim(pool: &PgPool, lease: &Lease) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND fence = $3 \
            AND completed_at IS NULL AND recovery_point IS NULL",
     )
@@ -192,5 +195,5 @@ pub async fn unclaim(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
     .bind(lease.fence)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
