@@ -2,7 +2,8 @@
 # Installs and starts what the tests need, idempotently: a Docker engine, the local
 # Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name,
 # nats-server with JetStream on 127.0.0.1:4222, and Prometheus (its server and promtool)
-# for the tests of the metrics, the alert rules and the dashboard.
+# for the tests of the metrics, the alert rules and the dashboard, and a Citus cluster
+# (scripts/citus.sh) for the Citus tests.
 # Needs root (apt-get, dockerd). Usage: scripts/services.sh
 set -euo pipefail
 
@@ -44,3 +45,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   done
   (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || { echo "nats-server did not start" >&2; exit 1; }
 fi
+
+# A Citus cluster (a coordinator on 127.0.0.1:5433, workers on 5434 and 5435), built
+# from the Citus source beside the project, for the Citus tests (IDEM_TEST_CITUS_URL).
+"$here/citus.sh" >/dev/null

@@ -50,7 +50,7 @@ async fn own_postgres(acquire_timeout: Duration) -> (ContainerAsync<Postgres>, P
         .connect_with(options)
         .await
         .expect("pool");
-    prepare(&pool).await;
+    prepare(&pool, false).await;
     (container, pool)
 }
 

@@ -14,7 +14,7 @@ pub mod receiver;
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
 pub use fault_proxy::ResponseDropper;
 pub use nats::{TestStream, fetch};
-pub use pg::{TestDb, test_db, test_db_with};
+pub use pg::{TestDb, citus_test_db, on_citus, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};
 pub use proxy::Proxy;
 pub use receiver::Receiver;

@@ -5,6 +5,11 @@
 //! (default `postgres:17`). The container lives in a guard shared by the running tests
 //! and is removed when the last of them drops it: nothing is left behind. On a
 //! `DATABASE_URL` server each test drops its database when it ends.
+//!
+//! `IDEM_TEST_CITUS_URL` set (a Citus coordinator whose workers are in its
+//! `pg_dist_node`, as `scripts/citus.sh` starts): every test database is made on the
+//! coordinator and its workers, idem's tables and the test's are distributed by
+//! tenant, and the same tests run on the cluster. It wins over `DATABASE_URL`.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
@@ -46,6 +51,17 @@ fn server() -> Arc<PgServer> {
     let server = Arc::new(start_server());
     *shared = Arc::downgrade(&server);
     server
+}
+
+/// The Citus coordinator: `IDEM_TEST_CITUS_URL`, or the one `scripts/citus.sh` starts.
+fn citus_server() -> Arc<PgServer> {
+    let url = std::env::var(CITUS_URL).unwrap_or_else(|_| DEFAULT_CITUS_URL.to_owned());
+    Arc::new(PgServer {
+        options: PgConnectOptions::from_str(&url).expect("a Citus coordinator's URL"),
+        url,
+        stop: None,
+        thread: None,
+    })
 }
 
 fn start_server() -> PgServer {
@@ -109,21 +125,112 @@ pub struct TestDb {
     pub name: String,
     /// A URL of the fresh database (for child processes).
     pub url: String,
+    /// On a Citus cluster, its workers (empty otherwise).
+    pub workers: Vec<PgConnectOptions>,
     server: Arc<PgServer>,
 }
 
 impl Drop for TestDb {
-    /// On a server of the developer's (`DATABASE_URL`), the test's database is dropped
-    /// with it; a container takes its databases along when it is removed.
+    /// On a server of the developer's (`DATABASE_URL`, or a Citus cluster's nodes),
+    /// the test's database is dropped with it; a container takes its databases along
+    /// when it is removed.
     fn drop(&mut self) {
         if self.server.stop.is_some() {
             return;
         }
         let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(e) = run_blocking(self.server.options.clone(), vec![drop_sql]) {
-            eprintln!("dropping test database {} failed: {e}", self.name);
+        let nodes = std::iter::once(self.server.options.clone()).chain(self.workers.clone());
+        for node in nodes {
+            if let Err(e) = run_blocking(node, vec![drop_sql.clone()]) {
+                eprintln!("dropping test database {} failed: {e}", self.name);
+            }
         }
     }
+}
+
+/// The variable that names a Citus coordinator to run the tests on.
+pub const CITUS_URL: &str = "IDEM_TEST_CITUS_URL";
+
+/// The coordinator `scripts/citus.sh` starts.
+pub const DEFAULT_CITUS_URL: &str = "postgres://postgres@127.0.0.1:5433/postgres";
+
+/// Whether every test of this binary runs on a Citus cluster (`IDEM_TEST_CITUS_URL`).
+pub fn on_citus() -> bool {
+    std::env::var_os(CITUS_URL).is_some()
+}
+
+/// The workers of the Citus coordinator at `coordinator` (its `pg_dist_node`).
+async fn citus_workers(coordinator: &PgConnectOptions) -> Vec<PgConnectOptions> {
+    let mut admin = PgConnection::connect_with(coordinator)
+        .await
+        .expect("connect to the coordinator");
+    let nodes: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT nodename, nodeport FROM pg_dist_node \
+         WHERE groupid <> 0 AND noderole = 'primary' ORDER BY nodeport",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("the coordinator's workers");
+    admin.close().await.ok();
+    assert!(!nodes.is_empty(), "the Citus coordinator has no workers");
+    nodes
+        .into_iter()
+        .map(|(host, port)| coordinator.clone().host(&host).port(port as u16))
+        .collect()
+}
+
+/// Makes `name` a Citus database: the extension on the coordinator and each worker
+/// (where the database was created too), and the workers added to it.
+async fn make_citus_database(
+    coordinator: &PgConnectOptions,
+    workers: &[PgConnectOptions],
+    name: &str,
+) {
+    // Adding nodes to two databases at once updates the workers' shared catalogs at
+    // once ("tuple concurrently updated"): the tests of a binary set up one by one.
+    static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = SETUP.lock().await;
+    for worker in workers {
+        let mut admin = PgConnection::connect_with(worker)
+            .await
+            .expect("connect to a worker");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("the test database on a worker");
+        admin.close().await.ok();
+        let mut db = PgConnection::connect_with(&worker.clone().database(name))
+            .await
+            .expect("connect to the worker's test database");
+        sqlx::query("CREATE EXTENSION citus")
+            .execute(&mut db)
+            .await
+            .expect("citus on a worker");
+        db.close().await.ok();
+    }
+    let mut db = PgConnection::connect_with(&coordinator.clone().database(name))
+        .await
+        .expect("connect to the coordinator's test database");
+    sqlx::query("CREATE EXTENSION citus")
+        .execute(&mut db)
+        .await
+        .expect("citus on the coordinator");
+    let host = coordinator.get_host().to_owned();
+    sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
+        .bind(&host)
+        .bind(i32::from(coordinator.get_port()))
+        .execute(&mut db)
+        .await
+        .expect("the coordinator's own address");
+    for worker in workers {
+        sqlx::query("SELECT citus_add_node($1, $2)")
+            .bind(worker.get_host())
+            .bind(i32::from(worker.get_port()))
+            .execute(&mut db)
+            .await
+            .expect("a worker added");
+    }
+    db.close().await.ok();
 }
 
 impl TestDb {
@@ -224,16 +331,31 @@ pub fn run_blocking(options: PgConnectOptions, statements: Vec<String>) -> Resul
     done.unwrap_or_else(|_| Err("the thread running the statements panicked".into()))
 }
 
-/// Creates a fresh database on the shared server and migrates it.
+/// Creates a fresh database on the shared server and migrates it (on the Citus
+/// cluster when `IDEM_TEST_CITUS_URL` is set).
 pub async fn test_db() -> TestDb {
     test_db_with(10).await
 }
 
 /// Like [`test_db`], with a pool of `max_connections`.
 pub async fn test_db_with(max_connections: u32) -> TestDb {
+    if on_citus() {
+        return citus_test_db(max_connections).await;
+    }
     let server = tokio::task::spawn_blocking(server)
         .await
         .expect("starting the Postgres server");
+    new_test_db(server, false, max_connections).await
+}
+
+/// A fresh database on the Citus cluster (`IDEM_TEST_CITUS_URL`, or the coordinator
+/// `scripts/citus.sh` starts), whatever the binary's backend: the database on every
+/// node, the extension, the workers added, the tables distributed by tenant.
+pub async fn citus_test_db(max_connections: u32) -> TestDb {
+    new_test_db(citus_server(), true, max_connections).await
+}
+
+async fn new_test_db(server: Arc<PgServer>, citus: bool, max_connections: u32) -> TestDb {
     let name = format!("idem_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect_with(&server.options)
         .await
@@ -243,18 +365,26 @@ pub async fn test_db_with(max_connections: u32) -> TestDb {
         .await
         .expect("create the test database");
     admin.close().await.ok();
+    let workers = match citus {
+        true => citus_workers(&server.options).await,
+        false => Vec::new(),
+    };
+    if citus {
+        make_citus_database(&server.options, &workers, &name).await;
+    }
     let options = server.options.clone().database(&name);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options.clone())
         .await
         .expect("pool on the test database");
-    prepare(&pool).await;
+    prepare(&pool, citus).await;
     TestDb {
         url: with_database(&server.url, &name),
         pool,
         options,
         name,
+        workers,
         server,
     }
 }
@@ -272,16 +402,27 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{}/{name}{query}", &base[..host_end])
 }
 
-/// Applies idem's and the example's migrations and creates the effects router's table.
-pub async fn prepare(pool: &PgPool) {
+/// Applies idem's and the example's migrations and creates the effects router's table;
+/// on Citus (`citus`), distributes the effects table and idem's by tenant, co-located.
+pub async fn prepare(pool: &PgPool, citus: bool) {
     payments::migrate(pool).await.expect("migrations");
     sqlx::query(
-        "CREATE TABLE effects (id bigserial PRIMARY KEY, tenant_id text NOT NULL, \
-         note text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE TABLE effects (id bigserial, tenant_id text NOT NULL, \
+         note text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (tenant_id, id))",
     )
     .execute(pool)
     .await
     .expect("effects table");
+    if citus {
+        sqlx::query("SELECT create_distributed_table('effects', 'tenant_id')")
+            .execute(pool)
+            .await
+            .expect("effects distributed");
+        idem_sqlx::distribute(pool, Some("effects"))
+            .await
+            .expect("idem's tables distributed");
+    }
 }
 
 /// The Postgres image the tests run (`IDEM_TEST_PG_IMAGE`, default `postgres:17`), as

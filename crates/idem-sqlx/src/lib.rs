@@ -53,6 +53,7 @@
 //! ```
 
 mod backoff;
+mod citus;
 mod error;
 mod gauges;
 mod inbox;
@@ -72,6 +73,7 @@ mod sweeper;
 #[cfg(feature = "http")]
 mod webhook;
 
+pub use citus::{DISTRIBUTED_TABLES, Distribution, distribute};
 pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};

@@ -147,7 +147,10 @@ pub(crate) fn decode_message(row: &PgRow) -> Result<OutboxMessage, StoreError> {
         topic: row.try_get("topic")?,
         payload: row.try_get("payload")?,
         headers,
-        tenant_id: row.try_get("tenant_id")?,
+        // '' is how the table says "no tenant" (its tenant_id is NOT NULL).
+        tenant_id: row
+            .try_get::<Option<String>, _>("tenant_id")?
+            .filter(|tenant| !tenant.is_empty()),
         idempotency_key: row.try_get("idempotency_key")?,
         attempts: row.try_get("attempts")?,
         last_error: row.try_get("last_error")?,
@@ -165,7 +168,7 @@ pub async fn enqueue(conn: &mut PgConnection, message: Message) -> Result<Uuid, 
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO idem.outbox (id, topic, payload, headers, tenant_id, idempotency_key) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, coalesce($5, ''), $6)",
     )
     .bind(id)
     .bind(&message.topic)

@@ -1,0 +1,80 @@
+//! Scaling out on Citus: idem's tables distributed by tenant, co-located with the
+//! application's tenant-distributed tables, so that a keyed request (the claim, the
+//! handler's writes, the outbox message, the stored response) is one transaction on
+//! one worker.
+
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// idem's tables that are distributed by `tenant_id`, in the order [`distribute`]
+/// distributes them.
+pub const DISTRIBUTED_TABLES: [&str; 3] = ["idem.keys", "idem.outbox", "idem.observed_keys"];
+
+/// What [`distribute`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Distribution {
+    /// The database has no `citus` extension: plain Postgres, nothing to do.
+    NotCitus,
+    /// idem's tables are distributed by `tenant_id`; `newly` lists those this call
+    /// distributed (empty when they already were).
+    Distributed {
+        /// The tables distributed by this call.
+        newly: Vec<&'static str>,
+    },
+}
+
+/// Distributes idem's tables by `tenant_id` when the database is a Citus coordinator
+/// (its `citus` extension is installed), co-located with `colocate_with` (an
+/// application table distributed by its tenant column, as `"public.payments"`) or, with
+/// `None`, in Citus's default co-location group for text columns. Idempotent: run it
+/// at every start, after [`MIGRATOR`](crate::MIGRATOR). On plain Postgres it does
+/// nothing and answers [`Distribution::NotCitus`].
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// idem_sqlx::MIGRATOR.run(&pool).await?;
+/// // The application's own tables first, distributed by their tenant column; then idem's
+/// // beside them.
+/// idem_sqlx::distribute(&pool, Some("public.payments")).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn distribute(
+    pool: &PgPool,
+    colocate_with: Option<&str>,
+) -> Result<Distribution, StoreError> {
+    let citus: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(pool)
+            .await?;
+    if !citus {
+        return Ok(Distribution::NotCitus);
+    }
+    let mut newly = Vec::new();
+    for table in DISTRIBUTED_TABLES {
+        if is_distributed(pool, table).await? {
+            continue;
+        }
+        sqlx::query(
+            "SELECT create_distributed_table($1::regclass, 'tenant_id', \
+               colocate_with => coalesce($2, 'default'))",
+        )
+        .bind(table)
+        .bind(colocate_with)
+        .execute(pool)
+        .await?;
+        newly.push(table);
+    }
+    Ok(Distribution::Distributed { newly })
+}
+
+/// Whether `table` is a Citus distributed table.
+async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await?)
+}

@@ -1,0 +1,91 @@
+//! Scaling out on Citus, on a real cluster (a coordinator and two workers:
+//! `scripts/citus.sh`, or the coordinator at `IDEM_TEST_CITUS_URL`): idem's tables
+//! distribute by tenant beside the application's, in one step that can run at every
+//! start, and plain Postgres is left alone.
+
+use idem_tests::{citus_test_db, test_db};
+
+/// The co-location group of each of `tables`, in order.
+async fn colocation(db: &idem_tests::TestDb, tables: &[&str]) -> Vec<Option<i32>> {
+    let mut groups = Vec::new();
+    for table in tables {
+        let group: Option<i32> = sqlx::query_scalar(
+            "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = $1::regclass",
+        )
+        .bind(table)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("pg_dist_partition");
+        groups.push(group);
+    }
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idems_tables_are_distributed_by_tenant_and_co_located_with_the_applications() {
+    let db = citus_test_db(4).await;
+    let tables = ["effects", "idem.keys", "idem.outbox", "idem.observed_keys"];
+    let groups = colocation(&db, &tables).await;
+    assert!(
+        groups.iter().all(Option::is_some),
+        "all distributed: {groups:?}"
+    );
+    assert!(
+        groups.windows(2).all(|pair| pair[0] == pair[1]),
+        "one co-location group: {groups:?}"
+    );
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition \
+         WHERE logicalrelid::text LIKE 'idem.%' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("distribution columns");
+    assert_eq!(columns, ["tenant_id", "tenant_id", "tenant_id"]);
+    assert_eq!(db.workers.len(), 2, "a coordinator and two workers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributing_again_changes_nothing_so_it_can_run_at_every_start() {
+    let db = citus_test_db(4).await;
+    let again = idem_sqlx::distribute(&db.pool, Some("effects"))
+        .await
+        .expect("distribute again");
+    assert_eq!(
+        again,
+        idem_sqlx::Distribution::Distributed { newly: vec![] }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
+    let db = citus_test_db(4).await;
+    // A tenant's shard of each table, and the worker that holds it.
+    let placements: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT logicalrelid::text, p.nodeport FROM pg_dist_shard s \
+         JOIN pg_dist_shard_placement p USING (shardid) \
+         WHERE s.shardid IN (SELECT get_shard_id_for_distribution_column(t, 'tenant-42') \
+           FROM unnest(ARRAY['effects', 'idem.keys', 'idem.outbox', 'idem.observed_keys']::regclass[]) t) \
+         ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("placements");
+    assert_eq!(placements.len(), 4, "{placements:?}");
+    assert!(
+        placements.iter().all(|(_, port)| *port == placements[0].1),
+        "one worker: {placements:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_plain_postgres_distributing_does_nothing() {
+    let db = test_db().await;
+    if idem_tests::on_citus() {
+        return; // this binary's plain backend is the cluster itself
+    }
+    let done = idem_sqlx::distribute(&db.pool, None)
+        .await
+        .expect("distribute");
+    assert_eq!(done, idem_sqlx::Distribution::NotCitus);
+}
