@@ -215,9 +215,10 @@ pub enum Completion<'a> {
 }
 
 /// Stores the final response on the key this transaction claimed, and starts the key's
-/// retention: it counts from completion (the clock's time now, not the transaction's
-/// start), so a duplicate waiting on a request slower than the retention never finds
-/// the key expired. Commit afterwards: the response becomes visible together with the
+/// retention: it counts from completion (this statement's start, not the
+/// transaction's), so a duplicate waiting on a request slower than the retention never
+/// finds the key expired. (`statement_timestamp()`, not `clock_timestamp()`: Citus
+/// refuses volatile functions in an `UPDATE` of a distributed table.) Commit afterwards: the response becomes visible together with the
 /// handler's writes.
 ///
 /// Fails with [`StoreError::is_transaction_aborted`] when a statement of the handler
@@ -230,7 +231,7 @@ pub async fn complete(
     let parts = CompletionParts::new(completion)?;
     let done = sqlx::query(
         "UPDATE idem.keys SET response_status = $3, response_header_names = $4, \
-           response_header_values = $5, response_body = $6, completed_at = clock_timestamp() \
+           response_header_values = $5, response_body = $6, completed_at = statement_timestamp() \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL",
     )
     .bind(req.tenant.as_str())
