@@ -1,9 +1,37 @@
 //! Scaling out on Citus, on a real cluster (a coordinator and two workers:
 //! `scripts/citus.sh`, or the coordinator at `IDEM_TEST_CITUS_URL`): idem's tables
 //! distribute by tenant beside the application's, in one step that can run at every
-//! start, and plain Postgres is left alone.
+//! start; and the store-facing test files, compiled in again below, run on the
+//! cluster (in this binary every test database is a distributed one).
 
-use idem_tests::{citus_test_db, test_db};
+use idem_tests::citus_test_db;
+
+#[path = "aborted_transactions.rs"]
+mod aborted_transactions;
+#[path = "concurrency.rs"]
+mod concurrency;
+#[path = "isolation.rs"]
+mod isolation;
+#[path = "key_storms.rs"]
+mod key_storms;
+#[path = "key_validation.rs"]
+mod key_validation;
+#[path = "limits.rs"]
+mod limits;
+#[path = "mismatch.rs"]
+mod mismatch;
+#[path = "redirects.rs"]
+mod redirects;
+#[path = "replay.rs"]
+mod replay;
+#[path = "rollback.rs"]
+mod rollback;
+#[path = "storms.rs"]
+mod storms;
+#[path = "streaming.rs"]
+mod streaming;
+#[path = "tenants.rs"]
+mod tenants;
 
 /// The co-location group of each of `tables`, in order.
 async fn colocation(db: &idem_tests::TestDb, tables: &[&str]) -> Vec<Option<i32>> {
@@ -78,14 +106,3 @@ async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_plain_postgres_distributing_does_nothing() {
-    let db = test_db().await;
-    if idem_tests::on_citus() {
-        return; // this binary's plain backend is the cluster itself
-    }
-    let done = idem_sqlx::distribute(&db.pool, None)
-        .await
-        .expect("distribute");
-    assert_eq!(done, idem_sqlx::Distribution::NotCitus);
-}

@@ -27,3 +27,16 @@ async fn idem_and_app_migrations_keep_separate_histories_and_rerun_cleanly() {
     payments::MIGRATOR.run(&db.pool).await.expect("app again");
     idem_sqlx::MIGRATOR.run(&db.pool).await.expect("idem again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_plain_postgres_distributing_for_citus_does_nothing() {
+    let db = test_db().await;
+    if idem_tests::on_citus() {
+        // IDEM_TEST_CITUS_URL runs this binary on the cluster: there it distributes.
+        let again = idem_sqlx::distribute(&db.pool, None).await.expect("distribute");
+        assert_eq!(again, idem_sqlx::Distribution::Distributed { newly: vec![] });
+        return;
+    }
+    let done = idem_sqlx::distribute(&db.pool, None).await.expect("distribute");
+    assert_eq!(done, idem_sqlx::Distribution::NotCitus);
+}

@@ -154,9 +154,19 @@ pub const CITUS_URL: &str = "IDEM_TEST_CITUS_URL";
 /// The coordinator `scripts/citus.sh` starts.
 pub const DEFAULT_CITUS_URL: &str = "postgres://postgres@127.0.0.1:5433/postgres";
 
-/// Whether every test of this binary runs on a Citus cluster (`IDEM_TEST_CITUS_URL`).
+/// Whether every test of this binary runs on a Citus cluster: with
+/// `IDEM_TEST_CITUS_URL` set, or in the Citus suite (`tests/citus.rs`, whose binary
+/// runs the store-facing test files a second time, on the cluster).
 pub fn on_citus() -> bool {
-    std::env::var_os(CITUS_URL).is_some()
+    std::env::var_os(CITUS_URL).is_some() || in_citus_suite()
+}
+
+/// Whether this process is the Citus suite's test binary (cargo names it `citus-<hash>`).
+fn in_citus_suite() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
+        .is_some_and(|stem| stem.starts_with("citus-"))
 }
 
 /// The workers of the Citus coordinator at `coordinator` (its `pg_dist_node`).

@@ -13,7 +13,7 @@ use idem_core::{
     BodyMode, ClientVersions, FinalStatuses, HeaderAllowList, IdempotencyKey, StoredResponse,
     TenantId,
 };
-use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
+use idem_sqlx::{Backend, Isolation, OutboxWaker, ReplayTally, StoreError};
 use sqlx::PgPool;
 use tower::Layer;
 
@@ -67,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) sealing: Option<BodySealing>,
     pub(crate) redact: Option<Redactor>,
     pub(crate) phased: Option<PhasedMode>,
+    /// The kind of Postgres the pool reaches, found by the first keyed request.
+    pub(crate) backend: Arc<tokio::sync::OnceCell<Backend>>,
 }
 
 /// How the layer finds the client of a tenant that sent a request.
@@ -90,6 +92,15 @@ impl Config {
     pub(crate) fn client(&self, parts: &Parts) -> Option<String> {
         let identify = self.client_identity.as_ref()?;
         (identify.0)(parts).filter(|id| id.len() <= MAX_CLIENT_IDENTITY)
+    }
+
+    /// The kind of Postgres `pool` reaches (plain, or a Citus coordinator), asked of
+    /// the store once.
+    pub(crate) async fn backend(&self, pool: &PgPool) -> Result<Backend, StoreError> {
+        self.backend
+            .get_or_try_init(|| Backend::detect(pool))
+            .await
+            .copied()
     }
 
     /// The key as the store keeps it: protected when the layer protects keys.
@@ -135,6 +146,7 @@ impl Default for Config {
             sealing: None,
             redact: None,
             phased: None,
+            backend: Arc::default(),
         }
     }
 }

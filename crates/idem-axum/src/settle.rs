@@ -163,7 +163,9 @@ impl Job {
             async move {
                 let stored = stored.and_then(|s| sealed(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
-                idem_sqlx::record(&pool, &keyed.claim_request(&config), completion).await
+                let backend = config.backend(&pool).await?;
+                idem_sqlx::record_on(&pool, &keyed.claim_request(&config), completion, backend)
+                    .await
             }
         };
         let limit = self

@@ -9,7 +9,7 @@ use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
 use idem_core::{FailureKind, Fingerprint, IdempotencyKey, Outcome, Record, TenantId, decide};
-use idem_sqlx::{Claim, ClaimRequest, StoreError};
+use idem_sqlx::{Backend, Claim, ClaimRequest, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
@@ -150,12 +150,17 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
     if let Some(answer) = answer_without_transaction(pool, config, keyed).await {
         return answer;
     }
+    let backend = match config.backend(pool).await {
+        Ok(backend) => backend,
+        Err(e) if e.is_unavailable() => return Opened::Unreached(Some(e)),
+        Err(e) => return Opened::Answer(store_fault(&e), Landed::Unknown),
+    };
     for _ in 0..CLAIM_TRANSACTIONS {
         let tx = match begin(pool, config).await {
             Ok(tx) => tx,
             Err(not_begun) => return not_begun.into(),
         };
-        match claim(tx, config, keyed).await {
+        match claim(tx, config, keyed, backend).await {
             Claimed::Tx(tx) => return Opened::Tx(tx),
             Claimed::Answer(answer, landed) => return Opened::Answer(answer, landed),
             Claimed::StartOver => continue,
@@ -177,13 +182,14 @@ enum Claimed {
 /// bound the answer is 503: the transaction was open, so this is no longer a store
 /// that could not be reached, and the route never fails open from here (another
 /// request may hold the key).
-async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed) -> Claimed {
+async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) -> Claimed {
     let sent = Utc::now();
     let claiming = {
         let (config, keyed) = (config.clone(), keyed.clone());
         async move {
             let mut tx = tx;
-            let claimed = idem_sqlx::claim(&mut tx, &keyed.claim_request(&config)).await;
+            let request = keyed.claim_request(&config);
+            let claimed = idem_sqlx::claim_on(&mut tx, &request, backend).await;
             (tx, claimed)
         }
     };

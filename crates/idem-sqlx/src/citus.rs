@@ -7,6 +7,35 @@ use sqlx::PgPool;
 
 use crate::StoreError;
 
+/// The kind of Postgres a pool reaches: the request path words a few statements
+/// differently on a Citus coordinator (a wait bound the workers see, no functions
+/// Citus refuses on distributed tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Plain Postgres.
+    #[default]
+    Postgres,
+    /// A Citus coordinator (its `citus` extension is installed in the database).
+    Citus,
+}
+
+impl Backend {
+    /// The backend `pool` reaches: [`Backend::Citus`] when the database has the `citus`
+    /// extension.
+    pub async fn detect(pool: &PgPool) -> Result<Backend, StoreError> {
+        let citus: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(if citus {
+            Backend::Citus
+        } else {
+            Backend::Postgres
+        })
+    }
+}
+
 /// idem's tables that are distributed by `tenant_id`, in the order [`distribute`]
 /// distributes them.
 pub const DISTRIBUTED_TABLES: [&str; 3] = ["idem.keys", "idem.outbox", "idem.observed_keys"];
@@ -44,11 +73,7 @@ pub async fn distribute(
     pool: &PgPool,
     colocate_with: Option<&str>,
 ) -> Result<Distribution, StoreError> {
-    let citus: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-            .fetch_one(pool)
-            .await?;
-    if !citus {
+    if Backend::detect(pool).await? == Backend::Postgres {
         return Ok(Distribution::NotCitus);
     }
     let mut newly = Vec::new();

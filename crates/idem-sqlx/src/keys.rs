@@ -9,7 +9,7 @@ use idem_core::{
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgTransaction, Row};
 
-use crate::StoreError;
+use crate::{Backend, StoreError};
 
 /// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -100,7 +100,26 @@ pub async fn claim(
     tx: &mut PgTransaction<'_>,
     req: &ClaimRequest<'_>,
 ) -> Result<Claim, StoreError> {
-    match claim_inner(tx, req).await {
+    claim_on(tx, req, Backend::Postgres).await
+}
+
+/// [`claim`], worded for `backend`. On a Citus coordinator the wait bound is a
+/// `SET LOCAL lock_timeout` that Citus passes on to the worker holding the key's shard
+/// (`citus.propagate_set_commands = 'local'` for the transaction), the claim's own
+/// statements call no function Citus refuses on a distributed table, and on
+/// [`Claim::Claimed`] the transaction's `lock_timeout` is set back to its default
+/// (the database's or role's; a value the session `SET` itself is not restored) in one
+/// more statement: three round trips where plain Postgres takes one.
+pub async fn claim_on(
+    tx: &mut PgTransaction<'_>,
+    req: &ClaimRequest<'_>,
+    backend: Backend,
+) -> Result<Claim, StoreError> {
+    let claimed = match backend {
+        Backend::Postgres => claim_inner(tx, req).await,
+        Backend::Citus => claim_citus(tx, req).await,
+    };
+    match claimed {
         Err(StoreError::Database(sqlx::Error::Database(e)))
             if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
         {
@@ -203,6 +222,137 @@ async fn claim_inner(
         }
     }
     Err(StoreError::Contended)
+}
+
+/// The claim on a Citus coordinator (see [`claim_on`]).
+async fn claim_citus(
+    tx: &mut PgTransaction<'_>,
+    req: &ClaimRequest<'_>,
+) -> Result<Claim, StoreError> {
+    let conn = &mut **tx;
+    let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
+    // A number the layer chose, formatted: nothing of the request is in this text.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL citus.propagate_set_commands = 'local'; \
+         SET LOCAL lock_timeout = '{wait_ms}ms'"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let retention_secs = req.retention.as_secs_f64();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let row = sqlx::query(concat!(
+            "WITH ins AS ( \
+               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+                 created_at, expires_at, retention) \
+               VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
+                 make_interval(secs => $6)) \
+               ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
+             SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
+               NULL::text[] AS response_header_names, NULL::bytea[] AS response_header_values, \
+               NULL::bytea AS response_body, NULL::timestamptz AS completed_at, \
+               NULL::timestamptz AS expires_at, now() AS db_now FROM ins \
+             UNION ALL \
+             SELECT false, fingerprint, response_status, response_header_names, \
+               response_header_values, response_body, completed_at, ", expiry!(), ", now() \
+             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        ))
+        .bind(req.tenant.as_str())
+        .bind(req.key.as_str())
+        .bind(req.fingerprint.as_bytes().as_slice())
+        .bind(req.method)
+        .bind(req.path)
+        .bind(retention_secs)
+        .bind(req.route)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let row = match row {
+            Some(row) if row.try_get::<bool, _>("inserted")? => {
+                return claimed_on_citus(conn).await;
+            }
+            Some(row) => Some(row),
+            None => lookup_row(&mut *conn, req.tenant, req.key).await?,
+        };
+        let Some(row) = row else {
+            continue;
+        };
+        let (record, now) = decode_record(&row)?;
+        match decide(Some(&record), &req.fingerprint, now) {
+            Decision::Replay => return Ok(Claim::Replay(record, now)),
+            Decision::Mismatch => return Ok(Claim::Mismatch(record, now)),
+            Decision::InFlight => return Ok(Claim::InFlight),
+            Decision::Execute => {
+                let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
+                if replace_expired(&mut *conn, req, retention_secs, completed_at).await? {
+                    return claimed_on_citus(conn).await;
+                }
+            }
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// The key's row as [`lookup`] reads it.
+async fn lookup_row(
+    conn: &mut sqlx::PgConnection,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<PgRow>, StoreError> {
+    Ok(sqlx::query(concat!(
+        "SELECT fingerprint, response_status, response_header_names, response_header_values, \
+           response_body, completed_at, ",
+        expiry!(),
+        " AS expires_at, now() AS db_now \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2"
+    ))
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A claim on Citus won: the handler's statements get the transaction's default
+/// `lock_timeout` back.
+async fn claimed_on_citus(conn: &mut sqlx::PgConnection) -> Result<Claim, StoreError> {
+    sqlx::raw_sql("SET LOCAL lock_timeout TO DEFAULT")
+        .execute(conn)
+        .await?;
+    Ok(Claim::Claimed)
+}
+
+/// Replaces an expired finished key with this request's claim, Citus's wording; whether
+/// it did. The row was read expired in this transaction; it is replaced only while it
+/// still has the completion time read then (a compare-and-set: Citus refuses the
+/// expiry's `completed_at + retention`, a stable operator on columns, in an `UPDATE`),
+/// so two requests cannot both take it over.
+async fn replace_expired(
+    conn: &mut sqlx::PgConnection,
+    req: &ClaimRequest<'_>,
+    retention_secs: f64,
+    completed_at: Option<DateTime<Utc>>,
+) -> Result<bool, StoreError> {
+    let replaced = sqlx::query(
+        "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $7, \
+           replays = 0, mismatches = 0, created_at = now(), \
+           expires_at = now() + make_interval(secs => $6), \
+           retention = make_interval(secs => $6), \
+           completed_at = NULL, response_status = NULL, response_header_names = NULL, \
+           response_header_values = NULL, response_body = NULL, \
+           recovery_point = NULL, locked_until = NULL, fence = NULL, phases = NULL, \
+           request_body = NULL, request_content_type = NULL, request_query = NULL, \
+           operation_id = NULL \
+         WHERE tenant_id = $1 AND key = $2 AND completed_at = $8",
+    )
+    .bind(req.tenant.as_str())
+    .bind(req.key.as_str())
+    .bind(req.fingerprint.as_bytes().as_slice())
+    .bind(req.method)
+    .bind(req.path)
+    .bind(retention_secs)
+    .bind(req.route)
+    .bind(completed_at)
+    .execute(conn)
+    .await?;
+    Ok(replaced.rows_affected() == 1)
 }
 
 /// What [`complete`] stores for a request.
@@ -308,6 +458,32 @@ pub async fn record<'e>(
             Ok(false)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// [`record`], worded for `backend`. On a Citus coordinator the answer is claimed and
+/// completed in a short transaction of its own ([`claim_on`], then [`complete`]):
+/// Citus refuses the clock in an `ON CONFLICT DO UPDATE`.
+pub async fn record_on(
+    pool: &sqlx::PgPool,
+    req: &ClaimRequest<'_>,
+    completion: Completion<'_>,
+    backend: Backend,
+) -> Result<bool, StoreError> {
+    if backend == Backend::Postgres {
+        return record(pool, req, completion).await;
+    }
+    let mut tx = crate::begin(pool, crate::Isolation::ReadCommitted).await?;
+    match claim_on(&mut tx, req, backend).await? {
+        Claim::Claimed => {
+            complete(&mut tx, req, completion).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        Claim::Replay(..) | Claim::Mismatch(..) | Claim::InFlight => {
+            tx.rollback().await?;
+            Ok(false)
+        }
     }
 }
 

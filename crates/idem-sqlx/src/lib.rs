@@ -73,13 +73,14 @@ mod sweeper;
 #[cfg(feature = "http")]
 mod webhook;
 
-pub use citus::{DISTRIBUTED_TABLES, Distribution, distribute};
+pub use citus::{Backend, DISTRIBUTED_TABLES, Distribution, distribute};
 pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
 pub use isolation::{Isolation, begin, unreached};
 pub use keys::{
-    Claim, ClaimRequest, Completion, claim, complete, live_keys, lookup, record, sweep_expired,
+    Claim, ClaimRequest, Completion, claim, claim_on, complete, live_keys, lookup, record,
+    record_on, sweep_expired,
 };
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
