@@ -106,3 +106,108 @@ async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
     );
 }
 
+/// Two-phase commits the coordinator recorded (a transaction that wrote on more than
+/// one node); `pg_dist_transaction` keeps them until its recovery runs (a minute).
+async fn two_phase_commits(db: &idem_tests::TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_dist_transaction")
+        .fetch_one(&db.pool)
+        .await
+        .expect("pg_dist_transaction")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_commits_on_one_worker_without_two_phase_commit() {
+    let db = citus_test_db(4).await;
+    let (app, _) = idem_tests::effects_app(&db, |l| l).await;
+    let before = two_phase_commits(&db).await;
+    // The claim, the handler's row, its outbox message and the stored response.
+    let first = app
+        .post("/effects", "tenant-7", Some("one-shard"), "x")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let replay = app
+        .post("/effects", "tenant-7", Some("one-shard"), "x")
+        .send()
+        .await
+        .expect("replay");
+    assert!(idem_tests::replayed(&replay));
+    assert_eq!(
+        two_phase_commits(&db).await,
+        before,
+        "one worker's transaction, no two-phase commit"
+    );
+    assert_eq!(db.effects().await, 1);
+}
+
+/// A handler whose table is distributed by another column (an account), so its row
+/// lives on another worker than the tenant's key.
+async fn posting(
+    axum::Extension(tenant): axum::Extension<idem_axum::TenantId>,
+    axum::extract::Path(account): axum::extract::Path<String>,
+    mut tx: idem_axum::Tx,
+) -> axum::http::StatusCode {
+    sqlx::query("INSERT INTO postings (account, tenant_id) VALUES ($1, $2)")
+        .bind(&account)
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await
+        .expect("posting");
+    axum::http::StatusCode::CREATED
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_table_is_not_co_located_commits_once_in_a_distributed_transaction() {
+    let db = citus_test_db(4).await;
+    sqlx::raw_sql(
+        "CREATE TABLE postings (id bigserial, account text NOT NULL, tenant_id text NOT NULL, \
+           PRIMARY KEY (account, id)); \
+         SELECT create_distributed_table('postings', 'account', colocate_with => 'none')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("postings, distributed by account");
+    // An account whose shard is on the other worker than tenant-7's keys.
+    let account: String = sqlx::query_scalar(
+        "SELECT a FROM generate_series(1, 100) n, LATERAL (SELECT 'acct-' || n AS a) x \
+         WHERE (SELECT nodeport FROM pg_dist_shard_placement \
+                WHERE shardid = get_shard_id_for_distribution_column('postings', a)) \
+            <> (SELECT nodeport FROM pg_dist_shard_placement \
+                WHERE shardid = get_shard_id_for_distribution_column('idem.keys', 'tenant-7')) \
+         LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("an account on the other worker");
+    let layer =
+        idem_axum::IdempotencyLayer::new(db.pool.clone()).tenant(idem_tests::tenant_from_header());
+    let app = idem_tests::TestApp::spawn(axum::Router::new().route(
+        "/accounts/{account}/postings",
+        axum::routing::post(posting).route_layer(layer),
+    ))
+    .await;
+    let path = format!("/accounts/{account}/postings");
+    let before = two_phase_commits(&db).await;
+    let first = app
+        .post(&path, "tenant-7", Some("cross"), "x")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    assert!(
+        two_phase_commits(&db).await > before,
+        "the key's worker and the posting's worker committed together (two-phase)"
+    );
+    let replay = app
+        .post(&path, "tenant-7", Some("cross"), "x")
+        .send()
+        .await
+        .expect("replay");
+    assert!(idem_tests::replayed(&replay));
+    let postings: i64 = sqlx::query_scalar("SELECT count(*) FROM postings")
+        .fetch_one(&db.pool)
+        .await
+        .expect("postings");
+    assert_eq!(postings, 1, "exactly once across two workers");
+}

@@ -165,7 +165,10 @@ pub fn on_citus() -> bool {
 fn in_citus_suite() -> bool {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
+        .and_then(|exe| {
+            exe.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
         .is_some_and(|stem| stem.starts_with("citus-"))
 }
 
