@@ -38,6 +38,42 @@ macro_rules! expiry {
     };
 }
 
+/// The rest of a claiming statement after its `ins` CTE (an `INSERT .. RETURNING` of
+/// the key's row): one row saying the key was inserted, or the existing row as
+/// [`decode_record`] reads it (with `inserted` false) when it was not.
+macro_rules! inserted_or_existing {
+    () => {
+        concat!(
+            " SELECT true AS inserted, NULL::bytea AS fingerprint, \
+               NULL::smallint AS response_status, NULL::text[] AS response_header_names, \
+               NULL::bytea[] AS response_header_values, NULL::bytea AS response_body, \
+               NULL::timestamptz AS completed_at, NULL::timestamptz AS expires_at, \
+               now() AS db_now FROM ins \
+             UNION ALL \
+             SELECT false, fingerprint, response_status, response_header_names, \
+               response_header_values, response_body, completed_at, ",
+            expiry!(),
+            ", now() \
+             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        )
+    };
+}
+
+/// The `SET` list that makes an expired key's row a new claim of this request
+/// (`$3` fingerprint, `$4` method, `$5` path, `$6` retention in seconds, `$7` route):
+/// everything of the earlier request is cleared.
+macro_rules! claimed_row {
+    () => {
+        "fingerprint = $3, method = $4, path = $5, route = $7, replays = 0, mismatches = 0, \
+         created_at = now(), expires_at = now() + make_interval(secs => $6), \
+         retention = make_interval(secs => $6), completed_at = NULL, response_status = NULL, \
+         response_header_names = NULL, response_header_values = NULL, response_body = NULL, \
+         recovery_point = NULL, locked_until = NULL, fence = NULL, owners = NULL, \
+         phases = NULL, request_body = NULL, request_content_type = NULL, \
+         request_query = NULL, operation_id = NULL, binding = NULL"
+    };
+}
+
 /// What a request asks of the store when it claims a key.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
@@ -156,15 +192,8 @@ async fn claim_inner(
                SELECT $1, $2, $3, $4, $5, $8, now(), now() + make_interval(secs => $6), \
                  make_interval(secs => $6) FROM cfg \
                ON CONFLICT (tenant_id, key) DO NOTHING \
-               RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) \
-             SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
-               NULL::text[] AS response_header_names, NULL::bytea[] AS response_header_values, \
-               NULL::bytea AS response_body, NULL::timestamptz AS completed_at, \
-               NULL::timestamptz AS expires_at, now() AS db_now FROM ins \
-             UNION ALL \
-             SELECT false, fingerprint, response_status, response_header_names, \
-               response_header_values, response_body, completed_at, ", expiry!(), ", now() \
-             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+               RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) ",
+            inserted_or_existing!()
         ))
         .bind(req.tenant.as_str())
         .bind(req.key.as_str())
@@ -193,15 +222,9 @@ async fn claim_inner(
             Decision::InFlight => return Ok(Claim::InFlight),
             Decision::Execute => {
                 let replaced = sqlx::query(concat!(
-                    "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $7, \
-                       replays = 0, mismatches = 0, created_at = now(), expires_at = now() + make_interval(secs => $6), \
-                       retention = make_interval(secs => $6), \
-                       completed_at = NULL, response_status = NULL, response_header_names = NULL, \
-                       response_header_values = NULL, response_body = NULL, \
-                       recovery_point = NULL, locked_until = NULL, fence = NULL, phases = NULL, \
-                       request_body = NULL, request_content_type = NULL, request_query = NULL, \
-                       operation_id = NULL \
-                     WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
+                    "UPDATE idem.keys SET ",
+                    claimed_row!(),
+                    " WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
                        AND completed_at IS NOT NULL \
                      RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)"
                 ))
@@ -246,15 +269,8 @@ async fn claim_citus(
                  created_at, expires_at, retention) \
                VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
                  make_interval(secs => $6)) \
-               ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
-             SELECT true AS inserted, NULL::bytea AS fingerprint, NULL::smallint AS response_status, \
-               NULL::text[] AS response_header_names, NULL::bytea[] AS response_header_values, \
-               NULL::bytea AS response_body, NULL::timestamptz AS completed_at, \
-               NULL::timestamptz AS expires_at, now() AS db_now FROM ins \
-             UNION ALL \
-             SELECT false, fingerprint, response_status, response_header_names, \
-               response_header_values, response_body, completed_at, ", expiry!(), ", now() \
-             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+               ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) ",
+            inserted_or_existing!()
         ))
         .bind(req.tenant.as_str())
         .bind(req.key.as_str())
@@ -330,18 +346,11 @@ async fn replace_expired(
     retention_secs: f64,
     completed_at: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
-    let replaced = sqlx::query(
-        "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $7, \
-           replays = 0, mismatches = 0, created_at = now(), \
-           expires_at = now() + make_interval(secs => $6), \
-           retention = make_interval(secs => $6), \
-           completed_at = NULL, response_status = NULL, response_header_names = NULL, \
-           response_header_values = NULL, response_body = NULL, \
-           recovery_point = NULL, locked_until = NULL, fence = NULL, phases = NULL, \
-           request_body = NULL, request_content_type = NULL, request_query = NULL, \
-           operation_id = NULL \
-         WHERE tenant_id = $1 AND key = $2 AND completed_at = $8",
-    )
+    let replaced = sqlx::query(concat!(
+        "UPDATE idem.keys SET ",
+        claimed_row!(),
+        " WHERE tenant_id = $1 AND key = $2 AND completed_at = $8"
+    ))
     .bind(req.tenant.as_str())
     .bind(req.key.as_str())
     .bind(req.fingerprint.as_bytes().as_slice())
