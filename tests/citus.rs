@@ -10,6 +10,8 @@ use idem_tests::citus_test_db;
 mod aborted_transactions;
 #[path = "concurrency.rs"]
 mod concurrency;
+#[path = "expiry.rs"]
+mod expiry;
 #[path = "isolation.rs"]
 mod isolation;
 #[path = "key_storms.rs"]

@@ -163,10 +163,11 @@ async fn the_sweeper_deletes_only_expired_keys() {
         .send()
         .await
         .expect("new");
-    let swept = idem_sqlx::sweep_expired(&db.pool, 100)
+    let swept = idem_sqlx::Sweeper::new(db.pool.clone())
+        .sweep_once()
         .await
         .expect("sweep");
-    assert_eq!(swept, 1);
+    assert_eq!(swept.keys, 1);
     let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idem.keys")
         .fetch_all(&db.pool)
         .await

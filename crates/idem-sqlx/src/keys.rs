@@ -618,6 +618,56 @@ pub async fn sweep_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
 ) -> Result<u64, StoreError> {
+    sweep_expired_postgres(executor, limit).await
+}
+
+/// [`sweep_expired`], worded for `backend`. On a Citus coordinator the batch is read
+/// first, without locks, across the shards (Citus takes no `FOR UPDATE` across them),
+/// then deleted where each row still has the completion time read (the same
+/// generation of the key, so still expired): no lock is waited on either way.
+pub async fn sweep_expired_on(
+    pool: &sqlx::PgPool,
+    limit: i64,
+    backend: Backend,
+) -> Result<u64, StoreError> {
+    if backend == Backend::Postgres {
+        return sweep_expired_postgres(pool, limit).await;
+    }
+    let found: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(concat!(
+        "SELECT tenant_id, key, completed_at FROM idem.keys \
+         WHERE expires_at <= now() AND ",
+        expiry!(),
+        " <= now() AND completed_at IS NOT NULL ORDER BY expires_at LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let (mut tenants, mut keys, mut completed) = (Vec::new(), Vec::new(), Vec::new());
+    for (tenant, key, at) in found {
+        tenants.push(tenant);
+        keys.push(key);
+        completed.push(at);
+    }
+    let done = sqlx::query(
+        "DELETE FROM idem.keys WHERE (tenant_id, key, completed_at) IN \
+           (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&completed)
+    .execute(pool)
+    .await?;
+    // A full batch read means more may wait, even where a row changed meanwhile.
+    Ok(done.rows_affected().max(tenants.len() as u64))
+}
+
+async fn sweep_expired_postgres<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<u64, StoreError> {
     // expires_at <= now() lets the index find the candidates; the expiry decides.
     let done = sqlx::query(concat!(
         "DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \

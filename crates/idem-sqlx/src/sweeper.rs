@@ -6,8 +6,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::StoreError;
-use crate::keys::sweep_expired;
+use crate::keys::sweep_expired_on;
+use crate::{Backend, StoreError};
 
 /// What one [`Sweeper::sweep_once`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,15 +122,18 @@ impl Sweeper {
         }
     }
 
-    /// One pass: each table until a batch comes back short.
+    /// One pass: each table until a batch comes back short. On a Citus coordinator
+    /// each batch is read first across the shards, without locks, then deleted by
+    /// its keys (Citus takes no `FOR UPDATE` across shards).
     pub async fn sweep_once(&self) -> Result<Swept, StoreError> {
+        let backend = Backend::detect(&self.pool).await?;
         Ok(Swept {
             keys: self
-                .drain(|| sweep_expired(&self.pool, self.batch_size))
+                .drain(|| sweep_expired_on(&self.pool, self.batch_size, backend))
                 .await?,
-            outbox: self.drain(|| self.delivered_outbox()).await?,
+            outbox: self.drain(|| self.delivered_outbox(backend)).await?,
             inbox: self.drain(|| self.old_inbox()).await?,
-            observed: self.drain(|| self.old_observations()).await?,
+            observed: self.drain(|| self.old_observations(backend)).await?,
         })
     }
 
@@ -149,7 +152,28 @@ impl Sweeper {
         }
     }
 
-    async fn delivered_outbox(&self) -> Result<u64, StoreError> {
+    async fn delivered_outbox(&self, backend: Backend) -> Result<u64, StoreError> {
+        if backend == Backend::Citus {
+            // Delivered messages never change again: no guard is needed.
+            let found: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+                "SELECT tenant_id, id FROM idem.outbox \
+                 WHERE delivered_at IS NOT NULL \
+                   AND delivered_at < now() - make_interval(secs => $1) LIMIT $2",
+            )
+            .bind(self.outbox_retention.as_secs_f64())
+            .bind(self.batch_size)
+            .fetch_all(&self.pool)
+            .await?;
+            let (tenants, ids): (Vec<String>, Vec<uuid::Uuid>) = found.into_iter().unzip();
+            return self
+                .delete_found(
+                    "DELETE FROM idem.outbox WHERE (tenant_id, id) IN \
+                       (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+                    &tenants,
+                    ids,
+                )
+                .await;
+        }
         let done = sqlx::query(
             "DELETE FROM idem.outbox WHERE id IN ( \
                SELECT id FROM idem.outbox \
@@ -163,7 +187,37 @@ impl Sweeper {
         Ok(done.rows_affected())
     }
 
-    async fn old_observations(&self) -> Result<u64, StoreError> {
+    async fn old_observations(&self, backend: Backend) -> Result<u64, StoreError> {
+        if backend == Backend::Citus {
+            // A key seen again moves its expiry: deleted only while it has the one read.
+            let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                "SELECT tenant_id, key, expires_at FROM idem.observed_keys \
+                 WHERE expires_at <= now() LIMIT $1",
+            )
+            .bind(self.batch_size)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut tenants = Vec::with_capacity(found.len());
+            let mut rest = Vec::with_capacity(found.len());
+            for (tenant, key, expires_at) in found {
+                tenants.push(tenant);
+                rest.push((key, expires_at));
+            }
+            let (keys, expiries): (Vec<String>, Vec<_>) = rest.into_iter().unzip();
+            if tenants.is_empty() {
+                return Ok(0);
+            }
+            let done = sqlx::query(
+                "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
+                   (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
+            )
+            .bind(&tenants)
+            .bind(&keys)
+            .bind(&expiries)
+            .execute(&self.pool)
+            .await?;
+            return Ok(done.rows_affected().max(tenants.len() as u64));
+        }
         let done = sqlx::query(
             "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
                SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
@@ -173,6 +227,29 @@ impl Sweeper {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Deletes the rows read (`tenants` and the other key column's `ids`) with
+    /// `statement`; a full batch read counts as full.
+    async fn delete_found<T>(
+        &self,
+        statement: &'static str,
+        tenants: &[String],
+        ids: Vec<T>,
+    ) -> Result<u64, StoreError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+        Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        if tenants.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(statement)
+            .bind(tenants)
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected().max(tenants.len() as u64))
     }
 
     async fn old_inbox(&self) -> Result<u64, StoreError> {
