@@ -103,3 +103,10 @@ async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> 
     .fetch_one(pool)
     .await?)
 }
+
+/// How many rows a sweep's batch on Citus counts for: read across the shards first,
+/// then deleted by key where each row is still the one read, a batch read full counts
+/// as full (more may wait) even where a row changed meanwhile and stayed.
+pub(crate) fn swept(deleted: u64, read: usize) -> u64 {
+    deleted.max(u64::try_from(read).unwrap_or(u64::MAX))
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::citus::swept;
 use crate::keys::sweep_expired_on;
 use crate::{Backend, StoreError};
 
@@ -165,14 +166,18 @@ impl Sweeper {
             .fetch_all(&self.pool)
             .await?;
             let (tenants, ids): (Vec<String>, Vec<uuid::Uuid>) = found.into_iter().unzip();
-            return self
-                .delete_found(
-                    "DELETE FROM idem.outbox WHERE (tenant_id, id) IN \
-                       (SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                    &tenants,
-                    ids,
-                )
-                .await;
+            if tenants.is_empty() {
+                return Ok(0);
+            }
+            let done = sqlx::query(
+                "DELETE FROM idem.outbox WHERE (tenant_id, id) IN \
+                   (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+            )
+            .bind(&tenants)
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+            return Ok(swept(done.rows_affected(), tenants.len()));
         }
         let done = sqlx::query(
             "DELETE FROM idem.outbox WHERE id IN ( \
@@ -197,13 +202,12 @@ impl Sweeper {
             .bind(self.batch_size)
             .fetch_all(&self.pool)
             .await?;
-            let mut tenants = Vec::with_capacity(found.len());
-            let mut rest = Vec::with_capacity(found.len());
+            let (mut tenants, mut keys, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
             for (tenant, key, expires_at) in found {
                 tenants.push(tenant);
-                rest.push((key, expires_at));
+                keys.push(key);
+                expiries.push(expires_at);
             }
-            let (keys, expiries): (Vec<String>, Vec<_>) = rest.into_iter().unzip();
             if tenants.is_empty() {
                 return Ok(0);
             }
@@ -216,7 +220,7 @@ impl Sweeper {
             .bind(&expiries)
             .execute(&self.pool)
             .await?;
-            return Ok(done.rows_affected().max(tenants.len() as u64));
+            return Ok(swept(done.rows_affected(), tenants.len()));
         }
         let done = sqlx::query(
             "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
@@ -227,29 +231,6 @@ impl Sweeper {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Deletes the rows read (`tenants` and the other key column's `ids`) with
-    /// `statement`; a full batch read counts as full.
-    async fn delete_found<T>(
-        &self,
-        statement: &'static str,
-        tenants: &[String],
-        ids: Vec<T>,
-    ) -> Result<u64, StoreError>
-    where
-        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
-        Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-    {
-        if tenants.is_empty() {
-            return Ok(0);
-        }
-        let done = sqlx::query(statement)
-            .bind(tenants)
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected().max(tenants.len() as u64))
     }
 
     async fn old_inbox(&self) -> Result<u64, StoreError> {
