@@ -150,10 +150,17 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
     if let Some(answer) = answer_without_transaction(pool, config, keyed).await {
         return answer;
     }
-    let backend = match config.backend(pool).await {
-        Ok(backend) => backend,
-        Err(e) if e.is_unavailable() => return Opened::Unreached(Some(e)),
-        Err(e) => return Opened::Answer(store_fault(&e), Landed::Unknown),
+    // Asked of the store once (the first keyed request), within the same bound as
+    // opening a transaction.
+    let detecting = {
+        let (config, pool) = (config.clone(), pool.clone());
+        async move { config.backend(&pool).await }
+    };
+    let backend = match bounded(config.store_timeout, detecting, |_| async {}).await {
+        Some(Ok(backend)) => backend,
+        Some(Err(e)) if e.is_unavailable() => return Opened::Unreached(Some(e)),
+        Some(Err(e)) => return Opened::Answer(store_fault(&e), Landed::Unknown),
+        None => return Opened::Unreached(None),
     };
     for _ in 0..CLAIM_TRANSACTIONS {
         let tx = match begin(pool, config).await {
