@@ -40,13 +40,20 @@ pub async fn claim_phased(
                 false,
             ));
         }
-        let Some((record, lease_until, fence, now)) = lookup_phased(conn, tenant, key).await?
-        else {
+        let Some(found) = lookup_phased(conn, tenant, key).await? else {
             continue; // swept between the two statements
         };
-        match decide_phased(Some(&record), lease_until, &req.request.fingerprint, now) {
-            PhasedDecision::Replay => return Ok(Phased::Replay(record, now)),
-            PhasedDecision::Mismatch => return Ok(Phased::Mismatch(record, now)),
+        let PhasedRow {
+            record,
+            lease_until,
+            fence,
+            now,
+            ..
+        } = &found;
+        let (lease_until, fence, now) = (*lease_until, *fence, *now);
+        match decide_phased(Some(record), lease_until, &req.request.fingerprint, now) {
+            PhasedDecision::Replay => return Ok(Phased::Replay(found.record, now)),
+            PhasedDecision::Mismatch => return Ok(Phased::Mismatch(found.record, now)),
             PhasedDecision::Wait => {
                 let until = lease_until.unwrap_or(now);
                 return Ok(Phased::Busy { until });
@@ -57,7 +64,9 @@ pub async fn claim_phased(
                 }
             }
             PhasedDecision::Execute => {
-                if let Some((fence, operation)) = replace_expired(conn, req).await? {
+                if let Some((fence, operation)) =
+                    replace_expired(conn, req, found.completed_at).await?
+                {
                     let binding = req.request.key.clone();
                     return Ok(owned(
                         req,
@@ -144,10 +153,14 @@ async fn next_fence(conn: &mut PgConnection) -> Result<i64, StoreError> {
         .await?)
 }
 
-/// A finished key past its retention becomes this request's, as new.
+/// A finished key past its retention becomes this request's, as new, while it is the
+/// one read expired in this transaction: it still has the completion time read then (a
+/// compare-and-set, so two requests cannot both take it over; Citus refuses the
+/// expiry's arithmetic on columns in an `UPDATE`).
 async fn replace_expired(
     conn: &mut PgConnection,
     req: &PhasedClaim<'_>,
+    completed_at: Option<DateTime<Utc>>,
 ) -> Result<Claimed, StoreError> {
     let fence = next_fence(conn).await?;
     let statement = sqlx::query_as(
@@ -159,13 +172,13 @@ async fn replace_expired(
            fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
            operation_id = $13, binding = NULL \
-         WHERE tenant_id = $1 AND key = $2 AND completed_at IS NOT NULL \
-           AND greatest(expires_at, completed_at + retention) <= now() \
+         WHERE tenant_id = $1 AND key = $2 AND completed_at = $14 \
          RETURNING fence, operation_id",
     );
     Ok(with_claim(statement, req)
         .bind(fence)
         .bind(Uuid::new_v4())
+        .bind(completed_at)
         .fetch_optional(conn)
         .await?)
 }
@@ -219,7 +232,18 @@ fn journal(value: Option<serde_json::Value>) -> Result<Journal, StoreError> {
 }
 
 /// The key's record, the end of its lease, its fencing token, and the store's time.
-type PhasedRow = (Record, Option<DateTime<Utc>>, Option<i64>, DateTime<Utc>);
+/// A phased key's row as the claim reads it.
+struct PhasedRow {
+    record: Record,
+    /// The end of its owner's lease.
+    lease_until: Option<DateTime<Utc>>,
+    /// Its fencing token.
+    fence: Option<i64>,
+    /// The store's time of the read.
+    now: DateTime<Utc>,
+    /// When it finished (`None`: in progress).
+    completed_at: Option<DateTime<Utc>>,
+}
 
 async fn lookup_phased(
     conn: &mut PgConnection,
@@ -240,10 +264,11 @@ async fn lookup_phased(
         return Ok(None);
     };
     let (record, now) = decode_record(&row)?;
-    Ok(Some((
+    Ok(Some(PhasedRow {
         record,
-        row.try_get("locked_until")?,
-        row.try_get("fence")?,
+        lease_until: row.try_get("locked_until")?,
+        fence: row.try_get("fence")?,
         now,
-    )))
+        completed_at: row.try_get("completed_at")?,
+    }))
 }

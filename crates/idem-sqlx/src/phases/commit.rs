@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use idem_core::phased::PhaseEntry;
+use sqlx::postgres::types::PgInterval;
 use sqlx::{PgPool, PgTransaction};
 
 use super::{Lease, secs};
@@ -132,13 +133,13 @@ pub async fn finish_phased(
     journal: Option<serde_json::Value>,
 ) -> Result<Expiry, StoreError> {
     let parts = CompletionParts::new(completion)?;
-    let done: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let done: Option<(DateTime<Utc>, PgInterval, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE idem.keys SET response_status = $4, response_header_names = $5, \
            response_header_values = $6, response_body = $7, completed_at = now(), \
            locked_until = NULL, request_query = NULL, request_body = NULL, \
            request_content_type = NULL, binding = NULL, phases = coalesce($8, phases) \
          WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL \
-         RETURNING greatest(expires_at, completed_at + retention) AS expires_at, now() AS db_now",
+         RETURNING expires_at, retention, completed_at",
     )
     .bind(lease.tenant.as_str())
     .bind(lease.key.as_str())
@@ -150,11 +151,25 @@ pub async fn finish_phased(
     .bind(journal)
     .fetch_optional(pool)
     .await?;
-    let (expires_at, store_now) = done.ok_or(StoreError::Fenced)?;
+    // The expiry rule (`greatest(expires_at, completed_at + retention)`) is computed
+    // here from the plain columns: Citus takes no function in `RETURNING`.
+    let (expires_at, retention, completed_at) = done.ok_or(StoreError::Fenced)?;
+    let retained = completed_at
+        .checked_add_signed(interval(retention))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     Ok(Expiry {
-        expires_at,
-        store_now,
+        expires_at: expires_at.max(retained),
+        store_now: completed_at,
     })
+}
+
+/// An interval as a duration (months as 30 days, days as 24 hours: retentions are
+/// stored in seconds, so these are 0).
+fn interval(interval: PgInterval) -> chrono::TimeDelta {
+    let days = i64::from(interval.months) * 30 + i64::from(interval.days);
+    chrono::TimeDelta::try_days(days)
+        .and_then(|days| days.checked_add(&chrono::TimeDelta::microseconds(interval.microseconds)))
+        .unwrap_or(chrono::TimeDelta::MAX)
 }
 
 /// When a finished key expires, on the store's clock.
