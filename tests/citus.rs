@@ -22,12 +22,20 @@ mod key_validation;
 mod limits;
 #[path = "mismatch.rs"]
 mod mismatch;
+#[path = "phased.rs"]
+mod phased;
+#[path = "phased_accepted.rs"]
+mod phased_accepted;
+#[path = "phased_completer.rs"]
+mod phased_completer;
 #[path = "redirects.rs"]
 mod redirects;
 #[path = "replay.rs"]
 mod replay;
 #[path = "rollback.rs"]
 mod rollback;
+#[path = "route_policy.rs"]
+mod route_policy;
 #[path = "storms.rs"]
 mod storms;
 #[path = "streaming.rs"]
