@@ -22,6 +22,8 @@ mod key_validation;
 mod limits;
 #[path = "mismatch.rs"]
 mod mismatch;
+#[path = "observe_mode.rs"]
+mod observe_mode;
 #[path = "phased.rs"]
 mod phased;
 #[path = "phased_accepted.rs"]
