@@ -192,6 +192,18 @@ async fn citus_workers(coordinator: &PgConnectOptions) -> Vec<PgConnectOptions> 
         .collect()
 }
 
+/// A connection to the database `name` on `node`, with the `citus` extension created.
+async fn with_citus(node: &PgConnectOptions, name: &str) -> PgConnection {
+    let mut db = PgConnection::connect_with(&node.clone().database(name))
+        .await
+        .expect("connect to the node's test database");
+    sqlx::query("CREATE EXTENSION citus")
+        .execute(&mut db)
+        .await
+        .expect("citus in the test database");
+    db
+}
+
 /// Makes `name` a Citus database: the extension on the coordinator and each worker
 /// (where the database was created too), and the workers added to it.
 async fn make_citus_database(
@@ -212,22 +224,9 @@ async fn make_citus_database(
             .await
             .expect("the test database on a worker");
         admin.close().await.ok();
-        let mut db = PgConnection::connect_with(&worker.clone().database(name))
-            .await
-            .expect("connect to the worker's test database");
-        sqlx::query("CREATE EXTENSION citus")
-            .execute(&mut db)
-            .await
-            .expect("citus on a worker");
-        db.close().await.ok();
+        with_citus(worker, name).await.close().await.ok();
     }
-    let mut db = PgConnection::connect_with(&coordinator.clone().database(name))
-        .await
-        .expect("connect to the coordinator's test database");
-    sqlx::query("CREATE EXTENSION citus")
-        .execute(&mut db)
-        .await
-        .expect("citus on the coordinator");
+    let mut db = with_citus(coordinator, name).await;
     let host = coordinator.get_host().to_owned();
     sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
         .bind(&host)

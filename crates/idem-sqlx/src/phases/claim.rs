@@ -31,27 +31,18 @@ pub async fn claim_phased(
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
         if let Some((fence, operation)) = insert_new(conn, req).await? {
-            let binding = req.request.key.clone();
-            return Ok(owned(
-                req,
-                (fence, binding),
-                operation,
-                Journal::default(),
-                false,
-            ));
+            return Ok(owned_new(req, fence, operation));
         }
         let Some(found) = lookup_phased(conn, tenant, key).await? else {
             continue; // swept between the two statements
         };
-        let PhasedRow {
-            record,
+        let (lease_until, now) = (found.lease_until, found.now);
+        match decide_phased(
+            Some(&found.record),
             lease_until,
-            fence,
+            &req.request.fingerprint,
             now,
-            ..
-        } = &found;
-        let (lease_until, fence, now) = (*lease_until, *fence, *now);
-        match decide_phased(Some(record), lease_until, &req.request.fingerprint, now) {
+        ) {
             PhasedDecision::Replay => return Ok(Phased::Replay(found.record, now)),
             PhasedDecision::Mismatch => return Ok(Phased::Mismatch(found.record, now)),
             PhasedDecision::Wait => {
@@ -59,7 +50,8 @@ pub async fn claim_phased(
                 return Ok(Phased::Busy { until });
             }
             PhasedDecision::TakeOver => {
-                if let Some((owner, operation, journal)) = take_over(conn, req, fence).await? {
+                if let Some((owner, operation, journal)) = take_over(conn, req, found.fence).await?
+                {
                     return Ok(owned(req, owner, operation, journal, true));
                 }
             }
@@ -67,14 +59,7 @@ pub async fn claim_phased(
                 if let Some((fence, operation)) =
                     replace_expired(conn, req, found.completed_at).await?
                 {
-                    let binding = req.request.key.clone();
-                    return Ok(owned(
-                        req,
-                        (fence, binding),
-                        operation,
-                        Journal::default(),
-                        false,
-                    ));
+                    return Ok(owned_new(req, fence, operation));
                 }
             }
         }
@@ -84,6 +69,13 @@ pub async fn claim_phased(
 
 /// An owner's fencing token, and what the key's derived keys are bound to.
 type Owner = (i64, IdempotencyKey);
+
+/// The key claimed as new (inserted, or an expired one replaced): its first owner, bound
+/// to the key as stored now, with an empty journal.
+fn owned_new(req: &PhasedClaim<'_>, fence: i64, operation: Uuid) -> Phased {
+    let binding = req.request.key.clone();
+    owned(req, (fence, binding), operation, Journal::default(), false)
+}
 
 fn owned(
     req: &PhasedClaim<'_>,
