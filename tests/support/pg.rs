@@ -212,9 +212,11 @@ async fn make_citus_database(
     name: &str,
 ) {
     // Adding nodes to two databases at once updates the workers' shared catalogs at
-    // once ("tuple concurrently updated"): the tests of a binary set up one by one.
+    // once ("tuple concurrently updated"): databases are set up one by one, across the
+    // test processes that share the cluster too (a lock file beside the others').
     static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = SETUP.lock().await;
+    let _one_process_at_a_time = setup_lock().await;
     for worker in workers {
         let mut admin = PgConnection::connect_with(worker)
             .await
@@ -243,6 +245,24 @@ async fn make_citus_database(
             .expect("a worker added");
     }
     db.close().await.ok();
+}
+
+/// The cluster-wide setup lock: an exclusive lock on a file in the temporary
+/// directory, held until the returned file is dropped.
+async fn setup_lock() -> std::fs::File {
+    tokio::task::spawn_blocking(|| {
+        let path = std::env::temp_dir().join("idem-citus-setup.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("the Citus setup lock file");
+        file.lock().expect("the Citus setup lock");
+        file
+    })
+    .await
+    .expect("waiting for the Citus setup lock")
 }
 
 impl TestDb {
