@@ -4,9 +4,21 @@
 # patch; no registry needed) into Debian's Postgres 15, then starts a coordinator on
 # 127.0.0.1:5433 and two workers on 5434 and 5435 (clusters `citus5433`... of
 # `pg_ctlcluster`), with the workers added to the coordinator. Prints the coordinator's
-# URL, which IDEM_TEST_CITUS_URL takes.
-# Needs root (apt-get, pg_createcluster). Usage: scripts/citus.sh
+# URL, which IDEM_TEST_CITUS_URL takes. With `--database NAME`, it also makes NAME a
+# fresh Citus database (dropped first if it exists: on every node, the extension, the
+# workers added) and prints that database's URL instead, as DATABASE_URL takes it.
+# Needs root (apt-get, pg_createcluster). Usage: scripts/citus.sh [--database NAME]
 set -euo pipefail
+
+database=""
+case "${1:-}" in
+  --database)
+    database="${2:?--database needs a name}"
+    [[ "$database" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "not a plain database name: $database" >&2; exit 2; }
+    ;;
+  "") ;;
+  *) echo "usage: scripts/citus.sh [--database NAME]" >&2; exit 2 ;;
+esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source_dir="${IDEM_CITUS_SOURCE:-$here/../../shared/citus}"
@@ -54,7 +66,7 @@ psql_at() { # $1: port; the rest: psql arguments
   local port=$1
   shift
   PGOPTIONS="-c client_min_messages=warning" \
-    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "${db:-postgres}" "$@"
 }
 
 for port in "$coordinator" "${workers[@]}"; do
@@ -86,4 +98,17 @@ for port in "${workers[@]}"; do
     psql_at "$coordinator" -c "SELECT citus_add_node('127.0.0.1', $port)" >/dev/null
   fi
 done
-echo "postgres://postgres@127.0.0.1:$coordinator/postgres"
+if [ -z "$database" ]; then
+  echo "postgres://postgres@127.0.0.1:$coordinator/postgres"
+  exit 0
+fi
+for port in "$coordinator" "${workers[@]}"; do
+  psql_at "$port" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null
+  psql_at "$port" -c "CREATE DATABASE $database" >/dev/null
+  db="$database" psql_at "$port" -c 'CREATE EXTENSION citus' >/dev/null
+done
+db="$database" psql_at "$coordinator" -c "SELECT citus_set_coordinator_host('127.0.0.1', $coordinator)" >/dev/null
+for port in "${workers[@]}"; do
+  db="$database" psql_at "$coordinator" -c "SELECT citus_add_node('127.0.0.1', $port)" >/dev/null
+done
+echo "postgres://postgres@127.0.0.1:$coordinator/$database"

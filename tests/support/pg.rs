@@ -435,7 +435,8 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// Applies idem's and the example's migrations and creates the effects router's table;
-/// on Citus (`citus`), distributes the effects table and idem's by tenant, co-located.
+/// on Citus (`citus`), distributes the effects table, the example's and idem's by
+/// tenant, co-located.
 pub async fn prepare(pool: &PgPool, citus: bool) {
     payments::migrate(pool).await.expect("migrations");
     sqlx::query(
@@ -451,9 +452,9 @@ pub async fn prepare(pool: &PgPool, citus: bool) {
             .execute(pool)
             .await
             .expect("effects distributed");
-        idem_sqlx::distribute(pool, Some("effects"))
+        payments::distribute(pool)
             .await
-            .expect("idem's tables distributed");
+            .expect("the example's tables and idem's distributed");
     }
 }
 

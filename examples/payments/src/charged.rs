@@ -128,7 +128,7 @@ async fn charge(
                 Ok(charge.id)
             },
             async |tx, charge_id: String| {
-                set_status(tx, &payment, "charged", Some(&charge_id)).await?;
+                set_status(tx, &tenant, &payment, "charged", Some(&charge_id)).await?;
                 Ok(charge_id)
             },
         )
@@ -180,7 +180,7 @@ async fn compensate(
                 Ok(refund.id)
             },
             async |tx, refund_id: String| {
-                set_status(tx, &charged.payment, "refunded", Some(&charge_id)).await?;
+                set_status(tx, tenant, &charged.payment, "refunded", Some(&charge_id)).await?;
                 Ok(refund_id)
             },
         )
@@ -197,7 +197,8 @@ async fn pending(
     new: Valid,
 ) -> Result<Payment, PhaseError> {
     let mut payment = insert_payment(tx, tenant, new).await?;
-    sqlx::query("UPDATE payments SET status = 'pending' WHERE id = $1")
+    sqlx::query("UPDATE payments SET status = 'pending' WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.as_str())
         .bind(payment.id)
         .execute(tx)
         .await?;
@@ -207,14 +208,16 @@ async fn pending(
 
 async fn set_status(
     tx: &mut PgConnection,
+    tenant: &TenantId,
     payment: &Payment,
     status: &str,
     charge_id: Option<&str>,
 ) -> Result<(), PhaseError> {
-    sqlx::query("UPDATE payments SET status = $2, charge_id = $3 WHERE id = $1")
+    sqlx::query("UPDATE payments SET status = $2, charge_id = $3 WHERE id = $1 AND tenant_id = $4")
         .bind(payment.id)
         .bind(status)
         .bind(charge_id)
+        .bind(tenant.as_str())
         .execute(tx)
         .await?;
     Ok(())

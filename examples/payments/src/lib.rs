@@ -50,6 +50,25 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// The example's tables distributed by tenant on a Citus coordinator, idem's
+/// co-located with them, so that a payment (its row, its key, its outbox message) is one
+/// transaction on one worker. Idempotent, run at every start after [`migrate`]; on plain
+/// Postgres it does nothing and answers [`Distribution::NotCitus`](idem_sqlx::Distribution).
+pub async fn distribute(pool: &PgPool) -> Result<idem_sqlx::Distribution, idem_sqlx::StoreError> {
+    if idem_sqlx::Backend::detect(pool).await? == idem_sqlx::Backend::Citus {
+        for table in ["payments", "ledger_entries"] {
+            sqlx::query(
+                "SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => 'default') \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
+            )
+            .bind(table)
+            .execute(pool)
+            .await?;
+        }
+    }
+    idem_sqlx::distribute(pool, Some("payments")).await
+}
+
 /// The router with the idempotency layer configured as the example uses it.
 pub fn app(pool: PgPool) -> Router {
     app_with(pool.clone(), idempotency(pool))

@@ -1,7 +1,8 @@
 //! Runs the payments example: `cargo run -p payments`.
 //!
 //! Uses `DATABASE_URL` when set; otherwise starts a throwaway Postgres container
-//! (image from `IDEM_PG_IMAGE`, default `postgres:17`). Listens on `BIND` (default
+//! (image from `IDEM_PG_IMAGE`, default `postgres:17`). On a Citus coordinator it
+//! distributes its tables and idem's by tenant at start (see [`payments::distribute`]). Listens on `BIND` (default
 //! `127.0.0.1:3000`) and shuts down gracefully on Ctrl-C or SIGTERM.
 //! `PAYMENTS_HANDLER_DELAY_MS` (failure tests only) pauses every payment inside its
 //! handler, with its transaction open; `IN_FLIGHT_WAIT_MS` sets how long a duplicate
@@ -44,6 +45,9 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .connect(&database.url)
         .await?;
     payments::migrate(&pool).await?;
+    if let idem_sqlx::Distribution::Distributed { newly } = payments::distribute(&pool).await? {
+        tracing::info!(?newly, "Citus: tables distributed by tenant, co-located");
+    }
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
