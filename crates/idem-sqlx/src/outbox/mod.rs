@@ -200,27 +200,70 @@ pub async fn dead_letters<'e>(
 
 /// Puts a dead-lettered message back in the queue with its attempts reset. Returns
 /// whether there was such a message. Relays take it on their next poll (an operator's
-/// action, so it also sends one `NOTIFY`).
-pub async fn redrive<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool, StoreError> {
+/// action, so it also sends one `NOTIFY`, from the connection given: on a Citus
+/// coordinator, where relays listen).
+///
+/// The message's tenant is read first and the change names it, so on a Citus
+/// coordinator it runs on the one shard that holds the message; the same two
+/// statements on plain Postgres.
+pub async fn redrive<'e>(
+    conn: impl sqlx::Acquire<'e, Database = sqlx::Postgres>,
+    id: Uuid,
+) -> Result<bool, StoreError> {
+    let mut conn = conn.acquire().await?;
+    let Some(tenant) = dead_letter_tenant(&mut conn, id).await? else {
+        return Ok(false);
+    };
     let done = sqlx::query(
-        "WITH upd AS ( \
-           UPDATE idem.outbox SET dead_lettered_at = NULL, attempts = 0, available_at = now(), \
-             leased_by = NULL \
-           WHERE id = $1 AND dead_lettered_at IS NOT NULL RETURNING id) \
-         SELECT pg_notify('idem_outbox', '') FROM upd",
+        "UPDATE idem.outbox SET dead_lettered_at = NULL, attempts = 0, \
+           available_at = now(), leased_by = NULL \
+         WHERE tenant_id = $1 AND id = $2 AND dead_lettered_at IS NOT NULL",
     )
+    .bind(&tenant)
     .bind(id)
-    .fetch_optional(executor)
+    .execute(&mut *conn)
     .await?;
-    Ok(done.is_some())
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("SELECT pg_notify('idem_outbox', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
 }
 
 /// Deletes a dead-lettered message for good. Returns whether there was such a message.
-pub async fn purge<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool, StoreError> {
-    let done =
-        sqlx::query("DELETE FROM idem.outbox WHERE id = $1 AND dead_lettered_at IS NOT NULL")
-            .bind(id)
-            .execute(executor)
-            .await?;
+/// Like [`redrive`], the delete names the message's tenant (one shard on Citus).
+pub async fn purge<'e>(
+    conn: impl sqlx::Acquire<'e, Database = sqlx::Postgres>,
+    id: Uuid,
+) -> Result<bool, StoreError> {
+    let mut conn = conn.acquire().await?;
+    let Some(tenant) = dead_letter_tenant(&mut conn, id).await? else {
+        return Ok(false);
+    };
+    let done = sqlx::query(
+        "DELETE FROM idem.outbox \
+         WHERE tenant_id = $1 AND id = $2 AND dead_lettered_at IS NOT NULL",
+    )
+    .bind(&tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The tenant of dead letter `id` (`''` for a message of no tenant); `None` when no
+/// dead letter has that id. A read without locks (on Citus, across the shards through
+/// each shard's index on `id`).
+async fn dead_letter_tenant(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT tenant_id FROM idem.outbox WHERE id = $1 AND dead_lettered_at IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
 }
