@@ -55,6 +55,14 @@ pub enum Command {
     },
     /// Runs idem's migrations.
     Migrate,
+    /// On a Citus coordinator, distributes idem's tables by tenant (idempotent: run it
+    /// after every `migrate`); on plain Postgres it says so and does nothing.
+    Distribute {
+        /// An application table distributed by its tenant column to co-locate idem's
+        /// tables with (as `public.payments`); Citus's default group when omitted.
+        #[arg(long)]
+        colocate_with: Option<String>,
+    },
 }
 
 /// Which key.

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use idem_axum::BodySealing;
-use idem_tests::{TestApp, TestDb, replayed, test_db};
+use idem_tests::{TestApp, TestDb, on_citus, replayed, test_db};
 use serde_json::Value;
 
 const IDEM: &str = env!("CARGO_BIN_EXE_idem");
 const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR"}"#;
 
 /// Runs `idem --json <args>` against `db`: its exit code and its output as JSON.
-async fn idem(db: &TestDb, args: &[&str]) -> (i32, Value) {
+pub(crate) async fn idem(db: &TestDb, args: &[&str]) -> (i32, Value) {
     let out = tokio::process::Command::new(IDEM)
         .arg("--json")
         .args(args)
@@ -340,6 +340,29 @@ async fn sweep_removes_expired_keys_and_migrate_reports_the_versions() {
             .as_array()
             .is_some_and(|v| v.len() >= 5)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribute_says_plain_postgres_or_finds_idems_tables_distributed_already() {
+    let db = test_db().await;
+    let (code, report) = idem(&db, &["distribute", "--colocate-with", "effects"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["distributed"], Value::Array(vec![]), "{report}");
+    if on_citus() {
+        // The test database's tables were distributed when it was made.
+        assert_eq!(report["backend"], "citus", "{report}");
+        return;
+    }
+    assert_eq!(report["backend"], "postgres", "{report}");
+    let out = tokio::process::Command::new(IDEM)
+        .arg("distribute")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .expect("run idem");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("plain Postgres"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

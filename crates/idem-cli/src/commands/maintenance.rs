@@ -1,40 +1,71 @@
 //! `idem reconcile`, `idem sweep`, `idem migrate`.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
+use idem_sqlx::{Backend, Distribution};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Error, Failure};
 
+/// How many delivered messages `reconcile` reads at a time.
+const RECONCILE_PAGE: i64 = 1000;
+
 /// Messages delivered since `since` (of `topic`, if given) that `consumer`'s inbox
 /// never recorded: the ones an incident playbook replays or investigates.
+///
+/// The delivered messages are read a page at a time, and each page's ids looked up in
+/// the inbox by the consumer's primary key: two statements that each read one table, so
+/// the same wording runs where the outbox is distributed by tenant and the inbox is a
+/// table of the Citus coordinator (which joins no distributed table with a local one).
 pub(super) async fn reconcile(
     pool: &PgPool,
     consumer: &str,
     since: DateTime<Utc>,
     topic: Option<&str>,
 ) -> Result<Value, Failure> {
-    let rows = sqlx::query(
-        "SELECT o.id, o.topic, o.delivered_at FROM idem.outbox o \
-         WHERE o.delivered_at >= $2 AND ($3::text IS NULL OR o.topic = $3) \
-           AND NOT EXISTS (SELECT 1 FROM idem.inbox i \
-             WHERE i.consumer = $1 AND i.message_id = o.id) \
-         ORDER BY o.delivered_at, o.id",
-    )
-    .bind(consumer)
-    .bind(since)
-    .bind(topic)
-    .fetch_all(pool)
-    .await?;
-    let mut missing = Vec::with_capacity(rows.len());
-    for row in rows {
-        missing.push(json!({
-            "id": row.try_get::<Uuid, _>("id")?,
-            "topic": row.try_get::<String, _>("topic")?,
-            "delivered_at": row.try_get::<DateTime<Utc>, _>("delivered_at")?,
-        }));
+    let mut missing = Vec::new();
+    let mut after: Option<(DateTime<Utc>, Uuid)> = None;
+    loop {
+        let page: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, topic, delivered_at FROM idem.outbox \
+             WHERE delivered_at >= $1 AND ($2::text IS NULL OR topic = $2) \
+               AND ($3::timestamptz IS NULL OR (delivered_at, id) > ($3, $4)) \
+             ORDER BY delivered_at, id LIMIT $5",
+        )
+        .bind(since)
+        .bind(topic)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id))
+        .bind(RECONCILE_PAGE)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some((last.2, last.0));
+        let ids: Vec<Uuid> = page.iter().map(|(id, _, _)| *id).collect();
+        let recorded: HashSet<Uuid> = sqlx::query_scalar(
+            "SELECT message_id FROM idem.inbox WHERE consumer = $1 AND message_id = ANY($2)",
+        )
+        .bind(consumer)
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        let full = page.len() == usize::try_from(RECONCILE_PAGE).unwrap_or(usize::MAX);
+        for (id, topic, delivered_at) in page {
+            if !recorded.contains(&id) {
+                missing.push(json!({ "id": id, "topic": topic, "delivered_at": delivered_at }));
+            }
+        }
+        if !full {
+            break;
+        }
     }
     Ok(json!({
         "consumer": consumer,
@@ -44,7 +75,8 @@ pub(super) async fn reconcile(
 }
 
 /// Sweeps now: expired keys in batches with a progress bar (the table that grows
-/// largest), then the outbox and inbox.
+/// largest), then the outbox and inbox. On a Citus coordinator the sweeper's own batches
+/// (read across the shards without locks, deleted by key) do it all, under a spinner.
 pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result<Value, Failure> {
     let batch_size = batch_size.max(1);
     let progress = if quiet {
@@ -52,6 +84,18 @@ pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result
     } else {
         ProgressBar::new_spinner()
     };
+    let sweeper = idem_sqlx::Sweeper::new(pool.clone()).batch_size(batch_size);
+    if Backend::detect(pool).await? == Backend::Citus {
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        );
+        progress.set_message("sweeping the shards");
+        progress.enable_steady_tick(std::time::Duration::from_millis(120));
+        let swept = sweeper.sweep_once().await;
+        progress.finish_and_clear();
+        return Ok(swept_report(0, &swept?));
+    }
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg} {pos} expired keys deleted ({per_sec})")
             .map_err(|e| Error::Invalid(e.to_string()))?,
@@ -67,16 +111,18 @@ pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result
         }
     }
     progress.finish_and_clear();
-    let rest = idem_sqlx::Sweeper::new(pool.clone())
-        .batch_size(batch_size)
-        .sweep_once()
-        .await?;
-    Ok(json!({
-        "keys": keys + rest.keys,
-        "outbox": rest.outbox,
-        "inbox": rest.inbox,
-        "observed": rest.observed,
-    }))
+    let rest = sweeper.sweep_once().await?;
+    Ok(swept_report(keys, &rest))
+}
+
+/// What `sweep` reports: the rows deleted per table (`keys` swept before `swept`).
+fn swept_report(keys: u64, swept: &idem_sqlx::Swept) -> Value {
+    json!({
+        "keys": keys + swept.keys,
+        "outbox": swept.outbox,
+        "inbox": swept.inbox,
+        "observed": swept.observed,
+    })
 }
 
 /// Runs idem's migrations; reports the versions applied.
@@ -87,4 +133,33 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<Value, Failure> {
         .map_err(Error::Migrate)?;
     let versions: Vec<i64> = idem_sqlx::MIGRATOR.iter().map(|m| m.version).collect();
     Ok(json!({ "migrated": true, "versions": versions }))
+}
+
+/// Distributes idem's tables by tenant on a Citus coordinator, co-located with
+/// `colocate_with`; reports the backend, the tables this run distributed (none when
+/// they already were) and all of idem's distributed tables.
+pub(super) async fn distribute(
+    pool: &PgPool,
+    colocate_with: Option<&str>,
+) -> Result<Value, Failure> {
+    match idem_sqlx::distribute(pool, colocate_with).await? {
+        Distribution::NotCitus => Ok(json!({
+            "backend": "postgres",
+            "distributed": [],
+            "note": "plain Postgres (no citus extension): nothing to distribute",
+        })),
+        Distribution::Distributed { newly } => {
+            let note = match newly.len() {
+                0 => "idem's tables were distributed already: nothing to do".to_owned(),
+                n => format!("distributed {n} of idem's tables by tenant_id"),
+            };
+            Ok(json!({
+                "backend": "citus",
+                "distributed": newly,
+                "tables": idem_sqlx::DISTRIBUTED_TABLES,
+                "colocate_with": colocate_with,
+                "note": note,
+            }))
+        }
+    }
 }

@@ -68,6 +68,9 @@ pub async fn run(cli: &Cli) -> Result<Value, Failure> {
         } => maintenance::reconcile(&pool, consumer, *since, topic.as_deref()).await,
         Command::Sweep { batch_size } => maintenance::sweep(&pool, *batch_size, cli.json).await,
         Command::Migrate => maintenance::migrate(&pool).await,
+        Command::Distribute { colocate_with } => {
+            maintenance::distribute(&pool, colocate_with.as_deref()).await
+        }
     }
 }
 

@@ -57,9 +57,9 @@ async fn status(pool: &PgPool) -> Result<Value, Failure> {
 
 async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Value, Failure> {
     let rows = sqlx::query(
-        "SELECT id, topic, attempts, last_error, created_at, dead_lettered_at \
+        "SELECT id, tenant_id, topic, attempts, last_error, created_at, dead_lettered_at \
          FROM idem.outbox WHERE dead_lettered_at IS NOT NULL \
-         ORDER BY dead_lettered_at LIMIT $1",
+         ORDER BY dead_lettered_at, id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -68,6 +68,8 @@ async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Value, Failure> {
     for row in rows {
         out.push(json!({
             "id": row.try_get::<Uuid, _>("id")?,
+            // '' is how the table says "no tenant".
+            "tenant": Some(row.try_get::<String, _>("tenant_id")?).filter(|t| !t.is_empty()),
             "topic": row.try_get::<String, _>("topic")?,
             "attempts": row.try_get::<i32, _>("attempts")?,
             "last_error": row.try_get::<Option<String>, _>("last_error")?,

@@ -1,0 +1,63 @@
+//! The `idem` command on a real Citus cluster (a coordinator and two workers:
+//! `scripts/citus.sh`, or the coordinator at `IDEM_TEST_CITUS_URL`): `cli.rs`, compiled
+//! in again below, runs there (in this binary, named `citus-<hash>`, every test
+//! database is a distributed one); and `idem distribute` distributes idem's tables.
+
+use idem_tests::{TestDb, citus_test_db};
+use serde_json::Value;
+
+#[path = "cli.rs"]
+mod cli;
+
+/// The co-location group of each of idem's tables and of `effects`, `None` for a table
+/// that is not distributed.
+async fn colocation(db: &TestDb) -> Vec<Option<i32>> {
+    let mut groups = Vec::new();
+    for table in idem_sqlx::DISTRIBUTED_TABLES.iter().chain(&["effects"]) {
+        let group: Option<i32> = sqlx::query_scalar(
+            "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = $1::regclass",
+        )
+        .bind(table)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("pg_dist_partition");
+        groups.push(group);
+    }
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribute_distributes_idems_tables_beside_the_given_one_and_then_nothing() {
+    let db = citus_test_db(4).await;
+    // A database whose idem tables are still the coordinator's own, as after `migrate`.
+    for table in idem_sqlx::DISTRIBUTED_TABLES {
+        sqlx::query("SELECT undistribute_table($1)")
+            .bind(table)
+            .execute(&db.pool)
+            .await
+            .expect("undistribute");
+    }
+    assert_eq!(colocation(&db).await[..3], [None, None, None]);
+
+    let (code, report) = cli::idem(&db, &["distribute", "--colocate-with", "effects"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["backend"], "citus", "{report}");
+    let expected: Vec<Value> = idem_sqlx::DISTRIBUTED_TABLES
+        .iter()
+        .map(|t| Value::from(*t))
+        .collect();
+    assert_eq!(report["distributed"], Value::Array(expected), "{report}");
+    let groups = colocation(&db).await;
+    assert!(
+        groups.iter().all(|g| g.is_some() && *g == groups[3]),
+        "co-located with effects: {groups:?}"
+    );
+
+    let (code, again) = cli::idem(&db, &["distribute", "--colocate-with", "effects"]).await;
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(
+        again["distributed"],
+        Value::Array(vec![]),
+        "nothing new: {again}"
+    );
+}
