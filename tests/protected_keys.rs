@@ -213,27 +213,76 @@ async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
     );
 }
 
-/// The README's migration to protected keys, for tenant `t1` (the provider of this
-/// test shares the database, but its keys are another service's).
-async fn protect_stored_keys(db: &TestDb) {
+/// The README's migration to protected keys under `SECRET` as `k1`, of the keys that
+/// also meet `only` (an SQL condition). One statement for plain Postgres and a Citus
+/// coordinator: the UTF-8 bytes of the tenant and key come from `decode(.., 'escape')`
+/// (immutable) with their backslashes doubled, not from `convert_to` (stable, which
+/// Citus refuses beside column references in an UPDATE).
+fn protection_migration(only: &str) -> String {
+    format!(
+        "UPDATE idem.keys SET \
+           binding = CASE WHEN completed_at IS NULL AND fence IS NOT NULL \
+             THEN coalesce(binding, key) END, \
+           key = 'hmac:k1:' || encode(hmac(decode(replace(tenant_id, '\\', '\\\\'), 'escape') \
+             || '\\x00'::bytea || decode(replace(key, '\\', '\\\\'), 'escape'), \
+             decode('{}', 'hex'), 'sha256'), 'hex') \
+         WHERE key NOT LIKE 'hmac:%' AND {only}",
+        hex::encode(SECRET)
+    )
+}
+
+/// Runs [`protection_migration`] of the keys that meet `only`; the rows it rewrote.
+async fn protect_stored_keys(db: &TestDb, only: &str) -> u64 {
     sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pgcrypto")
         .execute(&db.pool)
         .await
         .expect("pgcrypto");
-    let migration = format!(
-        "UPDATE idem.keys SET \
-           binding = CASE WHEN completed_at IS NULL AND fence IS NOT NULL \
-             THEN coalesce(binding, key) END, \
-           key = 'hmac:k1:' || encode(hmac(convert_to(tenant_id, 'UTF8') \
-             || '\\x00'::bytea || convert_to(key, 'UTF8'), decode('{}', 'hex'), 'sha256'), 'hex') \
-         WHERE key NOT LIKE 'hmac:%' AND tenant_id = 't1'",
-        hex::encode(SECRET)
-    );
-    let rewritten = sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(protection_migration(only)))
         .execute(&db.pool)
         .await
-        .expect("migration");
-    assert_eq!(rewritten.rows_affected(), 3);
+        .expect("migration")
+        .rows_affected()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_stores_each_key_as_the_layer_protects_it() {
+    let db = test_db().await;
+    // Backslashes (which `decode(.., 'escape')` would read as escapes), a tenant that
+    // is not ASCII, a quote.
+    let stored = [
+        ("acme", r"order\1"),
+        ("tü-ö", r"\x41"),
+        ("t'1", r"a\\b\"),
+        ("日本", "plain-key"),
+    ];
+    for (tenant, key) in stored {
+        sqlx::query(
+            "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, expires_at) \
+             VALUES ($1, $2, decode(repeat('00', 32), 'hex'), 'POST', '/effects', \
+               now() + interval '1 day')",
+        )
+        .bind(tenant)
+        .bind(key)
+        .execute(&db.pool)
+        .await
+        .expect("a clear key");
+    }
+    assert_eq!(protect_stored_keys(&db, "true").await, 4);
+    let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
+    for (tenant, key) in stored {
+        let tenant = idem_axum::TenantId::new(tenant).expect("tenant");
+        let key = idem_axum::IdempotencyKey::parse(key).expect("key");
+        let protected = protection.protect(&tenant, &key);
+        let found: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM idem.keys WHERE tenant_id = $1 AND key = $2")
+                .bind(tenant.as_str())
+                .bind(protected.as_str())
+                .fetch_one(&db.pool)
+                .await
+                .expect("count");
+        assert_eq!(found, 1, "{tenant:?} {key:?} stored as {protected:?}");
+    }
+    assert_eq!(protect_stored_keys(&db, "true").await, 0, "once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -270,7 +319,7 @@ async fn switching_on_key_protection_loses_no_sealed_body_kept_request_or_derive
     }
     assert_eq!(notes(&db, "provider:charge").await, 3);
 
-    protect_stored_keys(&db).await;
+    assert_eq!(protect_stored_keys(&db, "tenant_id = 't1'").await, 3);
     let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
     let after = setup_with(&db, |l| {
         l.phased(lease)
