@@ -4,14 +4,16 @@
 //! dies mid-batch: `relay_leases.rs` and the example's `relay_crash.rs`; waking:
 //! `relay_wakeup.rs`.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idem_core::{IdempotencyKey, TenantId};
 use idem_sqlx::{JetStreamSink, Message, OutboxMessage, OutboxRelay, Sink, SinkError};
-use idem_tests::{TestDb, TestStream, effects_app, replayed, test_db};
+use idem_tests::{TestDb, TestStream, effects_app, on_citus, replayed, test_db, until};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 async fn outbox_rows(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM idem.outbox")
@@ -23,7 +25,7 @@ async fn outbox_rows(db: &TestDb) -> i64 {
 /// Publishes through JetStream and counts deliveries per message id.
 struct Counting {
     inner: JetStreamSink,
-    calls: Mutex<HashMap<uuid::Uuid, usize>>,
+    calls: Mutex<HashMap<Uuid, usize>>,
 }
 
 impl Counting {
@@ -110,7 +112,7 @@ async fn the_relay_delivers_every_message_once_with_its_id_as_nats_msg_id() {
 /// Publishes, then reports failure once per message: the ack was "lost".
 struct LosesFirstAck {
     inner: JetStreamSink,
-    lost: Mutex<std::collections::HashSet<uuid::Uuid>>,
+    lost: Mutex<HashSet<Uuid>>,
 }
 
 impl Sink for LosesFirstAck {
@@ -148,42 +150,151 @@ async fn a_failure_after_publish_is_retried_and_deduplicated_by_jetstream() {
     stream.delete().await;
 }
 
+/// Enqueues `n` messages on `topic` in one transaction, the `i`th from tenant
+/// `tenant-{i % tenants}` (the first of each round with no tenant): on a Citus cluster
+/// they spread over shards on both workers.
+async fn enqueue_across_tenants(db: &TestDb, topic: &str, n: usize, tenants: usize) {
+    let mut tx = db.pool.begin().await.expect("begin");
+    for i in 0..n {
+        let mut message = Message::new(topic, format!("m{i}").into_bytes());
+        if i % tenants != 0 {
+            message = message.from_request(
+                &TenantId::new(format!("tenant-{}", i % tenants)).expect("tenant"),
+                &IdempotencyKey::parse(&format!("key-{i}")).expect("key"),
+            );
+        }
+        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// On a Citus cluster: the shards and the workers the outbox's messages are on.
+async fn spread(db: &TestDb) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(DISTINCT shardid), count(DISTINCT nodeport) FROM pg_dist_shard_placement \
+         WHERE shardid IN (SELECT get_shard_id_for_distribution_column('idem.outbox', tenant_id) \
+                           FROM idem.outbox)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the outbox's shards")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_concurrent_relays_deliver_each_message_once() {
+async fn a_round_claims_the_oldest_due_messages_of_every_tenant_up_to_its_batch_size() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    db.enqueue_many(&stream.subject("orders"), 200).await;
+    enqueue_across_tenants(&db, &stream.subject("orders"), 40, 9).await;
+    // Oldest first: by the time each became due, then by id.
+    let oldest_first: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM idem.outbox ORDER BY available_at, id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("the messages in order");
+    if on_citus() {
+        let (shards, workers) = spread(&db).await;
+        assert!(
+            shards >= 4 && workers == 2,
+            "{shards} shards, {workers} workers"
+        );
+    }
+    let counting = Arc::new(Counting::new(&stream));
+    let relay = OutboxRelay::builder(db.pool.clone(), counting.clone())
+        .batch_size(7)
+        .build()
+        .expect("relay settings");
+    let mut rounds = Vec::new();
+    loop {
+        let before: HashSet<Uuid> = counting
+            .calls
+            .lock()
+            .expect("lock")
+            .keys()
+            .copied()
+            .collect();
+        let claimed = relay.relay_once().await.expect("round");
+        if claimed == 0 {
+            break;
+        }
+        let mut round: Vec<Uuid> = counting
+            .calls
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter(|id| !before.contains(id))
+            .copied()
+            .collect();
+        round.sort();
+        assert_eq!(round.len(), claimed, "the round delivered what it claimed");
+        rounds.push(round);
+    }
+    let expected: Vec<Vec<Uuid>> = oldest_first
+        .chunks(7)
+        .map(|chunk| {
+            let mut chunk = chunk.to_vec();
+            chunk.sort();
+            chunk
+        })
+        .collect();
+    assert_eq!(
+        rounds, expected,
+        "each round took the oldest seven due messages, whatever their tenants"
+    );
+    assert_eq!(db.undelivered().await, 0);
+    assert_eq!(stream.messages().await, 40);
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_relays_share_the_outbox_of_many_tenants_and_deliver_each_message_once() {
+    let db = test_db().await;
+    let stream = TestStream::create(Duration::from_secs(120)).await;
+    enqueue_across_tenants(&db, &stream.subject("orders"), 300, 13).await;
+    if on_citus() {
+        let (shards, workers) = spread(&db).await;
+        assert!(
+            shards >= 6 && workers == 2,
+            "{shards} shards, {workers} workers"
+        );
+    }
     let counting = Arc::new(Counting::new(&stream));
     let shutdown = CancellationToken::new();
-    let relays: Vec<_> = (0..2)
-        .map(|_| {
-            let relay = OutboxRelay::builder(db.pool.clone(), counting.clone())
+    // Two relays in this process, on its pool; two more as if in other processes, on
+    // pools of their own.
+    let mut pools = vec![db.pool.clone(), db.pool.clone()];
+    pools.push(db.pool(2).await);
+    pools.push(db.pool(2).await);
+    let relays: Vec<_> = pools
+        .into_iter()
+        .map(|pool| {
+            let relay = OutboxRelay::builder(pool, counting.clone())
                 .batch_size(10)
-                .poll_interval(Duration::from_millis(50))
+                .poll_interval(Duration::from_millis(20))
                 .build()
                 .expect("relay settings");
             tokio::spawn(relay.run(shutdown.clone()))
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while db.undelivered().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relays did not drain the outbox"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the relays drained the outbox", async || {
+        db.undelivered().await == 0
+    })
+    .await;
     shutdown.cancel();
     for relay in relays {
         relay.await.expect("join").expect("relay");
     }
     let calls = counting.calls.lock().expect("lock").clone();
-    assert_eq!(calls.len(), 200);
+    assert_eq!(calls.len(), 300);
     assert!(
         calls.values().all(|&n| n == 1),
         "no message was handed to two relays"
     );
-    assert_eq!(stream.messages().await, 200);
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM idem.outbox")
+        .fetch_all(&db.pool)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts, [1], "each message was claimed once");
+    assert_eq!(stream.messages().await, 300);
     stream.delete().await;
 }
 

@@ -25,6 +25,7 @@ use crate::backoff::full_jitter;
 use crate::observe;
 use crate::outbox::{OutboxMessage, OutboxWaker};
 use conn::OwnConnection;
+use lease::Held;
 use listen::Listening;
 
 /// Delivers outbox messages after they commit.
@@ -49,6 +50,16 @@ use listen::Listening;
 /// pool, so it never waits behind requests) that commits with `synchronous_commit =
 /// off`: one lost in a database crash only means a delivery again. Failures are written
 /// through the pool.
+///
+/// On a Citus coordinator (detected once, on the relay's first connection), where the
+/// outbox is distributed by tenant and `FOR UPDATE` may touch only one shard, a round
+/// reads the oldest `batch_size` due messages across the shards without locks, then
+/// claims shard by shard (the shard with the oldest message first), each in a
+/// transaction routed to its worker by the tenants read there, `SKIP LOCKED` within
+/// it: the batch stays oldest first across every tenant and within `batch_size`, and
+/// any number of relays share every shard. Each outcome names the message's tenant,
+/// so it reaches one shard; the delivered marks are one statement per shard.
+/// `synchronous_commit = off` is carried to the workers in those transactions.
 ///
 /// It wakes on an [`OutboxWaker`] of this process, on `LISTEN idem_outbox` (set up
 /// again with backoff when it fails), and polls as the backstop.
@@ -165,7 +176,7 @@ impl<S: Sink> OutboxRelay<S> {
         let (id, limit, lease) = (self.id, self.batch_size, self.lease);
         let claimed = self
             .own
-            .run(|conn| Box::pin(lease::claim(conn, id, limit, lease)))
+            .run(|conn, backend| Box::pin(lease::claim(conn, backend, id, limit, lease)))
             .await?;
         let count = claimed.messages.len();
         let Some(lease_ends) = claimed.lease_ends else {
@@ -178,7 +189,7 @@ impl<S: Sink> OutboxRelay<S> {
             .checked_sub(self.record_reserve())
             .unwrap_or(lease_ends);
         let mut outcomes = futures_util::stream::iter(claimed.messages)
-            .map(|message| self.settle(message, record_by))
+            .map(|(message, held)| self.settle(message, held, record_by))
             .buffer_unordered(self.concurrency);
         let record_time = tokio::time::sleep_until(record_by);
         tokio::pin!(record_time);
@@ -187,8 +198,8 @@ impl<S: Sink> OutboxRelay<S> {
         loop {
             tokio::select! {
                 outcome = outcomes.next() => match outcome {
-                    Some(Some(id)) => {
-                        delivered.push(id);
+                    Some(Some(held)) => {
+                        delivered.push(held);
                         if recorded_early {
                             // Ended just past the time: recorded at once.
                             self.mark_delivered(std::mem::take(&mut delivered)).await;
@@ -213,15 +224,17 @@ impl<S: Sink> OutboxRelay<S> {
         (self.lease.saturating_sub(self.delivery_timeout) / 2).min(Duration::from_secs(1))
     }
 
-    /// Records deliveries, in one statement.
-    async fn mark_delivered(&self, delivered: Vec<Uuid>) {
+    /// Records deliveries: in one statement per shard (one in all on plain Postgres).
+    async fn mark_delivered(&self, delivered: Vec<Held>) {
         if delivered.is_empty() {
             return;
         }
         let count = delivered.len();
         let marked = self
             .own
-            .run(move |conn| Box::pin(async move { lease::delivered(conn, &delivered).await }))
+            .run(move |conn, backend| {
+                Box::pin(async move { lease::delivered(conn, backend, &delivered).await })
+            })
             .await;
         if let Err(e) = marked {
             // Their leases end and they are delivered again (deduplicated downstream).
@@ -230,25 +243,25 @@ impl<S: Sink> OutboxRelay<S> {
     }
 
     /// Delivers one claimed message if its delivery, timeout included, can end by
-    /// `end_by`, and gives it back unattempted otherwise. `Some(id)` when it was
+    /// `end_by`, and gives it back unattempted otherwise. `Some(held)` when it was
     /// delivered (recorded with the others of the round); every other outcome is
     /// recorded here.
-    async fn settle(&self, message: OutboxMessage, end_by: Instant) -> Option<Uuid> {
+    async fn settle(&self, message: OutboxMessage, held: Held, end_by: Instant) -> Option<Held> {
         let recorded = if message.attempts > self.max_attempts {
             let error = format!(
                 "its lease ran out {} times without an outcome (a relay died or hung)",
                 message.attempts - 1
             );
-            self.give_up(&message, &error).await
+            self.give_up(&message, &held, &error).await
         } else if Instant::now() + self.delivery_timeout > end_by {
-            lease::release(&self.pool, self.id, message.id).await
+            lease::release(&self.pool, self.id, &held).await
         } else {
             match self.deliver(&message).await {
                 Ok(()) => {
                     delivered(&message);
-                    return Some(message.id);
+                    return Some(held);
                 }
-                Err(e) => self.failed(&message, &e).await,
+                Err(e) => self.failed(&message, &held, &e).await,
             }
         };
         if let Err(e) = recorded {
@@ -268,7 +281,12 @@ impl<S: Sink> OutboxRelay<S> {
         }
     }
 
-    async fn failed(&self, message: &OutboxMessage, error: &SinkError) -> Result<(), StoreError> {
+    async fn failed(
+        &self,
+        message: &OutboxMessage,
+        held: &Held,
+        error: &SinkError,
+    ) -> Result<(), StoreError> {
         observe::count(names::OUTBOX_FAILED, names::TOPIC, &message.topic, 1);
         let backoff = self.backoff_for(message.attempts);
         match after_failure(
@@ -277,7 +295,7 @@ impl<S: Sink> OutboxRelay<S> {
             error.failure(),
             backoff,
         ) {
-            AfterFailure::DeadLetter => self.give_up(message, error.message()).await,
+            AfterFailure::DeadLetter => self.give_up(message, held, error.message()).await,
             AfterFailure::RetryIn(delay) => {
                 tracing::warn!(
                     message_id = %message.id,
@@ -286,12 +304,17 @@ impl<S: Sink> OutboxRelay<S> {
                     ?delay,
                     "outbox delivery failed; retrying"
                 );
-                lease::retry(&self.pool, self.id, message.id, error.message(), delay).await
+                lease::retry(&self.pool, self.id, held, error.message(), delay).await
             }
         }
     }
 
-    async fn give_up(&self, message: &OutboxMessage, error: &str) -> Result<(), StoreError> {
+    async fn give_up(
+        &self,
+        message: &OutboxMessage,
+        held: &Held,
+        error: &str,
+    ) -> Result<(), StoreError> {
         observe::count(names::OUTBOX_DEAD_LETTERED, names::TOPIC, &message.topic, 1);
         tracing::error!(
             message_id = %message.id,
@@ -300,7 +323,7 @@ impl<S: Sink> OutboxRelay<S> {
             error,
             "outbox message dead-lettered"
         );
-        lease::dead_letter(&self.pool, self.id, message.id, error).await
+        lease::dead_letter(&self.pool, self.id, held, error).await
     }
 
     /// Exponential backoff with full jitter.
