@@ -225,8 +225,15 @@ async fn outbox_status_lists_and_repairs_dead_letters() {
     assert_eq!(dead[0]["last_error"], "broker said no");
     let id = dead[0]["id"].as_str().expect("id").to_owned();
 
+    // Relays listen where their pool connects (on Citus, the coordinator).
+    let mut relays = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .expect("listener");
+    relays.listen("idem_outbox").await.expect("LISTEN");
     let (code, _) = idem(&db, &["outbox", "redrive", &id]).await;
     assert_eq!(code, 0);
+    let woken = tokio::time::timeout(Duration::from_secs(10), relays.recv()).await;
+    assert!(woken.is_ok_and(|n| n.is_ok()), "a redrive wakes the relays");
     let (_, status) = idem(&db, &["outbox", "status"]).await;
     assert_eq!(
         (&status[0]["pending"], &status[0]["dead"]),
