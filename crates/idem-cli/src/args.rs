@@ -98,12 +98,32 @@ pub enum KeysCommand {
     Show(KeyRef),
     /// Deletes a key: its next request runs as new.
     Evict(KeyRef),
+    /// Rewrites the keys stored in the clear as the layer stores them with
+    /// `protect_keys` (run right before the deploy that turns protection on).
+    Protect(ProtectArgs),
     /// Keys per day and route: count, bytes, replays, mismatches.
     Stats {
         /// How many days back.
         #[arg(long, default_value_t = 7)]
         days: i32,
     },
+}
+
+/// `idem keys protect`: the secret the layer will protect keys with.
+#[derive(Args, Debug)]
+pub struct ProtectArgs {
+    /// The layer's key secret, as hex (at least 32 bytes).
+    #[arg(long, env = "IDEM_KEY_SECRET_HEX", hide_env_values = true)]
+    pub key_secret_hex: String,
+    /// The id of that secret, as the layer's `KeyProtection::hmac` is given it.
+    #[arg(long, default_value = "1")]
+    pub key_secret_id: String,
+    /// Only this tenant's keys.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Keys per statement.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: i64,
 }
 
 /// `idem outbox ...`

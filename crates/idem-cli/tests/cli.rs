@@ -134,6 +134,78 @@ async fn keys_show_prints_a_phased_key_s_recovery_point_and_journal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
+    let db = test_db().await;
+    let secret = hex::encode([0x42u8; 32]);
+    let layer = payments::idempotency(db.pool.clone()).replay_cache(0);
+    let before = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
+    // A backslash: what SQL's escape decoding would misread.
+    for key in [r"p\1", "p2"] {
+        assert_eq!(pay(&before, key).await.status(), 201);
+    }
+    let other = before
+        .post("/payments", "globex", Some("p3"), PAYMENT)
+        .send()
+        .await
+        .expect("POST /payments");
+    assert_eq!(other.status(), 201);
+
+    let protect = [
+        "keys",
+        "protect",
+        "--key-secret-hex",
+        &secret,
+        "--key-secret-id",
+        "k1",
+        "--tenant",
+        "acme",
+        "--batch-size",
+        "1",
+    ];
+    let (code, report) = idem(&db, &protect).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["protected"], 2, "{report}");
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, key FROM idem.keys ORDER BY tenant_id, key")
+            .fetch_all(&db.pool)
+            .await
+            .expect("keys");
+    assert_eq!(stored.len(), 3);
+    assert!(
+        stored[..2]
+            .iter()
+            .all(|(t, k)| t == "acme" && k.starts_with("hmac:k1:")),
+        "{stored:?}"
+    );
+    assert_eq!(
+        stored[2],
+        ("globex".into(), "p3".into()),
+        "another tenant's"
+    );
+
+    let protection = idem_axum::KeyProtection::hmac("k1", &[0x42u8; 32]).expect("protection");
+    let layer = payments::idempotency(db.pool.clone())
+        .protect_keys(protection)
+        .replay_cache(0);
+    let after = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
+    for key in [r"p\1", "p2"] {
+        assert!(replayed(&pay(&after, key).await), "{key} replays");
+    }
+    assert_eq!(db.payments().await, 3, "nothing ran again");
+    let show = ["keys", "show", "--tenant", "acme", "--key", r"p\1"];
+    let with_secret = ["--key-secret-hex", &secret, "--key-secret-id", "k1"];
+    let (code, shown) = idem(&db, &[&show[..], &with_secret].concat()).await;
+    assert_eq!(
+        (code, &shown["status"]),
+        (0, &"completed".into()),
+        "{shown}"
+    );
+
+    let (code, again) = idem(&db, &protect).await;
+    assert_eq!((code, &again["protected"]), (0, &0.into()), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_evict_makes_the_next_request_run_as_new() {
     let db = test_db().await;
     // Without the replay cache: a process that keeps the finished record in memory

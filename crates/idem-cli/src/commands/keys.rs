@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
 use super::{Error, Failure};
-use crate::args::{KeyRef, KeysCommand};
+use crate::args::{KeyRef, KeysCommand, ProtectArgs};
 
 /// How much of a stored body `keys show` prints.
 const BODY_PREVIEW: usize = 200;
@@ -17,8 +17,16 @@ pub(super) async fn run(pool: &PgPool, command: &KeysCommand) -> Result<Value, F
     match command {
         KeysCommand::Show(key) => show(pool, key).await,
         KeysCommand::Evict(key) => evict(pool, key).await,
+        KeysCommand::Protect(args) => protect(pool, args).await,
         KeysCommand::Stats { days } => stats(pool, *days).await,
     }
+}
+
+/// The layer's key protection from `hex` and `id`.
+fn protection(id: &str, hex: &str) -> Result<KeyProtection, Error> {
+    let secret = hex::decode(hex.trim())
+        .map_err(|_| Error::Invalid("--key-secret-hex is not hex".into()))?;
+    KeyProtection::hmac(id, &secret).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// The (tenant, key) as the store keeps it: protected with the layer's secret, when
@@ -29,10 +37,7 @@ fn stored(key: &KeyRef) -> Result<(TenantId, IdempotencyKey), Error> {
     let Some(secret) = &key.key_secret_hex else {
         return Ok((tenant, raw));
     };
-    let secret = hex::decode(secret.trim())
-        .map_err(|_| Error::Invalid("--key-secret-hex is not hex".into()))?;
-    let protection = KeyProtection::hmac(&key.key_secret_id, &secret)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let protection = protection(&key.key_secret_id, secret)?;
     let protected = protection.protect(&tenant, &raw);
     Ok((tenant, protected))
 }
@@ -176,6 +181,73 @@ async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
         return Err(not_found(&tenant, &key));
     }
     Ok(json!({ "evicted": true, "tenant": tenant.as_str(), "key": key.as_str() }))
+}
+
+/// Rewrites each key stored in the clear (of `args.tenant`, if given) as the layer
+/// stores it with `protect_keys`: the HMAC computed here by the layer's own code, the
+/// rows changed by (tenant, clear key), a batch at a time. An in-progress phased key
+/// keeps its clear key in `binding` (its derived keys and kept request stay bound to
+/// it). The same statements on plain Postgres and on a Citus coordinator (no function
+/// runs over the table's columns); a key claimed in the clear meanwhile is left for
+/// the next run.
+async fn protect(pool: &PgPool, args: &ProtectArgs) -> Result<Value, Failure> {
+    let protection = protection(&args.key_secret_id, &args.key_secret_hex)?;
+    let batch_size = args.batch_size.max(1);
+    let (mut protected, mut skipped) = (0u64, Vec::new());
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let clear: Vec<(String, String)> = sqlx::query_as(
+            "SELECT tenant_id, key FROM idem.keys \
+             WHERE key NOT LIKE 'hmac:%' AND ($1::text IS NULL OR tenant_id = $1) \
+               AND ($2::text IS NULL OR (tenant_id, key) > ($2, $3)) \
+             ORDER BY tenant_id, key LIMIT $4",
+        )
+        .bind(args.tenant.as_deref())
+        .bind(after.as_ref().map(|(tenant, _)| tenant))
+        .bind(after.as_ref().map(|(_, key)| key))
+        .bind(batch_size)
+        .fetch_all(pool)
+        .await?;
+        let full = clear.len() == usize::try_from(batch_size).unwrap_or(usize::MAX);
+        after = clear.last().cloned();
+        let (mut tenants, mut keys, mut hashed) = (Vec::new(), Vec::new(), Vec::new());
+        for (tenant, key) in clear {
+            match (TenantId::new(tenant.clone()), IdempotencyKey::parse(&key)) {
+                (Ok(t), Ok(k)) => {
+                    hashed.push(protection.protect(&t, &k).as_str().to_owned());
+                    tenants.push(tenant);
+                    keys.push(key);
+                }
+                // Not a key the layer accepts: no request can look it up either way.
+                _ => skipped.push(json!({ "tenant": tenant, "key": key })),
+            }
+        }
+        if !tenants.is_empty() {
+            let done = sqlx::query(
+                "UPDATE idem.keys k SET \
+                   binding = CASE WHEN k.completed_at IS NULL AND k.fence IS NOT NULL \
+                     THEN coalesce(k.binding, k.key) END, \
+                   key = u.protected \
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, clear, protected) \
+                 WHERE k.tenant_id = u.tenant_id AND k.key = u.clear",
+            )
+            .bind(&tenants)
+            .bind(&keys)
+            .bind(&hashed)
+            .execute(pool)
+            .await?;
+            protected += done.rows_affected();
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(json!({
+        "protected": protected,
+        "secret_id": protection.id(),
+        "tenant": args.tenant,
+        "skipped": skipped,
+    }))
 }
 
 async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
