@@ -149,6 +149,16 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
         .await
         .expect("POST /payments");
     assert_eq!(other.status(), 201);
+    // A phased key in progress: its derived keys and kept request stay bound to the
+    // clear key.
+    exec(
+        &db,
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, expires_at, \
+           fence, locked_until, recovery_point) VALUES \
+         ('acme', 'phased-1', decode(repeat('00', 32), 'hex'), 'POST', '/payments/charged', \
+           now() + interval '1 day', 1, now(), 'pending')",
+    )
+    .await;
 
     let protect = [
         "keys",
@@ -164,24 +174,23 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
     ];
     let (code, report) = idem(&db, &protect).await;
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["protected"], 2, "{report}");
-    let stored: Vec<(String, String)> =
-        sqlx::query_as("SELECT tenant_id, key FROM idem.keys ORDER BY tenant_id, key")
-            .fetch_all(&db.pool)
-            .await
-            .expect("keys");
-    assert_eq!(stored.len(), 3);
+    assert_eq!(report["protected"], 3, "{report}");
+    let stored: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT tenant_id, key, binding FROM idem.keys ORDER BY tenant_id, binding, key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("keys");
+    assert_eq!(stored.len(), 4);
     assert!(
-        stored[..2]
+        stored[..3]
             .iter()
-            .all(|(t, k)| t == "acme" && k.starts_with("hmac:k1:")),
+            .all(|(t, k, _)| t == "acme" && k.starts_with("hmac:k1:")),
         "{stored:?}"
     );
-    assert_eq!(
-        stored[2],
-        ("globex".into(), "p3".into()),
-        "another tenant's"
-    );
+    let bindings: Vec<_> = stored.iter().map(|(_, _, b)| b.as_deref()).collect();
+    assert_eq!(bindings, [Some("phased-1"), None, None, None], "{stored:?}");
+    assert_eq!(stored[3].1, "p3", "another tenant's: {stored:?}");
 
     let protection = idem_axum::KeyProtection::hmac("k1", &[0x42u8; 32]).expect("protection");
     let layer = payments::idempotency(db.pool.clone())
