@@ -13,18 +13,28 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::outbox::{OutboxMessage, decode_message};
 use crate::{Backend, StoreError};
 
-/// Begins a transaction of the relay's own connection on a Citus coordinator: it
+/// Opens a transaction of the relay's own connection on a Citus coordinator that
 /// carries `synchronous_commit = off` to the worker that commits it (the connection's
-/// session `SET` stays on the coordinator, where the relay writes nothing).
-const CITUS_BEGIN: &str = "BEGIN; SET LOCAL citus.propagate_set_commands = 'local'; \
-                           SET LOCAL synchronous_commit = off";
+/// session `SET` stays on the coordinator, where the relay writes nothing). The `SET
+/// LOCAL`s go in a query of their own: Citus replays a propagated `SET`'s whole query
+/// text on the workers.
+async fn begin_citus(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, StoreError> {
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql(
+        "SET LOCAL citus.propagate_set_commands = 'local'; \
+         SET LOCAL synchronous_commit = off",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
 
 /// A claimed message's row: what its outcome's statement names to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +158,7 @@ async fn claim_citus(
             continue;
         }
         let sent = Instant::now();
-        let mut tx = conn.begin_with(CITUS_BEGIN).await?;
+        let mut tx = begin_citus(conn).await?;
         let rows = sqlx::query(
             "WITH due AS ( \
                SELECT tenant_id, id FROM idem.outbox \
@@ -225,7 +235,7 @@ pub(super) async fn delivered(
                 query.execute(&mut *conn).await?;
             }
             Backend::Citus => {
-                let mut tx = conn.begin_with(CITUS_BEGIN).await?;
+                let mut tx = begin_citus(conn).await?;
                 query.execute(&mut *tx).await?;
                 tx.commit().await?;
             }
