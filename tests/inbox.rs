@@ -30,6 +30,14 @@ async fn payments_on_the_stream(db: &TestDb, stream: &TestStream, n: usize) {
     assert_eq!(stream.messages().await, n as u64);
 }
 
+/// The tenants the inbox's rows are recorded under.
+async fn inbox_tenants(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar("SELECT DISTINCT tenant_id FROM idem.inbox ORDER BY 1")
+        .fetch_all(&db.pool)
+        .await
+        .expect("inbox tenants")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_message_writes_one_ledger_row() {
     let db = test_db().await;
@@ -62,6 +70,11 @@ async fn a_redelivered_message_writes_one_ledger_row() {
         assert_eq!(outcome, Processed::Done(()));
     }
     assert_eq!(db.ledger_rows().await, 5);
+    assert_eq!(
+        inbox_tenants(&db).await,
+        ["t1"],
+        "recorded under the tenant the relay's header names"
+    );
 
     // JetStream redelivers after ack_wait; the inbox skips them and they are acked.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -121,11 +134,13 @@ async fn the_same_message_stored_twice_writes_one_ledger_row() {
 async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
     let db = test_db().await;
     let inbox = Inbox::new(db.pool.clone(), "ledger");
+    // The tenant header as an HTTP receiver sees it, in lower case.
+    let headers = [("idem-tenant-id".to_owned(), "t9".to_owned())];
     let message = InboxMessage {
         id: uuid::Uuid::now_v7(),
         subject: "payments.created",
         payload: b"{}",
-        headers: &[],
+        headers: &headers,
     };
     let failed = inbox
         .process(&message, |tx| {
@@ -152,4 +167,21 @@ async fn a_failing_consumer_records_nothing_and_the_redelivery_is_processed() {
         Processed::Done(7),
         "the message id was not recorded by the failure"
     );
+    assert_eq!(inbox_tenants(&db).await, ["t9"]);
+    let again = inbox
+        .process(&message, |_| Box::pin(async { Ok::<_, String>(8) }))
+        .await
+        .expect("redelivered");
+    assert_eq!(again, Processed::Duplicate);
+    // Without a tenant header the message is recorded under '' (and is another row).
+    let untenanted = InboxMessage {
+        headers: &[],
+        ..message
+    };
+    let done = inbox
+        .process(&untenanted, |_| Box::pin(async { Ok::<_, String>(9) }))
+        .await
+        .expect("untenanted");
+    assert_eq!(done, Processed::Done(9));
+    assert_eq!(inbox_tenants(&db).await, ["", "t9"]);
 }

@@ -94,6 +94,7 @@ async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable(
     );
     let dead = inbox.dead_letters(10).await.expect("dead letters");
     assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].tenant_id, "t1", "kept under the payment's tenant");
     assert_eq!(dead[0].attempts, payments::ledger::MAX_ATTEMPTS);
     assert!(
         dead[0]
@@ -148,6 +149,7 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
     let dead = inbox.dead_letters(10).await.expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
+    assert_eq!(dead[0].tenant_id, "", "a message without a tenant header");
     assert_eq!(dead[0].payload, b"not json");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

@@ -3,9 +3,15 @@
 //! handler's writes, the outbox message, the stored response) is one transaction on
 //! one worker.
 
-use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
 
 use crate::StoreError;
+
+/// SQLSTATE `lock_not_available`: a lock wait passed `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The kind of Postgres a pool reaches: the request path words a few statements
 /// differently on a Citus coordinator (a wait bound the workers see, no functions
@@ -37,8 +43,14 @@ impl Backend {
 }
 
 /// idem's tables that are distributed by `tenant_id`, in the order [`distribute`]
-/// distributes them.
-pub const DISTRIBUTED_TABLES: [&str; 3] = ["idem.keys", "idem.outbox", "idem.observed_keys"];
+/// distributes them. `idem.inbox` is keyed by the tenant its messages name, so a
+/// consumer's inbox row lives on the worker of the tenant its work writes for.
+pub const DISTRIBUTED_TABLES: [&str; 4] = [
+    "idem.keys",
+    "idem.outbox",
+    "idem.observed_keys",
+    "idem.inbox",
+];
 
 /// What [`distribute`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,4 +121,60 @@ async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> 
 /// as full (more may wait) even where a row changed meanwhile and stayed.
 pub(crate) fn swept(deleted: u64, read: usize) -> u64 {
     deleted.max(u64::try_from(read).unwrap_or(u64::MAX))
+}
+
+/// Bounds every lock wait of the rest of `conn`'s transaction by `wait` (at least a
+/// millisecond: zero would mean no bound), on the coordinator and on the workers the
+/// transaction reaches (`citus.propagate_set_commands = 'local'` passes the `SET LOCAL`
+/// on). A wait past it fails with SQLSTATE `lock_not_available` ([`is_lock_timeout`]).
+pub(crate) async fn bounded_wait(
+    conn: &mut PgConnection,
+    wait: Duration,
+) -> Result<(), StoreError> {
+    let wait_ms = wait.as_millis().clamp(1, i32::MAX as u128);
+    // A number, formatted: no caller's text is in this statement.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL citus.propagate_set_commands = 'local'; \
+         SET LOCAL lock_timeout = '{wait_ms}ms'"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `error` is a lock wait that passed `lock_timeout` (on the coordinator or
+/// on a worker: Citus passes the worker's SQLSTATE on).
+pub(crate) fn is_lock_timeout(error: &StoreError) -> bool {
+    error.sqlstate().as_deref() == Some(LOCK_NOT_AVAILABLE)
+}
+
+/// `tenants` grouped by the shard of `table` that holds their rows, each group sorted
+/// (so a statement that names one group's tenants is a router query, on one shard,
+/// where Citus takes `FOR UPDATE`). Read from the coordinator's metadata: no worker is
+/// asked.
+pub(crate) async fn by_shard(
+    pool: &PgPool,
+    table: &str,
+    tenants: &[String],
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let shards: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t, get_shard_id_for_distribution_column($1::regclass, t) \
+         FROM unnest($2::text[]) t",
+    )
+    .bind(table)
+    .bind(tenants)
+    .fetch_all(pool)
+    .await?;
+    let mut groups: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (tenant, shard) in shards {
+        groups.entry(shard).or_default().push(tenant);
+    }
+    Ok(groups
+        .into_values()
+        .map(|mut tenants| {
+            tenants.sort();
+            tenants.dedup();
+            tenants
+        })
+        .collect())
 }

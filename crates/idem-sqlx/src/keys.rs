@@ -633,6 +633,15 @@ pub async fn sweep_expired_on(
     if backend == Backend::Postgres {
         return sweep_expired_postgres(pool, limit).await;
     }
+    sweep_expired_citus(&mut *pool.acquire().await?, limit).await
+}
+
+/// [`sweep_expired_on`]'s Citus wording on `conn` (the sweeper's transaction, whose
+/// propagated `lock_timeout` bounds the delete's wait on a key a request holds).
+pub(crate) async fn sweep_expired_citus(
+    conn: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<u64, StoreError> {
     let found: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(concat!(
         "SELECT tenant_id, key, completed_at FROM idem.keys \
          WHERE expires_at <= now() AND ",
@@ -640,7 +649,7 @@ pub async fn sweep_expired_on(
         " <= now() AND completed_at IS NOT NULL ORDER BY expires_at LIMIT $1"
     ))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     if found.is_empty() {
         return Ok(0);
@@ -658,7 +667,7 @@ pub async fn sweep_expired_on(
     .bind(&tenants)
     .bind(&keys)
     .bind(&completed)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(crate::citus::swept(done.rows_affected(), tenants.len()))
 }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::citus::swept;
-use crate::keys::sweep_expired_on;
+use crate::citus::{bounded_wait, is_lock_timeout, swept};
+use crate::keys::{sweep_expired_citus, sweep_expired_on};
 use crate::{Backend, StoreError};
 
 /// What one [`Sweeper::sweep_once`] removed.
@@ -25,7 +25,9 @@ pub struct Swept {
 
 /// Keeps idem's tables from growing forever. Each pass deletes, in batches of
 /// `batch_size` rows (`FOR UPDATE SKIP LOCKED`, so it never waits on a request, a relay
-/// or a consumer, and each batch is a short transaction of its own):
+/// or a consumer, and each batch is a short transaction of its own; on a Citus
+/// coordinator a batch waits on a locked row at most [`lock_timeout`](Self::lock_timeout)
+/// and is otherwise left for the next pass):
 ///
 /// - keys past their expiry (retention counted from completion);
 /// - outbox messages delivered longer ago than `outbox_retention` (default 1 day);
@@ -65,11 +67,12 @@ pub struct Sweeper {
     batch_size: i64,
     outbox_retention: Duration,
     inbox_window: Duration,
+    lock_timeout: Duration,
 }
 
 impl Sweeper {
     /// A sweeper over `pool`: a pass every minute, batches of 500 rows, outbox
-    /// retention 1 day, inbox window 7 days.
+    /// retention 1 day, inbox window 7 days, on Citus a lock wait of at most 1 s.
     pub fn new(pool: PgPool) -> Self {
         Sweeper {
             pool,
@@ -77,6 +80,7 @@ impl Sweeper {
             batch_size: 500,
             outbox_retention: Duration::from_secs(24 * 3600),
             inbox_window: Duration::from_secs(7 * 24 * 3600),
+            lock_timeout: Duration::from_secs(1),
         }
     }
 
@@ -123,29 +127,50 @@ impl Sweeper {
         }
     }
 
+    /// How long a batch on a Citus coordinator may wait for a row lock (default 1 s):
+    /// there a batch is read without locks and then deleted by key, and the delete
+    /// waits on a row a request or a consumer holds. A batch whose wait passes this
+    /// bound is left for the next pass (the rest of the pass goes on). Plain Postgres
+    /// never waits: its batches skip locked rows.
+    pub fn lock_timeout(mut self, wait: Duration) -> Self {
+        self.lock_timeout = wait;
+        self
+    }
+
     /// One pass: each table until a batch comes back short. On a Citus coordinator
     /// each batch is read first across the shards, without locks, then deleted by
-    /// its keys (Citus takes no `FOR UPDATE` across shards).
+    /// its keys (Citus takes no `FOR UPDATE` across shards), in a transaction whose
+    /// lock waits, on the workers too, end after [`lock_timeout`](Self::lock_timeout):
+    /// a table whose batch timed out is left until the next pass.
     pub async fn sweep_once(&self) -> Result<Swept, StoreError> {
         let backend = Backend::detect(&self.pool).await?;
         Ok(Swept {
-            keys: self
-                .drain(|| sweep_expired_on(&self.pool, self.batch_size, backend))
-                .await?,
-            outbox: self.drain(|| self.delivered_outbox(backend)).await?,
-            inbox: self.drain(|| self.old_inbox()).await?,
-            observed: self.drain(|| self.old_observations(backend)).await?,
+            keys: self.drain(Table::Keys, backend).await?,
+            outbox: self.drain(Table::Outbox, backend).await?,
+            inbox: self.drain(Table::Inbox, backend).await?,
+            observed: self.drain(Table::Observed, backend).await?,
         })
     }
 
-    async fn drain<F, Fut>(&self, mut batch: F) -> Result<u64, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<u64, StoreError>>,
-    {
+    /// Batches of `table` until one comes back short; on Citus, until one waits past
+    /// the lock timeout too (its rows are left for the next pass).
+    async fn drain(&self, table: Table, backend: Backend) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = batch().await?;
+            let n = match backend {
+                Backend::Postgres => self.batch_postgres(table).await?,
+                Backend::Citus => match self.batch_citus(table).await {
+                    Ok(n) => n,
+                    Err(e) if is_lock_timeout(&e) => {
+                        tracing::debug!(
+                            ?table,
+                            "a row to sweep is locked; its batch is left for the next pass"
+                        );
+                        return Ok(total);
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
             total += n;
             if n < self.batch_size.unsigned_abs() {
                 return Ok(total);
@@ -153,32 +178,57 @@ impl Sweeper {
         }
     }
 
-    async fn delivered_outbox(&self, backend: Backend) -> Result<u64, StoreError> {
-        if backend == Backend::Citus {
-            // Delivered messages never change again: no guard is needed.
-            let found: Vec<(String, uuid::Uuid)> = sqlx::query_as(
-                "SELECT tenant_id, id FROM idem.outbox \
-                 WHERE delivered_at IS NOT NULL \
-                   AND delivered_at < now() - make_interval(secs => $1) LIMIT $2",
-            )
-            .bind(self.outbox_retention.as_secs_f64())
-            .bind(self.batch_size)
-            .fetch_all(&self.pool)
-            .await?;
-            let (tenants, ids): (Vec<String>, Vec<uuid::Uuid>) = found.into_iter().unzip();
-            if tenants.is_empty() {
-                return Ok(0);
-            }
-            let done = sqlx::query(
-                "DELETE FROM idem.outbox WHERE (tenant_id, id) IN \
-                   (SELECT * FROM unnest($1::text[], $2::uuid[]))",
-            )
-            .bind(&tenants)
-            .bind(&ids)
-            .execute(&self.pool)
-            .await?;
-            return Ok(swept(done.rows_affected(), tenants.len()));
+    async fn batch_postgres(&self, table: Table) -> Result<u64, StoreError> {
+        match table {
+            Table::Keys => sweep_expired_on(&self.pool, self.batch_size, Backend::Postgres).await,
+            Table::Outbox => self.delivered_outbox_postgres().await,
+            Table::Inbox => self.old_inbox_postgres().await,
+            Table::Observed => self.old_observations_postgres().await,
         }
+    }
+
+    /// One batch of `table` on Citus, in a transaction of its own whose lock waits are
+    /// bounded by `lock_timeout`.
+    async fn batch_citus(&self, table: Table) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        bounded_wait(&mut tx, self.lock_timeout).await?;
+        let n = match table {
+            Table::Keys => sweep_expired_citus(&mut tx, self.batch_size).await?,
+            Table::Outbox => self.delivered_outbox_citus(&mut tx).await?,
+            Table::Inbox => self.old_inbox_citus(&mut tx).await?,
+            Table::Observed => self.old_observations_citus(&mut tx).await?,
+        };
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn delivered_outbox_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        // Delivered messages never change again: no guard is needed.
+        let found: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+            "SELECT tenant_id, id FROM idem.outbox \
+             WHERE delivered_at IS NOT NULL \
+               AND delivered_at < now() - make_interval(secs => $1) LIMIT $2",
+        )
+        .bind(self.outbox_retention.as_secs_f64())
+        .bind(self.batch_size)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (tenants, ids): (Vec<String>, Vec<uuid::Uuid>) = found.into_iter().unzip();
+        if tenants.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM idem.outbox WHERE (tenant_id, id) IN \
+               (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+        )
+        .bind(&tenants)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        Ok(swept(done.rows_affected(), tenants.len()))
+    }
+
+    async fn delivered_outbox_postgres(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM idem.outbox WHERE id IN ( \
                SELECT id FROM idem.outbox \
@@ -192,36 +242,37 @@ impl Sweeper {
         Ok(done.rows_affected())
     }
 
-    async fn old_observations(&self, backend: Backend) -> Result<u64, StoreError> {
-        if backend == Backend::Citus {
-            // A key seen again moves its expiry: deleted only while it has the one read.
-            let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-                "SELECT tenant_id, key, expires_at FROM idem.observed_keys \
-                 WHERE expires_at <= now() LIMIT $1",
-            )
-            .bind(self.batch_size)
-            .fetch_all(&self.pool)
-            .await?;
-            let (mut tenants, mut keys, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
-            for (tenant, key, expires_at) in found {
-                tenants.push(tenant);
-                keys.push(key);
-                expiries.push(expires_at);
-            }
-            if tenants.is_empty() {
-                return Ok(0);
-            }
-            let done = sqlx::query(
-                "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
-                   (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
-            )
-            .bind(&tenants)
-            .bind(&keys)
-            .bind(&expiries)
-            .execute(&self.pool)
-            .await?;
-            return Ok(swept(done.rows_affected(), tenants.len()));
+    async fn old_observations_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        // A key seen again moves its expiry: deleted only while it has the one read.
+        let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT tenant_id, key, expires_at FROM idem.observed_keys \
+             WHERE expires_at <= now() LIMIT $1",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (mut tenants, mut keys, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
+        for (tenant, key, expires_at) in found {
+            tenants.push(tenant);
+            keys.push(key);
+            expiries.push(expires_at);
         }
+        if tenants.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
+        )
+        .bind(&tenants)
+        .bind(&keys)
+        .bind(&expiries)
+        .execute(&mut *conn)
+        .await?;
+        Ok(swept(done.rows_affected(), tenants.len()))
+    }
+
+    async fn old_observations_postgres(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
                SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
@@ -233,10 +284,48 @@ impl Sweeper {
         Ok(done.rows_affected())
     }
 
-    async fn old_inbox(&self) -> Result<u64, StoreError> {
+    async fn old_inbox_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        // A row redriven and received again since the read has a new received_at, and
+        // one dead-lettered meanwhile has a dead_at: neither is deleted.
+        let found: Vec<(String, String, uuid::Uuid, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as(
+                "SELECT tenant_id, consumer, message_id, received_at FROM idem.inbox \
+                 WHERE dead_at IS NULL AND received_at < now() - make_interval(secs => $1) \
+                 LIMIT $2",
+            )
+            .bind(self.inbox_window.as_secs_f64())
+            .bind(self.batch_size)
+            .fetch_all(&mut *conn)
+            .await?;
+        let (mut tenants, mut consumers, mut ids, mut received) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (tenant, consumer, id, at) in found {
+            tenants.push(tenant);
+            consumers.push(consumer);
+            ids.push(id);
+            received.push(at);
+        }
+        if tenants.is_empty() {
+            return Ok(0);
+        }
         let done = sqlx::query(
-            "DELETE FROM idem.inbox WHERE (consumer, message_id) IN ( \
-               SELECT consumer, message_id FROM idem.inbox \
+            "DELETE FROM idem.inbox WHERE dead_at IS NULL \
+               AND (tenant_id, consumer, message_id, received_at) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]))",
+        )
+        .bind(&tenants)
+        .bind(&consumers)
+        .bind(&ids)
+        .bind(&received)
+        .execute(&mut *conn)
+        .await?;
+        Ok(swept(done.rows_affected(), tenants.len()))
+    }
+
+    async fn old_inbox_postgres(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM idem.inbox WHERE (tenant_id, consumer, message_id) IN ( \
+               SELECT tenant_id, consumer, message_id FROM idem.inbox \
                WHERE dead_at IS NULL AND received_at < now() - make_interval(secs => $1) \
                LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
@@ -246,4 +335,13 @@ impl Sweeper {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// The tables a pass sweeps, in order.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Keys,
+    Outbox,
+    Inbox,
+    Observed,
 }

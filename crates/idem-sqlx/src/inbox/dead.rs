@@ -12,6 +12,8 @@ use crate::{StoreError, json_headers};
 /// A dead letter of a consumer's inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadMessage {
+    /// The tenant the message named (`""` for none): see [`InboxMessage::tenant`].
+    pub tenant_id: String,
     /// The message id.
     pub id: Uuid,
     /// The subject it came on.
@@ -43,6 +45,7 @@ impl DeadMessage {
 fn decode(row: &PgRow) -> Result<DeadMessage, StoreError> {
     let headers = json_headers::from_json(row.try_get("headers")?);
     Ok(DeadMessage {
+        tenant_id: row.try_get("tenant_id")?,
         id: row.try_get("message_id")?,
         subject: row
             .try_get::<Option<String>, _>("subject")?
@@ -57,13 +60,19 @@ fn decode(row: &PgRow) -> Result<DeadMessage, StoreError> {
     })
 }
 
-pub(super) async fn mark(pool: &PgPool, consumer: &str, id: Uuid) -> Result<(), StoreError> {
+pub(super) async fn mark(
+    pool: &PgPool,
+    tenant: &str,
+    consumer: &str,
+    id: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE idem.inbox SET dead_at = now() \
-         WHERE consumer = $1 AND message_id = $2 AND processed_at IS NULL",
+         WHERE tenant_id = $3 AND consumer = $1 AND message_id = $2 AND processed_at IS NULL",
     )
     .bind(consumer)
     .bind(id)
+    .bind(tenant)
     .execute(pool)
     .await?;
     Ok(())
@@ -72,7 +81,7 @@ pub(super) async fn mark(pool: &PgPool, consumer: &str, id: Uuid) -> Result<(), 
 /// The columns a [`DeadMessage`] is read from.
 macro_rules! dead_columns {
     () => {
-        "message_id, subject, payload, headers, attempts, last_error, dead_at"
+        "tenant_id, message_id, subject, payload, headers, attempts, last_error, dead_at"
     };
 }
 
@@ -95,7 +104,8 @@ impl Inbox {
     /// Makes a dead letter processable again and hands it back: its row is removed, so
     /// [`process`](Inbox::process) (called with [`DeadMessage::as_message`], once the
     /// cause is fixed) runs the work with fresh attempts. `None` when it is not a dead
-    /// letter of this consumer.
+    /// letter of this consumer. The message is found by its id whatever tenant it
+    /// named (on Citus the statement asks every shard).
     pub async fn redrive(&self, id: Uuid) -> Result<Option<DeadMessage>, StoreError> {
         let row = sqlx::query(concat!(
             "DELETE FROM idem.inbox WHERE consumer = $1 AND message_id = $2 \
@@ -110,7 +120,8 @@ impl Inbox {
     }
 
     /// Deletes a dead letter for good. A later redelivery of the message would be
-    /// processed as new. Returns whether there was such a dead letter.
+    /// processed as new. Returns whether there was such a dead letter. Found by its id
+    /// whatever tenant it named, as [`redrive`](Self::redrive).
     pub async fn purge(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "DELETE FROM idem.inbox WHERE consumer = $1 AND message_id = $2 AND dead_at IS NOT NULL",
@@ -130,11 +141,15 @@ impl Inbox {
         message: &InboxMessage<'_>,
         reason: &str,
     ) -> Result<(), StoreError> {
+        // EXCLUDED's clock, not now() in DO UPDATE: Citus takes no function there.
         sqlx::query(
-            "INSERT INTO idem.inbox (consumer, message_id, attempts, last_error, subject, payload, headers, dead_at) \
-             VALUES ($1, $2, 1, $3, $4, $5, $6, now()) \
-             ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = inbox.attempts + 1, \
-               last_error = EXCLUDED.last_error, dead_at = now(), subject = EXCLUDED.subject, \
+            "INSERT INTO idem.inbox (tenant_id, consumer, message_id, attempts, last_error, \
+               subject, payload, headers, dead_at) \
+             VALUES ($7, $1, $2, 1, $3, $4, $5, $6, now()) \
+             ON CONFLICT (tenant_id, consumer, message_id) DO UPDATE SET \
+               attempts = inbox.attempts + 1, \
+               last_error = EXCLUDED.last_error, dead_at = EXCLUDED.dead_at, \
+               subject = EXCLUDED.subject, \
                payload = EXCLUDED.payload, headers = EXCLUDED.headers \
              WHERE inbox.processed_at IS NULL",
         )
@@ -144,6 +159,7 @@ impl Inbox {
         .bind(message.subject)
         .bind(message.payload)
         .bind(json_headers::to_json(message.headers))
+        .bind(message.tenant())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 pub use dead::DeadMessage;
 
-use crate::StoreError;
 use crate::backoff::full_jitter;
 use crate::json_headers;
 use crate::observe;
+use crate::{StoreError, TENANT_ID};
 
 /// What [`Inbox::process`] did with a message. Acknowledge it in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,9 @@ impl<E> From<sqlx::Error> for InboxError<E> {
 }
 
 /// A message as a consumer received it: its id (the outbox id, from `Idempotency-Key`
-/// or `Nats-Msg-Id`) and what is kept of it if it becomes a dead letter.
+/// or `Nats-Msg-Id`) and what is kept of it if it becomes a dead letter. Its tenant is
+/// the one its headers name (`Idem-Tenant-Id`, as the relay sends it; see
+/// [`tenant`](Self::tenant)).
 #[derive(Debug, Clone, Copy)]
 pub struct InboxMessage<'a> {
     /// The message id: the dedupe key.
@@ -80,8 +82,27 @@ pub struct InboxMessage<'a> {
     pub headers: &'a [(String, String)],
 }
 
+impl InboxMessage<'_> {
+    /// The tenant the message belongs to: its [`TENANT_ID`] header (`Idem-Tenant-Id`,
+    /// any case), which the relay sets from the request that enqueued it; `""` for a
+    /// message without one. The inbox records the message under this tenant, so on
+    /// Citus its row lives on the worker of the tenant the consumer's work is for.
+    pub fn tenant(&self) -> &str {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TENANT_ID))
+            .map_or("", |(_, value)| value.as_str())
+    }
+}
+
 /// The inbox of one consumer: exactly-once processing per message id, with poison
 /// messages counted and dead-lettered.
+///
+/// Each message is recorded under the tenant it names ([`InboxMessage::tenant`]), so
+/// pass the message's headers as received. On Citus `idem.inbox` is distributed by
+/// that tenant beside the consumer's own tables: a consumer whose work writes that
+/// tenant's rows commits on one worker. Every statement of [`process`](Self::process)
+/// names the tenant, so each is routed to one shard.
 ///
 /// ```no_run
 /// # async fn run(pool: sqlx::PgPool, id: uuid::Uuid, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
@@ -148,8 +169,9 @@ impl Inbox {
         &self.consumer
     }
 
-    /// Runs `work` for `message` exactly once: in one transaction it records the id and
-    /// runs the work on the same connection. A message processed before is skipped
+    /// Runs `work` for `message` exactly once: in one transaction it records the id
+    /// (under the message's [`tenant`](InboxMessage::tenant)) and runs the work on the
+    /// same connection. A message processed before is skipped
     /// ([`Processed::Duplicate`]); a concurrent duplicate waits for the first and is then
     /// skipped; a dead letter is skipped ([`Processed::Dead`]). If the work fails, it
     /// rolls back, and the failure is counted in a statement of its own; the last
@@ -194,20 +216,26 @@ impl Inbox {
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
     {
         let mut tx = self.pool.begin().await?;
+        // EXCLUDED's clock, not now() in DO UPDATE: Citus takes no function there.
         let claimed = sqlx::query(
-            "INSERT INTO idem.inbox (consumer, message_id, processed_at) VALUES ($1, $2, now()) \
-             ON CONFLICT (consumer, message_id) DO UPDATE SET processed_at = now() \
+            "INSERT INTO idem.inbox (tenant_id, consumer, message_id, processed_at) \
+             VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (tenant_id, consumer, message_id) \
+             DO UPDATE SET processed_at = EXCLUDED.processed_at \
              WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
              RETURNING 1",
         )
+        .bind(message.tenant())
         .bind(&self.consumer)
         .bind(message.id)
         .fetch_optional(&mut *tx)
         .await?;
         if claimed.is_none() {
             let dead: Option<bool> = sqlx::query_scalar(
-                "SELECT dead_at IS NOT NULL FROM idem.inbox WHERE consumer = $1 AND message_id = $2",
+                "SELECT dead_at IS NOT NULL FROM idem.inbox \
+                 WHERE tenant_id = $1 AND consumer = $2 AND message_id = $3",
             )
+            .bind(message.tenant())
             .bind(&self.consumer)
             .bind(message.id)
             .fetch_optional(&mut *tx)
@@ -240,9 +268,11 @@ impl Inbox {
     ) -> Result<Processed<T>, InboxError<E>> {
         let headers = json_headers::to_json(message.headers);
         let attempts: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO idem.inbox (consumer, message_id, attempts, last_error, subject, payload, headers) \
-             VALUES ($1, $2, 1, $3, $4, $5, $6) \
-             ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = inbox.attempts + 1, \
+            "INSERT INTO idem.inbox (tenant_id, consumer, message_id, attempts, last_error, \
+               subject, payload, headers) \
+             VALUES ($7, $1, $2, 1, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, consumer, message_id) DO UPDATE SET \
+               attempts = inbox.attempts + 1, \
                last_error = EXCLUDED.last_error, subject = EXCLUDED.subject, \
                payload = EXCLUDED.payload, headers = EXCLUDED.headers \
              WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
@@ -254,6 +284,7 @@ impl Inbox {
         .bind(message.subject)
         .bind(message.payload)
         .bind(headers)
+        .bind(message.tenant())
         .fetch_optional(&self.pool)
         .await?;
         let Some(attempts) = attempts else {
@@ -268,7 +299,7 @@ impl Inbox {
                 retry_in,
             }),
             AfterFailure::DeadLetter => {
-                dead::mark(&self.pool, &self.consumer, message.id).await?;
+                dead::mark(&self.pool, message.tenant(), &self.consumer, message.id).await?;
                 tracing::error!(
                     consumer = %self.consumer,
                     message_id = %message.id,
