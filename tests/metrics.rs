@@ -11,8 +11,9 @@ use axum::extract::Path;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::patch;
 use idem_axum::{ClientVersions, IdempotencyLayer, TenantId, TenantSource, Tx};
+use idem_core::IdempotencyKey;
 use idem_core::policy::KeyMode;
-use idem_sqlx::StoreGauges;
+use idem_sqlx::{ReplayTally, StoreGauges, Tallied};
 use idem_tests::{TestApp, TestDb, test_db};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -314,6 +315,49 @@ async fn replays_are_counted_on_the_key_row_and_a_first_replay_counts_a_retried_
     assert_eq!(replays, [("r1".to_owned(), 3), ("r2".to_owned(), 0)]);
     let retried = value("idem_keys_retried_total", &[("route", "/retried/{id}")]);
     assert_eq!(retried, Some(1.0), "one key was retried, three times");
+}
+
+/// A batch of many tenants' replays is written whole: on a Citus cluster those tenants'
+/// keys lie on every shard, several to a shard, and Citus locks rows only in a
+/// statement on one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tally_of_many_tenants_replays_counts_each_on_its_key() {
+    let db = test_db().await;
+    exporter();
+    sqlx::raw_sql(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+           expires_at, response_status, completed_at) \
+         SELECT 'tenant-' || i, 'k', decode(repeat('00', 32), 'hex'), 'PATCH', '/tallied/1', \
+           '/tallied/{id}', now() + interval '1 day', 200, now() \
+         FROM generate_series(0, 39) i",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("40 tenants' keys");
+    // The batch is flushed here, not by the delayed task.
+    let tally = ReplayTally::new(db.pool.clone()).delay(Duration::from_secs(3600));
+    let key = IdempotencyKey::parse("k").expect("key");
+    for i in 0..40 {
+        let tenant = TenantId::new(format!("tenant-{i}")).expect("tenant");
+        tally.add(&tenant, &key, Tallied::Replay);
+    }
+    let first = TenantId::new("tenant-0").expect("tenant");
+    tally.add(&first, &key, Tallied::ReplayedMismatch);
+    tally.flush().await.expect("flush");
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT sum(replays), sum(mismatches), \
+           count(*) FILTER (WHERE replays = 1 + (tenant_id = 'tenant-0')::int) FROM idem.keys",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("counts");
+    assert_eq!(
+        counts,
+        (41, 1, 40),
+        "every key counted once, tenant-0's twice"
+    );
+    let retried = value("idem_keys_retried_total", &[("route", "/tallied/{id}")]);
+    assert_eq!(retried, Some(40.0), "40 keys retried for the first time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

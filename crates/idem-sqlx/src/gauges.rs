@@ -52,7 +52,8 @@ pub struct StoreStats {
 /// The outbox, inbox and phased readings go through small partial indexes. The keys' reading
 /// groups the live keys by route, a scan of `idem.keys`: run one reporter per
 /// deployment (not per replica) on a large table, and keep the interval at least as
-/// long as the scrape interval.
+/// long as the scrape interval. On a Citus coordinator each reading asks every shard
+/// (read-only and lock-free, the same statements run there) and adds up their answers.
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -3,7 +3,7 @@
 //! store at all).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use idem_core::observe::names;
@@ -11,8 +11,9 @@ use idem_core::{IdempotencyKey, TenantId};
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::StoreError;
+use crate::citus::by_shard;
 use crate::observe;
+use crate::{Backend, StoreError};
 
 /// How long replays gather before their batch is written, by default.
 pub const REPLAY_FLUSH_DELAY: Duration = Duration::from_secs(1);
@@ -55,6 +56,7 @@ pub struct ReplayTally {
     pool: PgPool,
     delay: Duration,
     pending: Arc<Mutex<Pending>>,
+    backend: Arc<OnceLock<Backend>>,
 }
 
 impl ReplayTally {
@@ -65,6 +67,7 @@ impl ReplayTally {
             pool,
             delay: REPLAY_FLUSH_DELAY,
             pending: Arc::default(),
+            backend: Arc::default(),
         }
     }
 
@@ -103,48 +106,120 @@ impl ReplayTally {
     }
 
     /// Writes the replays and mismatches counted so far. Rows are locked in key order, so two
-    /// processes writing overlapping batches never deadlock.
+    /// processes writing overlapping batches never deadlock. On a Citus coordinator
+    /// (which takes `FOR UPDATE` only in a statement on one shard) the batch is written
+    /// one shard at a time, each statement naming that shard's tenants and locking its
+    /// rows in key order, committed on its own.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tenants = Vec::with_capacity(batch.len());
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut replays = Vec::with_capacity(batch.len());
-        let mut mismatches = Vec::with_capacity(batch.len());
-        for ((tenant, key), (r, m)) in batch {
-            tenants.push(tenant.as_str().to_owned());
-            keys.push(key.as_str().to_owned());
-            replays.push(r);
-            mismatches.push(m);
-        }
-        // `first`: the batch replayed the key, and no replay was counted before it.
-        let rows: Vec<(Option<String>, bool)> = sqlx::query_as(
-            "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[]) \
-               AS t(tenant_id, key, n, m)), \
-             locked AS (SELECT k.tenant_id, k.key, t.n, t.m FROM idem.keys k \
-               JOIN t ON k.tenant_id = t.tenant_id AND k.key = t.key \
-               WHERE k.completed_at IS NOT NULL \
-               ORDER BY k.tenant_id, k.key FOR UPDATE OF k) \
-             UPDATE idem.keys k SET replays = k.replays + locked.n, \
-               mismatches = k.mismatches + locked.m FROM locked \
-             WHERE k.tenant_id = locked.tenant_id AND k.key = locked.key \
-             RETURNING k.route, locked.n > 0 AND k.replays = locked.n AS first",
-        )
-        .bind(&tenants)
-        .bind(&keys)
-        .bind(&replays)
-        .bind(&mismatches)
-        .fetch_all(&self.pool)
-        .await?;
-        for (route, first) in rows {
-            if first {
-                let route = route.as_deref().unwrap_or(names::UNMATCHED_ROUTE);
-                observe::count(names::KEYS_RETRIED, names::ROUTE, route, 1);
+        // Detected once per tally (and its clones): the pool's server does not change.
+        let backend = match self.backend.get() {
+            Some(backend) => *backend,
+            None => {
+                let detected = Backend::detect(&self.pool).await?;
+                *self.backend.get_or_init(|| detected)
+            }
+        };
+        match backend {
+            Backend::Postgres => count_retried(write(&self.pool, &batch, None).await?),
+            Backend::Citus => {
+                let tenants: Vec<String> = batch
+                    .keys()
+                    .map(|(tenant, _)| tenant.as_str().to_owned())
+                    .collect();
+                // Each shard's statement commits on its own: one that fails loses its
+                // shard's counts only, and the first failure is reported at the end.
+                let mut failed = None;
+                for shard in by_shard(&self.pool, "idem.keys", &tenants).await? {
+                    match write(&self.pool, &batch, Some(&shard)).await {
+                        Ok(rows) => count_retried(rows),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Counts in `idem_keys_retried_total` the keys of `rows` replayed for the first time.
+fn count_retried(rows: Vec<(Option<String>, bool)>) {
+    for (route, first) in rows {
+        if first {
+            let route = route.as_deref().unwrap_or(names::UNMATCHED_ROUTE);
+            observe::count(names::KEYS_RETRIED, names::ROUTE, route, 1);
+        }
+    }
+}
+
+/// The tally's statement; `$tenants` narrows it to some tenants' keys (on Citus, one
+/// shard's, so that the statement is routed to that shard).
+macro_rules! tally_sql {
+    ($tenants:literal) => {
+        concat!(
+            "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[]) \
+               AS t(tenant_id, key, n, m)), \
+             locked AS (SELECT k.tenant_id, k.key, t.n, t.m FROM idem.keys k \
+               JOIN t ON k.tenant_id = t.tenant_id AND k.key = t.key \
+               WHERE k.completed_at IS NOT NULL",
+            $tenants,
+            " ORDER BY k.tenant_id, k.key FOR UPDATE OF k) \
+             UPDATE idem.keys k SET replays = k.replays + locked.n, \
+               mismatches = k.mismatches + locked.m FROM locked \
+             WHERE k.tenant_id = locked.tenant_id AND k.key = locked.key",
+            $tenants,
+            " RETURNING k.route, locked.n > 0 AND k.replays = locked.n AS first"
+        )
+    };
+}
+
+/// Adds `batch`'s counts to its keys (with `tenants`, sorted, only the keys of those
+/// tenants, named in the statement so that Citus routes it to their shard); each
+/// written key's route, and whether the batch replayed it and no replay was counted
+/// before it.
+async fn write(
+    pool: &PgPool,
+    batch: &Pending,
+    tenants: Option<&[String]>,
+) -> Result<Vec<(Option<String>, bool)>, StoreError> {
+    let mut tenant_ids = Vec::with_capacity(batch.len());
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut replays = Vec::with_capacity(batch.len());
+    let mut mismatches = Vec::with_capacity(batch.len());
+    for ((tenant, key), (r, m)) in batch {
+        let listed = |only: &[String]| {
+            only.binary_search_by(|t| t.as_str().cmp(tenant.as_str()))
+                .is_ok()
+        };
+        if tenants.is_some_and(|only| !listed(only)) {
+            continue;
+        }
+        tenant_ids.push(tenant.as_str().to_owned());
+        keys.push(key.as_str().to_owned());
+        replays.push(*r);
+        mismatches.push(*m);
+    }
+    // `first`: the batch replayed the key, and no replay was counted before it.
+    let query = match tenants {
+        None => sqlx::query_as(tally_sql!("")),
+        Some(_) => sqlx::query_as(tally_sql!(" AND k.tenant_id = ANY($5::text[])")),
+    }
+    .bind(&tenant_ids)
+    .bind(&keys)
+    .bind(&replays)
+    .bind(&mismatches);
+    let query = match tenants {
+        None => query,
+        Some(only) => query.bind(only),
+    };
+    Ok(query.fetch_all(pool).await?)
 }
