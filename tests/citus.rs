@@ -64,7 +64,8 @@ async fn colocation(db: &idem_tests::TestDb, tables: &[&str]) -> Vec<Option<i32>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idems_tables_are_distributed_by_tenant_and_co_located_with_the_applications() {
     let db = citus_test_db(4).await;
-    let tables = ["effects", "idem.keys", "idem.outbox", "idem.observed_keys"];
+    let mut tables = vec!["effects", "payments", "ledger_entries"];
+    tables.extend(idem_sqlx::DISTRIBUTED_TABLES);
     let groups = colocation(&db, &tables).await;
     assert!(
         groups.iter().all(Option::is_some),
@@ -81,7 +82,11 @@ async fn idems_tables_are_distributed_by_tenant_and_co_located_with_the_applicat
     .fetch_all(&db.pool)
     .await
     .expect("distribution columns");
-    assert_eq!(columns, ["tenant_id", "tenant_id", "tenant_id"]);
+    assert_eq!(
+        columns,
+        vec!["tenant_id"; idem_sqlx::DISTRIBUTED_TABLES.len()]
+    );
+    assert!(idem_sqlx::DISTRIBUTED_TABLES.contains(&"idem.inbox"));
     assert_eq!(db.workers.len(), 2, "a coordinator and two workers");
 }
 
