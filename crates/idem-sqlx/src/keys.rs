@@ -263,15 +263,17 @@ async fn claim_citus(
     .await?;
     let retention_secs = req.retention.as_secs_f64();
     for _ in 0..CLAIM_ATTEMPTS {
-        let row = sqlx::query(concat!(
-            "WITH ins AS ( \
-               INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
-                 created_at, expires_at, retention) \
-               VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
-                 make_interval(secs => $6)) \
-               ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) ",
-            inserted_or_existing!()
-        ))
+        // Two statements where Postgres takes one: Citus plans a modifying CTE read
+        // beside another query in steps (the CTE's rows sent back to the worker as an
+        // intermediate result), while a bare INSERT is one statement routed to the
+        // key's worker; a new key, the common case, needs nothing else.
+        let inserted = sqlx::query(
+            "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+               created_at, expires_at, retention) \
+             VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
+               make_interval(secs => $6)) \
+             ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
+        )
         .bind(req.tenant.as_str())
         .bind(req.key.as_str())
         .bind(req.fingerprint.as_bytes().as_slice())
@@ -281,14 +283,10 @@ async fn claim_citus(
         .bind(req.route)
         .fetch_optional(&mut *conn)
         .await?;
-        let row = match row {
-            Some(row) if row.try_get::<bool, _>("inserted")? => {
-                return claimed_on_citus(conn).await;
-            }
-            Some(row) => Some(row),
-            None => lookup_row(&mut *conn, req.tenant, req.key).await?,
-        };
-        let Some(row) = row else {
+        if inserted.is_some() {
+            return claimed_on_citus(conn).await;
+        }
+        let Some(row) = lookup_row(&mut *conn, req.tenant, req.key).await? else {
             continue;
         };
         let (record, now) = decode_record(&row)?;
