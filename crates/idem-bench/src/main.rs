@@ -19,11 +19,14 @@
 //! woken after each commit, publishes to NATS JetStream (`NATS_URL`, default
 //! `nats://127.0.0.1:4222`; skipped when unreachable): the commit-to-publish latency.
 //! Services run in-process on loopback sockets against Postgres (`DATABASE_URL`, or a
-//! throwaway container from `IDEM_PG_IMAGE`).
+//! throwaway container from `IDEM_PG_IMAGE`). Requests spread over `--tenants` tenants;
+//! on a Citus coordinator the tables are distributed by tenant first (as the example
+//! does at start) and the table ends with the share of keys each worker holds.
 
 mod chart;
 mod handwritten;
 mod publish;
+mod tenants;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,6 +62,10 @@ struct Args {
     /// production; ignored with `DATABASE_URL`).
     #[arg(long)]
     no_fsync: bool,
+    /// Tenants the requests spread over, round robin (on a Citus coordinator, over
+    /// the workers).
+    #[arg(long, default_value_t = 100)]
+    tenants: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -101,6 +108,10 @@ struct Report {
     enqueue_over_no_enqueue: f64,
     /// (g), when NATS was reachable.
     publish: Option<publish::PublishLatency>,
+    /// The tenants the requests spread over.
+    tenants: usize,
+    /// On a Citus coordinator: the keys each worker holds at the end of the run.
+    citus_keys_per_worker: Option<Vec<tenants::WorkerShare>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -146,6 +157,8 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .await?;
     payments::migrate(&pool).await?;
     sqlx::raw_sql(handwritten::TABLE).execute(&pool).await?;
+    tenants::set(args.tenants);
+    let citus = tenants::distribute(&pool).await?;
 
     let bare = serve(payments::bare_app(pool.clone())).await?;
     let without_outbox = serve(payments::bare_app_without_outbox(pool.clone())).await?;
@@ -171,10 +184,10 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let keyless_on = |base: &str| {
         let client = client.clone();
         let url = format!("{base}/payments");
-        move |_: usize| {
+        move |i: usize| {
             client
                 .post(&url)
-                .header("x-tenant-id", "bench")
+                .header("x-tenant-id", tenants::of(i))
                 .header("content-type", "application/json")
                 .body(BODY)
         }
@@ -209,10 +222,10 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let unique_on = |base: &str| {
         let client = client.clone();
         let url = format!("{base}/payments");
-        move |_: usize| {
+        move |i: usize| {
             client
                 .post(&url)
-                .header("x-tenant-id", "bench")
+                .header("x-tenant-id", tenants::of(i))
                 .header("idempotency-key", uuid::Uuid::new_v4().to_string())
                 .header("content-type", "application/json")
                 .body(BODY)
@@ -256,7 +269,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         move |i: usize| {
             client
                 .post(&url)
-                .header("x-tenant-id", "bench")
+                .header("x-tenant-id", tenants::of(i % keys.len()))
                 .header("idempotency-key", &keys[i % keys.len()])
                 .header("content-type", "application/json")
                 .body(BODY)
@@ -347,6 +360,11 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         layer_statements_over_bare_statements: rps("b0 ") / rps("a0 "),
         enqueue_over_no_enqueue: rps("a ") / rps("f "),
         publish,
+        tenants: args.tenants,
+        citus_keys_per_worker: match citus {
+            true => Some(tenants::keys_per_worker(&pool).await?),
+            false => None,
+        },
         rows,
     })
 }
@@ -486,7 +504,7 @@ async fn storm(
         let requests = (0..size).map(|_| {
             let req = client
                 .post(format!("{base}/payments"))
-                .header("x-tenant-id", "bench")
+                .header("x-tenant-id", tenants::of(k))
                 .header("idempotency-key", &key)
                 .header("content-type", "application/json")
                 .body(BODY);
@@ -570,9 +588,10 @@ fn single_insert(pool: PgPool) -> futures_util::future::BoxFuture<'static, Resul
     Box::pin(async move {
         sqlx::query(
             "INSERT INTO payments (id, tenant_id, amount, currency, reference) \
-             VALUES ($1, 'bench', 1250, 'EUR', 'bench')",
+             VALUES ($1, $2, 1250, 'EUR', 'bench')",
         )
         .bind(uuid::Uuid::now_v7())
+        .bind(tenants::next())
         .execute(&pool)
         .await?;
         Ok(())
@@ -597,7 +616,7 @@ async fn handler_statements(
 /// COMMIT.
 fn bare_statements(pool: PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
     Box::pin(async move {
-        let tenant = idem_core::TenantId::new("bench")?;
+        let tenant = idem_core::TenantId::new(tenants::next())?;
         let mut tx = pool.begin().await?;
         handler_statements(&mut tx, &tenant, None).await?;
         tx.commit().await?;
@@ -612,7 +631,8 @@ fn layer_statements(
     pool: PgPool,
 ) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
     Box::pin(async move {
-        let tenant = idem_core::TenantId::new("bench")?;
+        let backend = tenants::backend();
+        let tenant = idem_core::TenantId::new(tenants::next())?;
         let key = idem_core::IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string())?;
         let request = idem_sqlx::ClaimRequest {
             tenant: &tenant,
@@ -627,7 +647,7 @@ fn layer_statements(
             wait: Duration::from_secs(5),
         };
         let mut tx = idem_sqlx::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
-        match idem_sqlx::claim(&mut tx, &request).await? {
+        match idem_sqlx::claim_on(&mut tx, &request, backend).await? {
             idem_sqlx::Claim::Claimed => {}
             other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
         }
@@ -655,9 +675,13 @@ fn layer_statements(
 }
 
 fn print_table(report: &Report) {
+    let backend = match &report.citus_keys_per_worker {
+        Some(_) => "a Citus coordinator",
+        None => "Postgres",
+    };
     println!(
-        "idem benchmark: concurrency {}, {} s per timed scenario",
-        report.concurrency, report.duration_secs
+        "idem benchmark on {backend}: concurrency {}, {} s per timed scenario, {} tenants",
+        report.concurrency, report.duration_secs, report.tenants
     );
     println!(
         "{:<26} {:>9} {:>7} {:>10} {:>9} {:>9} {:>11}",
@@ -709,5 +733,17 @@ fn print_table(report: &Report) {
             p.p50_ms, p.p95_ms, p.p99_ms, p.published, p.enqueued
         ),
         None => println!("g: skipped (NATS unreachable)"),
+    }
+    if let Some(workers) = &report.citus_keys_per_worker {
+        let total: i64 = workers.iter().map(|w| w.keys).sum();
+        for w in workers {
+            println!(
+                "Citus worker {}: {} keys ({:.0}%) of {} tenants",
+                w.worker,
+                w.keys,
+                100.0 * w.keys as f64 / total.max(1) as f64,
+                w.tenants
+            );
+        }
     }
 }
