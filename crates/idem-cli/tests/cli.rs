@@ -368,12 +368,20 @@ async fn reconcile_lists_delivered_messages_the_consumer_never_recorded() {
     for key in ["r1", "r2", "r3"] {
         assert_eq!(pay(&app, key).await.status(), 201);
     }
-    // All three delivered; the ledger recorded the first two.
+    // All three delivered; the ledger recorded the first two: the first under the
+    // tenant the message names (as `Inbox::process` does), the second under none (a
+    // consumer that passed no headers).
     exec(&db, "UPDATE idem.outbox SET delivered_at = now()").await;
     exec(
         &db,
-        "INSERT INTO idem.inbox (consumer, message_id, processed_at) \
-         SELECT 'ledger', id, now() FROM idem.outbox ORDER BY id LIMIT 2",
+        "INSERT INTO idem.inbox (tenant_id, consumer, message_id, processed_at) \
+         SELECT tenant_id, 'ledger', id, now() FROM idem.outbox ORDER BY id LIMIT 1",
+    )
+    .await;
+    exec(
+        &db,
+        "INSERT INTO idem.inbox (tenant_id, consumer, message_id, processed_at) \
+         SELECT '', 'ledger', id, now() FROM idem.outbox ORDER BY id LIMIT 1 OFFSET 1",
     )
     .await;
     let never: String =

@@ -17,10 +17,12 @@ const RECONCILE_PAGE: i64 = 1000;
 /// Messages delivered since `since` (of `topic`, if given) that `consumer`'s inbox
 /// never recorded: the ones an incident playbook replays or investigates.
 ///
-/// The delivered messages are read a page at a time, and each page's ids looked up in
-/// the inbox by the consumer's primary key: two statements that each read one table, so
-/// the same wording runs where the outbox is distributed by tenant and the inbox is a
-/// table of the Citus coordinator (which joins no distributed table with a local one).
+/// The delivered messages are read a page at a time, and each page looked up in the
+/// inbox by its primary key (the tenant the message names, the consumer, the id); the
+/// few not found there are looked up by consumer and id alone (a consumer that
+/// recorded a message under another tenant recorded it all the same). Statements that
+/// each read one table: the same wording on plain Postgres and on Citus, where both
+/// tables are distributed by tenant (or the inbox is the coordinator's).
 pub(super) async fn reconcile(
     pool: &PgPool,
     consumer: &str,
@@ -30,8 +32,8 @@ pub(super) async fn reconcile(
     let mut missing = Vec::new();
     let mut after: Option<(DateTime<Utc>, Uuid)> = None;
     loop {
-        let page: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, topic, delivered_at FROM idem.outbox \
+        let page: Vec<Delivered> = sqlx::query_as(
+            "SELECT id, tenant_id, topic, delivered_at FROM idem.outbox \
              WHERE delivered_at >= $1 AND ($2::text IS NULL OR topic = $2) \
                AND ($3::timestamptz IS NULL OR (delivered_at, id) > ($3, $4)) \
              ORDER BY delivered_at, id LIMIT $5",
@@ -46,19 +48,36 @@ pub(super) async fn reconcile(
         let Some(last) = page.last() else {
             break;
         };
-        after = Some((last.2, last.0));
-        let ids: Vec<Uuid> = page.iter().map(|(id, _, _)| *id).collect();
-        let recorded: HashSet<Uuid> = sqlx::query_scalar(
-            "SELECT message_id FROM idem.inbox WHERE consumer = $1 AND message_id = ANY($2)",
+        after = Some((last.3, last.0));
+        let full = page.len() == usize::try_from(RECONCILE_PAGE).unwrap_or(usize::MAX);
+        let tenants: Vec<&str> = page.iter().map(|m| m.1.as_str()).collect();
+        let ids: Vec<Uuid> = page.iter().map(|m| m.0).collect();
+        let mut recorded: HashSet<Uuid> = sqlx::query_scalar(
+            "SELECT message_id FROM idem.inbox WHERE consumer = $1 \
+               AND (tenant_id, message_id) IN (SELECT * FROM unnest($2::text[], $3::uuid[]))",
         )
         .bind(consumer)
+        .bind(&tenants)
         .bind(&ids)
         .fetch_all(pool)
         .await?
         .into_iter()
         .collect();
-        let full = page.len() == usize::try_from(RECONCILE_PAGE).unwrap_or(usize::MAX);
-        for (id, topic, delivered_at) in page {
+        let unfound: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| !recorded.contains(id))
+            .collect();
+        if !unfound.is_empty() {
+            let elsewhere: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT message_id FROM idem.inbox WHERE consumer = $1 AND message_id = ANY($2)",
+            )
+            .bind(consumer)
+            .bind(&unfound)
+            .fetch_all(pool)
+            .await?;
+            recorded.extend(elsewhere);
+        }
+        for (id, _, topic, delivered_at) in page {
             if !recorded.contains(&id) {
                 missing.push(json!({ "id": id, "topic": topic, "delivered_at": delivered_at }));
             }
@@ -73,6 +92,9 @@ pub(super) async fn reconcile(
         "missing": missing,
     }))
 }
+
+/// A delivered message as `reconcile` reads it: id, tenant, topic, delivery time.
+type Delivered = (Uuid, String, String, DateTime<Utc>);
 
 /// Sweeps now: expired keys in batches with a progress bar (the table that grows
 /// largest), then the outbox and inbox. On a Citus coordinator the sweeper's own batches
