@@ -55,8 +55,10 @@ pub enum Command {
     },
     /// Runs idem's migrations.
     Migrate,
-    /// On a Citus coordinator, distributes idem's tables by tenant (idempotent: run it
-    /// after every `migrate`); on plain Postgres it says so and does nothing.
+    /// Distributes idem's tables by tenant on a Citus coordinator (idempotent).
+    ///
+    /// Run it after every `migrate`; it lists the tables it distributed. On plain
+    /// Postgres it says so and does nothing.
     Distribute {
         /// An application table distributed by its tenant column to co-locate idem's
         /// tables with (as `public.payments`); Citus's default group when omitted.
@@ -98,8 +100,10 @@ pub enum KeysCommand {
     Show(KeyRef),
     /// Deletes a key: its next request runs as new.
     Evict(KeyRef),
-    /// Rewrites the keys stored in the clear as the layer stores them with
-    /// `protect_keys` (run right before the deploy that turns protection on).
+    /// Rewrites the keys stored in the clear as `protect_keys` stores them.
+    ///
+    /// Run it right before the deploy that turns protection on. An in-progress phased
+    /// key keeps its clear key in `binding`.
     Protect(ProtectArgs),
     /// Keys per day and route: count, bytes, replays, mismatches.
     Stats {

@@ -1,10 +1,13 @@
-//! `idem`, the operator command: inspect and evict keys, watch and repair the outbox
-//! and inbox, find messages a consumer never recorded, sweep, migrate.
+//! `idem`, the operator command: inspect and evict keys, protect keys stored in the
+//! clear, watch and repair the outbox and inbox, find messages a consumer never
+//! recorded, sweep, migrate, and distribute idem's tables on a Citus coordinator. Every
+//! command works on plain Postgres and on a Citus coordinator alike.
 //!
 //! ```text
 //! idem --database-url postgres://... keys show --tenant acme --key order-4711
 //! idem --json outbox status
 //! idem reconcile --consumer ledger --since 2h
+//! idem migrate && idem distribute --colocate-with public.payments
 //! ```
 //!
 //! Every command prints text, or JSON with `--json`. The exit status is 0 on success,
