@@ -78,6 +78,9 @@ for port in "$coordinator" "${workers[@]}"; do
       echo "shared_preload_libraries = 'citus'"
       echo "max_prepared_transactions = 200"
       echo "max_connections = 400"
+      # Citus runs a maintenance daemon (deadlock detection, two-phase commit
+      # recovery) per database: room for the test databases of a parallel run.
+      echo "max_worker_processes = 64"
       echo "listen_addresses = '127.0.0.1'"
     } >>"$conf"
   fi
