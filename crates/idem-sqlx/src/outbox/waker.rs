@@ -63,6 +63,10 @@ impl OutboxWaker {
     /// call it inside a Tokio runtime) sends `NOTIFY idem_outbox` on a connection of
     /// `pool` after wakes, spaced by [`NOTIFY_SPACING`]. The task ends when the last
     /// clone of the waker is dropped.
+    ///
+    /// A notification reaches only the sessions of the server it is sent on: on a Citus
+    /// cluster, give it a pool on the coordinator, where relays listen (their pools
+    /// are on the coordinator too).
     pub fn notifying(pool: PgPool) -> Self {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(notify_on_wake(pool, rx));

@@ -10,8 +10,6 @@
 //! and marks commit on the workers, in transactions that carry the setting there (see
 //! `lease`).
 
-use std::sync::OnceLock;
-
 use futures_util::future::BoxFuture;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -20,9 +18,8 @@ use crate::{Backend, StoreError};
 
 pub(super) struct OwnConnection {
     pool: PgPool,
-    conn: Mutex<Option<PgConnection>>,
-    /// Detected on the first connection, once: the statements are worded for it.
-    backend: OnceLock<Backend>,
+    /// The connection, and the backend its statements are worded for.
+    conn: Mutex<Option<(PgConnection, Backend)>>,
 }
 
 impl OwnConnection {
@@ -30,61 +27,59 @@ impl OwnConnection {
         OwnConnection {
             pool,
             conn: Mutex::new(None),
-            backend: OnceLock::new(),
         }
     }
 
     /// Runs `f` on the connection, connecting first when there is none, with the
     /// backend it reaches. After an error the connection is dropped, and the next call
-    /// connects again.
+    /// connects again (and looks at the backend again).
     pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: for<'c> FnOnce(&'c mut PgConnection, Backend) -> BoxFuture<'c, Result<T, StoreError>>,
     {
         let mut guard = self.conn.lock().await;
-        let conn = match guard.as_mut() {
-            Some(conn) => conn,
+        let (conn, backend) = match guard.as_mut() {
+            Some(connected) => connected,
             None => guard.insert(self.connect().await?),
         };
-        let backend = match self.backend.get() {
-            Some(backend) => *backend,
-            None => {
-                let detected = detect(conn).await;
-                let backend = match detected {
-                    Ok(backend) => backend,
-                    Err(e) => {
-                        *guard = None;
-                        return Err(e);
-                    }
-                };
-                *self.backend.get_or_init(|| backend)
-            }
-        };
-        let result = f(conn, backend).await;
+        let result = f(conn, *backend).await;
         if result.is_err() {
             *guard = None;
         }
         result
     }
 
-    async fn connect(&self) -> Result<PgConnection, StoreError> {
+    async fn connect(&self) -> Result<(PgConnection, Backend), StoreError> {
         let options = self.pool.connect_options();
         let mut conn = PgConnection::connect_with(&options).await?;
         sqlx::raw_sql("SET synchronous_commit = off")
             .execute(&mut conn)
             .await?;
-        Ok(conn)
+        let backend = detect(&mut conn).await?;
+        Ok((conn, backend))
     }
 }
 
-/// The backend `conn` reaches, as [`Backend::detect`] finds it, on this connection (so
-/// the relay never waits for the pool).
+/// The wording the relay's statements need on `conn`: Citus's on a Citus coordinator
+/// (as [`Backend::detect`] finds it, on this connection, so the relay never waits for
+/// the pool) whose `idem.outbox` is distributed; plain Postgres's otherwise, a local
+/// outbox on a coordinator included (then, once it is distributed, the plain claim
+/// fails, the connection is dropped, and the next one finds the distributed outbox).
 async fn detect(conn: &mut PgConnection) -> Result<Backend, StoreError> {
     let citus: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-            .fetch_one(conn)
+            .fetch_one(&mut *conn)
             .await?;
-    Ok(if citus {
+    if !citus {
+        return Ok(Backend::Postgres);
+    }
+    let distributed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition \
+                        WHERE logicalrelid = 'idem.outbox'::regclass)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(if distributed {
         Backend::Citus
     } else {
         Backend::Postgres

@@ -51,8 +51,8 @@ use listen::Listening;
 /// off`: one lost in a database crash only means a delivery again. Failures are written
 /// through the pool.
 ///
-/// On a Citus coordinator (detected once, on the relay's first connection), where the
-/// outbox is distributed by tenant and `FOR UPDATE` may touch only one shard, a round
+/// On a Citus coordinator whose outbox is distributed by tenant (looked up when the
+/// relay opens its connection), where `FOR UPDATE` may touch only one shard, a round
 /// reads the oldest `batch_size` due messages across the shards without locks, then
 /// claims shard by shard (the shard with the oldest message first), each in a
 /// transaction routed to its worker by the tenants read there, `SKIP LOCKED` within
