@@ -12,6 +12,10 @@ mod aborted_transactions;
 mod concurrency;
 #[path = "expiry.rs"]
 mod expiry;
+#[path = "inbox.rs"]
+mod inbox;
+#[path = "inbox_poison.rs"]
+mod inbox_poison;
 #[path = "isolation.rs"]
 mod isolation;
 #[path = "key_storms.rs"]
@@ -20,18 +24,30 @@ mod key_storms;
 mod key_validation;
 #[path = "limits.rs"]
 mod limits;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "mismatch.rs"]
 mod mismatch;
 #[path = "observe_mode.rs"]
 mod observe_mode;
+#[path = "outbox.rs"]
+mod outbox;
 #[path = "phased.rs"]
 mod phased;
 #[path = "phased_accepted.rs"]
 mod phased_accepted;
 #[path = "phased_completer.rs"]
 mod phased_completer;
+#[path = "protected_keys.rs"]
+mod protected_keys;
 #[path = "redirects.rs"]
 mod redirects;
+#[path = "relay_citus.rs"]
+mod relay_citus;
+#[path = "relay_leases.rs"]
+mod relay_leases;
+#[path = "relay_wakeup.rs"]
+mod relay_wakeup;
 #[path = "replay.rs"]
 mod replay;
 #[path = "rollback.rs"]
@@ -42,6 +58,8 @@ mod route_policy;
 mod storms;
 #[path = "streaming.rs"]
 mod streaming;
+#[path = "sweeper.rs"]
+mod sweeper;
 #[path = "tenants.rs"]
 mod tenants;
 
@@ -106,17 +124,20 @@ async fn distributing_again_changes_nothing_so_it_can_run_at_every_start() {
 async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
     let db = citus_test_db(4).await;
     // A tenant's shard of each table, and the worker that holds it.
+    let mut tables = vec!["effects", "payments", "ledger_entries"];
+    tables.extend(idem_sqlx::DISTRIBUTED_TABLES);
     let placements: Vec<(String, i32)> = sqlx::query_as(
         "SELECT logicalrelid::text, p.nodeport FROM pg_dist_shard s \
          JOIN pg_dist_shard_placement p USING (shardid) \
          WHERE s.shardid IN (SELECT get_shard_id_for_distribution_column(t, 'tenant-42') \
-           FROM unnest(ARRAY['effects', 'idem.keys', 'idem.outbox', 'idem.observed_keys']::regclass[]) t) \
+           FROM unnest($1::text[]::regclass[]) t) \
          ORDER BY 1",
     )
+    .bind(&tables)
     .fetch_all(&db.pool)
     .await
     .expect("placements");
-    assert_eq!(placements.len(), 4, "{placements:?}");
+    assert_eq!(placements.len(), tables.len(), "{placements:?}");
     assert!(
         placements.iter().all(|(_, port)| *port == placements[0].1),
         "one worker: {placements:?}"
