@@ -230,7 +230,8 @@ async fn the_sweeper_skips_a_row_another_transaction_holds_instead_of_waiting() 
 async fn a_phased_key_still_in_progress_is_never_swept_however_old() {
     let db = test_db().await;
     // Two phased keys claimed long ago: one finished and expired, one still in progress
-    // (its owner crashed; a retry or the completer will resume it).
+    // (its owner crashed; a retry or the completer will resume it); and a key of no
+    // owner that never completed, expired too.
     sqlx::raw_sql(
         "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, created_at, \
            expires_at, retention, fence, locked_until, phases, recovery_point, \
@@ -240,7 +241,10 @@ async fn a_phased_key_still_in_progress_is_never_swept_however_old() {
            '{}', 'done', 201, now() - interval '2 days'), \
          ('t', 'in-progress', decode(repeat('00', 32), 'hex'), 'POST', '/p', \
            now() - interval '3 days', now() - interval '2 days', interval '1 day', 1, \
-           now() - interval '2 days', '{\"pending\": {\"done\": 1}}', 'pending', NULL, NULL)",
+           now() - interval '2 days', '{\"pending\": {\"done\": 1}}', 'pending', NULL, NULL), \
+         ('t', 'unowned', decode(repeat('00', 32), 'hex'), 'POST', '/p', \
+           now() - interval '3 days', now() - interval '2 days', interval '1 day', NULL, \
+           NULL, NULL, NULL, NULL, NULL)",
     )
     .execute(&db.pool)
     .await
@@ -249,7 +253,7 @@ async fn a_phased_key_still_in_progress_is_never_swept_however_old() {
         .sweep_once()
         .await
         .expect("sweep");
-    assert_eq!(swept.keys, 1, "only the finished key");
+    assert_eq!(swept.keys, 2, "the finished key and the unowned one");
     let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idem.keys")
         .fetch_all(&db.pool)
         .await

@@ -640,11 +640,14 @@ pub(crate) async fn sweep_expired_citus(
     conn: &mut sqlx::PgConnection,
     limit: i64,
 ) -> Result<u64, StoreError> {
+    // A key that never completed is read with the epoch as its completion time, so one
+    // comparison guards both kinds (Citus takes no function over columns here).
     let found: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(concat!(
-        "SELECT tenant_id, key, completed_at FROM idem.keys \
+        "SELECT tenant_id, key, coalesce(completed_at, 'epoch') FROM idem.keys \
          WHERE expires_at <= now() AND ",
         expiry!(),
-        " <= now() AND completed_at IS NOT NULL ORDER BY expires_at LIMIT $1"
+        " <= now() AND (completed_at IS NOT NULL OR fence IS NULL) \
+         ORDER BY expires_at LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(&mut *conn)
@@ -659,8 +662,9 @@ pub(crate) async fn sweep_expired_citus(
         completed.push(at);
     }
     let done = sqlx::query(
-        "DELETE FROM idem.keys WHERE (tenant_id, key, completed_at) IN \
-           (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
+        "DELETE FROM idem.keys WHERE (tenant_id, key, coalesce(completed_at, 'epoch')) IN \
+           (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])) \
+           AND (completed_at IS NOT NULL OR fence IS NULL)",
     )
     .bind(&tenants)
     .bind(&keys)
