@@ -101,3 +101,115 @@ async fn a_relay_started_before_the_outbox_is_distributed_delivers_before_and_af
     assert_eq!(calls.len(), 60);
     assert!(calls.values().all(|&n| n == 1), "each delivered once");
 }
+
+/// Enqueues `n` messages of `tenant`, in one transaction.
+async fn enqueue_for(db: &TestDb, tenant: &str, n: usize) {
+    let mut tx = db.pool.begin().await.expect("begin");
+    let tenant = TenantId::new(tenant).expect("tenant");
+    for i in 0..n {
+        let key = IdempotencyKey::parse(&format!("{tenant}-{i}")).expect("key");
+        let message =
+            Message::new("orders", format!("m{i}").into_bytes()).from_request(&tenant, &key);
+        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// Undelivered messages of `tenant`.
+async fn undelivered_of(db: &TestDb, tenant: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM idem.outbox WHERE tenant_id = $1 AND delivered_at IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(&db.pool)
+    .await
+    .expect("undelivered")
+}
+
+/// A trigger on `tenant`'s shard of the outbox, on its worker, that fails every update:
+/// that shard's claims fail as on a worker in trouble. Returns the worker's connection
+/// and the shard's table.
+async fn fail_updates_on_the_shard_of(db: &TestDb, tenant: &str) -> (sqlx::PgConnection, String) {
+    use sqlx::Connection;
+    let (shard, port): (String, i32) = sqlx::query_as(
+        "SELECT shard_name, nodeport FROM citus_shards \
+         WHERE shardid = get_shard_id_for_distribution_column('idem.outbox', $1)",
+    )
+    .bind(tenant)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the tenant's outbox shard");
+    let worker = db
+        .workers
+        .iter()
+        .find(|w| i32::from(w.get_port()) == port)
+        .expect("the shard's worker");
+    let mut conn = sqlx::PgConnection::connect_with(&worker.clone().database(&db.name))
+        .await
+        .expect("connect to the shard's worker");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET citus.enable_ddl_propagation = off; \
+         SET citus.enable_manual_changes_to_shards = on; \
+         CREATE FUNCTION public.shard_in_trouble() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'this shard is in trouble'; END $$; \
+         CREATE TRIGGER in_trouble BEFORE UPDATE ON {shard} \
+           FOR EACH ROW EXECUTE FUNCTION public.shard_in_trouble()"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("the failing trigger");
+    (conn, shard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_claim_fails_holds_back_only_its_own_messages() {
+    let db = citus_test_db(4).await;
+    // Two tenants on different shards: the healthy one's messages are the oldest, so
+    // its shard is claimed first, then the failing one's.
+    let (healthy, failing) = ("tenant-1", "tenant-2");
+    let shard_of = async |tenant: &str| -> i64 {
+        sqlx::query_scalar("SELECT get_shard_id_for_distribution_column('idem.outbox', $1)")
+            .bind(tenant)
+            .fetch_one(&db.pool)
+            .await
+            .expect("shard")
+    };
+    assert_ne!(shard_of(healthy).await, shard_of(failing).await);
+    enqueue_for(&db, healthy, 5).await;
+    enqueue_for(&db, failing, 5).await;
+    let (mut worker, shard) = fail_updates_on_the_shard_of(&db, failing).await;
+
+    let sink = Arc::new(Counting::default());
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::builder(db.pool.clone(), sink.clone())
+        .batch_size(20)
+        .poll_interval(Duration::from_millis(50))
+        .lease(Duration::from_secs(120))
+        .listen(false)
+        .build()
+        .expect("relay settings");
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    // Claimed in the round the other shard failed in, and delivered at once (not left
+    // leased for the two minutes of the lease).
+    until("the healthy shard's messages delivered", async || {
+        undelivered_of(&db, healthy).await == 0
+    })
+    .await;
+    assert_eq!(undelivered_of(&db, failing).await, 5);
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER in_trouble ON {shard}"
+    )))
+    .execute(&mut worker)
+    .await
+    .expect("the shard healthy again");
+    until("the other shard's messages delivered", async || {
+        undelivered_of(&db, failing).await == 0
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("join").expect("relay");
+    let calls = sink.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 10);
+    assert!(calls.values().all(|&n| n == 1), "each delivered once");
+}

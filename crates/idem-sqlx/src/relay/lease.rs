@@ -152,47 +152,73 @@ async fn claim_citus(
     let mut messages = Vec::new();
     let mut lease_ends: Option<Instant> = None;
     let mut budget = 0_i64;
+    let mut failed = None;
     for (shard, tenants, count) in due {
         budget = (budget + count).min(limit - messages.len() as i64);
         if budget <= 0 {
             continue;
         }
         let sent = Instant::now();
-        let mut tx = begin_citus(conn).await?;
-        let rows = sqlx::query(
-            "WITH due AS ( \
-               SELECT tenant_id, id FROM idem.outbox \
-               WHERE tenant_id = ANY($1) AND delivered_at IS NULL \
-                 AND dead_lettered_at IS NULL AND available_at <= now() \
-               ORDER BY available_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE idem.outbox o \
-             SET available_at = now() + make_interval(secs => $3), leased_by = $4, \
-                 attempts = o.attempts + 1 \
-             FROM due \
-             WHERE o.tenant_id = ANY($1) AND o.tenant_id = due.tenant_id AND o.id = due.id \
-             RETURNING o.id, o.topic, o.payload, o.headers, o.tenant_id, o.idempotency_key, \
-                       o.attempts, o.last_error, o.created_at",
-        )
-        .bind(&tenants)
-        .bind(budget)
-        .bind(lease.as_secs_f64())
-        .bind(relay)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        budget -= rows.len() as i64;
-        if !rows.is_empty() {
+        // A shard whose claim fails is left to the next round; the others' messages
+        // are claimed and delivered now (those already claimed are leased to this
+        // relay: an error here would strand them until their lease ends).
+        let claimed = match claim_shard(conn, relay, shard, &tenants, budget, lease).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, shard, "outbox relay: claiming a shard failed");
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
+        budget -= claimed.len() as i64;
+        if !claimed.is_empty() {
             let ends = sent + lease;
             lease_ends = Some(lease_ends.map_or(ends, |earliest| earliest.min(ends)));
         }
-        for row in &rows {
-            messages.push(held(row, shard)?);
-        }
+        messages.extend(claimed);
     }
-    Ok(Claimed {
-        messages,
-        lease_ends,
-    })
+    match failed {
+        Some(e) if messages.is_empty() => Err(e),
+        _ => Ok(Claimed {
+            messages,
+            lease_ends,
+        }),
+    }
+}
+
+/// One shard's part of [`claim_citus`]: up to `limit` due messages of `tenants` (all
+/// on `shard`), in a transaction of their own on its worker.
+async fn claim_shard(
+    conn: &mut PgConnection,
+    relay: Uuid,
+    shard: i64,
+    tenants: &[String],
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<(OutboxMessage, Held)>, StoreError> {
+    let mut tx = begin_citus(conn).await?;
+    let rows = sqlx::query(
+        "WITH due AS ( \
+           SELECT tenant_id, id FROM idem.outbox \
+           WHERE tenant_id = ANY($1) AND delivered_at IS NULL \
+             AND dead_lettered_at IS NULL AND available_at <= now() \
+           ORDER BY available_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE idem.outbox o \
+         SET available_at = now() + make_interval(secs => $3), leased_by = $4, \
+             attempts = o.attempts + 1 \
+         FROM due \
+         WHERE o.tenant_id = ANY($1) AND o.tenant_id = due.tenant_id AND o.id = due.id \
+         RETURNING o.id, o.topic, o.payload, o.headers, o.tenant_id, o.idempotency_key, \
+                   o.attempts, o.last_error, o.created_at",
+    )
+    .bind(tenants)
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(relay)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.iter().map(|row| held(row, shard)).collect()
 }
 
 /// A claimed row, decoded, with what its outcome's statement names.
