@@ -106,8 +106,9 @@ pub async fn distribute(
     Ok(Distribution::Distributed { newly })
 }
 
-/// Whether `table` is a Citus distributed table.
-async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> {
+/// Whether `table` is a Citus distributed table (on a coordinator; the catalog it reads
+/// exists only where the `citus` extension is installed).
+pub(crate) async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
     )

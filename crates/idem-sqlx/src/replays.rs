@@ -124,9 +124,13 @@ impl ReplayTally {
                 *self.backend.get_or_init(|| detected)
             }
         };
-        match backend {
-            Backend::Postgres => count_retried(write(&self.pool, &batch, None).await?),
-            Backend::Citus => {
+        // A coordinator whose keys are not distributed yet (distribute runs after the
+        // service started) is written to as plain Postgres: checked at every flush.
+        let sharded = backend == Backend::Citus
+            && crate::citus::is_distributed(&self.pool, "idem.keys").await?;
+        match sharded {
+            false => count_retried(write(&self.pool, &batch, None).await?),
+            true => {
                 let tenants: Vec<String> = batch
                     .keys()
                     .map(|(tenant, _)| tenant.as_str().to_owned())
