@@ -179,6 +179,82 @@ async fn a_keyed_request_commits_on_one_worker_without_two_phase_commit() {
     assert_eq!(db.effects().await, 1);
 }
 
+/// Every shard of every distributed table on the worker that does not hold
+/// `tenant`'s rows, locked (ACCESS EXCLUSIVE) in a transaction on that worker until the
+/// returned connection is closed: a statement that reached any of them would wait.
+async fn lock_the_other_worker(db: &idem_tests::TestDb, tenant: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let home: i32 = sqlx::query_scalar(
+        "SELECT nodeport FROM citus_shards \
+         WHERE shardid = get_shard_id_for_distribution_column('idem.keys', $1)",
+    )
+    .bind(tenant)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the tenant's worker");
+    let other = db
+        .workers
+        .iter()
+        .find(|w| i32::from(w.get_port()) != home)
+        .expect("a second worker");
+    let shards: Vec<String> = sqlx::query_scalar(
+        "SELECT shard_name FROM citus_shards \
+         WHERE nodeport = $1 AND citus_table_type = 'distributed'",
+    )
+    .bind(i32::from(other.get_port()))
+    .fetch_all(&db.pool)
+    .await
+    .expect("the other worker's shards");
+    assert!(
+        shards.iter().any(|s| s.starts_with("idem.keys_")),
+        "{shards:?}"
+    );
+    let mut conn = sqlx::PgConnection::connect_with(&other.clone().database(&db.name))
+        .await
+        .expect("connect to the other worker");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on; \
+         LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        shards.join(", ")
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("the other worker's shards locked");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_runs_on_its_tenants_worker_alone() {
+    let db = citus_test_db(4).await;
+    let (app, _) = idem_tests::effects_app(&db, |l| l.key_quota(100)).await;
+    // With every shard of the other worker locked, the claim, the quota count, the
+    // handler's row, its outbox message, the stored response and the replay still
+    // finish: none of them reaches that worker.
+    let held = lock_the_other_worker(&db, "tenant-7").await;
+    let bound = std::time::Duration::from_secs(30);
+    let post = || {
+        tokio::time::timeout(
+            bound,
+            app.post("/effects", "tenant-7", Some("home-only"), "x")
+                .send(),
+        )
+    };
+    let first = post()
+        .await
+        .expect("the request waited on the other worker")
+        .expect("first");
+    assert_eq!(first.status(), 201);
+    let replay = post()
+        .await
+        .expect("the replay waited on the other worker")
+        .expect("replay");
+    assert!(idem_tests::replayed(&replay));
+    sqlx::Connection::close(held)
+        .await
+        .expect("release the other worker");
+    assert_eq!(db.effects().await, 1);
+}
+
 /// A handler whose table is distributed by another column (an account), so its row
 /// lives on another worker than the tenant's key.
 async fn posting(
@@ -248,4 +324,44 @@ async fn a_handler_whose_table_is_not_co_located_commits_once_in_a_distributed_t
         .await
         .expect("postings");
     assert_eq!(postings, 1, "exactly once across two workers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_tally_counts_before_and_after_the_keys_are_distributed() {
+    let db = citus_test_db(4).await;
+    sqlx::query("SELECT undistribute_table('idem.keys')")
+        .execute(&db.pool)
+        .await
+        .expect("the keys back on the coordinator");
+    sqlx::raw_sql(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, expires_at, \
+           response_status, completed_at) \
+         VALUES ('tenant-7', 'k', decode(repeat('00', 32), 'hex'), 'POST', '/p', \
+           now() + interval '1 day', 201, now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a completed key");
+    let tenant = idem_axum::TenantId::new("tenant-7").expect("tenant");
+    let key = idem_core::IdempotencyKey::parse("k").expect("key");
+    let tally =
+        idem_sqlx::ReplayTally::new(db.pool.clone()).delay(std::time::Duration::from_secs(3600));
+    let replays = async || -> i64 {
+        sqlx::query_scalar("SELECT replays::bigint FROM idem.keys")
+            .fetch_one(&db.pool)
+            .await
+            .expect("replays")
+    };
+    tally.add(&tenant, &key, idem_sqlx::Tallied::Replay);
+    tally
+        .flush()
+        .await
+        .expect("a flush to the coordinator's local keys");
+    assert_eq!(replays().await, 1);
+    idem_sqlx::distribute(&db.pool, Some("effects"))
+        .await
+        .expect("distributed again");
+    tally.add(&tenant, &key, idem_sqlx::Tallied::Replay);
+    tally.flush().await.expect("a flush shard by shard");
+    assert_eq!(replays().await, 2);
 }
