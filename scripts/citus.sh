@@ -91,6 +91,15 @@ for port in "$coordinator" "${workers[@]}"; do
     psql_at "$port" -c 'SELECT 1' >/dev/null 2>&1 && break
     sleep 0.5
   done
+  # Clusters made before a setting was added get it too (it takes a restart).
+  if [ "$(psql_at "$port" -tAc 'SHOW max_worker_processes')" -lt 64 ]; then
+    psql_at "$port" -c 'ALTER SYSTEM SET max_worker_processes = 64' >/dev/null
+    pg_ctlcluster 15 "$name" restart
+    for _ in $(seq 1 30); do
+      psql_at "$port" -c 'SELECT 1' >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+  fi
   psql_at "$port" -c 'CREATE EXTENSION IF NOT EXISTS citus' >/dev/null
 done
 
