@@ -121,6 +121,26 @@ async fn distributing_again_changes_nothing_so_it_can_run_at_every_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributing_beside_a_table_of_another_co_location_group_is_refused() {
+    let db = citus_test_db(4).await;
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (tenant_id text NOT NULL, id bigint NOT NULL, \
+           PRIMARY KEY (tenant_id, id)); \
+         SELECT create_distributed_table('accounts', 'tenant_id', colocate_with => 'none')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a table in a co-location group of its own");
+    let refused = idem_sqlx::distribute(&db.pool, Some("accounts")).await;
+    assert!(
+        matches!(&refused, Err(idem_sqlx::StoreError::NotColocated(what)) if what.contains("idem.keys")),
+        "{refused:?}"
+    );
+    let again = idem_sqlx::distribute(&db.pool, Some("effects")).await;
+    assert!(again.is_ok(), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
     let db = citus_test_db(4).await;
     // A tenant's shard of each table, and the worker that holds it.

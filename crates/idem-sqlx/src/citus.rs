@@ -70,7 +70,9 @@ pub enum Distribution {
 /// application table distributed by its tenant column, as `"public.payments"`) or, with
 /// `None`, in Citus's default co-location group for text columns. Idempotent: run it
 /// at every start, after [`MIGRATOR`](crate::MIGRATOR). On plain Postgres it does
-/// nothing and answers [`Distribution::NotCitus`].
+/// nothing and answers [`Distribution::NotCitus`]. Tables distributed earlier in
+/// another co-location group (or `colocate_with` not distributed) are refused with
+/// [`StoreError::NotColocated`]: each keyed request would be a two-phase commit.
 ///
 /// ```no_run
 /// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -103,7 +105,39 @@ pub async fn distribute(
         .await?;
         newly.push(table);
     }
+    check_colocation(pool, colocate_with).await?;
     Ok(Distribution::Distributed { newly })
+}
+
+/// That idem's tables, and `colocate_with` when named, share one co-location group.
+async fn check_colocation(pool: &PgPool, colocate_with: Option<&str>) -> Result<(), StoreError> {
+    let tables: Vec<&str> = colocate_with
+        .into_iter()
+        .chain(DISTRIBUTED_TABLES)
+        .collect();
+    let groups: Vec<(String, Option<i32>)> = sqlx::query_as(
+        "SELECT t, (SELECT colocationid FROM pg_dist_partition \
+                    WHERE logicalrelid = t::regclass) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await?;
+    let Some((first, group)) = groups.first() else {
+        return Ok(());
+    };
+    let apart: Vec<&str> = groups
+        .iter()
+        .filter(|(_, g)| g != group || g.is_none())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    match apart.is_empty() {
+        true => Ok(()),
+        false => Err(StoreError::NotColocated(format!(
+            "{} not in the co-location group of {first}",
+            apart.join(", ")
+        ))),
+    }
 }
 
 /// Whether `table` is a Citus distributed table (on a coordinator; the catalog it reads

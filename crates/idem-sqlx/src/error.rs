@@ -29,6 +29,12 @@ pub enum StoreError {
     /// owner commits nothing.
     #[error("the key was taken over by another owner; this one may no longer commit")]
     Fenced,
+    /// [`distribute`](crate::distribute) found idem's tables distributed but not in one
+    /// co-location group with the table named (distributed earlier without it, or with
+    /// another): every keyed request would be a two-phase commit across workers.
+    /// Re-distribute them (`undistribute_table`, then `distribute` again).
+    #[error("not co-located on Citus: {0}")]
+    NotColocated(String),
 }
 
 impl StoreError {
@@ -59,7 +65,9 @@ impl StoreError {
             ) => FailureKind::Unavailable,
             StoreError::Database(_) => FailureKind::Fault,
             StoreError::Contended | StoreError::Fenced => FailureKind::Serialization,
-            StoreError::Corrupt(_) | StoreError::NotClaimed => FailureKind::Fault,
+            StoreError::Corrupt(_) | StoreError::NotClaimed | StoreError::NotColocated(_) => {
+                FailureKind::Fault
+            }
         }
     }
 
