@@ -1,5 +1,5 @@
 //! The metrics `idem` emits: names, kinds, labels and meanings, in one place. The
-//! README's metrics table lists the same (a test keeps the two together).
+//! metrics table of docs/observability.md lists the same (a test keeps the two together).
 //!
 //! Durations are in seconds and sizes in bytes, as Prometheus names them.
 
@@ -102,7 +102,7 @@ pub const INBOX_DEAD: &str = "idem_inbox_dead_letters";
 const REQUEST_LABELS: &[&str] = &[METHOD, ROUTE, OUTCOME, CLIENT_VERSION];
 const TIMING_LABELS: &[&str] = &[METHOD, ROUTE];
 
-/// Every metric, in the order of the README's table.
+/// Every metric, in the order of docs/observability.md's table.
 pub const ALL: &[Metric] = &[
     Metric {
         name: REQUESTS,
@@ -296,12 +296,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_documents_every_metric() {
-        let readme = include_str!("../../../../README.md");
+    fn the_observability_guide_documents_every_metric() {
+        let guide = include_str!("../../../../docs/observability.md");
         for metric in ALL {
             assert!(
-                readme.contains(&format!("`{}`", metric.name)),
-                "README.md's metrics table lacks `{}`",
+                guide.contains(&format!("`{}`", metric.name)),
+                "docs/observability.md's metrics table lacks `{}`",
                 metric.name
             );
         }
