@@ -213,7 +213,7 @@ async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
     );
 }
 
-/// The README's migration to protected keys under `SECRET` as `k1`, of the keys that
+/// docs/operations.md's migration to protected keys under `SECRET` as `k1`, of the keys that
 /// also meet `only` (an SQL condition). One statement for plain Postgres and a Citus
 /// coordinator: the UTF-8 bytes of the tenant and key come from `decode(.., 'escape')`
 /// (immutable) with their backslashes doubled, not from `convert_to` (stable, which

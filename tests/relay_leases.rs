@@ -46,7 +46,7 @@ async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_on
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
     db.enqueue_many(&stream.subject("orders"), 5).await;
-    // The README recommends this timeout; a relay holding a transaction across its
+    // docs/configuration.md recommends this timeout; a relay holding a transaction across its
     // deliveries (1.5 s here) would lose its connection every round. Set for the
     // database, it binds every connection the relay opens, its own included.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

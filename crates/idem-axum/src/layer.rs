@@ -391,8 +391,8 @@ impl IdempotencyLayer {
     /// protected key: the key rows, the outbox messages a handler enqueues with
     /// [`Message::from_request`](idem_sqlx::Message::from_request), observe mode's
     /// records, and the handler's own [`IdempotencyKey`](idem_core::IdempotencyKey)
-    /// extension. Keys stored before the switch are not found under their HMAC: see the
-    /// README for the migration.
+    /// extension. Keys stored before the switch are not found under their HMAC: see
+    /// docs/operations.md ("Protected keys") for the migration.
     pub fn protect_keys(self, protection: KeyProtection) -> Self {
         self.with(|c| c.key_protection = Some(protection))
     }
@@ -474,7 +474,7 @@ impl IdempotencyLayer {
     /// replay (or a mismatch) is answered with a single statement and no transaction.
     /// Off by default: every new request then pays that extra read, which costs more
     /// than it saves unless retries are a large share of the route's traffic (see the
-    /// benchmark's table in the README).
+    /// benchmark's tables in docs/benchmark.md).
     pub fn replay_lookup_first(self, on: bool) -> Self {
         self.with(|c| c.replay_lookup_first = on)
     }

@@ -41,7 +41,8 @@ pub(crate) fn for_store(
 /// A record as read from the store, its body opened. `None` when it is sealed and no
 /// key of this layer opens it. `keys`: what the body may be bound to, in order: the key
 /// as stored, then the client's key when the stored one is protected (bodies sealed
-/// before key protection was turned on, whose rows the README's migration rewrote).
+/// before key protection was turned on, whose rows the migration in docs/operations.md
+/// rewrote).
 pub(crate) fn from_store<'k>(
     sealing: Option<&BodySealing>,
     tenant: &TenantId,

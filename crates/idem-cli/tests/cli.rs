@@ -218,7 +218,7 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
 async fn keys_evict_makes_the_next_request_run_as_new() {
     let db = test_db().await;
     // Without the replay cache: a process that keeps the finished record in memory
-    // answers from it until it expires there (see the README).
+    // answers from it until it expires there (see docs/operations.md).
     let layer = payments::idempotency(db.pool.clone()).replay_cache(0);
     let app = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
     assert_eq!(pay(&app, "k2").await.status(), 201);

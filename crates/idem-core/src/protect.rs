@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn known_answer_matches_pgcrypto() {
-        // What the README's migration computes in Postgres:
+        // What the migration in docs/operations.md computes in Postgres:
         // 'hmac:1:' || encode(hmac(convert_to('acme', 'UTF8') || '\x00'::bytea ||
         //   convert_to('order-1', 'UTF8'), decode(repeat('0b', 32), 'hex'), 'sha256'), 'hex')
         let p = KeyProtection::hmac("1", &[0x0b; 32]).expect("protection");

@@ -44,7 +44,7 @@ pub struct StoreStats {
     pub phased_abandoned: i64,
 }
 
-/// Sets the store's gauges of the README's metrics table (`idem_keys_*`,
+/// Sets the store's gauges of docs/observability.md's metrics table (`idem_keys_*`,
 /// `idem_outbox_pending`, `idem_outbox_oldest_pending_seconds`, the dead-letter
 /// counts, `idem_phased_keys_abandoned`) from one reading every `interval` (30 s by
 /// default).

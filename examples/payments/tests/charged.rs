@@ -237,7 +237,7 @@ async fn a_payment_refused_after_its_charge_is_refunded_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_provider_s_charge_is_accepted_and_its_status_polled_to_the_end() {
     let world = World::start(&[("PROVIDER_DELAY_MS", "2000")]).await;
-    // The lease outlasts the provider's call, as it must (see the README).
+    // The lease outlasts the provider's call, as it must (see docs/phased.md).
     let payments = world
         .payments(&[("ACCEPT_AFTER_MS", "300"), ("PHASED_LEASE_MS", "10000")])
         .await;

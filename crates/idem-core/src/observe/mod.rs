@@ -80,7 +80,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in the order of the README's table.
+    /// Every outcome, in the order of the outcome table in docs/observability.md.
     pub const ALL: [Outcome; 25] = [
         Outcome::Executed,
         Outcome::Committed,
