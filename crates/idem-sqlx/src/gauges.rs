@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::StoreError;
 use crate::observe;
+use crate::sql::expiry;
 
 /// The keys of one route, as [`StoreGauges::read`] found them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,14 +106,14 @@ impl StoreGauges {
 
     /// One reading of the tables.
     pub async fn read(&self) -> Result<StoreStats, StoreError> {
-        let routes = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(
+        let routes = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(concat!(
             "SELECT coalesce(route, $1), count(*), \
                coalesce(sum(pg_column_size(k.*)), 0)::int8, \
                count(*) FILTER (WHERE replays > 0), coalesce(sum(replays), 0)::int8 \
-             FROM idem.keys k \
-             WHERE greatest(expires_at, completed_at + retention) > now() \
-             GROUP BY 1 ORDER BY 1",
-        )
+             FROM idem.keys k WHERE ",
+            expiry!(),
+            " > now() GROUP BY 1 ORDER BY 1"
+        ))
         .bind(names::UNMATCHED_ROUTE)
         .fetch_all(&self.pool)
         .await?

@@ -9,6 +9,7 @@ use idem_core::{
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgTransaction, Row};
 
+use crate::sql::expiry;
 use crate::{Backend, StoreError};
 
 /// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
@@ -16,27 +17,6 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// How many times a claim re-reads a key that vanished or was replaced under it.
 const CLAIM_ATTEMPTS: usize = 4;
-
-/// When a row of `idem.keys` expires: its retention counts from its completion, and
-/// `expires_at` (claim time + retention, never moved) keeps the sweeper's index
-/// untouched when the response is stored. `expiry!()` names the columns unqualified;
-/// `expiry!("idem.keys.")` qualifies them (where `EXCLUDED` is in scope too).
-macro_rules! expiry {
-    () => {
-        expiry!("")
-    };
-    ($table:literal) => {
-        concat!(
-            "greatest(",
-            $table,
-            "expires_at, ",
-            $table,
-            "completed_at + ",
-            $table,
-            "retention)"
-        )
-    };
-}
 
 /// The rest of a claiming statement after its `ins` CTE (an `INSERT .. RETURNING` of
 /// the key's row): one row saying the key was inserted, or the existing row as

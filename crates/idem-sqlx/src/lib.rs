@@ -69,6 +69,7 @@ mod outbox;
 mod phases;
 mod relay;
 mod replays;
+mod sql;
 mod sweeper;
 #[cfg(feature = "http")]
 mod webhook;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{Lease, Phased, PhasedClaim, secs};
 use crate::StoreError;
 use crate::keys::decode_record;
+use crate::sql::expiry;
 
 /// How many times a phased claim re-reads a key that changed under it.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -242,12 +243,13 @@ async fn lookup_phased(
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<Option<PhasedRow>, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "SELECT fingerprint, response_status, response_header_names, response_header_values, \
-           response_body, completed_at, greatest(expires_at, completed_at + retention) \
-           AS expires_at, now() AS db_now, locked_until, fence \
-         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
-    )
+           response_body, completed_at, ",
+        expiry!(),
+        " AS expires_at, now() AS db_now, locked_until, fence \
+         FROM idem.keys WHERE tenant_id = $1 AND key = $2"
+    ))
     .bind(tenant.as_str())
     .bind(key.as_str())
     .fetch_optional(conn)

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::secs;
 use crate::StoreError;
 use crate::keys::decode_record;
+use crate::sql::expiry;
 
 /// A phased key in progress whose lease passed: the request as its claim received it,
 /// for the completer to run again.
@@ -116,13 +117,13 @@ pub async fn operation(
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<Operation>, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "SELECT key, fingerprint, response_status, response_header_names, \
-           response_header_values, response_body, completed_at, \
-           greatest(expires_at, completed_at + retention) AS expires_at, now() AS db_now, \
-           recovery_point, locked_until \
-         FROM idem.keys WHERE operation_id = $1 AND tenant_id = $2",
-    )
+           response_header_values, response_body, completed_at, ",
+        expiry!(),
+        " AS expires_at, now() AS db_now, recovery_point, locked_until \
+         FROM idem.keys WHERE operation_id = $1 AND tenant_id = $2"
+    ))
     .bind(id)
     .bind(tenant.as_str())
     .fetch_optional(pool)
