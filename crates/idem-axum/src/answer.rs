@@ -7,7 +7,7 @@ use idem_core::policy::HashPolicy;
 use idem_core::{Decision, Outcome, Record, RecordState, StoredResponse};
 
 use crate::Problem;
-use crate::layer::{Config, IDEMPOTENT_REPLAYED};
+use crate::config::{Config, IDEMPOTENT_REPLAYED};
 
 /// Marks the response with its outcome (an extension, reported when the request
 /// finishes) and passes it on.

@@ -12,9 +12,9 @@ use idem_core::{Outcome, TraceContext};
 
 use crate::Problem;
 use crate::answer::outcome;
-use crate::layer::Config;
+use crate::bounds::{Inner, ResponseBody};
+use crate::config::Config;
 use crate::observe::Observed;
-use crate::service::{Inner, ResponseBody};
 use crate::store::{Keyed, PgTx, bounded, rollback};
 use crate::tx::TxSlot;
 

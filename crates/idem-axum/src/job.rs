@@ -15,13 +15,14 @@ use sqlx::PgPool;
 use crate::Problem;
 use crate::answer::outcome;
 use crate::answer::{decided, in_flight};
+use crate::bounds::{Inner, ResponseBody};
 use crate::cache::ReplayCache;
+use crate::config::Config;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, roll_back, run_handler};
-use crate::layer::{Config, FailureMode};
 use crate::observe::Observed;
-use crate::service::{Inner, ResponseBody};
 use crate::store::{Keyed, NotBegun, Opened, PgTx, begin, open_keyed, unavailable};
+use idem_core::policy::FailureMode;
 
 /// What every step of a request needs.
 #[derive(Clone)]

@@ -40,6 +40,26 @@
 //! See [`IdempotencyLayer`] for the options and [`Problem`] for every answer the layer
 //! makes itself.
 //!
+//! # How a request flows (a map of the modules)
+//!
+//! Modules import one way: the leaves first, then each step, then the service and
+//! the layer that build on them.
+//!
+//! - Leaves: `config` (the settings every step reads, the default header names),
+//!   `bounds` (what the steps need of the wrapped service and its bodies), `uri` (the
+//!   URI the client sent), `problem`, `tenant`, `tx`, `body`, `seal`, `limits`, `flight`
+//!   (one running request per key in this process).
+//! - `layer` builds a [`IdempotencyLayer`] into an [`IdempotencyService`]; `service`
+//!   takes a request apart (method, key, tenant, body, fingerprint) and hands a keyed
+//!   one to `job`.
+//! - `job` opens it: the replay cache (`cache`), then the claim in the store (`store`),
+//!   whose decision `answer` turns into the layer's own responses (replay, mismatch,
+//!   in flight, faults).
+//! - `handler` runs the wrapped service with the claimed transaction as [`Tx`];
+//!   `settle` stores its final answer and commits, or rolls back.
+//! - `phased` runs phased routes (claim, lease, [`Phases`], the [`Completer`]);
+//!   `observe` and `observing` record the metrics and spans of each outcome.
+//!
 //! With the `metrics` feature (on by default) the layer counts every request by
 //! [`Outcome`], method, route template and client version, and times the store's
 //! decision and its own overhead, through the `metrics` facade; the application
@@ -48,7 +68,9 @@
 
 mod answer;
 mod body;
+mod bounds;
 mod cache;
+mod config;
 mod flight;
 mod handler;
 mod job;
@@ -64,7 +86,10 @@ mod settle;
 mod store;
 mod tenant;
 mod tx;
+mod uri;
 
+pub use config::{CORRELATION_ID, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+pub use idem_core::policy::FailureMode;
 pub use idem_core::policy::{HashPolicy, KeyMode, Policy, RiskClass, Would};
 pub use idem_core::protect::KeyProtection;
 pub use idem_core::seal::{BodySealing, SealingError};
@@ -72,10 +97,7 @@ pub use idem_core::{
     ClientVersions, FinalStatuses, IdempotencyKey, Outcome, TenantId, TraceContext,
 };
 pub use idem_sqlx::{Isolation, OutboxWaker, ReplayTally, StoreGauges};
-pub use layer::{
-    CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, FailureMode, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
-    IdempotencyLayer,
-};
+pub use layer::{DEFAULT_REPLAY_CACHE_BYTES, IdempotencyLayer};
 pub use phased::{Completer, PhaseError, Phases};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};

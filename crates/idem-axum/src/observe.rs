@@ -14,7 +14,7 @@ use idem_core::observe::names;
 use idem_core::observe::{NO_VERSION, OTHER_VERSION};
 use tokio::time::Instant;
 
-use crate::layer::Config;
+use crate::config::Config;
 
 /// One request as the layer observes it: its labels and its clocks. Shared between
 /// the response future and the task that runs the request.

@@ -10,12 +10,13 @@ use idem_core::policy::Would;
 use idem_core::{Fingerprint, IdempotencyKey, TenantId};
 use tracing::Instrument;
 
+use crate::bounds::{Inner, ResponseBody};
 use crate::flight::Join;
 use crate::job::Job;
 use crate::observe::Observed;
 use crate::service::{
-    IdempotencyService, Inner, ResponseBody, ResponseFuture, buffered, fingerprint, read_key,
-    request_span, spawned, unkeyed,
+    IdempotencyService, ResponseFuture, buffered, fingerprint, read_key, request_span, spawned,
+    unkeyed,
 };
 use crate::store::bounded;
 

@@ -24,43 +24,15 @@ use crate::Problem;
 use crate::answer::outcome;
 use crate::body::read_body;
 use crate::cache::ReplayCache;
+use crate::config::Config;
 use crate::flight::Flights;
 use crate::job::Job;
-use crate::layer::Config;
 use crate::observe::{Observed, answered, finished};
 use crate::phased::Resume;
 use crate::store::Keyed;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the layer needs of the service it wraps (axum's routers meet it).
-pub(crate) trait Inner<B>:
-    Service<Request<Body>, Response = Response<B>, Future: Send + 'static, Error: Send + 'static>
-    + Send
-    + 'static
-{
-}
-
-impl<S, B> Inner<B> for S
-where
-    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-}
-
-/// What the layer needs of the wrapped service's response bodies.
-pub(crate) trait ResponseBody:
-    HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static
-{
-}
-
-impl<B> ResponseBody for B
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-}
+use crate::bounds::{BoxError, Inner, ResponseBody};
+use crate::uri::{original_uri, request_uri};
 
 /// The request's span, with OpenTelemetry's HTTP field names where one exists; the
 /// outcome, status and decision latency are recorded when the request finishes.
@@ -391,27 +363,6 @@ pub(crate) fn read_key(
     IdempotencyKey::from_bytes(value.as_bytes())
         .map(Some)
         .map_err(|e: KeyError| e.to_string())
-}
-
-/// The URI the client sent: inside `Router::nest`, axum strips the prefix from the
-/// request's URI before inner layers run, and keeps the original as [`OriginalUri`].
-/// Everything that identifies the request (its fingerprint, its stored path, the
-/// completer's kept request) reads this one.
-pub(crate) fn request_uri(parts: &Parts) -> &http::Uri {
-    original_uri(&parts.extensions, &parts.uri)
-}
-
-fn original_uri<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a http::Uri {
-    extensions
-        .get::<OriginalUri>()
-        .map_or(uri, |original| &original.0)
-}
-
-/// The query string the client sent (without `?`), as a phased claim keeps it.
-pub(crate) fn kept_query(req: &Request<Body>) -> Option<String> {
-    original_uri(req.extensions(), req.uri())
-        .query()
-        .map(str::to_owned)
 }
 
 /// Whether an axum router passed the request on without matching a route (its

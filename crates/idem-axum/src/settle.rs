@@ -17,12 +17,12 @@ use idem_sqlx::{Completion, StoreError};
 use crate::Problem;
 use crate::answer::outcome;
 use crate::body::{Buffered, buffer};
+use crate::bounds::ResponseBody;
+use crate::config::Config;
 use crate::flight::Landed;
 use crate::handler::roll_back;
 use crate::job::Job;
-use crate::layer::Config;
 use crate::seal;
-use crate::service::ResponseBody;
 use crate::store::{Keyed, PgTx, bounded, rollback, store_fault};
 
 /// Why a final answer did not commit.

@@ -15,8 +15,8 @@ use tracing::Instrument;
 
 use crate::Problem;
 use crate::answer::{corrupt, decided, in_flight, mismatched, outcome, replay};
+use crate::config::Config;
 use crate::flight::Landed;
-use crate::layer::Config;
 use crate::seal;
 
 /// How many transactions a claim may take when serialization failures make it start

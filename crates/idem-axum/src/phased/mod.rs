@@ -19,13 +19,3 @@ pub use completer::Completer;
 pub(crate) use completer::Resume;
 pub use phases::{PhaseError, Phases};
 pub(crate) use status::operations;
-
-/// The phased mode's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PhasedMode {
-    /// How long an owner holds the key without committing a phase.
-    pub(crate) lease: std::time::Duration,
-    /// Answer 202 Accepted to a request still running after this long, pointing at its
-    /// status under this path.
-    pub(crate) accept: Option<(std::time::Duration, String)>,
-}

@@ -16,9 +16,9 @@ use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::answer::{in_flight, mismatched, outcome, replay};
+use crate::bounds::{Inner, ResponseBody};
 use crate::handler::trace_context;
 use crate::job::Job;
-use crate::service::{Inner, ResponseBody};
 use crate::settle::{collect, completion, finished_record, sealed};
 use crate::store::{Keyed, bounded, landed, opened, store_fault, unavailable};
 
@@ -65,7 +65,7 @@ impl Job {
         };
         let kept = Kept {
             body,
-            query: crate::service::kept_query(&req),
+            query: crate::uri::kept_query(&req),
             content_type: req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -213,7 +213,7 @@ impl Job {
         keyed: &Keyed,
         record: idem_core::Record,
         clocks: (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
-        answer: fn(&crate::layer::Config, &idem_core::Record) -> Response<Body>,
+        answer: fn(&crate::config::Config, &idem_core::Record) -> Response<Body>,
     ) -> Response<Body> {
         let Some(record) = opened(&self.config, keyed, record) else {
             return crate::answer::corrupt();

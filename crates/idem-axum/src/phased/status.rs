@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::Problem;
 use crate::answer::{corrupt, replay};
-use crate::layer::Config;
+use crate::config::Config;
 use crate::seal;
 use crate::store::{store_fault, unavailable};
 
