@@ -196,11 +196,9 @@ async fn claim_inner(
         let Some((record, now)) = existing else {
             continue; // swept between the two statements; claim again
         };
-        match decide(Some(&record), &req.fingerprint, now) {
-            Decision::Replay => return Ok(Claim::Replay(record, now)),
-            Decision::Mismatch => return Ok(Claim::Mismatch(record, now)),
-            Decision::InFlight => return Ok(Claim::InFlight),
-            Decision::Execute => {
+        match answered_by(record, now, &req.fingerprint) {
+            Some(answered) => return Ok(answered),
+            None => {
                 let replaced = sqlx::query(concat!(
                     "UPDATE idem.keys SET ",
                     claimed_row!(),
@@ -270,19 +268,26 @@ async fn claim_citus(
             continue;
         };
         let (record, now) = decode_record(&row)?;
-        match decide(Some(&record), &req.fingerprint, now) {
-            Decision::Replay => return Ok(Claim::Replay(record, now)),
-            Decision::Mismatch => return Ok(Claim::Mismatch(record, now)),
-            Decision::InFlight => return Ok(Claim::InFlight),
-            Decision::Execute => {
-                let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
-                if replace_expired(&mut *conn, req, retention_secs, completed_at).await? {
-                    return claimed_on_citus(conn).await;
-                }
-            }
+        if let Some(answered) = answered_by(record, now, &req.fingerprint) {
+            return Ok(answered);
+        }
+        let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
+        if replace_expired(&mut *conn, req, retention_secs, completed_at).await? {
+            return claimed_on_citus(conn).await;
         }
     }
     Err(StoreError::Contended)
+}
+
+/// What a key's existing row answers a claim with (a replay, a mismatch, or in
+/// flight), or `None` when it expired and this request may take it over.
+fn answered_by(record: Record, now: DateTime<Utc>, fingerprint: &Fingerprint) -> Option<Claim> {
+    match decide(Some(&record), fingerprint, now) {
+        Decision::Replay => Some(Claim::Replay(record, now)),
+        Decision::Mismatch => Some(Claim::Mismatch(record, now)),
+        Decision::InFlight => Some(Claim::InFlight),
+        Decision::Execute => None,
+    }
 }
 
 /// The key's row as [`lookup`] reads it.
