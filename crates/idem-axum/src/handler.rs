@@ -15,7 +15,7 @@ use crate::answer::outcome;
 use crate::bounds::{Inner, ResponseBody};
 use crate::config::Config;
 use crate::observe::Observed;
-use crate::store::{Keyed, PgTx, bounded, rollback};
+use crate::store::{Keyed, PgTx, bounded, discard};
 use crate::tx::TxSlot;
 
 /// How the handler left the request.
@@ -137,5 +137,5 @@ pub(crate) fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Op
 
 /// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).
 pub(crate) async fn roll_back(config: &Config, tx: PgTx) {
-    bounded(config.store_timeout, rollback(tx), |()| async {}).await;
+    bounded(config.store_timeout, discard(tx), |()| async {}).await;
 }

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, roll_back, run_handler};
 use crate::observe::Observed;
-use crate::store::{Keyed, NotBegun, Opened, PgTx, begin, open_keyed, unavailable};
+use crate::store::{BeforeHandler, Keyed, NotBegun, PgTx, begin, open_keyed, unavailable};
 use idem_core::policy::FailureMode;
 
 /// What every step of a request needs.
@@ -79,7 +79,7 @@ impl Job {
             Err(answer) => return Ok(answer),
         };
         let tx = match open_keyed(&self.pool, &self.config, keyed).await {
-            Opened::Tx(tx) => {
+            BeforeHandler::Tx(tx) => {
                 self.observed.decided();
                 match self.limit(keyed, tx).await {
                     Ok(tx) => tx,
@@ -89,11 +89,11 @@ impl Job {
                     }
                 }
             }
-            Opened::Answer(answer, landed) => {
+            BeforeHandler::Answer(answer, landed) => {
                 self.land(keyed, leader, landed);
                 return Ok(answer);
             }
-            Opened::Unreached(cause) => {
+            BeforeHandler::Unreached(cause) => {
                 // Nothing was claimed; the duplicates of this process still wait on
                 // this request, so a fail-open route never runs two handlers at once.
                 let answer = self.unreachable(cause, inner, req).await;

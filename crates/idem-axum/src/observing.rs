@@ -15,8 +15,8 @@ use crate::flight::Join;
 use crate::job::Job;
 use crate::observe::Observed;
 use crate::service::{
-    IdempotencyService, ResponseFuture, buffered, fingerprint, read_key, request_span, spawned,
-    unkeyed,
+    IdempotencyService, ResponseFuture, buffer_request_body, fingerprint, read_key, request_span,
+    run_detached, unkeyed,
 };
 use crate::store::bounded;
 
@@ -52,7 +52,7 @@ impl<S> IdempotencyService<S> {
             idem.would = tracing::field::Empty,
         );
         let fut = async move {
-            let body = match buffered(&config, &observed, body).await {
+            let body = match buffer_request_body(&config, &observed, body).await {
                 Ok(body) => body,
                 Err(rejected) => return Ok(rejected),
             };
@@ -65,7 +65,7 @@ impl<S> IdempotencyService<S> {
             };
             job.observe(&tenant, &key, print, leader.is_none()).await;
             let req = Request::from_parts(parts, Body::from(body));
-            let answer = spawned(observed, job.run_unkeyed(inner, req)).await;
+            let answer = run_detached(observed, job.run_unkeyed(inner, req)).await;
             drop(leader);
             answer
         };

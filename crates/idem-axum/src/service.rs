@@ -170,7 +170,7 @@ where
             idem.key_hash = %key.short_hash(),
         );
         let fut = async move {
-            let body = match buffered(&config, &observed, body).await {
+            let body = match buffer_request_body(&config, &observed, body).await {
                 Ok(body) => body,
                 Err(rejected) => return Ok(rejected),
             };
@@ -186,10 +186,10 @@ where
             };
             if config.phased.is_some() {
                 let req = Request::from_parts(parts, Body::from(body.clone()));
-                return spawned(observed, job.run_phased(keyed, body, inner, req)).await;
+                return run_detached(observed, job.run_phased(keyed, body, inner, req)).await;
             }
             let req = Request::from_parts(parts, Body::from(body));
-            spawned(observed, job.run_keyed(keyed, inner, req)).await
+            run_detached(observed, job.run_keyed(keyed, inner, req)).await
         }
         .instrument(span);
         ResponseFuture {
@@ -212,7 +212,7 @@ where
 {
     let path = original_uri(req.extensions(), req.uri()).path();
     let span = request_span!("unkeyed_request", req.method(), path, observed);
-    let fut = spawned(observed, job.run_unkeyed(inner, req));
+    let fut = run_detached(observed, job.run_unkeyed(inner, req));
     ResponseFuture::new(fut.instrument(span))
 }
 
@@ -267,7 +267,7 @@ where
             client: None,
         };
         let req = Request::from_parts(parts, Body::from(body.clone()));
-        spawned(observed, job.run_phased(keyed, body, inner, req)).await
+        run_detached(observed, job.run_phased(keyed, body, inner, req)).await
     };
     ResponseFuture::new(fut.instrument(span))
 }
@@ -292,7 +292,7 @@ fn opened_request(config: &Config, resume: &Resume, body: Bytes) -> Option<Bytes
 
 /// The request body, buffered up to `max_request_body`; past it (or unreadable) the
 /// layer's rejection, already reported.
-pub(crate) async fn buffered(
+pub(crate) async fn buffer_request_body(
     config: &Config,
     observed: &Observed,
     body: Body,
@@ -310,7 +310,7 @@ pub(crate) async fn buffered(
 /// Runs a job in its own task, so a client that disconnects (dropping the response
 /// future) cannot cut the claim -> handler -> commit section in half. The request is
 /// reported in that task too: a request whose client left is still counted.
-pub(crate) async fn spawned<E: Send + 'static>(
+pub(crate) async fn run_detached<E: Send + 'static>(
     observed: Arc<Observed>,
     job: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
 ) -> Result<Response<Body>, E> {

@@ -23,7 +23,7 @@ use crate::flight::Landed;
 use crate::handler::roll_back;
 use crate::job::Job;
 use crate::seal;
-use crate::store::{Keyed, PgTx, bounded, rollback, store_fault};
+use crate::store::{Keyed, PgTx, bounded, discard, store_fault};
 
 /// Why a final answer did not commit.
 enum Unsettled {
@@ -94,7 +94,7 @@ impl Job {
         let work = async move {
             let mut tx = tx;
             if let Err(e) = sqlx::query("SELECT 1").execute(&mut *tx).await {
-                rollback(tx).await;
+                discard(tx).await;
                 return Err(StoreError::from(e));
             }
             tx.commit().await.map_err(StoreError::from)
@@ -130,7 +130,7 @@ impl Job {
             let completion = completion(status, stored.as_ref());
             let request = keyed.claim_request(&config);
             if let Err(e) = idem_sqlx::complete(&mut tx, &request, completion).await {
-                rollback(tx).await;
+                discard(tx).await;
                 return Err(e);
             }
             tx.commit().await.map_err(StoreError::from)

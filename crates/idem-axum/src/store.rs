@@ -61,7 +61,7 @@ impl Keyed {
 pub(crate) type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// Where the store left a request before its handler.
-pub(crate) enum Opened {
+pub(crate) enum BeforeHandler {
     /// The transaction the handler runs in (with the key claimed, when keyed).
     Tx(PgTx),
     /// The layer's answer, with no handler to run (a replay, a mismatch, in flight...),
@@ -82,11 +82,11 @@ pub(crate) enum NotBegun {
     Unreached(Option<StoreError>),
 }
 
-impl From<NotBegun> for Opened {
+impl From<NotBegun> for BeforeHandler {
     fn from(not_begun: NotBegun) -> Self {
         match not_begun {
-            NotBegun::Answer(answer) => Opened::Answer(answer, Landed::Unknown),
-            NotBegun::Unreached(cause) => Opened::Unreached(cause),
+            NotBegun::Answer(answer) => BeforeHandler::Answer(answer, Landed::Unknown),
+            NotBegun::Unreached(cause) => BeforeHandler::Unreached(cause),
         }
     }
 }
@@ -125,7 +125,7 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBeg
     };
     let begun = bounded(config.store_timeout, beginning, |begun| async move {
         if let Ok(tx) = begun {
-            rollback(tx).await;
+            discard(tx).await;
         }
     })
     .await;
@@ -146,7 +146,11 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBeg
 /// Everything before a keyed request's handler: the replay lookup (with
 /// `replay_lookup_first`), the transaction, and the claim, started over in a new
 /// transaction when a stricter isolation level makes the claim fail to serialize.
-pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keyed) -> Opened {
+pub(crate) async fn open_keyed(
+    pool: &PgPool,
+    config: &Arc<Config>,
+    keyed: &Keyed,
+) -> BeforeHandler {
     if let Some(answer) = answer_without_transaction(pool, config, keyed).await {
         return answer;
     }
@@ -158,9 +162,9 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
     };
     let backend = match bounded(config.store_timeout, detecting, |_| async {}).await {
         Some(Ok(backend)) => backend,
-        Some(Err(e)) if e.is_unavailable() => return Opened::Unreached(Some(e)),
-        Some(Err(e)) => return Opened::Answer(store_fault(&e), Landed::Unknown),
-        None => return Opened::Unreached(None),
+        Some(Err(e)) if e.is_unavailable() => return BeforeHandler::Unreached(Some(e)),
+        Some(Err(e)) => return BeforeHandler::Answer(store_fault(&e), Landed::Unknown),
+        None => return BeforeHandler::Unreached(None),
     };
     for _ in 0..CLAIM_TRANSACTIONS {
         let tx = match begin(pool, config).await {
@@ -168,17 +172,17 @@ pub(crate) async fn open_keyed(pool: &PgPool, config: &Arc<Config>, keyed: &Keye
             Err(not_begun) => return not_begun.into(),
         };
         match claim(tx, config, keyed, backend).await {
-            Claimed::Tx(tx) => return Opened::Tx(tx),
-            Claimed::Answer(answer, landed) => return Opened::Answer(answer, landed),
-            Claimed::StartOver => continue,
+            ClaimAttempt::Tx(tx) => return BeforeHandler::Tx(tx),
+            ClaimAttempt::Answer(answer, landed) => return BeforeHandler::Answer(answer, landed),
+            ClaimAttempt::StartOver => continue,
         }
     }
     tracing::error!("the claim kept failing to serialize; giving up");
-    Opened::Answer(in_flight(config), Landed::Unknown)
+    BeforeHandler::Answer(in_flight(config), Landed::Unknown)
 }
 
 /// The outcome of one claim attempt.
-enum Claimed {
+enum ClaimAttempt {
     Tx(PgTx),
     Answer(Response<Body>, Landed),
     /// A serialization failure: start over in a new transaction.
@@ -189,7 +193,7 @@ enum Claimed {
 /// bound the answer is 503: the transaction was open, so this is no longer a store
 /// that could not be reached, and the route never fails open from here (another
 /// request may hold the key).
-async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) -> Claimed {
+async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) -> ClaimAttempt {
     let sent = Utc::now();
     let claiming = {
         let (config, keyed) = (config.clone(), keyed.clone());
@@ -201,46 +205,48 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
         }
     };
     let limit = config.store_timeout.saturating_add(config.in_flight_wait);
-    let Some((tx, claimed)) = bounded(limit, claiming, |(tx, _)| rollback(tx)).await else {
+    let Some((tx, claimed)) = bounded(limit, claiming, |(tx, _)| discard(tx)).await else {
         tracing::warn!("the claim did not finish within in_flight_wait + store_timeout");
-        return Claimed::Answer(unavailable(config), Landed::Unknown);
+        return ClaimAttempt::Answer(unavailable(config), Landed::Unknown);
     };
     if let Ok(Claim::Claimed) = claimed {
-        return Claimed::Tx(tx);
+        return ClaimAttempt::Tx(tx);
     }
-    rollback(tx).await;
+    discard(tx).await;
     // A stored body is opened here, before anything answers from it.
     let claimed = match claimed {
         Ok(Claim::Replay(record, now)) => match opened(config, keyed, record) {
             Some(record) => Ok(Claim::Replay(record, now)),
-            None => return Claimed::Answer(corrupt(), Landed::Unknown),
+            None => return ClaimAttempt::Answer(corrupt(), Landed::Unknown),
         },
         Ok(Claim::Mismatch(record, now)) => match opened(config, keyed, record) {
             Some(record) => Ok(Claim::Mismatch(record, now)),
-            None => return Claimed::Answer(corrupt(), Landed::Unknown),
+            None => return ClaimAttempt::Answer(corrupt(), Landed::Unknown),
         },
         other => other,
     };
     match claimed {
         Ok(Claim::Replay(record, now)) => {
             let answer = replay(config, &record);
-            Claimed::Answer(answer, landed(record, now, sent))
+            ClaimAttempt::Answer(answer, landed(record, now, sent))
         }
         Ok(Claim::Mismatch(record, now)) => {
             let answer = mismatched(config, &record);
-            Claimed::Answer(answer, landed(record, now, sent))
+            ClaimAttempt::Answer(answer, landed(record, now, sent))
         }
-        Ok(Claim::InFlight | Claim::Claimed) => Claimed::Answer(in_flight(config), Landed::Busy),
+        Ok(Claim::InFlight | Claim::Claimed) => {
+            ClaimAttempt::Answer(in_flight(config), Landed::Busy)
+        }
         Err(e) => match e.kind() {
             FailureKind::Serialization => {
                 tracing::debug!(error = %e, "the claim failed to serialize; starting over");
-                Claimed::StartOver
+                ClaimAttempt::StartOver
             }
             FailureKind::Unavailable => {
                 tracing::warn!(error = %e, "idempotency claim failed");
-                Claimed::Answer(unavailable(config), Landed::Unknown)
+                ClaimAttempt::Answer(unavailable(config), Landed::Unknown)
             }
-            FailureKind::Fault => Claimed::Answer(store_fault(&e), Landed::Unknown),
+            FailureKind::Fault => ClaimAttempt::Answer(store_fault(&e), Landed::Unknown),
         },
     }
 }
@@ -252,7 +258,7 @@ async fn answer_without_transaction(
     pool: &PgPool,
     config: &Config,
     keyed: &Keyed,
-) -> Option<Opened> {
+) -> Option<BeforeHandler> {
     if !config.replay_lookup_first {
         return None;
     }
@@ -261,14 +267,14 @@ async fn answer_without_transaction(
         .await
         .ok()??;
     let Some(record) = opened(config, keyed, record) else {
-        return Some(Opened::Answer(corrupt(), Landed::Unknown));
+        return Some(BeforeHandler::Answer(corrupt(), Landed::Unknown));
     };
     let answer = decided(
         config,
         decide(Some(&record), &keyed.fingerprint, now),
         &record,
     )?;
-    Some(Opened::Answer(answer, landed(record, now, sent)))
+    Some(BeforeHandler::Answer(answer, landed(record, now, sent)))
 }
 
 /// A record read from the store with its body opened; `None` when it is sealed under a
@@ -303,7 +309,9 @@ pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
     outcome(Problem::StoreFault.into_response(), Outcome::StoreFault)
 }
 
-pub(crate) async fn rollback(tx: PgTx) {
+/// Rolls `tx` back, however long that takes (see `handler::roll_back` for the bounded
+/// one); a rollback that fails closes the connection.
+pub(crate) async fn discard(tx: PgTx) {
     if let Err(e) = tx.rollback().await {
         // The connection is closed rather than returned to the pool in a bad state.
         tracing::warn!(error = %e, "rollback failed");

@@ -34,7 +34,7 @@ struct Kept {
 }
 
 /// Where the claim left a phased request.
-enum Claimed {
+enum ClaimOutcome {
     /// Run the handler as the key's owner.
     Owned(Lease, idem_core::phased::Journal, bool),
     /// Answered without running (replay, mismatch, in flight, store failure).
@@ -73,8 +73,8 @@ impl Job {
                 .map(str::to_owned),
         };
         let (lease, journal, resumed) = match self.open_phased(&keyed, kept).await {
-            Claimed::Owned(lease, journal, resumed) => (lease, journal, resumed),
-            Claimed::Answer(answer) => return Ok(answer),
+            ClaimOutcome::Owned(lease, journal, resumed) => (lease, journal, resumed),
+            ClaimOutcome::Answer(answer) => return Ok(answer),
         };
         self.observed.decided();
         let phases = Phases::new(
@@ -122,7 +122,7 @@ impl Job {
 
     /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
     /// live lease on it.
-    async fn open_phased(&self, keyed: &Keyed, kept: Kept) -> Claimed {
+    async fn open_phased(&self, keyed: &Keyed, kept: Kept) -> ClaimOutcome {
         let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
         loop {
             let sent = Utc::now();
@@ -164,7 +164,7 @@ impl Job {
                     lease,
                     journal,
                     resumed,
-                }) => return Claimed::Owned(lease, journal, resumed),
+                }) => return ClaimOutcome::Owned(lease, journal, resumed),
                 Gated::Answered(Phased::Replay(record, now)) => {
                     self.answer_stored(keyed, record, (now, sent), replay)
                 }
@@ -201,7 +201,7 @@ impl Job {
                     self.commit_failed(None)
                 }
             };
-            return Claimed::Answer(answered);
+            return ClaimOutcome::Answer(answered);
         }
     }
 
