@@ -6,61 +6,61 @@
 
 use idem_tests::citus_test_db;
 
-#[path = "aborted_transactions.rs"]
+#[path = "it/aborted_transactions.rs"]
 mod aborted_transactions;
-#[path = "concurrency.rs"]
+#[path = "it/concurrency.rs"]
 mod concurrency;
-#[path = "expiry.rs"]
+#[path = "it/expiry.rs"]
 mod expiry;
-#[path = "inbox.rs"]
+#[path = "it/inbox.rs"]
 mod inbox;
-#[path = "inbox_poison.rs"]
+#[path = "it/inbox_poison.rs"]
 mod inbox_poison;
-#[path = "isolation.rs"]
+#[path = "it/isolation.rs"]
 mod isolation;
-#[path = "key_storms.rs"]
+#[path = "it/key_storms.rs"]
 mod key_storms;
-#[path = "key_validation.rs"]
+#[path = "it/key_validation.rs"]
 mod key_validation;
-#[path = "limits.rs"]
+#[path = "it/limits.rs"]
 mod limits;
-#[path = "metrics.rs"]
+#[path = "it/metrics.rs"]
 mod metrics;
-#[path = "mismatch.rs"]
+#[path = "it/mismatch.rs"]
 mod mismatch;
-#[path = "observe_mode.rs"]
+#[path = "it/observe_mode.rs"]
 mod observe_mode;
-#[path = "outbox.rs"]
+#[path = "it/outbox.rs"]
 mod outbox;
-#[path = "phased.rs"]
+#[path = "it/phased.rs"]
 mod phased;
-#[path = "phased_accepted.rs"]
+#[path = "it/phased_accepted.rs"]
 mod phased_accepted;
-#[path = "phased_completer.rs"]
+#[path = "it/phased_completer.rs"]
 mod phased_completer;
-#[path = "protected_keys.rs"]
+#[path = "it/protected_keys.rs"]
 mod protected_keys;
-#[path = "redirects.rs"]
+#[path = "it/redirects.rs"]
 mod redirects;
 #[path = "relay_citus.rs"]
 mod relay_citus;
-#[path = "relay_leases.rs"]
+#[path = "it/relay_leases.rs"]
 mod relay_leases;
-#[path = "relay_wakeup.rs"]
+#[path = "it/relay_wakeup.rs"]
 mod relay_wakeup;
-#[path = "replay.rs"]
+#[path = "it/replay.rs"]
 mod replay;
-#[path = "rollback.rs"]
+#[path = "it/rollback.rs"]
 mod rollback;
-#[path = "route_policy.rs"]
+#[path = "it/route_policy.rs"]
 mod route_policy;
-#[path = "storms.rs"]
+#[path = "it/storms.rs"]
 mod storms;
-#[path = "streaming.rs"]
+#[path = "it/streaming.rs"]
 mod streaming;
-#[path = "sweeper.rs"]
+#[path = "it/sweeper.rs"]
 mod sweeper;
-#[path = "tenants.rs"]
+#[path = "it/tenants.rs"]
 mod tenants;
 
 /// The co-location group of each of `tables`, in order.
