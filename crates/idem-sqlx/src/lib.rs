@@ -57,6 +57,7 @@ mod citus;
 mod error;
 mod gauges;
 mod inbox;
+mod inspect;
 mod isolation;
 mod json_headers;
 mod keys;
@@ -78,6 +79,7 @@ pub use citus::{Backend, DISTRIBUTED_TABLES, Distribution, distribute};
 pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
+pub use inspect::{KeyDetails, PhasedDetails, evict_key, key_details};
 pub use isolation::{Isolation, begin, unreached};
 pub use keys::{
     Claim, ClaimRequest, Completion, claim, claim_on, complete, live_keys, lookup, record,

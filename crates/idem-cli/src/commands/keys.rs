@@ -1,6 +1,5 @@
 //! `idem keys show | evict | stats`.
 
-use chrono::{DateTime, Utc};
 use idem_core::protect::KeyProtection;
 use idem_core::seal::{BodySealing, Opened, is_sealed};
 use idem_core::{IdempotencyKey, TenantId};
@@ -94,90 +93,52 @@ fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
 async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let sealing = sealing(&key.body_keys)?;
     let (tenant, key) = stored(key)?;
-    let row = sqlx::query(
-        "SELECT method, path, route, response_status, response_header_names, \
-           response_header_values, response_body, created_at, completed_at, \
-           greatest(expires_at, completed_at + retention) AS expires_at, replays, mismatches, \
-           fence, recovery_point, locked_until, phases, operation_id, \
-           greatest(expires_at, completed_at + retention) <= now() AS expired \
-         FROM idem.keys WHERE tenant_id = $1 AND key = $2",
-    )
-    .bind(tenant.as_str())
-    .bind(key.as_str())
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else {
+    let Some(details) = idem_sqlx::key_details(pool, &tenant, &key).await? else {
         return Err(not_found(&tenant, &key));
     };
-    let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
-    let body: Option<Vec<u8>> = row.try_get("response_body")?;
-    let expired: bool = row.try_get("expired")?;
-    let status = match (expired, completed_at.is_some(), body.is_some()) {
-        (true, _, _) => "expired",
-        (false, false, _) => "in_flight",
-        (false, true, true) => "completed",
-        (false, true, false) => "completed_unstored",
-    };
-    let names: Vec<String> = row
-        .try_get::<Option<Vec<String>>, _>("response_header_names")?
-        .unwrap_or_default();
-    let values: Vec<Vec<u8>> = row
-        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
-        .unwrap_or_default();
-    let headers: Vec<Value> = names
+    let headers: Vec<Value> = details
+        .response_headers
         .iter()
-        .zip(&values)
         .map(|(n, v)| json!([n, String::from_utf8_lossy(v)]))
         .collect();
-    let (preview, sealed) = match &body {
+    let (preview, sealed) = match &details.response_body {
         Some(body) => preview(sealing.as_ref(), &tenant, &key, body),
         None => (None, false),
     };
+    let phased = details.phased.as_ref().map_or(Value::Null, |p| {
+        json!({
+            "fence": p.fence,
+            "recovery_point": p.recovery_point,
+            "lease_until": p.lease_until,
+            "journal": p.journal,
+            "operation": p.operation,
+        })
+    });
     Ok(json!({
         "found": true,
         "tenant": tenant.as_str(),
         "key": key.as_str(),
-        "status": status,
-        "method": row.try_get::<String, _>("method")?,
-        "path": row.try_get::<String, _>("path")?,
-        "route": row.try_get::<Option<String>, _>("route")?,
-        "response_status": row.try_get::<Option<i16>, _>("response_status")?,
+        "status": details.status(),
+        "method": details.method,
+        "path": details.path,
+        "route": details.route,
+        "response_status": details.response_status,
         "response_headers": headers,
-        "body_bytes": body.as_ref().map(Vec::len),
+        "body_bytes": details.response_body.as_ref().map(Vec::len),
         "body_preview": preview,
         "body_sealed": sealed,
-        "created_at": row.try_get::<DateTime<Utc>, _>("created_at")?,
-        "completed_at": completed_at,
-        "expires_at": row.try_get::<DateTime<Utc>, _>("expires_at")?,
-        "replays": row.try_get::<i32, _>("replays")?,
-        "mismatches": row.try_get::<i32, _>("mismatches")?,
-        "phased": phased(&row)?,
-    }))
-}
-
-/// A phased key's fencing token, recovery point, lease, journal and operation id;
-/// `null` for a key of an atomic route.
-fn phased(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
-    let Some(fence) = row.try_get::<Option<i64>, _>("fence")? else {
-        return Ok(Value::Null);
-    };
-    Ok(json!({
-        "fence": fence,
-        "recovery_point": row.try_get::<Option<String>, _>("recovery_point")?,
-        "lease_until": row.try_get::<Option<DateTime<Utc>>, _>("locked_until")?,
-        "journal": row.try_get::<Option<Value>, _>("phases")?,
-        "operation": row.try_get::<Option<uuid::Uuid>, _>("operation_id")?,
+        "created_at": details.created_at,
+        "completed_at": details.completed_at,
+        "expires_at": details.expires_at,
+        "replays": details.replays,
+        "mismatches": details.mismatches,
+        "phased": phased,
     }))
 }
 
 async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let (tenant, key) = stored(key)?;
-    let done = sqlx::query("DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2")
-        .bind(tenant.as_str())
-        .bind(key.as_str())
-        .execute(pool)
-        .await?;
-    if done.rows_affected() == 0 {
+    if !idem_sqlx::evict_key(pool, &tenant, &key).await? {
         return Err(not_found(&tenant, &key));
     }
     Ok(json!({ "evicted": true, "tenant": tenant.as_str(), "key": key.as_str() }))
