@@ -7,6 +7,7 @@ use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::keys::stored_headers;
 use crate::sql::expiry;
 
 /// Everything stored of one key, for operators.
@@ -98,12 +99,6 @@ pub async fn key_details<'e>(
     let Some(row) = row else {
         return Ok(None);
     };
-    let names: Vec<String> = row
-        .try_get::<Option<Vec<String>>, _>("response_header_names")?
-        .unwrap_or_default();
-    let values: Vec<Vec<u8>> = row
-        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
-        .unwrap_or_default();
     let phased = match row.try_get::<Option<i64>, _>("fence")? {
         None => None,
         Some(fence) => Some(PhasedDetails {
@@ -119,7 +114,7 @@ pub async fn key_details<'e>(
         path: row.try_get("path")?,
         route: row.try_get("route")?,
         response_status: row.try_get("response_status")?,
-        response_headers: names.into_iter().zip(values).collect(),
+        response_headers: stored_headers(&row)?,
         response_body: row.try_get("response_body")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,

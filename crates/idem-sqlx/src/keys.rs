@@ -529,6 +529,22 @@ pub async fn lookup<'e>(
     row.map(|row| decode_record(&row)).transpose()
 }
 
+/// A row's stored response headers, names and values paired in order.
+pub(crate) fn stored_headers(row: &PgRow) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let names: Vec<String> = row
+        .try_get::<Option<Vec<String>>, _>("response_header_names")?
+        .unwrap_or_default();
+    let values: Vec<Vec<u8>> = row
+        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
+        .unwrap_or_default();
+    if names.len() != values.len() {
+        return Err(StoreError::Corrupt(
+            "header names and values differ in number".into(),
+        ));
+    }
+    Ok(names.into_iter().zip(values).collect())
+}
+
 pub(crate) fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
     let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
     let fingerprint =
@@ -546,24 +562,11 @@ pub(crate) fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), Stor
             let body: Option<Vec<u8>> = row.try_get("response_body")?;
             match body {
                 None => RecordState::CompletedUnstored { status },
-                Some(body) => {
-                    let names: Vec<String> = row
-                        .try_get::<Option<Vec<String>>, _>("response_header_names")?
-                        .unwrap_or_default();
-                    let values: Vec<Vec<u8>> = row
-                        .try_get::<Option<Vec<Vec<u8>>>, _>("response_header_values")?
-                        .unwrap_or_default();
-                    if names.len() != values.len() {
-                        return Err(StoreError::Corrupt(
-                            "header names and values differ in number".into(),
-                        ));
-                    }
-                    RecordState::Completed(StoredResponse {
-                        status,
-                        headers: names.into_iter().zip(values).collect(),
-                        body,
-                    })
-                }
+                Some(body) => RecordState::Completed(StoredResponse {
+                    status,
+                    headers: stored_headers(row)?,
+                    body,
+                }),
             }
         }
     };
