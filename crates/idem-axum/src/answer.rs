@@ -121,3 +121,116 @@ fn replay_response(stored: &StoredResponse) -> Option<Response<Body>> {
     }
     Some(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
+    use idem_core::Fingerprint;
+
+    use super::*;
+
+    fn record(state: RecordState) -> Record {
+        Record {
+            fingerprint: Fingerprint::builder("POST", "/payments").finish(),
+            state,
+            expires_at: Utc::now(),
+        }
+    }
+
+    fn completed(headers: Vec<(String, Vec<u8>)>) -> Record {
+        record(RecordState::Completed(StoredResponse {
+            status: 201,
+            headers,
+            body: b"{\"id\":1}".to_vec(),
+        }))
+    }
+
+    fn replayed(response: &Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get(IDEMPOTENT_REPLAYED)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_replay_is_the_stored_status_and_headers_in_order_marked_replayed() {
+        let stored = completed(vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("set-cookie".into(), b"a=1".to_vec()),
+            ("set-cookie".into(), b"b=2".to_vec()),
+        ]);
+        let response = replay(&Config::default(), &stored);
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let cookies: Vec<_> = response.headers().get_all(SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(replayed(&response), Some("true"));
+        assert_eq!(response.extensions().get(), Some(&Outcome::Replayed));
+    }
+
+    #[test]
+    fn a_stored_header_that_no_longer_parses_is_a_corrupt_record_not_a_panic() {
+        let stored = completed(vec![("bad name".into(), b"x".to_vec())]);
+        let response = replay(&Config::default(), &stored);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.extensions().get(), Some(&Outcome::RecordCorrupt));
+    }
+
+    #[test]
+    fn a_final_answer_too_large_to_store_is_replayed_as_410_with_its_status() {
+        let stored = record(RecordState::CompletedUnstored { status: 200 });
+        let response = replay(&Config::default(), &stored);
+        assert_eq!(response.status(), StatusCode::GONE);
+        assert_eq!(replayed(&response), Some("true"));
+        assert_eq!(
+            response.extensions().get(),
+            Some(&Outcome::ReplayedUnstored)
+        );
+    }
+
+    #[test]
+    fn a_key_in_flight_is_answered_409_with_retry_after() {
+        let config = Config {
+            retry_after: std::time::Duration::from_secs(3),
+            ..Config::default()
+        };
+        let response = replay(&config, &record(RecordState::InFlight));
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+        assert_eq!(response.extensions().get(), Some(&Outcome::InFlight));
+    }
+
+    #[test]
+    fn a_mismatch_is_refused_with_the_configured_status_unless_report_only() {
+        let stored = completed(Vec::new());
+        let strict = Config {
+            mismatch_status: StatusCode::BAD_REQUEST,
+            ..Config::default()
+        };
+        let refused = mismatched(&strict, &stored);
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.extensions().get(), Some(&Outcome::Mismatch));
+
+        let report_only = Config {
+            hash_policy: HashPolicy::ReportOnly,
+            ..Config::default()
+        };
+        let replayed_anyway = mismatched(&report_only, &stored);
+        assert_eq!(replayed_anyway.status(), StatusCode::CREATED);
+        assert_eq!(
+            replayed_anyway.extensions().get(),
+            Some(&Outcome::MismatchReported)
+        );
+    }
+
+    #[test]
+    fn only_a_replay_or_a_mismatch_answers_without_the_handler() {
+        let stored = completed(Vec::new());
+        let config = Config::default();
+        assert!(decided(&config, Decision::Replay, &stored).is_some());
+        assert!(decided(&config, Decision::Mismatch, &stored).is_some());
+        assert!(decided(&config, Decision::Execute, &stored).is_none());
+        assert!(decided(&config, Decision::InFlight, &stored).is_none());
+    }
+}

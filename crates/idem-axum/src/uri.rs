@@ -29,3 +29,32 @@ pub(crate) fn kept_query(req: &Request<Body>) -> Option<String> {
         .query()
         .map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_a_nested_router_the_uri_is_the_one_the_client_sent() {
+        let mut req = Request::builder()
+            .uri("/payments?fast=1")
+            .body(Body::empty())
+            .expect("request");
+        req.extensions_mut()
+            .insert(OriginalUri("/v1/payments?fast=1".parse().expect("uri")));
+        assert_eq!(kept_query(&req).as_deref(), Some("fast=1"));
+        let (parts, _) = req.into_parts();
+        assert_eq!(request_uri(&parts).path(), "/v1/payments");
+    }
+
+    #[test]
+    fn outside_any_router_the_request_s_own_uri_counts() {
+        let req = Request::builder()
+            .uri("/payments")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(kept_query(&req), None);
+        let (parts, _) = req.into_parts();
+        assert_eq!(request_uri(&parts).path(), "/payments");
+    }
+}
