@@ -24,8 +24,6 @@ mod key_storms;
 mod key_validation;
 #[path = "it/limits.rs"]
 mod limits;
-#[path = "it/metrics.rs"]
-mod metrics;
 #[path = "it/mismatch.rs"]
 mod mismatch;
 #[path = "it/observe_mode.rs"]

@@ -1,9 +1,11 @@
 //! idem's behaviour tests, one binary: a module per behaviour, each test in a fresh
 //! database of its own on the binary's one Postgres server (a container, or the
 //! server at `DATABASE_URL`). One module alone: `cargo test -p idem-tests --test it
-//! replay::`. The suites that own their server (`store_loss.rs`) or make every database
-//! a Citus one (`citus.rs`, which compiles most of these modules in again) are binaries
-//! of their own beside this folder.
+//! replay::`. The suites that own their server (`store_loss.rs`), the process-wide
+//! metrics exporter (`metrics.rs`: its unlabelled gauges, such as the quota's usage,
+//! would be written by other modules' tests at once), or make every database a Citus
+//! one (`citus.rs` and `citus_metrics.rs`, which compile these modules in again) are
+//! binaries of their own.
 
 mod aborted_transactions;
 mod alert_rules;
@@ -18,7 +20,6 @@ mod isolation;
 mod key_storms;
 mod key_validation;
 mod limits;
-mod metrics;
 mod migrations;
 mod mismatch;
 mod observe_mode;

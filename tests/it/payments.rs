@@ -1,4 +1,5 @@
-//! The payments example behaves as its README says.
+//! The payments example behaves as the README's quickstart and the guide
+//! (docs/phased.md, docs/outbox-inbox.md) say.
 
 use idem_tests::{TestApp, replayed, test_db};
 

@@ -161,7 +161,8 @@ pub fn on_citus() -> bool {
     std::env::var_os(CITUS_URL).is_some() || in_citus_suite()
 }
 
-/// Whether this process is the Citus suite's test binary (cargo names it `citus-<hash>`).
+/// Whether this process is one of the Citus suite's test binaries (cargo names them
+/// `citus-<hash>` and `citus_<name>-<hash>`).
 fn in_citus_suite() -> bool {
     std::env::current_exe()
         .ok()
@@ -169,7 +170,7 @@ fn in_citus_suite() -> bool {
             exe.file_stem()
                 .map(|stem| stem.to_string_lossy().into_owned())
         })
-        .is_some_and(|stem| stem.starts_with("citus-"))
+        .is_some_and(|stem| stem.starts_with("citus-") || stem.starts_with("citus_"))
 }
 
 /// The workers of the Citus coordinator at `coordinator` (its `pg_dist_node`).
