@@ -6,17 +6,15 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
-use idem_core::policy::{HashPolicy, KeyMode, Policy};
+use idem_core::policy::{FailureMode, HashPolicy, KeyMode, Policy};
 use idem_core::protect::KeyProtection;
 use idem_core::{BodyMode, ClientVersions, FinalStatuses, StoredResponse, TenantId};
 use idem_sqlx::{Isolation, OutboxWaker, ReplayTally};
 use sqlx::PgPool;
 use tower::Layer;
 
-use crate::config::{ClientIdentity, Config, PhasedMode};
-use idem_core::policy::FailureMode;
-
 use crate::cache::ReplayCache;
+use crate::config::{ClientIdentity, Config, PhasedMode};
 use crate::flight::Flights;
 use crate::limits::{KeyQuota, NewKeyLimiter};
 use crate::seal::Redactor;
@@ -33,39 +31,9 @@ use idem_core::seal::BodySealing;
 /// `Idempotent-Replayed: true`. Everything the layer answers itself is
 /// `application/problem+json` (see [`Problem`](crate::Problem)).
 ///
-/// | option | default |
-/// |---|---|
-/// | [`header_name`](Self::header_name) | `Idempotency-Key` |
-/// | [`methods`](Self::methods) | POST, PATCH |
-/// | [`require_key`](Self::require_key) / [`key_mode`](Self::key_mode) | required (400 without a key) |
-/// | [`tenant`](Self::tenant) | the [`TenantId`] request extension |
-/// | [`canonical_json`](Self::canonical_json) | off (raw body bytes) |
-/// | [`fingerprint_header`](Self::fingerprint_header) | none |
-/// | [`fingerprint_fields`](Self::fingerprint_fields) | the whole body |
-/// | [`max_request_body`](Self::max_request_body) | 1 MiB (413 beyond) |
-/// | [`max_response_body`](Self::max_response_body) | 1 MiB (passed through, not stored, beyond) |
-/// | [`in_flight_wait`](Self::in_flight_wait) | 5 s (then 409 + Retry-After) |
-/// | [`mismatch_status`](Self::mismatch_status) | 422 |
-/// | [`hash_policy`](Self::hash_policy) | strict (a mismatch is refused) |
-/// | [`new_key_rate`](Self::new_key_rate) | none |
-/// | [`client_identity`](Self::client_identity) | none (new keys are counted per tenant) |
-/// | [`key_quota`](Self::key_quota) | none |
-/// | [`protect_keys`](Self::protect_keys) | off (keys stored as sent) |
-/// | [`seal_bodies`](Self::seal_bodies) | off (bodies stored as sent) |
-/// | [`redact`](Self::redact) | none |
-/// | [`retention`](Self::retention) | 24 h |
-/// | [`final_statuses`](Self::final_statuses) | 2xx, 3xx, 4xx but 408/409/425/429 |
-/// | [`replay_header`](Self::replay_header) | Content-Type, Location, ETag, Link, Content-Encoding, Content-Language, Vary, Cache-Control |
-/// | [`failure_mode`](Self::failure_mode) | closed (503 + Retry-After) |
-/// | [`retry_after`](Self::retry_after) | 1 s |
-/// | [`replay_lookup_first`](Self::replay_lookup_first) | off |
-/// | [`replay_cache`](Self::replay_cache) | 32 MiB of finished records in memory |
-/// | [`store_timeout`](Self::store_timeout) | 10 s (then 503 + Retry-After) |
-/// | [`isolation`](Self::isolation) | READ COMMITTED, whatever the server's default |
-/// | [`response_timeout`](Self::response_timeout) | 1 s (then the response streams) |
-/// | [`outbox_waker`](Self::outbox_waker) | none (relays find messages by polling or LISTEN) |
-/// | [`correlation_header`](Self::correlation_header) | `X-Correlation-Id` |
-/// | [`client_versions`](Self::client_versions) | none (every request's `client_version` label is `none`) |
+/// Each builder method says its default; the guide's configuration page
+/// (`docs/configuration.md` in the repository) has them all in one table, with the
+/// per-route [`Policy`] and the risk classes.
 ///
 /// Add it to each route's method router with
 /// [`MethodRouter::route_layer`](axum::routing::MethodRouter::route_layer), so unknown

@@ -58,7 +58,8 @@
 //! - `handler` runs the wrapped service with the claimed transaction as [`Tx`];
 //!   `settle` stores its final answer and commits, or rolls back.
 //! - `phased` runs phased routes (claim, lease, [`Phases`], the [`Completer`]);
-//!   `observe` and `observing` record the metrics and spans of each outcome.
+//!   `observe` records the metrics and spans of each outcome; `observing` runs observe
+//!   mode (keys logged, never enforced: the first step of a rollout).
 //!
 //! With the `metrics` feature (on by default) the layer counts every request by
 //! [`Outcome`], method, route template and client version, and times the store's

@@ -215,11 +215,11 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
     discard(tx).await;
     // A stored body is opened here, before anything answers from it.
     let claimed = match claimed {
-        Ok(Claim::Replay(record, now)) => match opened(config, keyed, record) {
+        Ok(Claim::Replay(record, now)) => match open_record(config, keyed, record) {
             Some(record) => Ok(Claim::Replay(record, now)),
             None => return ClaimAttempt::Answer(corrupt(), Landed::Unknown),
         },
-        Ok(Claim::Mismatch(record, now)) => match opened(config, keyed, record) {
+        Ok(Claim::Mismatch(record, now)) => match open_record(config, keyed, record) {
             Some(record) => Ok(Claim::Mismatch(record, now)),
             None => return ClaimAttempt::Answer(corrupt(), Landed::Unknown),
         },
@@ -228,11 +228,11 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
     match claimed {
         Ok(Claim::Replay(record, now)) => {
             let answer = replay(config, &record);
-            ClaimAttempt::Answer(answer, landed(record, now, sent))
+            ClaimAttempt::Answer(answer, landed_record(record, now, sent))
         }
         Ok(Claim::Mismatch(record, now)) => {
             let answer = mismatched(config, &record);
-            ClaimAttempt::Answer(answer, landed(record, now, sent))
+            ClaimAttempt::Answer(answer, landed_record(record, now, sent))
         }
         Ok(Claim::InFlight | Claim::Claimed) => {
             ClaimAttempt::Answer(in_flight(config), Landed::Busy)
@@ -266,7 +266,7 @@ async fn answer_without_transaction(
     let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
-    let Some(record) = opened(config, keyed, record) else {
+    let Some(record) = open_record(config, keyed, record) else {
         return Some(BeforeHandler::Answer(corrupt(), Landed::Unknown));
     };
     let answer = decided(
@@ -274,19 +274,26 @@ async fn answer_without_transaction(
         decide(Some(&record), &keyed.fingerprint, now),
         &record,
     )?;
-    Some(BeforeHandler::Answer(answer, landed(record, now, sent)))
+    Some(BeforeHandler::Answer(
+        answer,
+        landed_record(record, now, sent),
+    ))
 }
 
 /// A record read from the store with its body opened; `None` when it is sealed under a
 /// key this layer does not have.
-pub(crate) fn opened(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
+pub(crate) fn open_record(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
     let bound = std::iter::once(&keyed.key).chain(keyed.sent.as_ref());
     seal::from_store(config.sealing.as_ref(), &keyed.tenant, bound, record)
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:
 /// with its expiry on the local clock (`sent`: the local time before the read).
-pub(crate) fn landed(record: Record, store_now: DateTime<Utc>, sent: DateTime<Utc>) -> Landed {
+pub(crate) fn landed_record(
+    record: Record,
+    store_now: DateTime<Utc>,
+    sent: DateTime<Utc>,
+) -> Landed {
     Landed::Record(Arc::new(record.on_local_clock(store_now, sent)))
 }
 

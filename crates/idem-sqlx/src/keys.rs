@@ -424,8 +424,9 @@ pub async fn record<'e>(
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
            retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL, \
-           fence = NULL, phases = NULL, request_body = NULL, request_content_type = NULL, \
-           request_query = NULL, operation_id = NULL \
+           fence = NULL, owners = NULL, phases = NULL, request_body = NULL, \
+           request_content_type = NULL, request_query = NULL, operation_id = NULL, \
+           binding = NULL \
          WHERE ",
         expiry!("idem.keys."),
         " <= now() AND idem.keys.completed_at IS NOT NULL"

@@ -20,7 +20,7 @@ use crate::bounds::{Inner, ResponseBody};
 use crate::handler::trace_context;
 use crate::job::Job;
 use crate::settle::{collect, completion, finished_record, sealed};
-use crate::store::{Keyed, bounded, landed, opened, store_fault, unavailable};
+use crate::store::{Keyed, bounded, landed_record, open_record, store_fault, unavailable};
 
 /// How often a request polls a key whose owner holds a live lease.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -215,11 +215,11 @@ impl Job {
         clocks: (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
         answer: fn(&crate::config::Config, &idem_core::Record) -> Response<Body>,
     ) -> Response<Body> {
-        let Some(record) = opened(&self.config, keyed, record) else {
+        let Some(record) = open_record(&self.config, keyed, record) else {
             return crate::answer::corrupt();
         };
         let answered = answer(&self.config, &record);
-        self.keep(keyed, &landed(record, clocks.0, clocks.1));
+        self.keep(keyed, &landed_record(record, clocks.0, clocks.1));
         answered
     }
 
@@ -331,7 +331,7 @@ impl Job {
                 }
                 // Kept in memory by the row's retention, set when the key was claimed.
                 let record = finished_record(keyed, status, stored, expiry.expires_at);
-                self.keep(keyed, &landed(record, expiry.store_now, sent));
+                self.keep(keyed, &landed_record(record, expiry.store_now, sent));
                 let kind = if resumed {
                     Outcome::Resumed
                 } else {
