@@ -1,10 +1,12 @@
-//! The answers the layer makes from the store: replays of stored responses, and the
-//! outcome each request records on its span.
+//! The answers the layer makes from the store (replays of stored responses,
+//! mismatches, in flight, the store unavailable or at fault), each paired with the
+//! outcome the request records.
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use idem_core::policy::HashPolicy;
 use idem_core::{Decision, Outcome, Record, RecordState, StoredResponse};
+use idem_sqlx::StoreError;
 
 use crate::Problem;
 use crate::config::{Config, IDEMPOTENT_REPLAYED};
@@ -108,6 +110,25 @@ fn mismatch(config: &Config) -> Response<Body> {
         status: config.mismatch_status,
     };
     outcome(problem.into_response(), Outcome::Mismatch)
+}
+
+/// 503 `store-unavailable` + Retry-After.
+pub(crate) fn unavailable(config: &Config) -> Response<Body> {
+    let problem = Problem::StoreUnavailable {
+        retry_after: config.retry_after,
+    };
+    outcome(problem.into_response(), Outcome::StoreUnavailable)
+}
+
+/// 500 `store-fault`, with a log line that names the cause: retrying does not help.
+pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
+    let hint = match e.sqlstate().as_deref() {
+        Some("42P01" | "3F000") => "; are idem's migrations applied (idem_sqlx::MIGRATOR)?",
+        Some("42501") => "; the database role lacks a privilege on the idem schema",
+        _ => "",
+    };
+    tracing::error!(error = %e, sqlstate = e.sqlstate().as_deref(), "idempotency store fault{hint}");
+    outcome(Problem::StoreFault.into_response(), Outcome::StoreFault)
 }
 
 /// The stored response as it was sent; `None` when a stored part no longer parses.

@@ -15,7 +15,7 @@ use idem_core::{Decision, IdempotencyKey, Record, RecordState, TenantId, decide}
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::store::Keyed;
+use crate::request::Keyed;
 
 /// Bytes an entry is counted for beyond its keys, headers and body.
 const ENTRY_OVERHEAD: u64 = 160;

@@ -15,7 +15,8 @@ use crate::answer::outcome;
 use crate::bounds::{Inner, ResponseBody};
 use crate::config::Config;
 use crate::observe::Observed;
-use crate::store::{Keyed, PgTx, bounded, discard};
+use crate::request::Keyed;
+use crate::store::{PgTx, bounded, discard};
 use crate::tx::TxSlot;
 
 /// How the handler left the request.

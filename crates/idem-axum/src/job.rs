@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::Problem;
 use crate::answer::outcome;
+use crate::answer::unavailable;
 use crate::answer::{decided, in_flight};
 use crate::bounds::{Inner, ResponseBody};
 use crate::cache::ReplayCache;
@@ -21,7 +22,8 @@ use crate::config::Config;
 use crate::flight::{Flights, Join, Landed, Leader};
 use crate::handler::{Handled, roll_back, run_handler};
 use crate::observe::Observed;
-use crate::store::{BeforeHandler, Keyed, NotBegun, PgTx, begin, open_keyed, unavailable};
+use crate::request::Keyed;
+use crate::store::{BeforeHandler, NotBegun, PgTx, begin, open_keyed};
 use idem_core::policy::FailureMode;
 
 /// What every step of a request needs.

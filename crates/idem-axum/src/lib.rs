@@ -46,6 +46,7 @@
 //! the layer that build on them.
 //!
 //! - Leaves: `config` (the settings every step reads, the default header names),
+//!   `request` (what identifies a keyed request),
 //!   `bounds` (what the steps need of the wrapped service and its bodies), `uri` (the
 //!   URI the client sent), `problem`, `tenant`, `tx`, `body`, `seal`, `limits`, `flight`
 //!   (one running request per key in this process).
@@ -54,7 +55,8 @@
 //!   one to `job`.
 //! - `job` opens it: the replay cache (`cache`), then the claim in the store (`store`),
 //!   whose decision `answer` turns into the layer's own responses (replay, mismatch,
-//!   in flight, faults).
+//!   in flight, the store unavailable or at fault: every answer the layer makes from
+//!   the store, each with its outcome).
 //! - `handler` runs the wrapped service with the claimed transaction as [`Tx`];
 //!   `settle` stores its final answer and commits, or rolls back.
 //! - `phased` runs phased routes (claim, lease, [`Phases`], the [`Completer`]);
@@ -81,6 +83,7 @@ mod observe;
 mod observing;
 mod phased;
 mod problem;
+mod request;
 mod seal;
 mod service;
 mod settle;

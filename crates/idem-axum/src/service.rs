@@ -29,7 +29,7 @@ use crate::flight::Flights;
 use crate::job::Job;
 use crate::observe::{Observed, answered, finished};
 use crate::phased::Resume;
-use crate::store::Keyed;
+use crate::request::Keyed;
 
 use crate::bounds::{BoxError, Inner, ResponseBody};
 use crate::uri::{original_uri, request_uri};

@@ -16,14 +16,16 @@ use idem_sqlx::{Completion, StoreError};
 
 use crate::Problem;
 use crate::answer::outcome;
+use crate::answer::store_fault;
 use crate::body::{Buffered, buffer};
 use crate::bounds::ResponseBody;
 use crate::config::Config;
 use crate::flight::Landed;
 use crate::handler::roll_back;
 use crate::job::Job;
+use crate::request::Keyed;
 use crate::seal;
-use crate::store::{Keyed, PgTx, bounded, discard, store_fault};
+use crate::store::{PgTx, bounded, discard};
 
 /// Why a final answer did not commit.
 enum Unsettled {

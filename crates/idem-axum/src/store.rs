@@ -8,54 +8,20 @@ use std::time::Duration;
 use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
-use idem_core::{FailureKind, Fingerprint, IdempotencyKey, Outcome, Record, TenantId, decide};
-use idem_sqlx::{Backend, Claim, ClaimRequest, StoreError};
+use idem_core::{FailureKind, Record, decide};
+use idem_sqlx::{Backend, Claim, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::Problem;
-use crate::answer::{corrupt, decided, in_flight, mismatched, outcome, replay};
+use crate::answer::{corrupt, decided, in_flight, mismatched, replay, store_fault, unavailable};
 use crate::config::Config;
 use crate::flight::Landed;
+use crate::request::Keyed;
 use crate::seal;
 
 /// How many transactions a claim may take when serialization failures make it start
 /// over (only under REPEATABLE READ or SERIALIZABLE).
 const CLAIM_TRANSACTIONS: usize = 4;
-
-/// What identifies a keyed request.
-#[derive(Clone)]
-pub(crate) struct Keyed {
-    pub(crate) tenant: TenantId,
-    /// The key as the store keeps it.
-    pub(crate) key: IdempotencyKey,
-    /// The key as the client sent it, when the store keeps it protected: a body sealed
-    /// before protection was turned on is bound to this one (in memory only).
-    pub(crate) sent: Option<IdempotencyKey>,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) method: String,
-    pub(crate) path: String,
-    /// The route template the request matched.
-    pub(crate) route: Option<Arc<str>>,
-    /// The client of the tenant that sent it, when the layer knows its clients.
-    pub(crate) client: Option<String>,
-}
-
-impl Keyed {
-    /// The claim (and completion) request for this key under `config`.
-    pub(crate) fn claim_request<'a>(&'a self, config: &Config) -> ClaimRequest<'a> {
-        ClaimRequest {
-            tenant: &self.tenant,
-            key: &self.key,
-            fingerprint: self.fingerprint,
-            method: &self.method,
-            path: &self.path,
-            route: self.route.as_deref(),
-            retention: config.retention,
-            wait: config.in_flight_wait,
-        }
-    }
-}
 
 /// The request's transaction.
 pub(crate) type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
@@ -295,25 +261,6 @@ pub(crate) fn landed_record(
     sent: DateTime<Utc>,
 ) -> Landed {
     Landed::Record(Arc::new(record.on_local_clock(store_now, sent)))
-}
-
-/// 503 `store-unavailable` + Retry-After.
-pub(crate) fn unavailable(config: &Config) -> Response<Body> {
-    let problem = Problem::StoreUnavailable {
-        retry_after: config.retry_after,
-    };
-    outcome(problem.into_response(), Outcome::StoreUnavailable)
-}
-
-/// 500 `store-fault`, with a log line that names the cause: retrying does not help.
-pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
-    let hint = match e.sqlstate().as_deref() {
-        Some("42P01" | "3F000") => "; are idem's migrations applied (idem_sqlx::MIGRATOR)?",
-        Some("42501") => "; the database role lacks a privilege on the idem schema",
-        _ => "",
-    };
-    tracing::error!(error = %e, sqlstate = e.sqlstate().as_deref(), "idempotency store fault{hint}");
-    outcome(Problem::StoreFault.into_response(), Outcome::StoreFault)
 }
 
 /// Rolls `tx` back, however long that takes (see `handler::roll_back` for the bounded

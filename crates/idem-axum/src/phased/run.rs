@@ -16,11 +16,13 @@ use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::answer::{in_flight, mismatched, outcome, replay};
+use crate::answer::{store_fault, unavailable};
 use crate::bounds::{Inner, ResponseBody};
 use crate::handler::trace_context;
 use crate::job::Job;
+use crate::request::Keyed;
 use crate::settle::{collect, completion, finished_record, sealed};
-use crate::store::{Keyed, bounded, landed_record, open_record, store_fault, unavailable};
+use crate::store::{bounded, landed_record, open_record};
 
 /// How often a request polls a key whose owner holds a live lease.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);

@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use crate::Problem;
 use crate::answer::{corrupt, replay};
+use crate::answer::{store_fault, unavailable};
 use crate::config::Config;
 use crate::seal;
-use crate::store::{store_fault, unavailable};
 
 /// How long a client waits before asking again about an operation in progress.
 const POLL_AFTER: Duration = Duration::from_secs(1);
