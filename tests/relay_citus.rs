@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem_core::{IdempotencyKey, TenantId};
-use idem_sqlx::{Message, OutboxMessage, OutboxRelay, Sink, SinkError};
+use idem_sqlx::{OutboxMessage, OutboxRelay, Sink, SinkError};
 use idem_tests::{TestDb, citus_test_db, until};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,17 +32,10 @@ impl Sink for Counting {
     }
 }
 
-/// Enqueues `n` messages, the `i`th from tenant `tenant-{i % 7}`, in one transaction.
+/// Enqueues `n` messages on `orders`, the `i`th from tenant `tenant-{i % 7}`.
 async fn enqueue_for_tenants(db: &TestDb, n: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..n {
-        let tenant = TenantId::new(format!("tenant-{}", i % 7)).expect("tenant");
-        let key = IdempotencyKey::parse(&format!("key-{i}")).expect("key");
-        let message =
-            Message::new("orders", format!("m{i}").into_bytes()).from_request(&tenant, &key);
-        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
+    db.enqueue_from("orders", n, |i| Some(format!("tenant-{}", i % 7)))
+        .await;
 }
 
 async fn outbox_is_distributed(db: &TestDb) -> bool {
@@ -100,19 +92,6 @@ async fn a_relay_started_before_the_outbox_is_distributed_delivers_before_and_af
     let calls = sink.calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 60);
     assert!(calls.values().all(|&n| n == 1), "each delivered once");
-}
-
-/// Enqueues `n` messages of `tenant`, in one transaction.
-async fn enqueue_for(db: &TestDb, tenant: &str, n: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    let tenant = TenantId::new(tenant).expect("tenant");
-    for i in 0..n {
-        let key = IdempotencyKey::parse(&format!("{tenant}-{i}")).expect("key");
-        let message =
-            Message::new("orders", format!("m{i}").into_bytes()).from_request(&tenant, &key);
-        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
 }
 
 /// Undelivered messages of `tenant`.
@@ -175,8 +154,10 @@ async fn a_shard_whose_claim_fails_holds_back_only_its_own_messages() {
             .expect("shard")
     };
     assert_ne!(shard_of(healthy).await, shard_of(failing).await);
-    enqueue_for(&db, healthy, 5).await;
-    enqueue_for(&db, failing, 5).await;
+    db.enqueue_from("orders", 5, |_| Some(healthy.to_owned()))
+        .await;
+    db.enqueue_from("orders", 5, |_| Some(failing.to_owned()))
+        .await;
     let (mut worker, shard) = fail_updates_on_the_shard_of(&db, failing).await;
 
     let sink = Arc::new(Counting::default());

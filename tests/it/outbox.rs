@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem_core::{IdempotencyKey, TenantId};
 use idem_sqlx::{JetStreamSink, Message, OutboxMessage, OutboxRelay, Sink, SinkError};
 use idem_tests::{TestDb, TestStream, effects_app, on_citus, replayed, test_db, until};
 use tokio_util::sync::CancellationToken;
@@ -154,18 +153,10 @@ async fn a_failure_after_publish_is_retried_and_deduplicated_by_jetstream() {
 /// `tenant-{i % tenants}` (the first of each round with no tenant): on a Citus cluster
 /// they spread over shards on both workers.
 async fn enqueue_across_tenants(db: &TestDb, topic: &str, n: usize, tenants: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..n {
-        let mut message = Message::new(topic, format!("m{i}").into_bytes());
-        if i % tenants != 0 {
-            message = message.from_request(
-                &TenantId::new(format!("tenant-{}", i % tenants)).expect("tenant"),
-                &IdempotencyKey::parse(&format!("key-{i}")).expect("key"),
-            );
-        }
-        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
+    db.enqueue_from(topic, n, |i| {
+        (i % tenants != 0).then(|| format!("tenant-{}", i % tenants))
+    })
+    .await;
 }
 
 /// On a Citus cluster: the shards and the workers the outbox's messages are on.

@@ -10,10 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem_core::{IdempotencyKey, TenantId};
-use idem_sqlx::{
-    JetStreamSink, Message, OutboxMessage, OutboxRelay, RelayConfigError, Sink, SinkError,
-};
+use idem_sqlx::{JetStreamSink, OutboxMessage, OutboxRelay, RelayConfigError, Sink, SinkError};
 use idem_tests::{TestDb, TestStream, test_db, until};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,24 +156,15 @@ impl Sink for HangsAfter {
     }
 }
 
-/// Enqueues `n` messages on `topic` in one transaction, the `i`th from tenant
-/// `tenant-{i % 5}`: on a Citus cluster, on several shards of both workers.
-async fn enqueue_for_tenants(db: &TestDb, topic: &str, n: usize) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..n {
-        let tenant = TenantId::new(format!("tenant-{}", i % 5)).expect("tenant");
-        let key = IdempotencyKey::parse(&format!("key-{i}")).expect("key");
-        let message = Message::new(topic, format!("m{i}").into_bytes()).from_request(&tenant, &key);
-        idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_mid_batch_leaves_its_messages_to_another_after_the_lease() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    enqueue_for_tenants(&db, &stream.subject("orders"), 20).await;
+    // From five tenants: on a Citus cluster, on several shards of both workers.
+    db.enqueue_from(&stream.subject("orders"), 20, |i| {
+        Some(format!("tenant-{}", i % 5))
+    })
+    .await;
     let stuck = Arc::new(
         OutboxRelay::builder(
             db.pool.clone(),

@@ -305,14 +305,28 @@ impl TestDb {
 
     /// Enqueues `n` messages on `topic` (payloads `m0`, `m1`, ...) in one transaction.
     pub async fn enqueue_many(&self, topic: &str, n: usize) {
+        self.enqueue_from(topic, n, |_| None).await;
+    }
+
+    /// Enqueues `n` messages on `topic` (payloads `m0`, `m1`, ...) in one transaction,
+    /// the `i`th from the request of tenant `tenant_of(i)` with key `key-{i}` (none
+    /// when `None`): on a Citus cluster, on the shards of those tenants.
+    pub async fn enqueue_from(
+        &self,
+        topic: &str,
+        n: usize,
+        tenant_of: impl Fn(usize) -> Option<String>,
+    ) {
         let mut tx = self.pool.begin().await.expect("begin");
         for i in 0..n {
-            idem_sqlx::enqueue(
-                &mut tx,
-                idem_sqlx::Message::new(topic, format!("m{i}").into_bytes()),
-            )
-            .await
-            .expect("enqueue");
+            let mut message = idem_sqlx::Message::new(topic, format!("m{i}").into_bytes());
+            if let Some(tenant) = tenant_of(i) {
+                message = message.from_request(
+                    &idem_core::TenantId::new(tenant).expect("tenant"),
+                    &idem_core::IdempotencyKey::parse(&format!("key-{i}")).expect("key"),
+                );
+            }
+            idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
         }
         tx.commit().await.expect("commit");
     }
