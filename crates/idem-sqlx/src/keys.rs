@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use idem_core::{
     Decision, Fingerprint, IdempotencyKey, Record, RecordState, StoredResponse, TenantId, decide,
 };
-use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, PgTransaction, Row};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgExecutor, PgTransaction, Postgres, Row};
 
 use crate::sql::expiry;
 use crate::{Backend, StoreError};
@@ -153,14 +154,13 @@ async fn claim_inner(
     // lock_timeout = 0 disables the timeout; a zero wait means "do not wait".
     let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
     let lock_timeout = format!("{wait_ms}ms");
-    let retention_secs = req.retention.as_secs_f64();
 
     for _ in 0..CLAIM_ATTEMPTS {
         // One statement claims the key or, when a committed row is already visible to
         // it, returns that row: a replay costs no second round trip. The value of
         // lock_timeout before the first claim of the transaction is saved once (a
         // claim that did not insert leaves the wait in force) and put back on success.
-        let row = sqlx::query(concat!(
+        let row = bind_claim(sqlx::query(concat!(
             "WITH saved AS MATERIALIZED ( \
                SELECT set_config('idem.lock_timeout', coalesce( \
                  nullif(current_setting('idem.lock_timeout', true), ''), \
@@ -174,13 +174,7 @@ async fn claim_inner(
                ON CONFLICT (tenant_id, key) DO NOTHING \
                RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) ",
             inserted_or_existing!()
-        ))
-        .bind(req.tenant.as_str())
-        .bind(req.key.as_str())
-        .bind(req.fingerprint.as_bytes().as_slice())
-        .bind(req.method)
-        .bind(req.path)
-        .bind(retention_secs)
+        )), req)
         .bind(&lock_timeout)
         .bind(req.route)
         .fetch_optional(&mut *conn)
@@ -199,19 +193,13 @@ async fn claim_inner(
         match answered_by(record, now, &req.fingerprint) {
             Some(answered) => return Ok(answered),
             None => {
-                let replaced = sqlx::query(concat!(
+                let replaced = bind_claim(sqlx::query(concat!(
                     "UPDATE idem.keys SET ",
                     claimed_row!(),
                     " WHERE tenant_id = $1 AND key = $2 AND ", expiry!(), " <= now() \
                        AND completed_at IS NOT NULL \
                      RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)"
-                ))
-                .bind(req.tenant.as_str())
-                .bind(req.key.as_str())
-                .bind(req.fingerprint.as_bytes().as_slice())
-                .bind(req.method)
-                .bind(req.path)
-                .bind(retention_secs)
+                )), req)
                 .bind(req.route)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -239,25 +227,21 @@ async fn claim_citus(
     )))
     .execute(&mut *conn)
     .await?;
-    let retention_secs = req.retention.as_secs_f64();
     for _ in 0..CLAIM_ATTEMPTS {
         // Two statements where Postgres takes one: Citus plans a modifying CTE read
         // beside another query in steps (the CTE's rows sent back to the worker as an
         // intermediate result), while a bare INSERT is one statement routed to the
         // key's worker; a new key, the common case, needs nothing else.
-        let inserted = sqlx::query(
-            "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
+        let inserted = bind_claim(
+            sqlx::query(
+                "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
                created_at, expires_at, retention) \
              VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
                make_interval(secs => $6)) \
              ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
+            ),
+            req,
         )
-        .bind(req.tenant.as_str())
-        .bind(req.key.as_str())
-        .bind(req.fingerprint.as_bytes().as_slice())
-        .bind(req.method)
-        .bind(req.path)
-        .bind(retention_secs)
         .bind(req.route)
         .fetch_optional(&mut *conn)
         .await?;
@@ -272,11 +256,26 @@ async fn claim_citus(
             return Ok(answered);
         }
         let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
-        if replace_expired(&mut *conn, req, retention_secs, completed_at).await? {
+        if replace_expired(&mut *conn, req, completed_at).await? {
             return claimed_on_citus(conn).await;
         }
     }
     Err(StoreError::Contended)
+}
+
+/// `query` with a claim's first six parameters bound: `$1` tenant, `$2` key, `$3`
+/// fingerprint, `$4` method, `$5` path, `$6` retention in seconds.
+fn bind_claim<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    req: &'q ClaimRequest<'_>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(req.tenant.as_str())
+        .bind(req.key.as_str())
+        .bind(req.fingerprint.as_bytes().as_slice())
+        .bind(req.method)
+        .bind(req.path)
+        .bind(req.retention.as_secs_f64())
 }
 
 /// What a key's existing row answers a claim with (a replay, a mismatch, or in
@@ -326,20 +325,16 @@ async fn claimed_on_citus(conn: &mut sqlx::PgConnection) -> Result<Claim, StoreE
 async fn replace_expired(
     conn: &mut sqlx::PgConnection,
     req: &ClaimRequest<'_>,
-    retention_secs: f64,
     completed_at: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
-    let replaced = sqlx::query(concat!(
-        "UPDATE idem.keys SET ",
-        claimed_row!(),
-        " WHERE tenant_id = $1 AND key = $2 AND completed_at = $8"
-    ))
-    .bind(req.tenant.as_str())
-    .bind(req.key.as_str())
-    .bind(req.fingerprint.as_bytes().as_slice())
-    .bind(req.method)
-    .bind(req.path)
-    .bind(retention_secs)
+    let replaced = bind_claim(
+        sqlx::query(concat!(
+            "UPDATE idem.keys SET ",
+            claimed_row!(),
+            " WHERE tenant_id = $1 AND key = $2 AND completed_at = $8"
+        )),
+        req,
+    )
     .bind(req.route)
     .bind(completed_at)
     .execute(conn)
