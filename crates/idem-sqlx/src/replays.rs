@@ -116,18 +116,22 @@ impl ReplayTally {
         if batch.is_empty() {
             return Ok(());
         }
-        // Detected once per tally (and its clones): the pool's server does not change.
-        let backend = match self.backend.get() {
-            Some(backend) => *backend,
+        // Found once per tally (and its clones), as plain Postgres or as a coordinator
+        // whose keys are distributed; a coordinator whose keys are not distributed yet
+        // (distribute runs after the service started) is written to as plain Postgres
+        // and asked again at the next flush.
+        let sharded = match self.backend.get() {
+            Some(backend) => *backend == Backend::Citus,
             None => {
-                let detected = Backend::detect(&self.pool).await?;
-                *self.backend.get_or_init(|| detected)
+                let backend = Backend::detect(&self.pool).await?;
+                let sharded = backend == Backend::Citus
+                    && crate::citus::is_distributed(&self.pool, "idem.keys").await?;
+                if backend == Backend::Postgres || sharded {
+                    self.backend.get_or_init(|| backend);
+                }
+                sharded
             }
         };
-        // A coordinator whose keys are not distributed yet (distribute runs after the
-        // service started) is written to as plain Postgres: checked at every flush.
-        let sharded = backend == Backend::Citus
-            && crate::citus::is_distributed(&self.pool, "idem.keys").await?;
         match sharded {
             false => count_retried(write(&self.pool, &batch, None).await?),
             true => {
