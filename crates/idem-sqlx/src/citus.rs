@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::StoreError;
 
@@ -26,13 +26,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend `pool` reaches: [`Backend::Citus`] when the database has the `citus`
-    /// extension.
-    pub async fn detect(pool: &PgPool) -> Result<Backend, StoreError> {
+    /// The backend `executor` (a pool or a connection) reaches: [`Backend::Citus`] when
+    /// the database has the `citus` extension.
+    pub async fn detect<'e>(executor: impl PgExecutor<'e>) -> Result<Backend, StoreError> {
         let citus: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
         )
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await?;
         Ok(if citus {
             Backend::Citus
@@ -142,12 +142,15 @@ async fn check_colocation(pool: &PgPool, colocate_with: Option<&str>) -> Result<
 
 /// Whether `table` is a Citus distributed table (on a coordinator; the catalog it reads
 /// exists only where the `citus` extension is installed).
-pub(crate) async fn is_distributed(pool: &PgPool, table: &str) -> Result<bool, StoreError> {
+pub(crate) async fn is_distributed<'e>(
+    executor: impl PgExecutor<'e>,
+    table: &str,
+) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
     )
     .bind(table)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?)
 }
 

@@ -66,22 +66,13 @@ impl OwnConnection {
 /// outbox on a coordinator included (then, once it is distributed, the plain claim
 /// fails, the connection is dropped, and the next one finds the distributed outbox).
 async fn detect(conn: &mut PgConnection) -> Result<Backend, StoreError> {
-    let citus: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-            .fetch_one(&mut *conn)
-            .await?;
-    if !citus {
+    if Backend::detect(&mut *conn).await? == Backend::Postgres {
         return Ok(Backend::Postgres);
     }
-    let distributed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition \
-                        WHERE logicalrelid = 'idem.outbox'::regclass)",
+    Ok(
+        match crate::citus::is_distributed(&mut *conn, "idem.outbox").await? {
+            true => Backend::Citus,
+            false => Backend::Postgres,
+        },
     )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(if distributed {
-        Backend::Citus
-    } else {
-        Backend::Postgres
-    })
 }
