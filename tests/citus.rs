@@ -4,6 +4,7 @@
 //! start; and the store-facing test files, compiled in again below, run on the
 //! cluster (in this binary every test database is a distributed one).
 
+use idem_axum::Limits;
 use idem_tests::citus_test_db;
 
 #[path = "it/aborted_transactions.rs"]
@@ -244,7 +245,8 @@ async fn lock_the_other_worker(db: &idem_tests::TestDb, tenant: &str) -> sqlx::P
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_request_runs_on_its_tenants_worker_alone() {
     let db = citus_test_db(4).await;
-    let (app, _) = idem_tests::effects_app(&db, |l| l.key_quota(100)).await;
+    let (app, _) =
+        idem_tests::effects_app(&db, |l| l.limits(Limits::default().key_quota(100))).await;
     // With every shard of the other worker locked, the claim, the quota count, the
     // handler's row, its outbox message, the stored response and the replay still
     // finish: none of them reaches that worker.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idem_axum::IdempotencyLayer;
+use idem_axum::{IdempotencyLayer, Protocol, Timeouts};
 use idem_tests::pg::{postgres_image, prepare};
 use idem_tests::{TestApp, effects_router, replayed};
 use sqlx::PgPool;
@@ -168,7 +168,8 @@ async fn every_key_ends_with_one_execution(app: &TestApp, pool: &PgPool, outcome
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_lost_mid_traffic_fails_closed_and_every_key_ends_with_one_execution() {
     let (container, pool) = own_postgres(Duration::from_secs(2)).await;
-    let layer = IdempotencyLayer::new(pool.clone()).retry_after(Duration::from_secs(2));
+    let layer = IdempotencyLayer::new(pool.clone())
+        .protocol(Protocol::default().retry_after(Duration::from_secs(2)));
     let app =
         Arc::new(TestApp::spawn(effects_router(pool.clone(), layer, Default::default())).await);
 
@@ -209,9 +210,12 @@ async fn a_frozen_store_gets_503_within_store_timeout_and_leaves_the_pool_clean(
     let store_timeout = Duration::from_millis(1000);
     let in_flight_wait = Duration::from_millis(300);
     let layer = IdempotencyLayer::new(pool.clone())
-        .store_timeout(store_timeout)
-        .in_flight_wait(in_flight_wait)
-        .retry_after(Duration::from_secs(2));
+        .protocol(Protocol::default().retry_after(Duration::from_secs(2)))
+        .timeouts(
+            Timeouts::default()
+                .store(store_timeout)
+                .in_flight_wait(in_flight_wait),
+        );
     let app =
         Arc::new(TestApp::spawn(effects_router(pool.clone(), layer, Default::default())).await);
 

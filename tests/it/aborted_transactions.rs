@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use idem_axum::{IdempotencyLayer, Tx};
+use idem_axum::{IdempotencyLayer, KeyMode, Policy, TenantSource, Tx};
 use idem_tests::{TestApp, TestDb, problem_type, replayed, test_db};
 use serde_json::json;
 
@@ -48,7 +48,7 @@ async fn app(db: &TestDb, layer: impl FnOnce(IdempotencyLayer) -> IdempotencyLay
         .execute(&db.pool)
         .await
         .expect("taken reference");
-    let idempotency = layer(IdempotencyLayer::new(db.pool.clone()).single_tenant());
+    let idempotency = layer(IdempotencyLayer::new(db.pool.clone()).tenant(TenantSource::single()));
     let router = Router::new()
         .route("/refs", post(reuse_reference))
         .route_layer(idempotency);
@@ -127,7 +127,7 @@ async fn a_success_after_a_failed_statement_is_refused_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_a_success_after_a_failed_statement_is_refused_too() {
     let db = test_db().await;
-    let app = app(&db, |l| l.require_key(false)).await;
+    let app = app(&db, |l| l.policy(Policy::default().keys(KeyMode::Optional))).await;
     let client = no_redirects();
     let success = client
         .post(app.url("/refs?then=201"))

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use idem_axum::Timeouts;
 use idem_tests::{TestApp, TestDb, effects_app, replayed, test_db, test_db_with};
 use sqlx::{Connection, PgConnection};
 
@@ -130,7 +131,10 @@ async fn a_client_gone_while_the_layer_waits_for_a_connection_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_the_claim_waits_on_its_key_loses_nothing() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(10))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(10)))
+    })
+    .await;
     // The test's own transaction holds (t1, claim-wait), as a claim does: the layer's
     // claim of the same key waits on that row.
     let mut holder = PgConnection::connect_with(&db.options)

@@ -3,12 +3,16 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use idem_axum::Timeouts;
 use idem_tests::{effects_app, problem_type, replayed, test_db_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_requests_with_one_key_execute_once() {
     let db = test_db_with(20).await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(20))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
+    })
+    .await;
     let requests = (0..64).map(|_| {
         app.post("/effects?sleep_ms=200", "t1", Some("storm"), "storm")
             .send()
@@ -39,7 +43,10 @@ async fn sixty_four_concurrent_requests_with_one_key_execute_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_keys_with_three_concurrent_duplicates_execute_a_hundred_times() {
     let db = test_db_with(20).await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(20))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
+    })
+    .await;
     let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
     let requests = keys
         .iter()
@@ -63,7 +70,10 @@ async fn hundred_keys_with_three_concurrent_duplicates_execute_a_hundred_times()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_of_a_running_request_gets_409_with_retry_after_when_it_may_not_wait() {
     let db = test_db_with(5).await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::ZERO)).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(Duration::ZERO))
+    })
+    .await;
     let first = tokio::spawn(
         app.post("/effects?sleep_ms=1500", "t1", Some("busy"), "x")
             .send(),
@@ -99,7 +109,10 @@ async fn duplicate_of_a_running_request_gets_409_with_retry_after_when_it_may_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_of_a_running_request_waits_and_replays_its_response() {
     let db = test_db_with(5).await;
-    let (app, _) = effects_app(&db, |l| l.in_flight_wait(Duration::from_secs(10))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(10)))
+    })
+    .await;
     let first = tokio::spawn(
         app.post("/effects?sleep_ms=1000", "t1", Some("wait"), "x")
             .send(),

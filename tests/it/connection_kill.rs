@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
+use idem_axum::Protocol;
 use idem_tests::{effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_killed_inside_the_handler_commits_nothing_and_the_retry_executes_once() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.retry_after(Duration::from_secs(2))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.protocol(Protocol::default().retry_after(Duration::from_secs(2)))
+    })
+    .await;
     let request = tokio::spawn(
         app.post("/effects?sleep_ms=1500", "t1", Some("kill-1"), "n")
             .send(),

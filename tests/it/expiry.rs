@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use idem_axum::{Policy, Storage, Timeouts};
 use idem_tests::{effects_app, replayed, test_db};
 
 /// These tests move the store's clock forward by editing `expires_at` and `retention`; a layer's copies
 /// of finished records in memory cannot see that, so their layers keep none.
 fn no_memory(layer: idem_axum::IdempotencyLayer) -> idem_axum::IdempotencyLayer {
-    layer.replay_cache(0)
+    layer.storage(Storage::default().replay_cache(0))
 }
 
 async fn expire_all(db: &idem_tests::TestDb) {
@@ -81,7 +82,10 @@ async fn an_expired_key_may_be_reused_for_a_different_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_retention_is_counted_from_completion() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.retention(Duration::from_secs(90 * 60))).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.policy(Policy::default().retention(Duration::from_secs(90 * 60)))
+    })
+    .await;
     let first = app
         .post("/effects?sleep_ms=300", "t1", Some("e3"), "n")
         .send()
@@ -118,8 +122,8 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
     // Two layers on one database stand for two processes: the duplicate waits on the
     // key in the database, not in memory.
     let configure = |l: idem_axum::IdempotencyLayer| {
-        l.retention(Duration::from_secs(2))
-            .in_flight_wait(Duration::from_secs(20))
+        l.policy(Policy::default().retention(Duration::from_secs(2)))
+            .timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
     };
     let (slow, _) = effects_app(&db, configure).await;
     let (other, _) = effects_app(&db, configure).await;
@@ -179,7 +183,7 @@ async fn the_sweeper_deletes_only_expired_keys() {
 async fn concurrent_retries_of_an_expired_key_execute_once() {
     let db = idem_tests::test_db_with(12).await;
     let (app, _) = effects_app(&db, |l| {
-        no_memory(l).in_flight_wait(Duration::from_secs(20))
+        no_memory(l).timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
     })
     .await;
     app.post("/effects", "t1", Some("e4"), "n")

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::future::join_all;
-use idem_axum::{IdempotencyLayer, Isolation, Tx};
+use idem_axum::{IdempotencyLayer, Isolation, Storage, TenantSource, Timeouts, Tx};
 use idem_tests::{Faults, TestApp, TestDb, effects_router, replayed, test_db};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -47,8 +47,10 @@ async fn duplicates_across_processes_execute_once(
 ) {
     let mut apps = Vec::new();
     for _ in 0..PROCESSES {
-        let layer =
-            configure(IdempotencyLayer::new(pool.clone()).in_flight_wait(Duration::from_secs(10)));
+        let layer = configure(
+            IdempotencyLayer::new(pool.clone())
+                .timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(10))),
+        );
         let router = effects_router(pool.clone(), layer, Arc::new(Faults::default()));
         apps.push(TestApp::spawn(router).await);
     }
@@ -103,8 +105,10 @@ async fn duplicates_across_processes_execute_once_under_a_serializable_server_de
 async fn duplicates_across_processes_execute_once_on_a_route_that_asks_for_serializable() {
     let db = test_db().await;
     let pool = pool_with_server_default(&db, "read committed").await;
-    duplicates_across_processes_execute_once(&db, &pool, |l| l.isolation(Isolation::Serializable))
-        .await;
+    duplicates_across_processes_execute_once(&db, &pool, |l| {
+        l.storage(Storage::default().isolation(Isolation::Serializable))
+    })
+    .await;
 }
 
 /// Answers the isolation level of the transaction the layer gave the handler.
@@ -118,9 +122,9 @@ async fn transaction_isolation(mut tx: Tx) -> Json<String> {
 
 /// The isolation level a keyed request's handler runs at, on a layer over `pool`.
 async fn handler_isolation(pool: &PgPool, isolation: Option<Isolation>, key: &str) -> String {
-    let mut layer = IdempotencyLayer::new(pool.clone()).single_tenant();
+    let mut layer = IdempotencyLayer::new(pool.clone()).tenant(TenantSource::single());
     if let Some(isolation) = isolation {
-        layer = layer.isolation(isolation);
+        layer = layer.storage(Storage::default().isolation(isolation));
     }
     let router = Router::new()
         .route("/isolation", post(transaction_isolation))

@@ -2,6 +2,7 @@
 //! Retry-After, while another tenant's requests, and the storming tenant's own
 //! retries of what it already sent, go on.
 
+use idem_axum::Limits;
 use idem_tests::{effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -9,7 +10,7 @@ async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served()
     let db = test_db().await;
     // 1 new key a second per tenant, bursts of 5: the storm's 40 keys come within a
     // second or two.
-    let (app, _) = effects_app(&db, |l| l.new_key_rate(1, 5)).await;
+    let (app, _) = effects_app(&db, |l| l.limits(Limits::default().new_key_rate(1, 5))).await;
     let mut admitted = Vec::new();
     let mut refused = 0;
     for i in 0..40 {
@@ -78,7 +79,7 @@ async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_at_its_key_quota_gets_507_while_others_and_replays_are_served() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.key_quota(3)).await;
+    let (app, _) = effects_app(&db, |l| l.limits(Limits::default().key_quota(3))).await;
     for i in 0..3 {
         let key = format!("q-{i}");
         let response = app
@@ -118,13 +119,17 @@ async fn a_tenant_at_its_key_quota_gets_507_while_others_and_replays_are_served(
 async fn with_client_identities_one_client_s_storm_spares_its_tenant_s_other_clients() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| {
-        l.new_key_rate(1, 3).client_identity(|parts| {
-            parts
-                .headers
-                .get("x-client-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
+        l.limits(
+            Limits::default()
+                .new_key_rate(1, 3)
+                .client_identity(|parts| {
+                    parts
+                        .headers
+                        .get("x-client-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                }),
+        )
     })
     .await;
     let send = |client: &'static str, key: String| {

@@ -1,6 +1,7 @@
 //! Bad keys get a clear 400 and run nothing.
 
 use http::HeaderValue;
+use idem_axum::{KeyMode, Policy};
 use idem_tests::{effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +94,7 @@ async fn the_longest_valid_key_and_its_quoted_form_are_the_same_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_on_an_optional_route_the_handler_runs_each_time_in_a_transaction() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.require_key(false)).await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::default().keys(KeyMode::Optional))).await;
     for _ in 0..2 {
         let r = app
             .post("/effects", "t1", None, "n")

@@ -1,11 +1,12 @@
 //! The layer bounds what it buffers: request bodies (413) and stored responses.
 
+use idem_axum::Limits;
 use idem_tests::{effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_over_the_limit_is_413_and_runs_nothing() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.max_request_body(1024)).await;
+    let (app, _) = effects_app(&db, |l| l.limits(Limits::default().request_body(1024))).await;
     let big = "x".repeat(2048);
     let r = app
         .post("/effects", "t1", Some("big"), &big)
@@ -28,7 +29,7 @@ async fn a_request_body_over_the_limit_is_413_and_runs_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_request_body_over_the_limit_is_413() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.max_request_body(1024)).await;
+    let (app, _) = effects_app(&db, |l| l.limits(Limits::default().request_body(1024))).await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..8).map(|_| Ok(vec![b'x'; 512])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
@@ -48,7 +49,7 @@ async fn a_streamed_request_body_over_the_limit_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_over_the_limit_is_passed_through_committed_and_not_replayed() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.max_response_body(100)).await;
+    let (app, _) = effects_app(&db, |l| l.limits(Limits::default().response_body(100))).await;
     let first = app
         .post("/effects?body_bytes=5000", "t1", Some("large"), "n")
         .send()

@@ -10,7 +10,10 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::patch;
-use idem_axum::{ClientVersions, IdempotencyLayer, TenantId, TenantSource, Tx};
+use idem_axum::{
+    ClientVersions, IdempotencyLayer, Limits, Observability, Policy, Protocol, TenantId,
+    TenantSource, Timeouts, Tx,
+};
 use idem_core::IdempotencyKey;
 use idem_core::policy::KeyMode;
 use idem_sqlx::{ReplayTally, StoreGauges, Tallied};
@@ -123,11 +126,11 @@ async fn send(
 fn layer(db: &TestDb) -> IdempotencyLayer {
     exporter();
     IdempotencyLayer::new(db.pool.clone())
-        .methods([http::Method::PATCH])
-        .client_versions(
+        .protocol(Protocol::default().methods([http::Method::PATCH]))
+        .observability(Observability::default().client_versions(
             HeaderName::from_static("x-client-version"),
             ClientVersions::new(["app/1"]),
-        )
+        ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +210,11 @@ async fn a_request_whose_client_left_is_still_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_mode_counts_what_the_layer_would_have_done() {
     let db = test_db().await;
-    let app = app("/observed/{id}", layer(&db).key_mode(KeyMode::Observe)).await;
+    let app = app(
+        "/observed/{id}",
+        layer(&db).policy(Policy::default().keys(KeyMode::Observe)),
+    )
+    .await;
     assert_eq!(send(&app, "/observed/1", Some("o1"), "a", None).await, 200);
     assert_eq!(send(&app, "/observed/1", Some("o1"), "a", None).await, 200);
     assert_eq!(send(&app, "/observed/1", Some("o1"), "b", None).await, 200);
@@ -231,7 +238,7 @@ async fn observe_mode_counts_what_the_layer_would_have_done() {
     // Two at once in this process: the second would have found the first in flight.
     let slow = app_with(
         "/observed-slow/{id}",
-        layer(&db).key_mode(KeyMode::Observe),
+        layer(&db).policy(Policy::default().keys(KeyMode::Observe)),
         patch(slow_order),
     )
     .await;
@@ -247,7 +254,11 @@ async fn observe_mode_counts_what_the_layer_would_have_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_quota_usage_is_reported_before_it_is_reached() {
     let db = test_db().await;
-    let app = app("/quota/{id}", layer(&db).key_quota(4)).await;
+    let app = app(
+        "/quota/{id}",
+        layer(&db).limits(Limits::default().key_quota(4)),
+    )
+    .await;
     for key in ["q1", "q2", "q3"] {
         assert_eq!(send(&app, "/quota/1", Some(key), "x", None).await, 200);
     }
@@ -437,8 +448,8 @@ async fn an_unreachable_store_counts_store_unavailable() {
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
         .expect("lazy pool");
     let layer = IdempotencyLayer::new(pool)
-        .methods([http::Method::PATCH])
-        .store_timeout(Duration::from_millis(500));
+        .protocol(Protocol::default().methods([http::Method::PATCH]))
+        .timeouts(Timeouts::default().store(Duration::from_millis(500)));
     let app = app("/unreachable/{id}", layer).await;
     assert_eq!(
         send(&app, "/unreachable/1", Some("u1"), "x", None).await,
@@ -517,7 +528,7 @@ async fn a_keyed_handler_that_never_takes_its_tx_is_warned_about_once_per_route(
             .map(|_| StatusCode::CREATED)
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
     };
-    let layer = IdempotencyLayer::new(pool).single_tenant();
+    let layer = IdempotencyLayer::new(pool).tenant(TenantSource::single());
     let app = TestApp::spawn(
         Router::new()
             .route("/untaken/around", axum::routing::post(around))

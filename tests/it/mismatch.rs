@@ -1,6 +1,7 @@
 //! A key reused for a different request is refused, and nothing runs.
 
 use http::StatusCode;
+use idem_axum::{Policy, Protocol};
 use idem_tests::{TestApp, effects_app, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +44,10 @@ async fn same_key_on_a_different_path_is_a_mismatch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatch_answers_409_when_configured() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.mismatch_status(StatusCode::CONFLICT)).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.protocol(Protocol::default().mismatch_status(StatusCode::CONFLICT))
+    })
+    .await;
     app.post("/effects", "t1", Some("m3"), "a")
         .send()
         .await
@@ -62,7 +66,7 @@ async fn mismatch_answers_409_when_configured() {
 async fn configured_fingerprint_headers_make_requests_differ() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| {
-        l.fingerprint_header(http::HeaderName::from_static("x-account"))
+        l.policy(Policy::default().fingerprint_header("x-account"))
     })
     .await;
     let a = app
@@ -155,7 +159,7 @@ async fn raw_mode_treats_reordered_json_as_a_different_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amounts_that_differ_beyond_float_precision_are_a_mismatch() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.canonical_json()).await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::default().canonical_json())).await;
     let first = app
         .post(
             "/effects",
@@ -199,7 +203,10 @@ async fn amounts_that_differ_beyond_float_precision_are_a_mismatch() {
 async fn every_value_of_a_repeated_fingerprint_header_counts() {
     let db = test_db().await;
     let header = http::HeaderName::from_static("x-account");
-    let (app, _) = effects_app(&db, |l| l.fingerprint_header(header)).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.policy(Policy::default().fingerprint_header(header.as_str()))
+    })
+    .await;
     let send = |second: &'static str| {
         app.post("/effects", "t1", Some("accounts"), "n")
             .header("x-account", "a")
@@ -218,7 +225,10 @@ async fn every_value_of_a_repeated_fingerprint_header_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_selected_fields_a_changed_volatile_field_is_the_same_request() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.fingerprint_fields(["/amount", "/currency"])).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.policy(Policy::default().fingerprint_fields(["/amount", "/currency"]))
+    })
+    .await;
     let first = app
         .post(
             "/effects",
@@ -322,7 +332,7 @@ async fn the_fingerprint_covers_the_path_the_client_sent_inside_a_nested_router(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_canonical_json_body_fingerprinted_off_the_workers_replays_and_mismatches() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.canonical_json()).await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::default().canonical_json())).await;
     // Past idem_core::Fingerprint::BLOCKING_BODY_BYTES, nested deep: hashed on the
     // blocking pool, and the same request still matches itself, reordered.
     let items = |reorder: bool| -> String {

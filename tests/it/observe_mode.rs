@@ -2,13 +2,14 @@
 //! nothing, the keys are recorded with their first fingerprint, and nothing is stored
 //! that could ever be replayed.
 
+use idem_axum::Policy;
 use idem_core::policy::KeyMode;
 use idem_tests::{effects_app, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_runs_and_nothing_is_replayed_or_refused() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.key_mode(KeyMode::Observe)).await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::default().keys(KeyMode::Observe))).await;
     let sends = [
         (Some("o1"), "a"),
         (Some("o1"), "a"),
@@ -46,7 +47,7 @@ async fn every_request_runs_and_nothing_is_replayed_or_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_both_run() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.key_mode(KeyMode::Observe)).await;
+    let (app, _) = effects_app(&db, |l| l.policy(Policy::default().keys(KeyMode::Observe))).await;
     let slow = || {
         app.post("/effects?sleep_ms=400", "t1", Some("c1"), "a")
             .send()

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use idem_axum::{Limits, Policy, Protection, Storage, TenantSource, Timeouts};
 use idem_tests::phased::{notes, order_request, setup, setup_with};
 use idem_tests::{problem_type, replayed, test_db};
 use serde_json::Value;
@@ -182,7 +183,9 @@ async fn a_retry_during_a_live_lease_past_the_wait_gets_409_in_flight() {
 async fn phased_claims_are_held_to_the_key_quota_and_the_new_key_rate() {
     let db = test_db().await;
     let quota = setup_with(&db, |layer| {
-        layer.phased(Duration::from_secs(10)).key_quota(2)
+        layer
+            .limits(Limits::default().key_quota(2))
+            .phased(Duration::from_secs(10))
     })
     .await;
     for key in ["q1", "q2"] {
@@ -203,7 +206,9 @@ async fn phased_claims_are_held_to_the_key_quota_and_the_new_key_rate() {
     );
 
     let rate = setup_with(&db, |layer| {
-        layer.phased(Duration::from_secs(10)).new_key_rate(1, 1)
+        layer
+            .limits(Limits::default().new_key_rate(1, 1))
+            .phased(Duration::from_secs(10))
     })
     .await;
     assert_eq!(order_request(&rate.app, "r1", "").await.status(), 201);
@@ -272,7 +277,7 @@ async fn a_phase_already_in_the_journal_commits_nothing_again() {
 
     let db = test_db().await;
     let layer = IdempotencyLayer::new(db.pool.clone())
-        .single_tenant()
+        .tenant(TenantSource::single())
         .phased(Duration::from_secs(30));
     let app =
         idem_tests::TestApp::spawn(Router::new().route("/twice", post(twice).route_layer(layer)))
@@ -301,8 +306,8 @@ async fn a_phased_request_answered_not_processed_never_runs_later() {
 
     let db = test_db().await;
     let s = setup_with(&db, |l| {
-        l.phased(Duration::from_millis(500))
-            .store_timeout(Duration::from_millis(300))
+        l.timeouts(Timeouts::default().store(Duration::from_millis(300)))
+            .phased(Duration::from_millis(500))
     })
     .await;
     // Another transaction holds a lock that makes the claim's INSERT wait, past
@@ -338,7 +343,8 @@ async fn a_finished_phased_key_keeps_no_request_and_seals_its_journal_with_seale
     let plain = setup(&db, Duration::from_secs(10), Duration::from_secs(5)).await;
     let sealing = idem_axum::BodySealing::new("k1", &[5; 32]).expect("sealing");
     let sealed = setup_with(&db, |l| {
-        l.phased(Duration::from_secs(10)).seal_bodies(sealing)
+        l.protection(Protection::default().bodies(sealing))
+            .phased(Duration::from_secs(10))
     })
     .await;
     for (s, key) in [(&plain, "kept-plain"), (&sealed, "kept-sealed")] {
@@ -388,15 +394,16 @@ async fn a_finished_phased_key_is_kept_in_memory_by_its_rows_retention() {
     let db = test_db().await;
     // A process whose keys are kept one second claims the key, and is interrupted.
     let short = setup_with(&db, |l| {
-        l.phased(Duration::from_millis(200))
-            .retention(Duration::from_secs(1))
+        l.policy(Policy::default().retention(Duration::from_secs(1)))
+            .phased(Duration::from_millis(200))
     })
     .await;
     short.faults.interrupt.store(1, Ordering::SeqCst);
     assert_eq!(order_request(&short.app, "r1", "").await.status(), 503);
     // A process that keeps its keys a day, and replays in memory, finishes it.
     let long = setup_with(&db, |l| {
-        l.phased(Duration::from_millis(200)).replay_cache(1 << 20)
+        l.storage(Storage::default().replay_cache(1 << 20))
+            .phased(Duration::from_millis(200))
     })
     .await;
     let finished = order_request(&long.app, "r1", "").await;

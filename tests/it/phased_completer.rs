@@ -5,8 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use idem_axum::BodySealing;
-use idem_axum::Completer;
+use idem_axum::{BodySealing, Completer, Limits, Protection};
 use idem_tests::phased::{notes, order_request, setup, setup_with};
 use idem_tests::{TestDb, problem_type, replayed, test_db};
 use tokio_util::sync::CancellationToken;
@@ -145,7 +144,9 @@ async fn with_sealed_bodies_the_kept_request_is_sealed_and_the_completer_opens_i
     let db = test_db().await;
     let sealing = BodySealing::new("k1", &[5; 32]).expect("sealing");
     let s = setup_with(&db, |layer| {
-        layer.phased(Duration::from_secs(10)).seal_bodies(sealing)
+        layer
+            .protection(Protection::default().bodies(sealing))
+            .phased(Duration::from_secs(10))
     })
     .await;
     s.faults.interrupt.store(1, Ordering::SeqCst);
@@ -193,9 +194,9 @@ async fn the_completer_finishes_a_sealed_kept_body_as_long_as_the_request_limit(
     // Sealed, a body of exactly `max_request_body` bytes is longer than the limit.
     let s = setup_with(&db, |layer| {
         layer
+            .limits(Limits::default().request_body(64))
+            .protection(Protection::default().bodies(sealing))
             .phased(Duration::from_secs(10))
-            .seal_bodies(sealing)
-            .max_request_body(64)
     })
     .await;
     s.faults.interrupt.store(1, Ordering::SeqCst);

@@ -4,7 +4,7 @@
 //! are ciphertext, opened on replay, through key rotation; `redact` changes what is
 //! stored.
 
-use idem_axum::{BodySealing, KeyProtection};
+use idem_axum::{BodySealing, KeyProtection, Policy, Protection, Storage};
 use idem_core::policy::KeyMode;
 use idem_tests::{TestDb, effects_app, problem_type, replayed, test_db};
 
@@ -35,7 +35,10 @@ async fn dump(db: &TestDb) -> String {
 async fn a_dump_of_the_store_reveals_no_client_key() {
     let db = test_db().await;
     let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
-    let (app, _) = effects_app(&db, |l| l.protect_keys(protection.clone())).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.protection(Protection::default().keys(protection.clone()))
+    })
+    .await;
     let first = app
         .post("/effects", "acme", Some("client-key-4711"), "a")
         .send()
@@ -93,8 +96,8 @@ async fn observe_mode_records_only_protected_keys() {
     let db = test_db().await;
     let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
     let (app, _) = effects_app(&db, |l| {
-        l.key_mode(KeyMode::Observe)
-            .protect_keys(protection.clone())
+        l.policy(Policy::default().keys(KeyMode::Observe))
+            .protection(Protection::default().keys(protection.clone()))
     })
     .await;
     app.post("/effects", "acme", Some("client-key-4711"), "a")
@@ -121,7 +124,11 @@ async fn stored_bodies(db: &TestDb) -> Vec<Vec<u8>> {
 async fn sealed_bodies_are_ciphertext_in_the_store_and_replay_byte_for_byte() {
     let db = test_db().await;
     // No replay cache: every replay comes from the store and must be opened.
-    let (app, _) = effects_app(&db, |l| l.seal_bodies(sealing("k1", 1)).replay_cache(0)).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.protection(Protection::default().bodies(sealing("k1", 1)))
+            .storage(Storage::default().replay_cache(0))
+    })
+    .await;
     let first = app
         .post("/effects", "acme", Some("s1"), "secret-note")
         .send()
@@ -146,7 +153,11 @@ async fn sealed_bodies_are_ciphertext_in_the_store_and_replay_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
     let db = test_db().await;
-    let (old, _) = effects_app(&db, |l| l.seal_bodies(sealing("k1", 1)).replay_cache(0)).await;
+    let (old, _) = effects_app(&db, |l| {
+        l.protection(Protection::default().bodies(sealing("k1", 1)))
+            .storage(Storage::default().replay_cache(0))
+    })
+    .await;
     let first = old
         .post("/effects", "acme", Some("r1"), "note")
         .send()
@@ -155,7 +166,11 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
     let first = first.text().await.expect("body");
 
     let rotated = sealing("k2", 2).previous("k1", &[1; 32]).expect("previous");
-    let (new, _) = effects_app(&db, |l| l.seal_bodies(rotated.clone()).replay_cache(0)).await;
+    let (new, _) = effects_app(&db, |l| {
+        l.protection(Protection::default().bodies(rotated.clone()))
+            .storage(Storage::default().replay_cache(0))
+    })
+    .await;
     let retry = new
         .post("/effects", "acme", Some("r1"), "note")
         .send()
@@ -164,7 +179,11 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
     assert!(replayed(&retry));
     assert_eq!(retry.text().await.expect("body"), first);
 
-    let (lost, _) = effects_app(&db, |l| l.seal_bodies(sealing("k2", 2)).replay_cache(0)).await;
+    let (lost, _) = effects_app(&db, |l| {
+        l.protection(Protection::default().bodies(sealing("k2", 2)))
+            .storage(Storage::default().replay_cache(0))
+    })
+    .await;
     let refused = lost
         .post("/effects", "acme", Some("r1"), "note")
         .send()
@@ -182,14 +201,14 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
 async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| {
-        l.redact(|stored| {
+        l.protection(Protection::default().redact(|stored| {
             if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&stored.body) {
                 if let Some(object) = json.as_object_mut() {
                     object.remove("note");
                 }
                 stored.body = json.to_string().into_bytes();
             }
-        })
+        }))
     })
     .await;
     let first = app
@@ -295,7 +314,11 @@ async fn switching_on_key_protection_loses_no_sealed_body_kept_request_or_derive
 
     let db = test_db().await;
     let lease = Duration::from_millis(300);
-    let before = setup_with(&db, |l| l.phased(lease).seal_bodies(sealing("s1", 7))).await;
+    let before = setup_with(&db, |l| {
+        l.protection(Protection::default().bodies(sealing("s1", 7)))
+            .phased(lease)
+    })
+    .await;
     // A finished key, its answer sealed.
     let done = order_request(&before.app, "done-1", "").await;
     assert_eq!(done.status(), 201);
@@ -322,9 +345,12 @@ async fn switching_on_key_protection_loses_no_sealed_body_kept_request_or_derive
     assert_eq!(protect_stored_keys(&db, "tenant_id = 't1'").await, 3);
     let protection = KeyProtection::hmac("k1", &SECRET).expect("protection");
     let after = setup_with(&db, |l| {
-        l.phased(lease)
-            .seal_bodies(sealing("s1", 7))
-            .protect_keys(protection)
+        l.protection(
+            Protection::default()
+                .bodies(sealing("s1", 7))
+                .keys(protection),
+        )
+        .phased(lease)
     })
     .await;
     tokio::time::sleep(lease).await;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use idem_axum::Storage;
 use idem_sqlx::{JetStreamSink, Message, OutboxRelay, OutboxWaker};
 use idem_tests::{Proxy, TestApp, TestDb, TestStream, test_db};
 use payments::EventSubject;
@@ -39,7 +40,7 @@ async fn pay(app: &TestApp, key: &str) {
 fn payments_app(db: &TestDb, stream: &TestStream, waker: OutboxWaker) -> axum::Router {
     payments::app_with(
         db.pool.clone(),
-        payments::idempotency(db.pool.clone()).outbox_waker(waker),
+        payments::idempotency(db.pool.clone()).storage(Storage::default().outbox_waker(waker)),
     )
     .layer(axum::Extension(EventSubject(stream.subject("created"))))
 }

@@ -1,5 +1,6 @@
 //! A retry after success gets the stored response, byte for byte.
 
+use idem_axum::{Policy, Storage, TenantSource};
 use idem_tests::{TestApp, effects_app, replayed, test_db};
 
 const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR","reference":"inv-1"}"#;
@@ -106,7 +107,7 @@ async fn replay_carries_only_allow_listed_headers() {
 async fn app_headers_added_to_the_allow_list_are_replayed() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| {
-        l.replay_header(http::HeaderName::from_static("x-not-replayed"))
+        l.policy(Policy::default().replay_header("x-not-replayed"))
     })
     .await;
     app.post("/effects", "t1", Some("k-x"), "n")
@@ -151,7 +152,7 @@ async fn get_requests_pass_through_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_looked_up_before_the_transaction_are_the_same_answers() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.replay_lookup_first(true)).await;
+    let (app, _) = effects_app(&db, |l| l.storage(Storage::default().lookup_first(true))).await;
     let first = app
         .post("/effects", "t1", Some("lf"), "n")
         .send()
@@ -216,7 +217,9 @@ async fn a_body_compressed_inside_the_layer_is_replayed_with_its_representation_
             }),
         )
         .layer(tower_http::compression::CompressionLayer::new())
-        .route_layer(idem_axum::IdempotencyLayer::new(db.pool.clone()).single_tenant());
+        .route_layer(
+            idem_axum::IdempotencyLayer::new(db.pool.clone()).tenant(TenantSource::single()),
+        );
     let app = TestApp::spawn(router).await;
     let send = || {
         app.client

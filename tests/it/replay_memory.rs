@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use idem_axum::IdempotencyLayer;
+use idem_axum::{IdempotencyLayer, Policy, Storage, Timeouts};
 use idem_tests::{Proxy, TestApp, effects_router, replayed, test_db};
 
 /// An app whose pool reaches the test database through a proxy the test can cut.
@@ -13,8 +13,10 @@ async fn app_through_proxy(
     configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
 ) -> (Proxy, TestApp) {
     let (proxy, pool) = Proxy::with_pool(db).await;
-    let layer =
-        configure(IdempotencyLayer::new(pool.clone()).store_timeout(Duration::from_secs(3)));
+    let layer = configure(
+        IdempotencyLayer::new(pool.clone())
+            .timeouts(Timeouts::default().store(Duration::from_secs(3))),
+    );
     let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
     (proxy, app)
 }
@@ -58,7 +60,8 @@ async fn a_finished_request_is_replayed_and_a_mismatch_refused_with_the_store_cu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_memory_a_retry_needs_the_store() {
     let db = test_db().await;
-    let (proxy, app) = app_through_proxy(&db, |l| l.replay_cache(0)).await;
+    let (proxy, app) =
+        app_through_proxy(&db, |l| l.storage(Storage::default().replay_cache(0))).await;
     let first = app
         .post("/effects", "t1", Some("k1"), "n")
         .send()
@@ -107,7 +110,10 @@ async fn a_replica_keeps_a_record_it_read_from_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_in_memory_expires_with_the_key() {
     let db = test_db().await;
-    let (_proxy, app) = app_through_proxy(&db, |l| l.retention(Duration::from_secs(2))).await;
+    let (_proxy, app) = app_through_proxy(&db, |l| {
+        l.policy(Policy::default().retention(Duration::from_secs(2)))
+    })
+    .await;
     let first = app
         .post("/effects", "t1", Some("k1"), "n")
         .send()

@@ -4,7 +4,7 @@
 //! transition to fingerprinting); fingerprint fields and replayed headers travel with
 //! the policy.
 
-use idem_axum::IdempotencyLayer;
+use idem_axum::{IdempotencyLayer, Storage};
 use idem_core::policy::{HashPolicy, Policy, RiskClass};
 use idem_tests::{Proxy, TestApp, effects_app, effects_router, problem_type, replayed, test_db};
 
@@ -14,7 +14,8 @@ async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_not
     // No replay cache: the second and third requests go to the store, whose claim finds
     // the mismatch; a fourth with a cache of its own answers from memory.
     let (app, _) = effects_app(&db, |l: IdempotencyLayer| {
-        l.hash_policy(HashPolicy::ReportOnly).replay_cache(0)
+        l.policy(Policy::default().hash(HashPolicy::ReportOnly))
+            .storage(Storage::default().replay_cache(0))
     })
     .await;
     let first = app
@@ -36,7 +37,10 @@ async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_not
     }
     assert_eq!(db.effects().await, 1, "the changed request did not run");
 
-    let (cached, _) = effects_app(&db, |l| l.hash_policy(HashPolicy::ReportOnly)).await;
+    let (cached, _) = effects_app(&db, |l| {
+        l.policy(Policy::default().hash(HashPolicy::ReportOnly))
+    })
+    .await;
     for _ in 0..2 {
         let changed = cached
             .post("/effects", "t1", Some("r1"), "c")
@@ -100,7 +104,10 @@ async fn a_route_policy_fingerprints_only_its_fields_and_replays_its_headers() {
     let policy = Policy::for_risk(RiskClass::Critical)
         .fingerprint_fields(["/amount"])
         .replay_header("x-not-replayed");
-    let (app, _) = effects_app(&db, |l| l.policy(policy).replay_cache(0)).await;
+    let (app, _) = effects_app(&db, |l| {
+        l.policy(policy).storage(Storage::default().replay_cache(0))
+    })
+    .await;
     let send = |body: &'static str| app.post("/effects", "t1", Some("f1"), body).send();
 
     let first = send(r#"{"amount":5,"sent_at":"10:00"}"#)

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use idem_axum::{FailureMode, IdempotencyLayer, Tx};
+use idem_axum::{FailureMode, IdempotencyLayer, Policy, TenantSource, Timeouts, Tx};
 use idem_tests::{Proxy, TestApp, TestDb, problem_type, replayed, test_db};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
@@ -54,7 +54,7 @@ async fn counted(
 async fn counted_app(layer: IdempotencyLayer, runs: &Arc<AtomicUsize>) -> TestApp {
     let router = Router::new()
         .route("/counted", post(counted))
-        .route_layer(layer.single_tenant())
+        .route_layer(layer.tenant(TenantSource::single()))
         .layer(Extension(runs.clone()));
     TestApp::spawn(router).await
 }
@@ -84,7 +84,7 @@ async fn assert_store_fault(app: &TestApp, key: &str) {
 async fn a_keyed_request_is_a_store_fault_in_both_failure_modes(db: &TestDb, pool: &PgPool) {
     let runs = Arc::new(AtomicUsize::new(0));
     for mode in [FailureMode::Closed, FailureMode::Open] {
-        let layer = IdempotencyLayer::new(pool.clone()).failure_mode(mode);
+        let layer = IdempotencyLayer::new(pool.clone()).policy(Policy::default().failure(mode));
         let app = counted_app(layer, &runs).await;
         assert_store_fault(&app, &format!("k-{mode:?}")).await;
     }
@@ -186,9 +186,9 @@ async fn an_unreachable_store_runs_a_fail_open_handler_without_a_tx() {
         .await
         .expect("pool through the proxy");
     let layer = IdempotencyLayer::new(pool)
-        .single_tenant()
-        .failure_mode(FailureMode::Open)
-        .store_timeout(Duration::from_secs(1));
+        .tenant(TenantSource::single())
+        .policy(Policy::default().failure(FailureMode::Open))
+        .timeouts(Timeouts::default().store(Duration::from_secs(1)));
     let router = Router::new()
         .route("/optional", post(optional_tx))
         .route("/required", post(required_tx))
@@ -245,9 +245,12 @@ async fn failing_open_never_runs_a_second_handler_while_another_request_holds_th
         .expect("pool of one");
     let runs = Arc::new(AtomicUsize::new(0));
     let layer = IdempotencyLayer::new(pool)
-        .failure_mode(FailureMode::Open)
-        .store_timeout(Duration::from_millis(300))
-        .in_flight_wait(Duration::from_secs(5));
+        .policy(Policy::default().failure(FailureMode::Open))
+        .timeouts(
+            Timeouts::default()
+                .store(Duration::from_millis(300))
+                .in_flight_wait(Duration::from_secs(5)),
+        );
     let app = counted_app(layer, &runs).await;
     let send = |key: &'static str, sleep_ms: u64| {
         app.client
@@ -298,9 +301,12 @@ async fn a_busy_replica_fails_closed(db: &TestDb, acquire: Duration, store_timeo
             .await
             .expect("pool of one");
         let layer = IdempotencyLayer::new(pool)
-            .failure_mode(FailureMode::Open)
-            .store_timeout(store_timeout)
-            .in_flight_wait(Duration::from_secs(5));
+            .policy(Policy::default().failure(FailureMode::Open))
+            .timeouts(
+                Timeouts::default()
+                    .store(store_timeout)
+                    .in_flight_wait(Duration::from_secs(5)),
+            );
         counted_app(layer, &runs).await
     };
     let (a, b) = (
@@ -367,8 +373,8 @@ async fn a_database_that_refuses_connections_runs_a_fail_open_handler_without_a_
         .connect_lazy_with(db.options.clone().host("127.0.0.1").port(port));
     let runs = Arc::new(AtomicUsize::new(0));
     let layer = IdempotencyLayer::new(pool)
-        .failure_mode(FailureMode::Open)
-        .store_timeout(Duration::from_secs(2));
+        .policy(Policy::default().failure(FailureMode::Open))
+        .timeouts(Timeouts::default().store(Duration::from_secs(2)));
     let app = counted_app(layer, &runs).await;
     let r = app
         .client

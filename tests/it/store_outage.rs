@@ -3,14 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use idem_axum::{FailureMode, IdempotencyLayer};
+use idem_axum::{FailureMode, IdempotencyLayer, Policy, Protocol};
 use idem_tests::{Faults, Proxy, TestApp, effects_router, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes_once() {
     let db = test_db().await;
     let (proxy, pool) = Proxy::with_pool(&db).await;
-    let layer = IdempotencyLayer::new(pool.clone()).retry_after(Duration::from_secs(3));
+    let layer = IdempotencyLayer::new(pool.clone())
+        .protocol(Protocol::default().retry_after(Duration::from_secs(3)));
     let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
 
     let warm = app
@@ -76,7 +77,7 @@ async fn a_fail_open_route_keeps_serving_without_idempotency_while_the_store_is_
     .await;
     let open = TestApp::spawn(effects_router(
         pool.clone(),
-        IdempotencyLayer::new(pool).failure_mode(FailureMode::Open),
+        IdempotencyLayer::new(pool).policy(Policy::default().failure(FailureMode::Open)),
         std::sync::Arc::new(Faults::default()),
     ))
     .await;

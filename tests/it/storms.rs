@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use idem_axum::IdempotencyLayer;
+use idem_axum::{IdempotencyLayer, Timeouts};
 use idem_tests::{Faults, TestApp, effects_router, problem_type, replayed, test_db_with};
 
 /// Duplicates sent at once.
@@ -22,7 +22,8 @@ async fn a_storm_of_duplicates_executes_once_and_leaves_the_pool_to_other_keys()
     // A store that hands out no connection within store_timeout counts as unreachable
     // (503). It is shorter than the handler, so duplicates queueing for connections
     // behind the slow request would show as 5xx; the storm must never cause that.
-    let layer = IdempotencyLayer::new(pool.clone()).store_timeout(Duration::from_millis(800));
+    let layer = IdempotencyLayer::new(pool.clone())
+        .timeouts(Timeouts::default().store(Duration::from_millis(800)));
     let app = TestApp::spawn(effects_router(pool, layer, Arc::new(Faults::default()))).await;
     // The client opens a connection for every request in flight (it has no cap per
     // host), so the whole storm is in flight at once; all of them stay pooled.

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
-use idem_axum::{IdempotencyLayer, Tx};
+use idem_axum::{IdempotencyLayer, TenantSource, Timeouts, Tx};
 use idem_tests::{TestApp, TestDb, problem_type, replayed, test_db};
 use tokio::sync::Notify;
 
@@ -47,8 +47,8 @@ async fn stream(Extension(gate): Extension<Gate>, content_type: String, mut tx: 
 
 async fn app(db: &TestDb, gate: Gate) -> TestApp {
     let layer = IdempotencyLayer::new(db.pool.clone())
-        .single_tenant()
-        .response_timeout(Duration::from_millis(200));
+        .tenant(TenantSource::single())
+        .timeouts(Timeouts::default().response(Duration::from_millis(200)));
     let router = Router::new()
         .route(
             "/events",

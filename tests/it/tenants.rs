@@ -114,7 +114,7 @@ async fn a_request_without_a_tenant_is_refused_with_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_tenant_layer_needs_no_tenant() {
     let db = test_db().await;
-    let (app, _) = effects_app(&db, |l| l.single_tenant()).await;
+    let (app, _) = effects_app(&db, |l| l.tenant(TenantSource::single())).await;
     for (tenant, replay) in [("x", false), ("y", true)] {
         let r = app
             .post("/effects", tenant, Some("k"), "n")

@@ -16,7 +16,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use idem_axum::{IdempotencyKey, IdempotencyLayer, PhaseError, Phases, TenantId, Tx};
+use idem_axum::{
+    IdempotencyKey, IdempotencyLayer, PhaseError, PhasedLayer, Phases, Storage, TenantId, Timeouts,
+    Tx,
+};
 
 use crate::{TestApp, TestDb, tenant_from_header};
 use serde::Deserialize;
@@ -192,14 +195,19 @@ pub struct Setup {
 
 /// Serves the provider and the phased app (lease `lease`, in-flight wait `wait`).
 pub async fn setup(db: &TestDb, lease: Duration, wait: Duration) -> Setup {
-    setup_with(db, |layer| layer.phased(lease).in_flight_wait(wait)).await
+    setup_with(db, |layer| {
+        layer
+            .timeouts(Timeouts::default().in_flight_wait(wait))
+            .phased(lease)
+    })
+    .await
 }
 
 /// Serves the provider and the phased app, its layer configured by `configure` (which
 /// makes it phased), with the operations' status at `GET /operations/{id}`.
 pub async fn setup_with(
     db: &TestDb,
-    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+    configure: impl FnOnce(IdempotencyLayer) -> PhasedLayer,
 ) -> Setup {
     let provider_layer = IdempotencyLayer::new(db.pool.clone()).tenant(tenant_from_header());
     let provider = TestApp::spawn(
@@ -213,7 +221,7 @@ pub async fn setup_with(
     let layer = configure(
         IdempotencyLayer::new(db.pool.clone())
             .tenant(tenant_from_header())
-            .replay_cache(0),
+            .storage(Storage::default().replay_cache(0)),
     );
     let routes = Router::new()
         .route("/orders", post(order).route_layer(layer.clone()))

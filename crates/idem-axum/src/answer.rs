@@ -80,7 +80,7 @@ pub(crate) fn corrupt() -> Response<Body> {
 /// 409 `in-flight` + Retry-After: the key is held by a request that has not finished.
 pub(crate) fn in_flight(config: &Config) -> Response<Body> {
     let problem = Problem::InFlight {
-        retry_after: config.retry_after,
+        retry_after: config.protocol.retry_after,
     };
     outcome(problem.into_response(), Outcome::InFlight)
 }
@@ -88,7 +88,7 @@ pub(crate) fn in_flight(config: &Config) -> Response<Body> {
 /// A key reused with a different request: refused under the strict hash policy;
 /// logged and answered with the stored response under report-only.
 pub(crate) fn mismatched(config: &Config, record: &Record) -> Response<Body> {
-    match config.hash_policy {
+    match config.policy.hash {
         HashPolicy::Strict => mismatch(config),
         HashPolicy::ReportOnly => {
             tracing::warn!(
@@ -107,7 +107,7 @@ pub(crate) fn mismatched(config: &Config, record: &Record) -> Response<Body> {
 /// 422 (or the configured status) `key-mismatch`.
 fn mismatch(config: &Config) -> Response<Body> {
     let problem = Problem::KeyMismatch {
-        status: config.mismatch_status,
+        status: config.protocol.mismatch_status,
     };
     outcome(problem.into_response(), Outcome::Mismatch)
 }
@@ -115,7 +115,7 @@ fn mismatch(config: &Config) -> Response<Body> {
 /// 503 `store-unavailable` + Retry-After.
 pub(crate) fn unavailable(config: &Config) -> Response<Body> {
     let problem = Problem::StoreUnavailable {
-        retry_after: config.retry_after,
+        retry_after: config.protocol.retry_after,
     };
     outcome(problem.into_response(), Outcome::StoreUnavailable)
 }
@@ -148,6 +148,9 @@ mod tests {
     use chrono::Utc;
     use http::header::{CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
     use idem_core::Fingerprint;
+    use idem_core::policy::Policy;
+
+    use crate::config::Protocol;
 
     use super::*;
 
@@ -213,7 +216,7 @@ mod tests {
     #[test]
     fn a_key_in_flight_is_answered_409_with_retry_after() {
         let config = Config {
-            retry_after: std::time::Duration::from_secs(3),
+            protocol: Protocol::default().retry_after(std::time::Duration::from_secs(3)),
             ..Config::default()
         };
         let response = replay(&config, &record(RecordState::InFlight));
@@ -226,7 +229,7 @@ mod tests {
     fn a_mismatch_is_refused_with_the_configured_status_unless_report_only() {
         let stored = completed(Vec::new());
         let strict = Config {
-            mismatch_status: StatusCode::BAD_REQUEST,
+            protocol: Protocol::default().mismatch_status(StatusCode::BAD_REQUEST),
             ..Config::default()
         };
         let refused = mismatched(&strict, &stored);
@@ -234,7 +237,7 @@ mod tests {
         assert_eq!(refused.extensions().get(), Some(&Outcome::Mismatch));
 
         let report_only = Config {
-            hash_policy: HashPolicy::ReportOnly,
+            policy: Policy::default().hash(HashPolicy::ReportOnly),
             ..Config::default()
         };
         let replayed_anyway = mismatched(&report_only, &stored);

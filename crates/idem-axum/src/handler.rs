@@ -52,7 +52,7 @@ where
         req.extensions_mut().insert(keyed.key.clone());
         req.extensions_mut().insert(keyed.tenant.clone());
     }
-    if let Some(context) = trace_context(&req, &config.correlation_header) {
+    if let Some(context) = trace_context(&req, &config.observability.correlation_header) {
         req.extensions_mut().insert(context);
     }
     // `inner` is the service that was polled ready for this request.
@@ -80,7 +80,10 @@ where
             Handled::Failed(e)
         }
         Ok(Ok(response))
-            if !config.final_statuses.is_final(response.status().as_u16())
+            if !config
+                .policy
+                .final_statuses
+                .is_final(response.status().as_u16())
                 || (untaken && routers_own_405(&response)) =>
         {
             roll_back(config, tx).await;
@@ -138,5 +141,5 @@ pub(crate) fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Op
 
 /// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).
 pub(crate) async fn roll_back(config: &Config, tx: PgTx) {
-    bounded(config.store_timeout, discard(tx), |()| async {}).await;
+    bounded(config.timeouts.store, discard(tx), |()| async {}).await;
 }

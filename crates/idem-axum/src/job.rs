@@ -188,12 +188,12 @@ impl Job {
         count: impl AsyncFnOnce() -> Result<u64, idem_sqlx::StoreError>,
     ) -> Result<(), Response<Body>> {
         let tenant = &keyed.tenant;
-        if let Some(limiter) = &self.config.new_keys
+        if let Some(limiter) = &self.config.limits.new_keys
             && let Err(wait) = limiter.admit(&(tenant.clone(), keyed.client.clone()))
         {
             return Err(rate_limited(wait));
         }
-        let Some(quota) = &self.config.key_quota else {
+        let Some(quota) = &self.config.limits.key_quota else {
             return Ok(());
         };
         let (live, fresh) = match quota.cached_with_new(tenant) {
@@ -218,7 +218,7 @@ impl Job {
 
     /// Wakes the outbox relays after a commit, when the handler enqueued.
     pub(crate) fn committed(&self, enqueued: bool) {
-        if let (true, Some(waker)) = (enqueued, &self.config.outbox_waker) {
+        if let (true, Some(waker)) = (enqueued, &self.config.storage.outbox_waker) {
             waker.wake();
         }
     }
@@ -227,7 +227,7 @@ impl Job {
     /// and goes to the store. `Err`: answered from what the request that held the key
     /// left (a replay or mismatch from memory, or 409 `in-flight` past the wait).
     async fn lead(&self, keyed: &Keyed) -> Result<Leader, Response<Body>> {
-        let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.in_flight_wait;
         loop {
             let mut landing = match self.flights.join(&keyed.tenant, &keyed.key) {
                 Join::Leader(leader) => return Ok(leader),
@@ -269,14 +269,14 @@ impl Job {
         S: Inner<B>,
         B: ResponseBody,
     {
-        if self.config.failure_mode == FailureMode::Closed {
+        if self.config.policy.failure == FailureMode::Closed {
             return Ok(unavailable(&self.config));
         }
         let why = match &cause {
-            Some(e) => idem_sqlx::unreached(&self.pool, e, self.config.store_timeout).await,
+            Some(e) => idem_sqlx::unreached(&self.pool, e, self.config.timeouts.store).await,
             None => StoreUnreached::Silent,
         };
-        if !self.config.failure_mode.runs_without_store(why) {
+        if !self.config.policy.failure.runs_without_store(why) {
             tracing::warn!(?why, "the store is up but unusable now; failing closed");
             return Ok(unavailable(&self.config));
         }

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use axum::{Json, Router, http::StatusCode, routing::post};
-//! use idem_axum::{IdempotencyLayer, Tx};
+//! use idem_axum::{IdempotencyLayer, Policy, TenantSource, Tx};
 //! use serde_json::{Value, json};
 //!
 //! async fn create_payment(mut tx: Tx, Json(body): Json<Value>) -> Result<(StatusCode, Json<Value>), StatusCode> {
@@ -28,7 +28,9 @@
 //!     idem_sqlx::MIGRATOR.run(&pool).await?;
 //!
 //!     // On the route's method router: unknown paths and methods stay 404 and 405.
-//!     let idempotency = IdempotencyLayer::new(pool).single_tenant().canonical_json();
+//!     let idempotency = IdempotencyLayer::new(pool)
+//!         .tenant(TenantSource::single())
+//!         .policy(Policy::default().canonical_json());
 //!     let app = Router::new().route("/payments", post(create_payment).route_layer(idempotency));
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
@@ -37,20 +39,25 @@
 //! }
 //! ```
 //!
-//! See [`IdempotencyLayer`] for the options and [`Problem`] for every answer the layer
-//! makes itself.
+//! See [`IdempotencyLayer`] for the settings (one place for each: the tenant, the
+//! route's [`Policy`], and a grouped value per concern) and [`Problem`] for every
+//! answer the layer makes itself.
 //!
 //! # How a request flows (a map of the modules)
 //!
 //! Modules import one way: the leaves first, then each step, then the service and
 //! the layer that build on them.
 //!
-//! - Leaves: `config` (the settings every step reads, the default header names),
+//! - Leaves: `config` (the settings every step reads: the route's [`Policy`] and one
+//!   value per group, [`Protocol`], [`Timeouts`], [`Limits`], [`Protection`],
+//!   [`Observability`], [`Storage`], each in its own file; the default header names),
 //!   `request` (what identifies a keyed request),
 //!   `bounds` (what the steps need of the wrapped service and its bodies), `uri` (the
 //!   URI the client sent), `problem`, `tenant`, `tx`, `body`, `seal`, `limits`, `flight`
 //!   (one running request per key in this process).
-//! - `layer` builds a [`IdempotencyLayer`] into an [`IdempotencyService`]; `service`
+//! - `layer` holds the two layers, [`IdempotencyLayer`] and the [`PhasedLayer`] it
+//!   makes, both over the same shared parts and both making an
+//!   [`IdempotencyService`]; `service`
 //!   takes a request apart (method, key, tenant, body, fingerprint) and hands a keyed
 //!   one to `job`.
 //! - `job` opens it: the replay cache (`cache`), then the claim in the store (`store`),
@@ -92,16 +99,18 @@ mod tenant;
 mod tx;
 mod uri;
 
-pub use config::{CORRELATION_ID, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
-pub use idem_core::policy::FailureMode;
-pub use idem_core::policy::{HashPolicy, KeyMode, Policy, RiskClass, Would};
+pub use config::{
+    CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Limits,
+    Observability, Protection, Protocol, Storage, Timeouts,
+};
+pub use idem_core::policy::{FailureMode, HashPolicy, KeyMode, Policy, RiskClass, Would};
 pub use idem_core::protect::KeyProtection;
 pub use idem_core::seal::{BodySealing, SealingError};
 pub use idem_core::{
     ClientVersions, FinalStatuses, IdempotencyKey, Outcome, TenantId, TraceContext,
 };
 pub use idem_sqlx::{Isolation, OutboxWaker, ReplayTally, StoreGauges};
-pub use layer::{DEFAULT_REPLAY_CACHE_BYTES, IdempotencyLayer};
+pub use layer::{IdempotencyLayer, PhasedLayer};
 pub use phased::{Completer, PhaseError, Phases};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use service::{IdempotencyService, ResponseFuture};

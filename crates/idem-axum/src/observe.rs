@@ -35,7 +35,7 @@ pub(crate) struct Observed {
 impl Observed {
     /// Starts observing `req` as it arrives in the layer.
     pub(crate) fn start(config: &Config, req: &Request<Body>) -> Arc<Self> {
-        let client_version = match &config.client_versions {
+        let client_version = match &config.observability.client_versions {
             Some((header, versions)) => {
                 let value = req.headers().get(header).and_then(|v| v.to_str().ok());
                 match versions.label(value) {

@@ -86,13 +86,13 @@ impl Job {
         let work = {
             let (pool, tenant, key) = (self.pool.clone(), tenant.clone(), key.clone());
             let route = self.observed.route().cloned();
-            let retention = self.config.retention;
+            let retention = self.config.policy.retention;
             async move {
                 idem_sqlx::observe_key(&pool, &tenant, &key, &print, route.as_deref(), retention)
                     .await
             }
         };
-        match bounded(self.config.store_timeout, work, |_| async {}).await {
+        match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(previous)) => {
                 let would = Would::from_observation(previous, concurrent);
                 tracing::info!(would = would.as_str(), "idempotency key observed");

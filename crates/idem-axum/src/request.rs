@@ -36,8 +36,8 @@ impl Keyed {
             method: &self.method,
             path: &self.path,
             route: self.route.as_deref(),
-            retention: config.retention,
-            wait: config.in_flight_wait,
+            retention: config.policy.retention,
+            wait: config.timeouts.in_flight_wait,
         }
     }
 }

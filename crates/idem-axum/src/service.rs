@@ -14,7 +14,7 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 use idem_core::policy::KeyMode;
 use idem_core::seal::{Opened, is_sealed};
-use idem_core::{Fingerprint, FingerprintBuilder, IdempotencyKey, KeyError, Outcome};
+use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 use tower::Service;
@@ -129,7 +129,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
 
-        if !config.methods.contains(req.method()) || unmatched(&req) {
+        if !config.protocol.methods.contains(req.method()) || unmatched(&req) {
             return passthrough(inner, req);
         }
         let observed = Observed::start(&config, &req);
@@ -138,7 +138,7 @@ where
         {
             return resumed(self.job(observed.clone()), observed, resume, inner, req);
         }
-        if config.key_mode == KeyMode::Observe {
+        if config.policy.keys == KeyMode::Observe {
             return self.observing(inner, req, observed);
         }
         let key = match read_key(&config, &req) {
@@ -147,8 +147,8 @@ where
         };
         let job = self.job(observed.clone());
         let Some(key) = key else {
-            if config.key_mode == KeyMode::Required {
-                let header = config.header.to_string();
+            if config.policy.keys == KeyMode::Required {
+                let header = config.protocol.key_header.to_string();
                 return ready(&observed, Problem::KeyMissing { header });
             }
             // No key on a route where it is optional: the handler still gets a `Tx`,
@@ -159,7 +159,7 @@ where
         let Some(tenant) = config.tenant.resolve(&parts) else {
             return ready(&observed, Problem::TenantUnresolved);
         };
-        let sent = config.key_protection.is_some().then(|| key.clone());
+        let sent = config.protection.keys.is_some().then(|| key.clone());
         let key = config.stored_key(&tenant, key);
         let span = request_span!(
             "idempotent_request",
@@ -182,7 +182,7 @@ where
                 method: parts.method.as_str().to_owned(),
                 path: request_uri(&parts).path().to_owned(),
                 route: observed.route().cloned(),
-                client: config.client(&parts),
+                client: config.limits.client(&parts),
             };
             if config.phased.is_some() {
                 let req = Request::from_parts(parts, Body::from(body.clone()));
@@ -275,7 +275,7 @@ where
 /// A kept request body as the handler gets it: opened when it was sealed (`None` when
 /// no key of this layer opens it).
 fn opened_request(config: &Config, resume: &Resume, body: Bytes) -> Option<Bytes> {
-    let opened = match &config.sealing {
+    let opened = match &config.protection.bodies {
         Some(sealing) => sealing.open_request(&resume.tenant, &resume.binding, &body),
         None if is_sealed(&body) => Opened::Unreadable,
         None => Opened::Plain,
@@ -297,7 +297,7 @@ pub(crate) async fn buffer_request_body(
     observed: &Observed,
     body: Body,
 ) -> Result<Bytes, Response<Body>> {
-    read_body(body, config.max_request_body)
+    read_body(body, config.limits.request_body)
         .await
         .map_err(|problem| {
             answered(
@@ -350,14 +350,14 @@ pub(crate) fn read_key(
     config: &Config,
     req: &Request<Body>,
 ) -> Result<Option<IdempotencyKey>, String> {
-    let mut values = req.headers().get_all(&config.header).iter();
+    let mut values = req.headers().get_all(&config.protocol.key_header).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
         return Err(format!(
             "the `{}` header was sent more than once",
-            config.header
+            config.protocol.key_header
         ));
     }
     IdempotencyKey::from_bytes(value.as_bytes())
@@ -384,29 +384,21 @@ pub(crate) async fn fingerprint(config: &Arc<Config>, parts: &Parts, body: &Byte
         .path_and_query()
         .map_or_else(|| uri.path(), |pq| pq.as_str());
     let mut builder = Fingerprint::builder(parts.method.as_str(), path);
-    for name in &config.fingerprint_headers {
-        let values = parts.headers.get_all(name).iter();
-        builder = builder.header_values(name.as_str(), values.map(|v| v.as_bytes()));
+    for name in &config.policy.fingerprint_headers {
+        let values = parts.headers.get_all(name.as_str()).iter();
+        builder = builder.header_values(name, values.map(|v| v.as_bytes()));
     }
     if body.len() < Fingerprint::BLOCKING_BODY_BYTES {
-        return with_body(builder, config, body);
+        return config.policy.fingerprint_body(builder, body);
     }
     let hashing = {
         let (builder, config, body) = (builder.clone(), config.clone(), body.clone());
-        tokio::task::spawn_blocking(move || with_body(builder, &config, &body))
+        tokio::task::spawn_blocking(move || config.policy.fingerprint_body(builder, &body))
     };
     match hashing.await {
         Ok(fingerprint) => fingerprint,
         // The blocking pool would not run it (the runtime is shutting down): here, then.
-        Err(e) if e.is_cancelled() => with_body(builder, config, body),
+        Err(e) if e.is_cancelled() => config.policy.fingerprint_body(builder, body),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-}
-
-fn with_body(builder: FingerprintBuilder, config: &Config, body: &[u8]) -> Fingerprint {
-    match &config.fingerprint_fields {
-        Some(pointers) => builder.body_fields(body, pointers),
-        None => builder.body(body, config.body_mode),
-    }
-    .finish()
 }

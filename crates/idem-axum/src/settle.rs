@@ -101,7 +101,7 @@ impl Job {
             }
             tx.commit().await.map_err(StoreError::from)
         };
-        match bounded(self.config.store_timeout, work, |_| async {}).await {
+        match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(())) => {
                 self.committed(enqueued);
                 outcome(response.map(Body::new), Outcome::Committed)
@@ -137,7 +137,7 @@ impl Job {
             }
             tx.commit().await.map_err(StoreError::from)
         };
-        match bounded(self.config.store_timeout, work, |_| async {}).await {
+        match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) if e.is_transaction_aborted() => Err(Unsettled::Aborted),
             Some(Err(e)) => Err(Unsettled::Failed(e)),
@@ -172,8 +172,9 @@ impl Job {
         };
         let limit = self
             .config
-            .store_timeout
-            .saturating_add(self.config.in_flight_wait);
+            .timeouts
+            .store
+            .saturating_add(self.config.timeouts.in_flight_wait);
         let landed = match bounded(limit, work, |_| async {}).await {
             Some(Ok(true)) => self.landed(keyed, status, stored, sent),
             Some(Ok(false)) => {
@@ -202,8 +203,8 @@ impl Job {
         stored: Option<StoredResponse>,
         sent: DateTime<Utc>,
     ) -> Landed {
-        let retention =
-            chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        let retention = chrono::Duration::from_std(self.config.policy.retention)
+            .unwrap_or(chrono::Duration::MAX);
         let expires_at = sent
             .checked_add_signed(retention)
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
@@ -219,7 +220,7 @@ impl Job {
             None => tracing::warn!("commit not confirmed within store_timeout"),
         }
         let problem = Problem::CommitFailed {
-            retry_after: self.config.retry_after,
+            retry_after: self.config.protocol.retry_after,
         };
         outcome(problem.into_response(), Outcome::CommitFailed)
     }
@@ -250,7 +251,12 @@ pub(crate) fn sealed(
     keyed: &Keyed,
     stored: StoredResponse,
 ) -> Option<StoredResponse> {
-    seal::for_store(config.sealing.as_ref(), &keyed.tenant, &keyed.key, stored)
+    seal::for_store(
+        config.protection.bodies.as_ref(),
+        &keyed.tenant,
+        &keyed.key,
+        stored,
+    )
 }
 
 pub(crate) fn completion(status: u16, stored: Option<&StoredResponse>) -> Completion<'_> {
@@ -290,19 +296,19 @@ pub(crate) async fn collect<B: ResponseBody>(
     if streams_by_media_type(content_type) {
         return Ok((None, body));
     }
-    match buffer(body, config.max_response_body, config.response_timeout).await? {
+    match buffer(body, config.limits.response_body, config.timeouts.response).await? {
         Buffered::Complete(bytes) => {
             let mut stored = StoredResponse {
                 status,
                 headers: parts
                     .headers
                     .iter()
-                    .filter(|(name, _)| config.replay_headers.allows(name.as_str()))
+                    .filter(|(name, _)| config.policy.replayed_headers.allows(name.as_str()))
                     .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
                     .collect(),
                 body: bytes.to_vec(),
             };
-            if let Some(redact) = &config.redact {
+            if let Some(redact) = &config.protection.redact {
                 (redact.0)(&mut stored);
             }
             Ok((Some(stored), Body::from(bytes)))

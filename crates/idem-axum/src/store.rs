@@ -86,10 +86,10 @@ where
 pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBegun> {
     let beginning = {
         let pool = pool.clone();
-        let isolation = config.isolation;
+        let isolation = config.storage.isolation;
         async move { idem_sqlx::begin(&pool, isolation).await }
     };
-    let begun = bounded(config.store_timeout, beginning, |begun| async move {
+    let begun = bounded(config.timeouts.store, beginning, |begun| async move {
         if let Ok(tx) = begun {
             discard(tx).await;
         }
@@ -126,7 +126,7 @@ pub(crate) async fn open_keyed(
         let (config, pool) = (config.clone(), pool.clone());
         async move { config.backend(&pool).await }
     };
-    let backend = match bounded(config.store_timeout, detecting, |_| async {}).await {
+    let backend = match bounded(config.timeouts.store, detecting, |_| async {}).await {
         Some(Ok(backend)) => backend,
         Some(Err(e)) if e.is_unavailable() => return BeforeHandler::Unreached(Some(e)),
         Some(Err(e)) => return BeforeHandler::Answer(store_fault(&e), Landed::Unknown),
@@ -170,7 +170,10 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
             (tx, claimed)
         }
     };
-    let limit = config.store_timeout.saturating_add(config.in_flight_wait);
+    let limit = config
+        .timeouts
+        .store
+        .saturating_add(config.timeouts.in_flight_wait);
     let Some((tx, claimed)) = bounded(limit, claiming, |(tx, _)| discard(tx)).await else {
         tracing::warn!("the claim did not finish within in_flight_wait + store_timeout");
         return ClaimAttempt::Answer(unavailable(config), Landed::Unknown);
@@ -225,7 +228,7 @@ async fn answer_without_transaction(
     config: &Config,
     keyed: &Keyed,
 ) -> Option<BeforeHandler> {
-    if !config.replay_lookup_first {
+    if !config.storage.lookup_first {
         return None;
     }
     let sent = Utc::now();
@@ -250,7 +253,12 @@ async fn answer_without_transaction(
 /// key this layer does not have.
 pub(crate) fn open_record(config: &Config, keyed: &Keyed, record: Record) -> Option<Record> {
     let bound = std::iter::once(&keyed.key).chain(keyed.sent.as_ref());
-    seal::from_store(config.sealing.as_ref(), &keyed.tenant, bound, record)
+    seal::from_store(
+        config.protection.bodies.as_ref(),
+        &keyed.tenant,
+        bound,
+        record,
+    )
 }
 
 /// A record read from the store, as this process's duplicates and its memory keep it:

@@ -22,6 +22,11 @@ pub enum TenantSource {
 }
 
 impl TenantSource {
+    /// One tenant for every request, [`TenantId::single`]: for single-tenant services.
+    pub fn single() -> Self {
+        TenantSource::Fixed(TenantId::single())
+    }
+
     /// A source from a function over the request's parts.
     pub fn resolver<F>(f: F) -> Self
     where

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use idem_axum::{Policy, Storage};
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -167,8 +168,8 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let lookup_first = serve(payments::app_with(
         pool.clone(),
         idem_axum::IdempotencyLayer::new(pool.clone())
-            .canonical_json()
-            .replay_lookup_first(true),
+            .policy(Policy::default().canonical_json())
+            .storage(Storage::default().lookup_first(true)),
     ))
     .await?;
     let client = reqwest::Client::builder()
@@ -319,7 +320,8 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         Ok(relay) => {
             let app = payments::app_with(
                 pool.clone(),
-                payments::idempotency(pool.clone()).outbox_waker(relay.waker.clone()),
+                payments::idempotency(pool.clone())
+                    .storage(Storage::default().outbox_waker(relay.waker.clone())),
             )
             .layer(axum::Extension(payments::EventSubject(
                 relay.subject.to_owned(),

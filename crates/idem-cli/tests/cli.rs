@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use idem_axum::BodySealing;
+use idem_axum::{BodySealing, Protection, Storage};
 use idem_tests::{TestApp, TestDb, on_citus, replayed, test_db};
 use serde_json::Value;
 
@@ -78,7 +78,8 @@ async fn keys_show_opens_a_sealed_body_only_with_its_body_key() {
     let sealing = BodySealing::new("b2", &current)
         .and_then(|s| s.previous("b1", &old))
         .expect("sealing");
-    let layer = payments::idempotency(db.pool.clone()).seal_bodies(sealing);
+    let layer =
+        payments::idempotency(db.pool.clone()).protection(Protection::default().bodies(sealing));
     let app = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
     assert_eq!(pay(&app, "sealed").await.status(), 201);
     let show = ["keys", "show", "--tenant", "acme", "--key", "sealed"];
@@ -137,7 +138,7 @@ async fn keys_show_prints_a_phased_key_s_recovery_point_and_journal() {
 async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
     let db = test_db().await;
     let secret = hex::encode([0x42u8; 32]);
-    let layer = payments::idempotency(db.pool.clone()).replay_cache(0);
+    let layer = payments::idempotency(db.pool.clone()).storage(Storage::default().replay_cache(0));
     let before = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
     // A backslash: what SQL's escape decoding would misread.
     for key in [r"p\1", "p2"] {
@@ -194,8 +195,8 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
 
     let protection = idem_axum::KeyProtection::hmac("k1", &[0x42u8; 32]).expect("protection");
     let layer = payments::idempotency(db.pool.clone())
-        .protect_keys(protection)
-        .replay_cache(0);
+        .protection(Protection::default().keys(protection))
+        .storage(Storage::default().replay_cache(0));
     let after = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
     for key in [r"p\1", "p2"] {
         assert!(replayed(&pay(&after, key).await), "{key} replays");
@@ -219,7 +220,7 @@ async fn keys_evict_makes_the_next_request_run_as_new() {
     let db = test_db().await;
     // Without the replay cache: a process that keeps the finished record in memory
     // answers from it until it expires there (see docs/operations.md).
-    let layer = payments::idempotency(db.pool.clone()).replay_cache(0);
+    let layer = payments::idempotency(db.pool.clone()).storage(Storage::default().replay_cache(0));
     let app = TestApp::spawn(payments::app_with(db.pool.clone(), layer)).await;
     assert_eq!(pay(&app, "k2").await.status(), 201);
     let (code, evicted) = idem(&db, &["keys", "evict", "--tenant", "acme", "--key", "k2"]).await;

@@ -1,11 +1,12 @@
 //! A route's idempotency policy, decided where the route is declared: whether a key is
 //! required, how a reused key with a different request is treated, what the
-//! fingerprint covers, which headers are replayed, what happens when the store is away,
-//! how long keys count, and the risk class these follow from.
+//! fingerprint covers, which answers are final and which of their headers are
+//! replayed, what happens when the store is away, how long keys count, and the risk
+//! class these follow from.
 
 use std::time::Duration;
 
-use crate::HeaderAllowList;
+use crate::{BodyMode, FinalStatuses, Fingerprint, FingerprintBuilder, HeaderAllowList};
 
 /// Whether requests must carry a key, and what a key does: the steps of a rollout
 /// are `Observe`, then `Optional`, then `Required` (then a strict [`HashPolicy`]).
@@ -175,9 +176,16 @@ pub struct Policy {
     pub failure: FailureMode,
     /// How long a key counts after its request completed.
     pub retention: Duration,
+    /// How the whole body enters the fingerprint (when `fingerprint_fields` is `None`).
+    pub body: BodyMode,
     /// The JSON fields (RFC 6901 pointers) the fingerprint covers, for clients that
     /// put volatile fields in their retries; `None` covers the whole body.
     pub fingerprint_fields: Option<Vec<String>>,
+    /// The request headers the fingerprint covers (names lower-case), beside the
+    /// method, the path and query, and the body.
+    pub fingerprint_headers: Vec<String>,
+    /// Which statuses are final: stored, and the handler's writes committed.
+    pub final_statuses: FinalStatuses,
     /// The response headers stored and replayed with the body and status.
     pub replayed_headers: HeaderAllowList,
     /// The class the defaults came from, if any (for documentation and logs).
@@ -192,7 +200,10 @@ impl Default for Policy {
             hash: HashPolicy::Strict,
             failure: FailureMode::Closed,
             retention: 24 * HOUR,
+            body: BodyMode::Raw,
             fingerprint_fields: None,
+            fingerprint_headers: Vec::new(),
+            final_statuses: FinalStatuses::default(),
             replayed_headers: HeaderAllowList::default(),
             risk: None,
         }
@@ -244,9 +255,25 @@ impl Policy {
         self
     }
 
+    /// Fingerprints the body as canonical JSON, so key order and whitespace do not make
+    /// two requests differ. Bodies that are not JSON are fingerprinted raw. The default
+    /// fingerprints the raw bytes.
+    pub fn canonical_json(mut self) -> Self {
+        self.body = BodyMode::CanonicalJson;
+        self
+    }
+
+    /// Adds a request header to the fingerprint (for example a content-negotiation or
+    /// account header that changes what the request means).
+    pub fn fingerprint_header(mut self, name: &str) -> Self {
+        self.fingerprint_headers.push(name.to_ascii_lowercase());
+        self
+    }
+
     /// Fingerprints only these fields of a JSON body, each a JSON pointer (RFC 6901:
-    /// `/amount`, `/payee/iban`), as canonical JSON. A listed field that is absent
-    /// counts as absent; a body that is not JSON is fingerprinted raw.
+    /// `/amount`, `/payee/iban`), as canonical JSON: for clients that put volatile
+    /// fields (a timestamp, a trace id) in the bodies of their retries. A listed field
+    /// that is absent counts as absent; a body that is not JSON is fingerprinted raw.
     pub fn fingerprint_fields<I, S>(mut self, pointers: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -267,6 +294,39 @@ impl Policy {
     pub fn replayed_headers(mut self, headers: HeaderAllowList) -> Self {
         self.replayed_headers = headers;
         self
+    }
+
+    /// Which statuses are final (stored, writes committed). By default 2xx, 3xx (a
+    /// 303 See Other after a POST is the outcome), and 4xx but 408/409/425/429.
+    pub fn final_statuses(mut self, statuses: FinalStatuses) -> Self {
+        self.final_statuses = statuses;
+        self
+    }
+
+    /// The fingerprint of a request whose method, path and query, and covered headers
+    /// are in `builder`, with `body` as this policy covers it.
+    ///
+    /// ```
+    /// use idem_core::Fingerprint;
+    /// use idem_core::policy::Policy;
+    ///
+    /// let fields = Policy::default().fingerprint_fields(["/amount"]);
+    /// let first = fields.fingerprint_body(
+    ///     Fingerprint::builder("POST", "/payments"),
+    ///     br#"{"amount":100,"sent_at":"10:00"}"#,
+    /// );
+    /// let retry = fields.fingerprint_body(
+    ///     Fingerprint::builder("POST", "/payments"),
+    ///     br#"{"sent_at":"10:01","amount":100}"#,
+    /// );
+    /// assert_eq!(first, retry);
+    /// ```
+    pub fn fingerprint_body(&self, builder: FingerprintBuilder, body: &[u8]) -> Fingerprint {
+        match &self.fingerprint_fields {
+            Some(pointers) => builder.body_fields(body, pointers),
+            None => builder.body(body, self.body),
+        }
+        .finish()
     }
 }
 
@@ -324,6 +384,32 @@ mod tests {
         assert_eq!(Would::from_observation(Some(false), true), Would::Mismatch);
         assert_eq!(Would::from_observation(Some(true), true), Would::InFlight);
         assert_eq!(Would::from_observation(None, true), Would::InFlight);
+    }
+
+    #[test]
+    fn the_policy_s_body_rule_decides_which_changes_make_two_requests_differ() {
+        let fingerprint = |policy: &Policy, body: &[u8]| {
+            policy.fingerprint_body(Fingerprint::builder("POST", "/pay"), body)
+        };
+        let (a, b) = (br#"{"amount":5,"at":"1"}"#, br#"{ "at":"1", "amount":5 }"#);
+        let raw = Policy::default();
+        assert_ne!(
+            fingerprint(&raw, a),
+            fingerprint(&raw, b),
+            "raw bytes differ"
+        );
+        let canonical = Policy::default().canonical_json();
+        assert_eq!(fingerprint(&canonical, a), fingerprint(&canonical, b));
+        let amount = Policy::default().fingerprint_fields(["/amount"]);
+        let stamped = br#"{"amount":5,"at":"2"}"#;
+        assert_eq!(fingerprint(&amount, a), fingerprint(&amount, stamped));
+        assert_ne!(fingerprint(&canonical, a), fingerprint(&canonical, stamped));
+    }
+
+    #[test]
+    fn fingerprinted_header_names_are_kept_lower_case() {
+        let policy = Policy::default().fingerprint_header("X-Account");
+        assert_eq!(policy.fingerprint_headers, ["x-account"]);
     }
 
     #[test]

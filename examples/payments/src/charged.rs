@@ -56,21 +56,20 @@ pub struct Charging {
 #[derive(Debug, Clone, Copy)]
 pub struct PauseAfterProvider(pub Duration);
 
-/// The layer of the phased route: a critical route's policy, canonical JSON, phased
-/// with `charging`'s lease, 202 after `accept_after` with the status under
-/// `/operations`.
-pub fn idempotency(pool: PgPool, charging: &Charging) -> IdempotencyLayer {
-    IdempotencyLayer::new(pool)
-        .policy(Policy::for_risk(RiskClass::Critical))
-        .canonical_json()
-        .phased(charging.lease)
-        .accept_after(charging.accept_after, "/operations")
+/// The layer of the phased route before [`routes`] makes it phased: a critical
+/// route's policy, canonical JSON.
+pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
+    IdempotencyLayer::new(pool).policy(Policy::for_risk(RiskClass::Critical).canonical_json())
 }
 
-/// `POST /payments/charged` and `GET /operations/{id}` behind `layer`, without the
-/// authentication (the service adds it outside; the completer runs these routes
-/// directly).
+/// `POST /payments/charged` and `GET /operations/{id}` behind `layer` made phased with
+/// `charging`'s lease (202 after `accept_after`, the status under `/operations`),
+/// without the authentication (the service adds it outside; the completer runs these
+/// routes directly).
 pub fn routes(layer: IdempotencyLayer, charging: &Charging) -> Router {
+    let layer = layer
+        .phased(charging.lease)
+        .accept_after(charging.accept_after, "/operations");
     Router::new()
         .route("/payments/charged", post(charge).route_layer(layer.clone()))
         .route("/operations/{id}", layer.operations())

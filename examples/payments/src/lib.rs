@@ -30,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use idem_axum::{IdempotencyKey, IdempotencyLayer, Policy, RiskClass, TenantId, TraceContext, Tx};
+use idem_axum::{
+    IdempotencyKey, IdempotencyLayer, Observability, Policy, RiskClass, TenantId, TraceContext, Tx,
+};
 use idem_sqlx::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -87,12 +89,11 @@ pub const CLIENT_VERSIONS: [&str; 3] = ["ios/5.2", "android/5.2", "web/2026.11"]
 /// message at once.
 pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
     IdempotencyLayer::new(pool)
-        .policy(Policy::for_risk(RiskClass::Critical))
-        .canonical_json()
-        .client_versions(
+        .policy(Policy::for_risk(RiskClass::Critical).canonical_json())
+        .observability(Observability::default().client_versions(
             axum::http::HeaderName::from_static(CLIENT_VERSION),
             idem_axum::ClientVersions::new(CLIENT_VERSIONS),
-        )
+        ))
 }
 
 /// The router with a caller-configured idempotency layer.

@@ -26,6 +26,7 @@
 
 use std::error::Error;
 
+use idem_axum::{Limits, Storage, Timeouts};
 use sqlx::postgres::PgPoolOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -65,11 +66,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     let upkeep = tokio::spawn(payments::metrics::upkeep(metrics.clone(), shutdown.clone()));
     let waker = idem_sqlx::OutboxWaker::notifying(pool.clone());
-    let mut idempotency = payments::idempotency(pool.clone()).outbox_waker(waker);
+    let mut idempotency =
+        payments::idempotency(pool.clone()).storage(Storage::default().outbox_waker(waker));
     let quota = env_number("KEY_QUOTA").unwrap_or(DEFAULT_KEY_QUOTA);
-    idempotency = idempotency.key_quota(quota);
+    idempotency = idempotency.limits(Limits::default().key_quota(quota));
     if let Some(ms) = env_ms("IN_FLIGHT_WAIT_MS") {
-        idempotency = idempotency.in_flight_wait(std::time::Duration::from_millis(ms));
+        idempotency = idempotency
+            .timeouts(Timeouts::default().in_flight_wait(std::time::Duration::from_millis(ms)));
     }
     let mut app = payments::app_with(pool.clone(), idempotency);
     if let Some(ms) = env_ms("PAYMENTS_HANDLER_DELAY_MS") {
@@ -83,8 +86,9 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     }
     let completer = match charging() {
         Some(charging) => {
-            let layer = payments::charged::idempotency(pool.clone(), &charging)
-                .outbox_waker(idem_sqlx::OutboxWaker::notifying(pool.clone()));
+            let layer = payments::charged::idempotency(pool.clone()).storage(
+                Storage::default().outbox_waker(idem_sqlx::OutboxWaker::notifying(pool.clone())),
+            );
             let mut routes = payments::charged::routes(layer, &charging);
             if let Some(ms) = env_ms("CHARGE_PAUSE_AFTER_PROVIDER_MS") {
                 tracing::warn!(ms, "CHARGE_PAUSE_AFTER_PROVIDER_MS: every charge pauses");

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router, middleware};
-use idem_axum::{IdempotencyKey, IdempotencyLayer, TenantId, TraceContext, Tx};
+use idem_axum::{IdempotencyKey, IdempotencyLayer, Policy, TenantId, TraceContext, Tx};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -46,7 +46,8 @@ pub struct ChargeDelay(pub Duration);
 /// The provider's router: its routes behind idem's layer (a key required), and the
 /// stand-in authentication outside it.
 pub fn app(pool: PgPool, delay: ChargeDelay) -> Router {
-    let idempotency = IdempotencyLayer::new(pool.clone()).canonical_json();
+    let idempotency =
+        IdempotencyLayer::new(pool.clone()).policy(Policy::default().canonical_json());
     Router::new()
         .route("/charges", post(charge).route_layer(idempotency.clone()))
         .route(

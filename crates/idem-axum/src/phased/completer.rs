@@ -42,7 +42,7 @@ pub(crate) struct Resume {
 /// use std::time::Duration;
 ///
 /// use axum::{Router, routing::post};
-/// use idem_axum::{Completer, IdempotencyLayer, PhaseError, Phases};
+/// use idem_axum::{Completer, IdempotencyLayer, PhaseError, Phases, TenantSource};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// async fn charge(phases: Phases) -> Result<&'static str, PhaseError> {
@@ -51,7 +51,9 @@ pub(crate) struct Resume {
 /// }
 ///
 /// # async fn run(pool: sqlx::PgPool) {
-/// let layer = IdempotencyLayer::new(pool.clone()).single_tenant().phased(Duration::from_secs(30));
+/// let layer = IdempotencyLayer::new(pool.clone())
+///     .tenant(TenantSource::single())
+///     .phased(Duration::from_secs(30));
 /// let routes: Router = Router::new().route("/charges", post(charge).route_layer(layer));
 /// let shutdown = CancellationToken::new();
 /// tokio::spawn(Completer::new(pool, routes.clone()).run(shutdown.clone()));

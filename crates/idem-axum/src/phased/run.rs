@@ -84,7 +84,7 @@ impl Job {
             lease.clone(),
             journal,
             resumed,
-            trace_context(&req, &self.config.correlation_header),
+            trace_context(&req, &self.config.observability.correlation_header),
         );
         self.run_or_accept(keyed, lease, phases, inner, req).await
     }
@@ -125,7 +125,7 @@ impl Job {
     /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
     /// live lease on it.
     async fn open_phased(&self, keyed: &Keyed, kept: Kept) -> ClaimOutcome {
-        let deadline = tokio::time::Instant::now() + self.config.in_flight_wait;
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.in_flight_wait;
         loop {
             let sent = Utc::now();
             let claiming = {
@@ -160,7 +160,7 @@ impl Job {
                     (tx, attempt)
                 }
             };
-            let gated = gate::claim(&self.pool, self.config.store_timeout, claiming).await;
+            let gated = gate::claim(&self.pool, self.config.timeouts.store, claiming).await;
             let answered = match gated {
                 Gated::Answered(Phased::Owned {
                     lease,
@@ -228,7 +228,7 @@ impl Job {
     /// The request body as the claim keeps it: sealed when the layer seals bodies
     /// (`None` when it cannot be).
     fn kept_body(&self, keyed: &Keyed, body: Bytes) -> Option<Bytes> {
-        let Some(sealing) = &self.config.sealing else {
+        let Some(sealing) = &self.config.protection.bodies else {
             return Some(body);
         };
         let sealed = sealing.seal_request(&keyed.tenant, &keyed.key, &body);
@@ -278,7 +278,7 @@ impl Job {
         let status = response.status().as_u16();
         let answer = response.extensions().get::<PhaseAnswer>().copied();
         let permanent = answer == Some(PhaseAnswer::PermanentFailure);
-        if !(self.config.final_statuses.is_final(status) || permanent) {
+        if !(self.config.policy.final_statuses.is_final(status) || permanent) {
             self.release(&lease).await;
             let kind = match answer {
                 Some(PhaseAnswer::LeaseLost) => Outcome::LeaseLost,
@@ -301,7 +301,8 @@ impl Job {
         let resumed = phases.resumed();
         let journal = self
             .config
-            .sealing
+            .protection
+            .bodies
             .as_ref()
             .map(|sealing| sealed_journal(sealing, lease, &phases.journal()));
         let status = response.status().as_u16();
@@ -326,7 +327,7 @@ impl Job {
                 idem_sqlx::finish_phased(&pool, &lease, completion, journal).await
             }
         };
-        match bounded(self.config.store_timeout, work, |_| async {}).await {
+        match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(expiry)) => {
                 if let Some(size) = stored_size {
                     self.observed.stored(size);
@@ -357,7 +358,7 @@ impl Job {
             let (pool, lease) = (self.pool.clone(), lease.clone());
             async move { idem_sqlx::release_lease(&pool, &lease).await }
         };
-        if let Some(Err(e)) = bounded(self.config.store_timeout, work, |_| async {}).await {
+        if let Some(Err(e)) = bounded(self.config.timeouts.store, work, |_| async {}).await {
             tracing::warn!(error = %e, "releasing the lease failed; it passes by itself");
         }
     }

@@ -53,7 +53,7 @@ async fn status(pool: &PgPool, config: &Config, id: Uuid, req: Request) -> Respo
     match state {
         OperationState::InProgress { recovery_point, .. } => in_progress(id, recovery_point),
         OperationState::Finished(record) => {
-            match seal::from_store(config.sealing.as_ref(), &tenant, [&key], record) {
+            match seal::from_store(config.protection.bodies.as_ref(), &tenant, [&key], record) {
                 Some(record) => replay(config, &record),
                 None => corrupt(),
             }
