@@ -179,16 +179,12 @@ async fn a_keyed_request_commits_on_one_worker_without_two_phase_commit() {
     let before = two_phase_commits(&db).await;
     // The claim, the handler's row, its outbox message and the stored response.
     let first = app
-        .post("/effects", "tenant-7", Some("one-shard"), "x")
-        .send()
-        .await
-        .expect("first");
+        .send("/effects", "tenant-7", Some("one-shard"), "x")
+        .await;
     assert_eq!(first.status(), 201);
     let replay = app
-        .post("/effects", "tenant-7", Some("one-shard"), "x")
-        .send()
-        .await
-        .expect("replay");
+        .send("/effects", "tenant-7", Some("one-shard"), "x")
+        .await;
     assert!(idem_tests::replayed(&replay));
     assert_eq!(
         two_phase_commits(&db).await,
@@ -323,21 +319,13 @@ async fn a_handler_whose_table_is_not_co_located_commits_once_in_a_distributed_t
     .await;
     let path = format!("/accounts/{account}/postings");
     let before = two_phase_commits(&db).await;
-    let first = app
-        .post(&path, "tenant-7", Some("cross"), "x")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send(&path, "tenant-7", Some("cross"), "x").await;
     assert_eq!(first.status(), 201);
     assert!(
         two_phase_commits(&db).await > before,
         "the key's worker and the posting's worker committed together (two-phase)"
     );
-    let replay = app
-        .post(&path, "tenant-7", Some("cross"), "x")
-        .send()
-        .await
-        .expect("replay");
+    let replay = app.send(&path, "tenant-7", Some("cross"), "x").await;
     assert!(idem_tests::replayed(&replay));
     let postings: i64 = sqlx::query_scalar("SELECT count(*) FROM postings")
         .fetch_one(&db.pool)

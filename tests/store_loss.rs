@@ -141,11 +141,7 @@ async fn every_key_ends_with_one_execution(app: &TestApp, pool: &PgPool, outcome
         // A 503 after COMMIT was sent is in doubt: the commit may have landed, and then
         // the retry replays it. Either way the key ends with exactly one execution.
         let before = rows.get(&o.key).copied().unwrap_or(0);
-        let retry = app
-            .post("/effects", "t1", Some(&o.key), &o.key)
-            .send()
-            .await
-            .expect("retry");
+        let retry = app.send("/effects", "t1", Some(&o.key), &o.key).await;
         assert_eq!(retry.status(), 201, "{}: the retry succeeds", o.key);
         assert_eq!(
             replayed(&retry),
@@ -274,11 +270,7 @@ async fn a_frozen_store_gets_503_within_store_timeout_and_leaves_the_pool_clean(
     }
     for i in 0..24 {
         let key = format!("after-{i}");
-        let response = app
-            .post("/effects", "t1", Some(&key), &key)
-            .send()
-            .await
-            .expect("request");
+        let response = app.send("/effects", "t1", Some(&key), &key).await;
         assert_eq!(response.status(), 201, "{key}");
     }
     assert_eq!(rows_per_key(&pool).await.get("after-23"), Some(&1));

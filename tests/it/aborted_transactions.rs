@@ -67,22 +67,14 @@ fn no_redirects() -> reqwest::Client {
 async fn a_client_error_after_a_failed_statement_is_answered_recorded_and_replayed() {
     let db = test_db().await;
     let app = app(&db, |l| l).await;
-    let first = app
-        .post("/refs?then=422", "t", Some("k1"), "{}")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/refs?then=422", "t", Some("k1"), "{}").await;
     assert_eq!(first.status(), 422, "the handler's own answer, not 503");
     assert!(!replayed(&first));
     let first_body = first.bytes().await.expect("body");
     assert_eq!(db.effects().await, 0, "none of the handler's writes commit");
     assert_eq!(db.keys().await, 1, "the answer is recorded");
 
-    let retry = app
-        .post("/refs?then=422", "t", Some("k1"), "{}")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/refs?then=422", "t", Some("k1"), "{}").await;
     assert_eq!(retry.status(), 422);
     assert!(replayed(&retry), "the retry gets the recorded answer");
     assert_eq!(retry.bytes().await.expect("body"), first_body);

@@ -37,10 +37,8 @@ async fn a_disconnected_client_neither_loses_nor_tears_the_request() {
     assert_eq!(db.keys().await, 1);
 
     let retry = app
-        .post("/effects?sleep_ms=800", "t1", Some("dc"), "n")
-        .send()
-        .await
-        .expect("retry");
+        .send("/effects?sleep_ms=800", "t1", Some("dc"), "n")
+        .await;
     assert_eq!(retry.status(), 201);
     assert!(
         replayed(&retry),

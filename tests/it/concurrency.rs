@@ -13,15 +13,11 @@ async fn sixty_four_concurrent_requests_with_one_key_execute_once() {
         l.timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
     })
     .await;
-    let requests = (0..64).map(|_| {
-        app.post("/effects?sleep_ms=200", "t1", Some("storm"), "storm")
-            .send()
-    });
+    let requests = (0..64).map(|_| app.send("/effects?sleep_ms=200", "t1", Some("storm"), "storm"));
     let responses = join_all(requests).await;
     let mut executed = 0;
     let mut bodies = Vec::new();
     for r in responses {
-        let r = r.expect("response");
         let status = r.status().as_u16();
         assert!(status == 201 || status == 409, "no 5xx, got {status}");
         if status == 201 {
@@ -51,11 +47,10 @@ async fn hundred_keys_with_three_concurrent_duplicates_execute_a_hundred_times()
     let requests = keys
         .iter()
         .flat_map(|k| std::iter::repeat_n(k, 3))
-        .map(|k| app.post("/effects", "t1", Some(k), k).send());
+        .map(|k| app.send("/effects", "t1", Some(k), k));
     let responses = join_all(requests).await;
     let mut executions = 0;
     for r in responses {
-        let r = r.expect("response");
         let status = r.status().as_u16();
         assert!(status == 201 || status == 409, "no 5xx, got {status}");
         if status == 201 && !replayed(&r) {
@@ -80,10 +75,8 @@ async fn duplicate_of_a_running_request_gets_409_with_retry_after_when_it_may_no
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let second = app
-        .post("/effects?sleep_ms=1500", "t1", Some("busy"), "x")
-        .send()
-        .await
-        .expect("second");
+        .send("/effects?sleep_ms=1500", "t1", Some("busy"), "x")
+        .await;
     assert_eq!(second.status(), 409);
     let retry_after: u64 = second
         .headers()
@@ -97,10 +90,8 @@ async fn duplicate_of_a_running_request_gets_409_with_retry_after_when_it_may_no
     let first = first.await.expect("join").expect("first");
     assert_eq!(first.status(), 201);
     let third = app
-        .post("/effects?sleep_ms=1500", "t1", Some("busy"), "x")
-        .send()
-        .await
-        .expect("third");
+        .send("/effects?sleep_ms=1500", "t1", Some("busy"), "x")
+        .await;
     assert_eq!(third.status(), 201);
     assert!(replayed(&third));
     assert_eq!(db.effects().await, 1);
@@ -119,10 +110,8 @@ async fn duplicate_of_a_running_request_waits_and_replays_its_response() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = app
-        .post("/effects?sleep_ms=1000", "t1", Some("wait"), "x")
-        .send()
-        .await
-        .expect("second");
+        .send("/effects?sleep_ms=1000", "t1", Some("wait"), "x")
+        .await;
     let first = first.await.expect("join").expect("first");
     assert_eq!(first.status(), 201);
     assert!(!replayed(&first));

@@ -60,10 +60,8 @@ async fn a_connection_killed_inside_the_handler_commits_nothing_and_the_retry_ex
     assert_eq!(db.keys().await, 0);
 
     let retry = app
-        .post("/effects?sleep_ms=1500", "t1", Some("kill-1"), "n")
-        .send()
-        .await
-        .expect("retry");
+        .send("/effects?sleep_ms=1500", "t1", Some("kill-1"), "n")
+        .await;
     assert_eq!(retry.status(), 201);
     assert!(!replayed(&retry));
     assert_eq!(db.effects().await, 1);

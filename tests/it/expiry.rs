@@ -24,19 +24,11 @@ async fn expire_all(db: &idem_tests::TestDb) {
 async fn an_expired_key_executes_again_and_replaces_the_old_record() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
-    let first = app
-        .post("/effects", "t1", Some("e1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("e1"), "n").await;
     let first_body = first.bytes().await.expect("body");
     expire_all(&db).await;
 
-    let again = app
-        .post("/effects", "t1", Some("e1"), "n")
-        .send()
-        .await
-        .expect("again");
+    let again = app.send("/effects", "t1", Some("e1"), "n").await;
     assert_eq!(again.status(), 201);
     assert!(!replayed(&again), "an expired key runs as new");
     let again_body = again.bytes().await.expect("body");
@@ -48,11 +40,7 @@ async fn an_expired_key_executes_again_and_replaces_the_old_record() {
         "the record was replaced, not duplicated"
     );
 
-    let third = app
-        .post("/effects", "t1", Some("e1"), "n")
-        .send()
-        .await
-        .expect("third");
+    let third = app.send("/effects", "t1", Some("e1"), "n").await;
     assert!(replayed(&third));
     assert_eq!(
         third.bytes().await.expect("body"),
@@ -65,16 +53,9 @@ async fn an_expired_key_executes_again_and_replaces_the_old_record() {
 async fn an_expired_key_may_be_reused_for_a_different_request() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
-    app.post("/effects", "t1", Some("e2"), "a")
-        .send()
-        .await
-        .expect("first");
+    app.send("/effects", "t1", Some("e2"), "a").await;
     expire_all(&db).await;
-    let other = app
-        .post("/effects", "t1", Some("e2"), "b")
-        .send()
-        .await
-        .expect("other");
+    let other = app.send("/effects", "t1", Some("e2"), "b").await;
     assert_eq!(other.status(), 201, "no mismatch against an expired record");
     assert_eq!(db.effects().await, 2);
 }
@@ -87,10 +68,8 @@ async fn the_configured_retention_is_counted_from_completion() {
     })
     .await;
     let first = app
-        .post("/effects?sleep_ms=300", "t1", Some("e3"), "n")
-        .send()
-        .await
-        .expect("first");
+        .send("/effects?sleep_ms=300", "t1", Some("e3"), "n")
+        .await;
     assert_eq!(first.status(), 201);
     let (counted, since_claim): (f64, f64) = sqlx::query_as(
         "SELECT extract(epoch FROM expiry - completed_at)::float8, \
@@ -108,10 +87,8 @@ async fn the_configured_retention_is_counted_from_completion() {
     );
     assert!(since_claim > counted, "not when it was claimed");
     let soon = app
-        .post("/effects?sleep_ms=300", "t1", Some("e3"), "n")
-        .send()
-        .await
-        .expect("soon");
+        .send("/effects?sleep_ms=300", "t1", Some("e3"), "n")
+        .await;
     assert!(replayed(&soon), "within its retention the key replays");
     assert_eq!(db.effects().await, 1);
 }
@@ -127,19 +104,15 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
     };
     let (slow, _) = effects_app(&db, configure).await;
     let (other, _) = effects_app(&db, configure).await;
-    let first = slow
-        .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
-        .send();
+    let first = slow.send("/effects?sleep_ms=4500", "t1", Some("e5"), "n");
     let duplicate = async {
         // Arrives after the retention would have run out, counted from the claim.
         tokio::time::sleep(Duration::from_millis(3000)).await;
         other
-            .post("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
-            .send()
+            .send("/effects?sleep_ms=4500", "t1", Some("e5"), "n")
             .await
     };
     let (first, duplicate) = tokio::join!(first, duplicate);
-    let (first, duplicate) = (first.expect("first"), duplicate.expect("duplicate"));
     assert_eq!(first.status(), 201);
     assert_eq!(duplicate.status(), 201);
     assert!(
@@ -153,20 +126,14 @@ async fn a_duplicate_waiting_on_a_request_slower_than_the_retention_replays_it()
 async fn the_sweeper_deletes_only_expired_keys() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
-    app.post("/effects", "t1", Some("old"), "n")
-        .send()
-        .await
-        .expect("old");
+    app.send("/effects", "t1", Some("old"), "n").await;
     sqlx::query(
         "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
     )
     .execute(&db.pool)
     .await
     .expect("expire");
-    app.post("/effects", "t1", Some("new"), "n")
-        .send()
-        .await
-        .expect("new");
+    app.send("/effects", "t1", Some("new"), "n").await;
     let swept = idem_sqlx::Sweeper::new(db.pool.clone())
         .sweep_once()
         .await
@@ -186,19 +153,12 @@ async fn concurrent_retries_of_an_expired_key_execute_once() {
         no_memory(l).timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
     })
     .await;
-    app.post("/effects", "t1", Some("e4"), "n")
-        .send()
-        .await
-        .expect("first");
+    app.send("/effects", "t1", Some("e4"), "n").await;
     expire_all(&db).await;
-    let retries = (0..10).map(|_| {
-        app.post("/effects?sleep_ms=100", "t1", Some("e4"), "n")
-            .send()
-    });
+    let retries = (0..10).map(|_| app.send("/effects?sleep_ms=100", "t1", Some("e4"), "n"));
     let responses = futures_util::future::join_all(retries).await;
     let mut executed = 0;
     for r in responses {
-        let r = r.expect("response");
         assert!(r.status() == 201 || r.status() == 409, "got {}", r.status());
         if r.status() == 201 && !replayed(&r) {
             executed += 1;

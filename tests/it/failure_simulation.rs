@@ -29,11 +29,7 @@ async fn a_client_that_timed_out_after_success_gets_the_original_response_on_ret
     assert!(timed_out.expect_err("the client times out").is_timeout());
 
     // (2) It retries with the same key; the first attempt is still running or done.
-    let retry = app
-        .post(path, "t1", Some("sim-1"), "charge 10")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send(path, "t1", Some("sim-1"), "charge 10").await;
     // (3) It receives the original response: the one whose write committed.
     assert_eq!(retry.status(), 201);
     assert!(replayed(&retry));
@@ -53,11 +49,7 @@ async fn a_client_that_timed_out_after_success_gets_the_original_response_on_ret
     assert_eq!(location, format!("/effects/{committed_id}"));
 
     // (4) The same key with a changed payload gets the mismatch answer.
-    let changed = app
-        .post(path, "t1", Some("sim-1"), "charge 20")
-        .send()
-        .await
-        .expect("changed");
+    let changed = app.send(path, "t1", Some("sim-1"), "charge 20").await;
     assert_eq!(changed.status(), 422);
     assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
 

@@ -15,11 +15,7 @@ async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served()
     let mut refused = 0;
     for i in 0..40 {
         let key = format!("storm-{i}");
-        let response = app
-            .post("/effects", "storm", Some(&key), "x")
-            .send()
-            .await
-            .expect("answered");
+        let response = app.send("/effects", "storm", Some(&key), "x").await;
         match response.status().as_u16() {
             201 => admitted.push(key),
             429 => {
@@ -59,18 +55,12 @@ async fn a_key_storm_from_one_tenant_is_refused_while_another_tenant_is_served()
     // Meanwhile: another tenant's new keys, and the storming tenant's retries.
     for i in 0..5 {
         let calm = app
-            .post("/effects", "calm", Some(&format!("calm-{i}")), "x")
-            .send()
-            .await
-            .expect("answered");
+            .send("/effects", "calm", Some(&format!("calm-{i}")), "x")
+            .await;
         assert_eq!(calm.status(), 201, "the other tenant is served");
     }
     for key in &admitted {
-        let retry = app
-            .post("/effects", "storm", Some(key), "x")
-            .send()
-            .await
-            .expect("answered");
+        let retry = app.send("/effects", "storm", Some(key), "x").await;
         assert_eq!(retry.status(), 201, "a retry is not limited");
         assert!(replayed(&retry));
     }
@@ -82,36 +72,20 @@ async fn a_tenant_at_its_key_quota_gets_507_while_others_and_replays_are_served(
     let (app, _) = effects_app(&db, |l| l.limits(Limits::default().key_quota(3))).await;
     for i in 0..3 {
         let key = format!("q-{i}");
-        let response = app
-            .post("/effects", "full", Some(&key), "x")
-            .send()
-            .await
-            .expect("answered");
+        let response = app.send("/effects", "full", Some(&key), "x").await;
         assert_eq!(response.status(), 201, "{key} is within the quota");
     }
     for i in 3..6 {
         let key = format!("q-{i}");
-        let response = app
-            .post("/effects", "full", Some(&key), "x")
-            .send()
-            .await
-            .expect("answered");
+        let response = app.send("/effects", "full", Some(&key), "x").await;
         assert_eq!(response.status(), 507, "{key} is over the quota");
         assert_eq!(problem_type(response).await, "urn:idem:problem:key-quota");
     }
     assert_eq!(db.keys().await, 3, "refused keys claimed nothing");
     assert_eq!(db.effects().await, 3);
-    let retry = app
-        .post("/effects", "full", Some("q-0"), "x")
-        .send()
-        .await
-        .expect("answered");
+    let retry = app.send("/effects", "full", Some("q-0"), "x").await;
     assert!(replayed(&retry), "a replay is not held to the quota");
-    let other = app
-        .post("/effects", "other", Some("q-0"), "x")
-        .send()
-        .await
-        .expect("answered");
+    let other = app.send("/effects", "other", Some("q-0"), "x").await;
     assert_eq!(other.status(), 201, "another tenant has its own quota");
 }
 

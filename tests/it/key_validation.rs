@@ -60,11 +60,7 @@ async fn every_invalid_key_class_is_rejected_with_400_problem_json() {
 async fn a_missing_key_on_a_route_that_requires_one_is_400() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let r = app
-        .post("/effects", "t1", None, "n")
-        .send()
-        .await
-        .expect("request");
+    let r = app.send("/effects", "t1", None, "n").await;
     assert_eq!(r.status(), 400);
     assert_eq!(problem_type(r).await, "urn:idem:problem:key-missing");
     assert_eq!(db.effects().await, 0);
@@ -75,17 +71,11 @@ async fn the_longest_valid_key_and_its_quoted_form_are_the_same_key() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
     let key = format!("{}~", "K".repeat(254));
-    let bare = app
-        .post("/effects", "t1", Some(&key), "n")
-        .send()
-        .await
-        .expect("bare");
+    let bare = app.send("/effects", "t1", Some(&key), "n").await;
     assert_eq!(bare.status(), 201);
     let quoted = app
-        .post("/effects", "t1", Some(&format!("\"{key}\"")), "n")
-        .send()
-        .await
-        .expect("quoted");
+        .send("/effects", "t1", Some(&format!("\"{key}\"")), "n")
+        .await;
     assert_eq!(quoted.status(), 201);
     assert!(replayed(&quoted), "the quoted form names the same key");
     assert_eq!(db.effects().await, 1);
@@ -96,11 +86,7 @@ async fn without_a_key_on_an_optional_route_the_handler_runs_each_time_in_a_tran
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.policy(Policy::default().keys(KeyMode::Optional))).await;
     for _ in 0..2 {
-        let r = app
-            .post("/effects", "t1", None, "n")
-            .send()
-            .await
-            .expect("request");
+        let r = app.send("/effects", "t1", None, "n").await;
         assert_eq!(r.status(), 201);
         assert!(!replayed(&r));
     }
@@ -110,11 +96,7 @@ async fn without_a_key_on_an_optional_route_the_handler_runs_each_time_in_a_tran
         "no key: no deduplication, writes committed"
     );
     assert_eq!(db.keys().await, 0, "no key: nothing stored");
-    let failed = app
-        .post("/effects?status=500", "t1", None, "n")
-        .send()
-        .await
-        .expect("request");
+    let failed = app.send("/effects?status=500", "t1", None, "n").await;
     assert_eq!(failed.status(), 500);
     assert_eq!(
         db.effects().await,

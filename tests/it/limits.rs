@@ -8,21 +8,13 @@ async fn a_request_body_over_the_limit_is_413_and_runs_nothing() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.limits(Limits::default().request_body(1024))).await;
     let big = "x".repeat(2048);
-    let r = app
-        .post("/effects", "t1", Some("big"), &big)
-        .send()
-        .await
-        .expect("request");
+    let r = app.send("/effects", "t1", Some("big"), &big).await;
     assert_eq!(r.status(), 413);
     assert_eq!(problem_type(r).await, "urn:idem:problem:body-too-large");
     assert_eq!(db.effects().await, 0);
     assert_eq!(db.keys().await, 0);
     // The key is still free: a request within the limit runs.
-    let ok = app
-        .post("/effects", "t1", Some("big"), "small")
-        .send()
-        .await
-        .expect("request");
+    let ok = app.send("/effects", "t1", Some("big"), "small").await;
     assert_eq!(ok.status(), 201);
 }
 
@@ -51,10 +43,8 @@ async fn a_response_over_the_limit_is_passed_through_committed_and_not_replayed(
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.limits(Limits::default().response_body(100))).await;
     let first = app
-        .post("/effects?body_bytes=5000", "t1", Some("large"), "n")
-        .send()
-        .await
-        .expect("first");
+        .send("/effects?body_bytes=5000", "t1", Some("large"), "n")
+        .await;
     assert_eq!(first.status(), 201);
     assert_eq!(
         first.bytes().await.expect("body").len(),
@@ -64,10 +54,8 @@ async fn a_response_over_the_limit_is_passed_through_committed_and_not_replayed(
     assert_eq!(db.effects().await, 1, "the handler's writes committed");
 
     let retry = app
-        .post("/effects?body_bytes=5000", "t1", Some("large"), "n")
-        .send()
-        .await
-        .expect("retry");
+        .send("/effects?body_bytes=5000", "t1", Some("large"), "n")
+        .await;
     assert_eq!(retry.status(), 410, "a retry is told to stop retrying");
     assert!(replayed(&retry));
     assert_eq!(

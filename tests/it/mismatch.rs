@@ -8,17 +8,9 @@ use idem_tests::{TestApp, effects_app, problem_type, replayed, test_db};
 async fn same_key_with_a_different_body_is_422_and_does_not_execute() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let first = app
-        .post("/effects", "t1", Some("m1"), "a")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("m1"), "a").await;
     assert_eq!(first.status(), 201);
-    let other = app
-        .post("/effects", "t1", Some("m1"), "b")
-        .send()
-        .await
-        .expect("other");
+    let other = app.send("/effects", "t1", Some("m1"), "b").await;
     assert_eq!(other.status(), 422);
     assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
     assert_eq!(db.effects().await, 1, "the mismatching request did not run");
@@ -28,15 +20,8 @@ async fn same_key_with_a_different_body_is_422_and_does_not_execute() {
 async fn same_key_on_a_different_path_is_a_mismatch() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    app.post("/effects", "t1", Some("m2"), "a")
-        .send()
-        .await
-        .expect("first");
-    let other = app
-        .post("/effects?status=201", "t1", Some("m2"), "a")
-        .send()
-        .await
-        .expect("other");
+    app.send("/effects", "t1", Some("m2"), "a").await;
+    let other = app.send("/effects?status=201", "t1", Some("m2"), "a").await;
     assert_eq!(other.status(), 422, "the query is part of the request");
     assert_eq!(db.effects().await, 1);
 }
@@ -48,15 +33,8 @@ async fn mismatch_answers_409_when_configured() {
         l.protocol(Protocol::default().mismatch_status(StatusCode::CONFLICT))
     })
     .await;
-    app.post("/effects", "t1", Some("m3"), "a")
-        .send()
-        .await
-        .expect("first");
-    let other = app
-        .post("/effects", "t1", Some("m3"), "b")
-        .send()
-        .await
-        .expect("other");
+    app.send("/effects", "t1", Some("m3"), "a").await;
+    let other = app.send("/effects", "t1", Some("m3"), "b").await;
     assert_eq!(other.status(), 409);
     assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
     assert_eq!(db.effects().await, 1);
@@ -99,38 +77,32 @@ async fn canonical_json_mode_treats_reordered_keys_and_whitespace_as_the_same_re
     // The payments example fingerprints canonical JSON.
     let app = TestApp::spawn(payments::app(db.pool.clone())).await;
     let first = app
-        .post(
+        .send(
             "/payments",
             "t1",
             Some("c1"),
             r#"{"amount":100,"currency":"EUR","reference":"r"}"#,
         )
-        .send()
-        .await
-        .expect("first");
+        .await;
     assert_eq!(first.status(), 201);
     let reordered = app
-        .post(
+        .send(
             "/payments",
             "t1",
             Some("c1"),
             "{ \"reference\": \"r\",\n  \"currency\": \"EUR\", \"amount\": 100 }",
         )
-        .send()
-        .await
-        .expect("reordered");
+        .await;
     assert_eq!(reordered.status(), 201);
     assert!(replayed(&reordered));
     let changed = app
-        .post(
+        .send(
             "/payments",
             "t1",
             Some("c1"),
             r#"{"amount":101,"currency":"EUR","reference":"r"}"#,
         )
-        .send()
-        .await
-        .expect("changed");
+        .await;
     assert_eq!(
         changed.status(),
         422,
@@ -143,15 +115,11 @@ async fn canonical_json_mode_treats_reordered_keys_and_whitespace_as_the_same_re
 async fn raw_mode_treats_reordered_json_as_a_different_request() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    app.post("/effects", "t1", Some("r1"), r#"{"a":1,"b":2}"#)
-        .send()
-        .await
-        .expect("first");
+    app.send("/effects", "t1", Some("r1"), r#"{"a":1,"b":2}"#)
+        .await;
     let reordered = app
-        .post("/effects", "t1", Some("r1"), r#"{"b":2,"a":1}"#)
-        .send()
-        .await
-        .expect("second");
+        .send("/effects", "t1", Some("r1"), r#"{"b":2,"a":1}"#)
+        .await;
     assert_eq!(reordered.status(), 422);
     assert_eq!(db.effects().await, 1);
 }
@@ -161,37 +129,31 @@ async fn amounts_that_differ_beyond_float_precision_are_a_mismatch() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.policy(Policy::default().canonical_json())).await;
     let first = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("big"),
             r#"{"amount":12345678901234567890123}"#,
         )
-        .send()
-        .await
-        .expect("first");
+        .await;
     assert_eq!(first.status(), 201);
     let other = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("big"),
             r#"{ "amount": 12345678901234567890124 }"#,
         )
-        .send()
-        .await
-        .expect("other");
+        .await;
     assert_eq!(other.status(), 422, "another amount is another request");
     let same = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("big"),
             r#"{ "amount": 12345678901234567890123 }"#,
         )
-        .send()
-        .await
-        .expect("same");
+        .await;
     assert!(
         replayed(&same),
         "whitespace alone does not make it another request"
@@ -230,38 +192,32 @@ async fn with_selected_fields_a_changed_volatile_field_is_the_same_request() {
     })
     .await;
     let first = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("f1"),
             r#"{"amount":1,"currency":"EUR","sent_at":1}"#,
         )
-        .send()
-        .await
-        .expect("first");
+        .await;
     assert_eq!(first.status(), 201);
     let retry = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("f1"),
             r#"{"sent_at":2,"currency":"EUR","amount":1}"#,
         )
-        .send()
-        .await
-        .expect("retry");
+        .await;
     assert_eq!(retry.status(), 201);
     assert!(replayed(&retry), "a new sent_at is the same request");
     let changed = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("f1"),
             r#"{"amount":2,"currency":"EUR","sent_at":3}"#,
         )
-        .send()
-        .await
-        .expect("changed");
+        .await;
     assert_eq!(changed.status(), 422, "a new amount is not");
     assert_eq!(db.effects().await, 1);
 }
@@ -296,16 +252,12 @@ async fn the_fingerprint_covers_the_path_the_client_sent_inside_a_nested_router(
     let app = TestApp::spawn(Router::new().nest("/accounts/{account}", accounts)).await;
 
     let first = app
-        .post("/accounts/1/transfers", "t1", Some("n1"), "100")
-        .send()
-        .await
-        .expect("first");
+        .send("/accounts/1/transfers", "t1", Some("n1"), "100")
+        .await;
     assert_eq!(first.status(), 201);
     let other = app
-        .post("/accounts/2/transfers", "t1", Some("n1"), "100")
-        .send()
-        .await
-        .expect("other account");
+        .send("/accounts/2/transfers", "t1", Some("n1"), "100")
+        .await;
     assert!(
         !replayed(&other),
         "another account's transfer is not the first's replay"
@@ -313,10 +265,8 @@ async fn the_fingerprint_covers_the_path_the_client_sent_inside_a_nested_router(
     assert_eq!(other.status(), 422);
     assert_eq!(problem_type(other).await, "urn:idem:problem:key-mismatch");
     let again = app
-        .post("/accounts/1/transfers", "t1", Some("n1"), "100")
-        .send()
-        .await
-        .expect("retry");
+        .send("/accounts/1/transfers", "t1", Some("n1"), "100")
+        .await;
     assert!(replayed(&again), "the same account's retry replays");
     let path: String = sqlx::query_scalar("SELECT path FROM idem.keys WHERE key = 'n1'")
         .fetch_one(&db.pool)
@@ -351,28 +301,18 @@ async fn a_large_canonical_json_body_fingerprinted_off_the_workers_replays_and_m
     let (body, reordered) = (nested(false), nested(true));
     assert!(body.len() >= idem_core::Fingerprint::BLOCKING_BODY_BYTES);
     assert_ne!(body, reordered);
-    let first = app
-        .post("/effects", "t1", Some("big-1"), &body)
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("big-1"), &body).await;
     assert_eq!(first.status(), 201);
-    let again = app
-        .post("/effects", "t1", Some("big-1"), &reordered)
-        .send()
-        .await
-        .expect("reordered");
+    let again = app.send("/effects", "t1", Some("big-1"), &reordered).await;
     assert!(replayed(&again), "the same JSON, its keys in another order");
     let changed = app
-        .post(
+        .send(
             "/effects",
             "t1",
             Some("big-1"),
             &body.replace(r#""x":"7""#, r#""x":"8""#),
         )
-        .send()
-        .await
-        .expect("changed");
+        .await;
     assert_eq!(changed.status(), 422, "one value deep inside changed");
     assert_eq!(db.effects().await, 1);
 }

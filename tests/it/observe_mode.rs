@@ -18,11 +18,7 @@ async fn every_request_runs_and_nothing_is_replayed_or_refused() {
         (Some(""), "a"),
     ];
     for (key, body) in sends {
-        let response = app
-            .post("/effects", "t1", key, body)
-            .send()
-            .await
-            .expect("answered");
+        let response = app.send("/effects", "t1", key, body).await;
         assert_eq!(response.status(), 201, "{key:?} {body}");
         assert!(!replayed(&response), "{key:?} {body}: not a replay");
     }
@@ -48,12 +44,9 @@ async fn every_request_runs_and_nothing_is_replayed_or_refused() {
 async fn concurrent_duplicates_both_run() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.policy(Policy::default().keys(KeyMode::Observe))).await;
-    let slow = || {
-        app.post("/effects?sleep_ms=400", "t1", Some("c1"), "a")
-            .send()
-    };
+    let slow = || app.send("/effects?sleep_ms=400", "t1", Some("c1"), "a");
     let (a, b) = tokio::join!(slow(), slow());
-    assert_eq!(a.expect("a").status(), 201);
-    assert_eq!(b.expect("b").status(), 201);
+    assert_eq!(a.status(), 201);
+    assert_eq!(b.status(), 201);
     assert_eq!(db.effects().await, 2, "no waiting, no 409: both ran");
 }

@@ -53,28 +53,16 @@ async fn messages_commit_and_roll_back_with_their_request() {
     let db = test_db().await;
     let (app, faults) = effects_app(&db, |l| l).await;
     faults.fail_next.store(1, Ordering::SeqCst);
-    let failed = app
-        .post("/effects", "t1", Some("o1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let failed = app.send("/effects", "t1", Some("o1"), "n").await;
     assert_eq!(failed.status(), 503);
     assert_eq!(
         outbox_rows(&db).await,
         0,
         "a rolled-back request enqueues nothing"
     );
-    let ok = app
-        .post("/effects", "t1", Some("o1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let ok = app.send("/effects", "t1", Some("o1"), "n").await;
     assert_eq!(ok.status(), 201);
-    let replay = app
-        .post("/effects", "t1", Some("o1"), "n")
-        .send()
-        .await
-        .expect("replay");
+    let replay = app.send("/effects", "t1", Some("o1"), "n").await;
     assert!(replayed(&replay));
     assert_eq!(
         outbox_rows(&db).await,

@@ -8,15 +8,13 @@ async fn a_created_payment_is_readable_by_its_tenant_only() {
     let db = test_db().await;
     let app = TestApp::spawn(payments::app(db.pool.clone())).await;
     let created = app
-        .post(
+        .send(
             "/payments",
             "t1",
             Some("p"),
             r#"{"amount":4200,"currency":"GBP","reference":"abc"}"#,
         )
-        .send()
-        .await
-        .expect("create");
+        .await;
     assert_eq!(created.status(), 201);
     let location = created.headers()["location"]
         .to_str()
@@ -93,18 +91,10 @@ async fn invalid_payments_are_400_problems_and_the_answer_is_final() {
     ];
     for (i, body) in invalid.iter().enumerate() {
         let key = format!("bad-{i}");
-        let r = app
-            .post("/payments", "t1", Some(&key), body)
-            .send()
-            .await
-            .expect("post");
+        let r = app.send("/payments", "t1", Some(&key), body).await;
         assert_eq!(r.status(), 400, "{body}");
         assert_eq!(r.headers()["content-type"], "application/problem+json");
-        let retry = app
-            .post("/payments", "t1", Some(&key), body)
-            .send()
-            .await
-            .expect("retry");
+        let retry = app.send("/payments", "t1", Some(&key), body).await;
         assert_eq!(retry.status(), 400);
         assert!(replayed(&retry), "a 400 is final and replayed: {body}");
     }

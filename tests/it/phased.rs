@@ -350,10 +350,8 @@ async fn a_finished_phased_key_keeps_no_request_and_seals_its_journal_with_seale
     for (s, key) in [(&plain, "kept-plain"), (&sealed, "kept-sealed")] {
         let r = s
             .app
-            .post("/orders?note=secret", "t1", Some(key), r#"{"card":"4242"}"#)
-            .send()
-            .await
-            .expect("POST /orders");
+            .send("/orders?note=secret", "t1", Some(key), r#"{"card":"4242"}"#)
+            .await;
         assert_eq!(r.status(), 201);
     }
     let rows: Vec<(String, bool, Value)> = sqlx::query_as(
@@ -377,15 +375,13 @@ async fn a_finished_phased_key_keeps_no_request_and_seals_its_journal_with_seale
     );
     let replay = sealed
         .app
-        .post(
+        .send(
             "/orders?note=secret",
             "t1",
             Some("kept-sealed"),
             r#"{"card":"4242"}"#,
         )
-        .send()
-        .await
-        .expect("replay");
+        .await;
     assert!(replayed(&replay));
 }
 

@@ -153,10 +153,8 @@ async fn with_sealed_bodies_the_kept_request_is_sealed_and_the_completer_opens_i
     let secret = r#"{"card":"4242424242424242"}"#;
     let interrupted = s
         .app
-        .post("/orders?note=sealed", "t1", Some("c4"), secret)
-        .send()
-        .await
-        .expect("POST /orders");
+        .send("/orders?note=sealed", "t1", Some("c4"), secret)
+        .await;
     assert_eq!(interrupted.status(), 503);
     let kept: Vec<u8> = sqlx::query_scalar("SELECT request_body FROM idem.keys WHERE key = 'c4'")
         .fetch_one(&db.pool)
@@ -173,10 +171,8 @@ async fn with_sealed_bodies_the_kept_request_is_sealed_and_the_completer_opens_i
     assert_eq!(finished(&db, "c4").await, Some(201));
     let retry = s
         .app
-        .post("/orders?note=sealed", "t1", Some("c4"), secret)
-        .send()
-        .await
-        .expect("retry");
+        .send("/orders?note=sealed", "t1", Some("c4"), secret)
+        .await;
     assert!(replayed(&retry), "the completer's run matched the request");
     let body: serde_json::Value = retry.json().await.expect("body");
     assert_eq!(body["note"], "sealed");
@@ -202,12 +198,7 @@ async fn the_completer_finishes_a_sealed_kept_body_as_long_as_the_request_limit(
     s.faults.interrupt.store(1, Ordering::SeqCst);
     let body = format!("{{\"card\":\"{}\"}}", "4".repeat(64 - 11));
     assert_eq!(body.len(), 64);
-    let interrupted = s
-        .app
-        .post("/orders", "t1", Some("c5"), &body)
-        .send()
-        .await
-        .expect("POST /orders");
+    let interrupted = s.app.send("/orders", "t1", Some("c5"), &body).await;
     assert_eq!(interrupted.status(), 503);
 
     let completer = Completer::new(db.pool.clone(), s.routes.clone()).after(Duration::ZERO);
@@ -217,12 +208,7 @@ async fn the_completer_finishes_a_sealed_kept_body_as_long_as_the_request_limit(
         Some(201),
         "finished, not refused 413"
     );
-    let retry = s
-        .app
-        .post("/orders", "t1", Some("c5"), &body)
-        .send()
-        .await
-        .expect("retry");
+    let retry = s.app.send("/orders", "t1", Some("c5"), &body).await;
     assert!(replayed(&retry));
     let answer: serde_json::Value = retry.json().await.expect("body");
     assert_eq!(answer["body_len"], 64, "the handler got the opened body");

@@ -40,28 +40,20 @@ async fn a_dump_of_the_store_reveals_no_client_key() {
     })
     .await;
     let first = app
-        .post("/effects", "acme", Some("client-key-4711"), "a")
-        .send()
-        .await
-        .expect("first");
+        .send("/effects", "acme", Some("client-key-4711"), "a")
+        .await;
     assert_eq!(first.status(), 201);
     let retry = app
-        .post("/effects", "acme", Some("client-key-4711"), "a")
-        .send()
-        .await
-        .expect("retry");
+        .send("/effects", "acme", Some("client-key-4711"), "a")
+        .await;
     assert!(replayed(&retry), "the protected key replays");
     let changed = app
-        .post("/effects", "acme", Some("client-key-4711"), "b")
-        .send()
-        .await
-        .expect("changed");
+        .send("/effects", "acme", Some("client-key-4711"), "b")
+        .await;
     assert_eq!(changed.status(), 422, "and refuses a changed request");
     let other = app
-        .post("/effects", "globex", Some("client-key-4711"), "a")
-        .send()
-        .await
-        .expect("other tenant");
+        .send("/effects", "globex", Some("client-key-4711"), "a")
+        .await;
     assert_eq!(other.status(), 201);
     assert!(!replayed(&other), "another tenant's key is another key");
     assert_eq!(db.effects().await, 2);
@@ -84,10 +76,8 @@ async fn a_dump_of_the_store_reveals_no_client_key() {
 async fn without_protection_the_key_is_stored_as_sent() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    app.post("/effects", "acme", Some("client-key-4711"), "a")
-        .send()
-        .await
-        .expect("first");
+    app.send("/effects", "acme", Some("client-key-4711"), "a")
+        .await;
     assert!(dump(&db).await.contains("client-key-4711"), "the control");
 }
 
@@ -100,10 +90,8 @@ async fn observe_mode_records_only_protected_keys() {
             .protection(Protection::default().keys(protection.clone()))
     })
     .await;
-    app.post("/effects", "acme", Some("client-key-4711"), "a")
-        .send()
-        .await
-        .expect("observed");
+    app.send("/effects", "acme", Some("client-key-4711"), "a")
+        .await;
     let dump = dump(&db).await;
     assert!(dump.contains("hmac:k1:"), "{dump}");
     assert!(!dump.contains("client-key-4711"), "{dump}");
@@ -130,10 +118,8 @@ async fn sealed_bodies_are_ciphertext_in_the_store_and_replay_byte_for_byte() {
     })
     .await;
     let first = app
-        .post("/effects", "acme", Some("s1"), "secret-note")
-        .send()
-        .await
-        .expect("first");
+        .send("/effects", "acme", Some("s1"), "secret-note")
+        .await;
     assert_eq!(first.status(), 201);
     let first = first.text().await.expect("body");
     assert!(first.contains("secret-note"));
@@ -142,10 +128,8 @@ async fn sealed_bodies_are_ciphertext_in_the_store_and_replay_byte_for_byte() {
     assert!(bodies[0].starts_with(b"idem-aead1:k1:"));
     assert!(!String::from_utf8_lossy(&bodies[0]).contains("secret-note"));
     let retry = app
-        .post("/effects", "acme", Some("s1"), "secret-note")
-        .send()
-        .await
-        .expect("retry");
+        .send("/effects", "acme", Some("s1"), "secret-note")
+        .await;
     assert!(replayed(&retry));
     assert_eq!(retry.text().await.expect("body"), first, "byte for byte");
 }
@@ -158,11 +142,7 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
             .storage(Storage::default().replay_cache(0))
     })
     .await;
-    let first = old
-        .post("/effects", "acme", Some("r1"), "note")
-        .send()
-        .await
-        .expect("first");
+    let first = old.send("/effects", "acme", Some("r1"), "note").await;
     let first = first.text().await.expect("body");
 
     let rotated = sealing("k2", 2).previous("k1", &[1; 32]).expect("previous");
@@ -171,11 +151,7 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
             .storage(Storage::default().replay_cache(0))
     })
     .await;
-    let retry = new
-        .post("/effects", "acme", Some("r1"), "note")
-        .send()
-        .await
-        .expect("retry");
+    let retry = new.send("/effects", "acme", Some("r1"), "note").await;
     assert!(replayed(&retry));
     assert_eq!(retry.text().await.expect("body"), first);
 
@@ -184,11 +160,7 @@ async fn a_rotated_key_still_opens_its_bodies_and_a_lost_key_is_refused() {
             .storage(Storage::default().replay_cache(0))
     })
     .await;
-    let refused = lost
-        .post("/effects", "acme", Some("r1"), "note")
-        .send()
-        .await
-        .expect("refused");
+    let refused = lost.send("/effects", "acme", Some("r1"), "note").await;
     assert_eq!(refused.status(), 500);
     assert_eq!(
         problem_type(refused).await,
@@ -211,19 +183,11 @@ async fn a_redaction_hook_changes_what_replays_get_not_the_first_answer() {
         }))
     })
     .await;
-    let first = app
-        .post("/effects", "acme", Some("d1"), "card-4242")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "acme", Some("d1"), "card-4242").await;
     assert!(first.text().await.expect("body").contains("card-4242"));
     let bodies = stored_bodies(&db).await;
     assert!(!String::from_utf8_lossy(&bodies[0]).contains("card-4242"));
-    let retry = app
-        .post("/effects", "acme", Some("d1"), "card-4242")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "acme", Some("d1"), "card-4242").await;
     assert!(replayed(&retry));
     let replay: serde_json::Value = retry.json().await.expect("JSON");
     assert!(
@@ -334,10 +298,8 @@ async fn switching_on_key_protection_loses_no_sealed_body_kept_request_or_derive
         let derived = idem_core::phased::derived_key(&tenant, &client_key, "charge");
         let charged = before
             .provider
-            .post("/charges", "merchant", Some(derived.as_str()), "{}")
-            .send()
-            .await
-            .expect("the charge that went out");
+            .send("/charges", "merchant", Some(derived.as_str()), "{}")
+            .await;
         assert_eq!(charged.status(), 201);
     }
     assert_eq!(notes(&db, "provider:charge").await, 3);

@@ -25,15 +25,13 @@ async fn wait_for_messages(stream: &TestStream, n: u64, what: &str) {
 
 async fn pay(app: &TestApp, key: &str) {
     let r = app
-        .post(
+        .send(
             "/payments",
             "t1",
             Some(key),
             r#"{"amount":100,"currency":"EUR"}"#,
         )
-        .send()
-        .await
-        .expect("post");
+        .await;
     assert_eq!(r.status(), 201);
 }
 

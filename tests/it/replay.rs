@@ -10,21 +10,13 @@ async fn retry_after_success_replays_status_headers_and_body_byte_for_byte() {
     let db = test_db().await;
     let app = TestApp::spawn(payments::app(db.pool.clone())).await;
 
-    let first = app
-        .post("/payments", "t1", Some("pay-1"), PAYMENT)
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/payments", "t1", Some("pay-1"), PAYMENT).await;
     assert_eq!(first.status(), 201);
     assert!(!replayed(&first));
     let first_headers = first.headers().clone();
     let first_body = first.bytes().await.expect("body");
 
-    let retry = app
-        .post("/payments", "t1", Some("pay-1"), PAYMENT)
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/payments", "t1", Some("pay-1"), PAYMENT).await;
     assert_eq!(retry.status(), 201);
     assert!(
         replayed(&retry),
@@ -49,11 +41,7 @@ async fn twenty_sequential_retries_execute_once_and_store_one_row() {
     let (app, _) = effects_app(&db, |l| l).await;
     let mut bodies = Vec::new();
     for i in 0..20 {
-        let r = app
-            .post("/effects", "t1", Some("k-20"), "note")
-            .send()
-            .await
-            .expect("request");
+        let r = app.send("/effects", "t1", Some("k-20"), "note").await;
         assert_eq!(r.status(), 201);
         assert_eq!(replayed(&r), i > 0, "only the first is executed");
         bodies.push(r.bytes().await.expect("body"));
@@ -70,11 +58,7 @@ async fn twenty_sequential_retries_execute_once_and_store_one_row() {
 async fn replay_carries_only_allow_listed_headers() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let first = app
-        .post("/effects", "t1", Some("k-h"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("k-h"), "n").await;
     assert_eq!(
         first.headers().get("x-not-replayed").map(|v| v.as_bytes()),
         Some(&b"first-only"[..])
@@ -82,11 +66,7 @@ async fn replay_carries_only_allow_listed_headers() {
     let etag = first.headers().get("etag").cloned();
     assert!(etag.is_some());
 
-    let retry = app
-        .post("/effects", "t1", Some("k-h"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("k-h"), "n").await;
     assert!(replayed(&retry));
     assert_eq!(
         retry.headers().get("etag").cloned(),
@@ -110,15 +90,8 @@ async fn app_headers_added_to_the_allow_list_are_replayed() {
         l.policy(Policy::default().replay_header("x-not-replayed"))
     })
     .await;
-    app.post("/effects", "t1", Some("k-x"), "n")
-        .send()
-        .await
-        .expect("first");
-    let retry = app
-        .post("/effects", "t1", Some("k-x"), "n")
-        .send()
-        .await
-        .expect("retry");
+    app.send("/effects", "t1", Some("k-x"), "n").await;
+    let retry = app.send("/effects", "t1", Some("k-x"), "n").await;
     assert!(replayed(&retry));
     assert_eq!(
         retry.headers().get("x-not-replayed").map(|v| v.as_bytes()),
@@ -130,10 +103,7 @@ async fn app_headers_added_to_the_allow_list_are_replayed() {
 async fn get_requests_pass_through_untouched() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    app.post("/effects", "t1", Some("k-g"), "n")
-        .send()
-        .await
-        .expect("post");
+    app.send("/effects", "t1", Some("k-g"), "n").await;
     for _ in 0..3 {
         let r = app
             .client
@@ -153,35 +123,19 @@ async fn get_requests_pass_through_untouched() {
 async fn replays_looked_up_before_the_transaction_are_the_same_answers() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.storage(Storage::default().lookup_first(true))).await;
-    let first = app
-        .post("/effects", "t1", Some("lf"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("lf"), "n").await;
     assert_eq!(first.status(), 201);
     assert!(!replayed(&first));
     let first_body = first.bytes().await.expect("body");
     for _ in 0..3 {
-        let retry = app
-            .post("/effects", "t1", Some("lf"), "n")
-            .send()
-            .await
-            .expect("retry");
+        let retry = app.send("/effects", "t1", Some("lf"), "n").await;
         assert_eq!(retry.status(), 201);
         assert!(replayed(&retry));
         assert_eq!(retry.bytes().await.expect("body"), first_body);
     }
-    let other = app
-        .post("/effects", "t1", Some("lf"), "changed")
-        .send()
-        .await
-        .expect("other");
+    let other = app.send("/effects", "t1", Some("lf"), "changed").await;
     assert_eq!(other.status(), 422);
-    let fresh = app
-        .post("/effects", "t1", Some("lf-2"), "n")
-        .send()
-        .await
-        .expect("fresh");
+    let fresh = app.send("/effects", "t1", Some("lf-2"), "n").await;
     assert!(!replayed(&fresh), "an unknown key still runs");
     assert_eq!(db.effects().await, 2);
 }

@@ -25,35 +25,19 @@ async fn app_through_proxy(
 async fn a_finished_request_is_replayed_and_a_mismatch_refused_with_the_store_cut_off() {
     let db = test_db().await;
     let (proxy, app) = app_through_proxy(&db, |l| l).await;
-    let first = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(first.status(), 201);
     let body = first.text().await.expect("body");
 
     proxy.cut();
-    let retry = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(retry.status(), 201, "answered from memory, not 503");
     assert!(replayed(&retry));
     assert_eq!(retry.text().await.expect("body"), body);
-    let other = app
-        .post("/effects", "t1", Some("k1"), "other")
-        .send()
-        .await
-        .expect("other");
+    let other = app.send("/effects", "t1", Some("k1"), "other").await;
     assert_eq!(other.status(), 422);
     // Another tenant's same key is not this record.
-    let elsewhere = app
-        .post("/effects", "t2", Some("k1"), "n")
-        .send()
-        .await
-        .expect("t2");
+    let elsewhere = app.send("/effects", "t2", Some("k1"), "n").await;
     assert_eq!(elsewhere.status(), 503);
 }
 
@@ -62,18 +46,10 @@ async fn with_no_memory_a_retry_needs_the_store() {
     let db = test_db().await;
     let (proxy, app) =
         app_through_proxy(&db, |l| l.storage(Storage::default().replay_cache(0))).await;
-    let first = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(first.status(), 201);
     proxy.cut();
-    let retry = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(retry.status(), 503);
 }
 
@@ -82,26 +58,14 @@ async fn a_replica_keeps_a_record_it_read_from_the_store() {
     let db = test_db().await;
     let (_ran_proxy, ran) = app_through_proxy(&db, |l| l).await;
     let (proxy, replica) = app_through_proxy(&db, |l| l).await;
-    let first = ran
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = ran.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(first.status(), 201);
     let body = first.text().await.expect("body");
 
-    let read = replica
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("read");
+    let read = replica.send("/effects", "t1", Some("k1"), "n").await;
     assert!(replayed(&read), "replayed from the store");
     proxy.cut();
-    let kept = replica
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("kept");
+    let kept = replica.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(kept.status(), 201, "answered from the replica's memory");
     assert!(replayed(&kept));
     assert_eq!(kept.text().await.expect("body"), body);
@@ -114,24 +78,12 @@ async fn a_copy_in_memory_expires_with_the_key() {
         l.policy(Policy::default().retention(Duration::from_secs(2)))
     })
     .await;
-    let first = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(first.status(), 201);
-    let retry = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("k1"), "n").await;
     assert!(replayed(&retry));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = app
-        .post("/effects", "t1", Some("k1"), "n")
-        .send()
-        .await
-        .expect("later");
+    let later = app.send("/effects", "t1", Some("k1"), "n").await;
     assert_eq!(later.status(), 201);
     assert!(
         !replayed(&later),

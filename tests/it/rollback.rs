@@ -11,11 +11,7 @@ async fn a_5xx_response_stores_nothing_rolls_back_and_the_retry_executes() {
     let db = test_db().await;
     let (app, faults) = effects_app(&db, |l| l).await;
     faults.fail_next.store(1, Ordering::SeqCst);
-    let failed = app
-        .post("/effects", "t1", Some("f1"), "n")
-        .send()
-        .await
-        .expect("first");
+    let failed = app.send("/effects", "t1", Some("f1"), "n").await;
     assert_eq!(
         failed.status(),
         503,
@@ -25,11 +21,7 @@ async fn a_5xx_response_stores_nothing_rolls_back_and_the_retry_executes() {
     assert_eq!(db.effects().await, 0, "its writes were rolled back");
     assert_eq!(db.keys().await, 0, "nothing was stored");
 
-    let retry = app
-        .post("/effects", "t1", Some("f1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("f1"), "n").await;
     assert_eq!(retry.status(), 201);
     assert!(!replayed(&retry), "the retry executed");
     assert_eq!(db.effects().await, 1);
@@ -42,19 +34,15 @@ async fn statuses_that_ask_for_a_retry_are_not_final() {
     for status in [408, 409, 425, 429, 500] {
         let path = format!("/effects?status={status}");
         let r = app
-            .post(&path, "t1", Some(&format!("s{status}")), "n")
-            .send()
-            .await
-            .expect("request");
+            .send(&path, "t1", Some(&format!("s{status}")), "n")
+            .await;
         assert_eq!(r.status().as_u16(), status);
     }
     assert_eq!(db.effects().await, 0);
     assert_eq!(db.keys().await, 0);
     let r = app
-        .post("/effects?status=404", "t1", Some("s404"), "n")
-        .send()
-        .await
-        .expect("request");
+        .send("/effects?status=404", "t1", Some("s404"), "n")
+        .await;
     assert_eq!(r.status(), 404);
     assert_eq!(
         db.effects().await,
@@ -70,19 +58,11 @@ async fn a_panicking_handler_rolls_back_and_returns_its_connection_to_the_pool()
     let (app, faults) = effects_app(&db, |l| l).await;
     faults.panic_next.store(5, Ordering::SeqCst);
     for _ in 0..5 {
-        let r = app
-            .post("/effects", "t1", Some("p1"), "n")
-            .send()
-            .await
-            .expect("request");
+        let r = app.send("/effects", "t1", Some("p1"), "n").await;
         assert_eq!(r.status(), 500, "the request does not hang");
         assert_eq!(problem_type(r).await, "urn:idem:problem:handler-panicked");
     }
-    let panic_route = app
-        .post("/panic", "t1", Some("p2"), "n")
-        .send()
-        .await
-        .expect("request");
+    let panic_route = app.send("/panic", "t1", Some("p2"), "n").await;
     assert_eq!(panic_route.status(), 500);
     assert_eq!(
         db.effects().await,
@@ -91,11 +71,7 @@ async fn a_panicking_handler_rolls_back_and_returns_its_connection_to_the_pool()
     );
     assert_eq!(db.keys().await, 0);
 
-    let retry = app
-        .post("/effects", "t1", Some("p1"), "n")
-        .send()
-        .await
-        .expect("retry");
+    let retry = app.send("/effects", "t1", Some("p1"), "n").await;
     assert_eq!(retry.status(), 201, "the pool still serves requests");
     assert!(!replayed(&retry));
     assert_eq!(db.effects().await, 1);
@@ -116,11 +92,7 @@ async fn a_panicking_handler_rolls_back_and_returns_its_connection_to_the_pool()
 async fn a_tx_kept_beyond_the_handler_commits_nothing() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let r = app
-        .post("/hold", "t1", Some("h1"), "n")
-        .send()
-        .await
-        .expect("request");
+    let r = app.send("/hold", "t1", Some("h1"), "n").await;
     assert_eq!(r.status(), 500, "never 2xx without a commit");
     assert_eq!(problem_type(r).await, "urn:idem:problem:transaction-held");
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -18,19 +18,11 @@ async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_not
             .storage(Storage::default().replay_cache(0))
     })
     .await;
-    let first = app
-        .post("/effects", "t1", Some("r1"), "a")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("r1"), "a").await;
     assert_eq!(first.status(), 201);
     let first_body = first.text().await.expect("body");
     for _ in 0..2 {
-        let changed = app
-            .post("/effects", "t1", Some("r1"), "b")
-            .send()
-            .await
-            .expect("changed");
+        let changed = app.send("/effects", "t1", Some("r1"), "b").await;
         assert_eq!(changed.status(), 201);
         assert!(replayed(&changed), "the stored answer, marked replayed");
         assert_eq!(changed.text().await.expect("body"), first_body);
@@ -42,11 +34,7 @@ async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_not
     })
     .await;
     for _ in 0..2 {
-        let changed = cached
-            .post("/effects", "t1", Some("r1"), "c")
-            .send()
-            .await
-            .expect("changed");
+        let changed = cached.send("/effects", "t1", Some("r1"), "c").await;
         assert_eq!(changed.status(), 201);
         assert_eq!(changed.text().await.expect("body"), first_body);
     }
@@ -57,17 +45,9 @@ async fn report_only_replays_the_stored_answer_to_a_changed_request_and_runs_not
 async fn a_strict_route_still_refuses_the_changed_request() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
-    let first = app
-        .post("/effects", "t1", Some("s1"), "a")
-        .send()
-        .await
-        .expect("first");
+    let first = app.send("/effects", "t1", Some("s1"), "a").await;
     assert_eq!(first.status(), 201);
-    let changed = app
-        .post("/effects", "t1", Some("s1"), "b")
-        .send()
-        .await
-        .expect("changed");
+    let changed = app.send("/effects", "t1", Some("s1"), "b").await;
     assert_eq!(changed.status(), 422);
     assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
 }
@@ -76,22 +56,14 @@ async fn a_strict_route_still_refuses_the_changed_request() {
 async fn a_critical_route_requires_a_key_and_a_low_risk_one_runs_without() {
     let db = test_db().await;
     let (critical, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
-    let refused = critical
-        .post("/effects", "t1", None, "a")
-        .send()
-        .await
-        .expect("refused");
+    let refused = critical.send("/effects", "t1", None, "a").await;
     assert_eq!(refused.status(), 400);
     assert_eq!(problem_type(refused).await, "urn:idem:problem:key-missing");
     assert_eq!(db.effects().await, 0);
 
     let (low, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Low))).await;
     for _ in 0..2 {
-        let ran = low
-            .post("/effects", "t1", None, "a")
-            .send()
-            .await
-            .expect("ran");
+        let ran = low.send("/effects", "t1", None, "a").await;
         assert_eq!(ran.status(), 201);
         assert!(!replayed(&ran));
     }
@@ -108,18 +80,14 @@ async fn a_route_policy_fingerprints_only_its_fields_and_replays_its_headers() {
         l.policy(policy).storage(Storage::default().replay_cache(0))
     })
     .await;
-    let send = |body: &'static str| app.post("/effects", "t1", Some("f1"), body).send();
+    let send = |body: &'static str| app.send("/effects", "t1", Some("f1"), body);
 
-    let first = send(r#"{"amount":5,"sent_at":"10:00"}"#)
-        .await
-        .expect("first");
+    let first = send(r#"{"amount":5,"sent_at":"10:00"}"#).await;
     assert_eq!(first.status(), 201);
     assert_eq!(first.headers()["x-not-replayed"], "first-only");
     let first_body = first.text().await.expect("body");
 
-    let restamped = send(r#"{"sent_at":"10:01","amount":5}"#)
-        .await
-        .expect("restamped");
+    let restamped = send(r#"{"sent_at":"10:01","amount":5}"#).await;
     assert_eq!(restamped.status(), 201);
     assert!(
         replayed(&restamped),
@@ -135,9 +103,7 @@ async fn a_route_policy_fingerprints_only_its_fields_and_replays_its_headers() {
     );
     assert_eq!(restamped.text().await.expect("body"), first_body);
 
-    let changed = send(r#"{"amount":6,"sent_at":"10:02"}"#)
-        .await
-        .expect("changed");
+    let changed = send(r#"{"amount":6,"sent_at":"10:02"}"#).await;
     assert_eq!(changed.status(), 422, "a fingerprinted field is");
     assert_eq!(problem_type(changed).await, "urn:idem:problem:key-mismatch");
     assert_eq!(db.effects().await, 1);
@@ -149,11 +115,7 @@ async fn a_route_policy_sets_how_long_its_keys_are_kept() {
     let (critical, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Critical))).await;
     let (low, _) = effects_app(&db, |l| l.policy(Policy::for_risk(RiskClass::Low))).await;
     for (app, key) in [(&critical, "kept-critical"), (&low, "kept-low")] {
-        let r = app
-            .post("/effects", "t1", Some(key), "a")
-            .send()
-            .await
-            .expect("post");
+        let r = app.send("/effects", "t1", Some(key), "a").await;
         assert_eq!(r.status(), 201);
     }
     let kept: Vec<(String, f64)> = sqlx::query_as(
@@ -184,17 +146,9 @@ async fn a_low_risk_route_fails_open_and_a_critical_one_closed_when_the_store_is
         route(RiskClass::Low).await,
     );
     proxy.cut();
-    let refused = critical
-        .post("/echo", "t1", Some("o1"), "ping")
-        .send()
-        .await
-        .expect("critical");
+    let refused = critical.send("/echo", "t1", Some("o1"), "ping").await;
     assert_eq!(refused.status(), 503, "fail closed");
-    let served = low
-        .post("/echo", "t1", Some("o1"), "ping")
-        .send()
-        .await
-        .expect("low");
+    let served = low.send("/echo", "t1", Some("o1"), "ping").await;
     assert_eq!(served.status(), 200, "fail open runs the handler");
     assert_eq!(served.bytes().await.expect("body"), "ping");
 }

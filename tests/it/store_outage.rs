@@ -14,21 +14,13 @@ async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes
         .protocol(Protocol::default().retry_after(Duration::from_secs(3)));
     let app = TestApp::spawn(effects_router(pool, layer, Default::default())).await;
 
-    let warm = app
-        .post("/effects", "t1", Some("before"), "n")
-        .send()
-        .await
-        .expect("warm");
+    let warm = app.send("/effects", "t1", Some("before"), "n").await;
     assert_eq!(warm.status(), 201);
 
     proxy.cut();
     for key in ["down-1", "down-2"] {
         let started = Instant::now();
-        let r = app
-            .post("/effects", "t1", Some(key), "n")
-            .send()
-            .await
-            .expect("request");
+        let r = app.send("/effects", "t1", Some(key), "n").await;
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "no request hangs"
@@ -48,18 +40,10 @@ async fn an_unreachable_store_fails_closed_and_the_retry_after_recovery_executes
 
     proxy.restore();
     for key in ["down-1", "down-2"] {
-        let r = app
-            .post("/effects", "t1", Some(key), "n")
-            .send()
-            .await
-            .expect("retry");
+        let r = app.send("/effects", "t1", Some(key), "n").await;
         assert_eq!(r.status(), 201);
         assert!(!replayed(&r), "the retry executes");
-        let again = app
-            .post("/effects", "t1", Some(key), "n")
-            .send()
-            .await
-            .expect("again");
+        let again = app.send("/effects", "t1", Some(key), "n").await;
         assert!(replayed(&again), "and only once");
     }
     assert_eq!(db.effects().await, 3);
@@ -82,17 +66,9 @@ async fn a_fail_open_route_keeps_serving_without_idempotency_while_the_store_is_
     ))
     .await;
     proxy.cut();
-    let r = closed
-        .post("/echo", "t1", Some("e1"), "ping")
-        .send()
-        .await
-        .expect("closed");
+    let r = closed.send("/echo", "t1", Some("e1"), "ping").await;
     assert_eq!(r.status(), 503);
-    let r = open
-        .post("/echo", "t1", Some("e1"), "ping")
-        .send()
-        .await
-        .expect("open");
+    let r = open.send("/echo", "t1", Some("e1"), "ping").await;
     assert_eq!(r.status(), 200, "fail-open runs the handler");
     assert!(!replayed(&r));
     assert_eq!(r.bytes().await.expect("body"), "ping");

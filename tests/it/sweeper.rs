@@ -81,11 +81,7 @@ async fn the_sweeper_removes_what_is_past_its_time_and_keeps_the_rest() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
     for key in ["k1", "k2", "k3"] {
-        let r = app
-            .post("/effects", "t1", Some(key), "n")
-            .send()
-            .await
-            .expect("post");
+        let r = app.send("/effects", "t1", Some(key), "n").await;
         assert_eq!(r.status(), 201);
     }
     sqlx::query(

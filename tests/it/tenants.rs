@@ -11,15 +11,11 @@ async fn same_key_in_two_tenants_executes_twice() {
     let db = test_db().await;
     let app = TestApp::spawn(payments::app(db.pool.clone())).await;
     let a = app
-        .post("/payments", "tenant-a", Some("shared"), PAYMENT)
-        .send()
-        .await
-        .expect("a");
+        .send("/payments", "tenant-a", Some("shared"), PAYMENT)
+        .await;
     let b = app
-        .post("/payments", "tenant-b", Some("shared"), PAYMENT)
-        .send()
-        .await
-        .expect("b");
+        .send("/payments", "tenant-b", Some("shared"), PAYMENT)
+        .await;
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
     assert!(!replayed(&a) && !replayed(&b));
     let a: serde_json::Value = a.json().await.expect("a body");
@@ -28,11 +24,7 @@ async fn same_key_in_two_tenants_executes_twice() {
     assert_eq!(db.payments().await, 2);
     // Each tenant's retry replays its own payment.
     for (tenant, first) in [("tenant-a", &a), ("tenant-b", &b)] {
-        let retry = app
-            .post("/payments", tenant, Some("shared"), PAYMENT)
-            .send()
-            .await
-            .expect("retry");
+        let retry = app.send("/payments", tenant, Some("shared"), PAYMENT).await;
         assert_eq!(retry.status(), 201, "{tenant}'s retry");
         assert!(replayed(&retry), "{tenant}'s retry is a replay");
         let retry: Value = retry.json().await.expect("retry body");
@@ -116,11 +108,7 @@ async fn a_single_tenant_layer_needs_no_tenant() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l.tenant(TenantSource::single())).await;
     for (tenant, replay) in [("x", false), ("y", true)] {
-        let r = app
-            .post("/effects", tenant, Some("k"), "n")
-            .send()
-            .await
-            .expect("post");
+        let r = app.send("/effects", tenant, Some("k"), "n").await;
         assert_eq!(r.status(), 201, "{tenant}'s request");
         assert_eq!(replayed(&r), replay, "{tenant}'s request replayed");
     }

@@ -108,17 +108,9 @@ async fn with_router_layer_an_unknown_route_gets_the_routers_404_and_spends_no_k
     // `effects_router` adds the layer with `Router::layer`, which also wraps the
     // router's fallback.
     let (app, _) = idem_tests::effects_app(&db, |l| l).await;
-    let with_key = app
-        .post("/nowhere", "t1", Some("nowhere-2"), "a")
-        .send()
-        .await
-        .expect("with a key");
+    let with_key = app.send("/nowhere", "t1", Some("nowhere-2"), "a").await;
     assert_routers_own(with_key, 404).await;
-    let without_key = app
-        .post("/nowhere", "t1", None, "a")
-        .send()
-        .await
-        .expect("without a key");
+    let without_key = app.send("/nowhere", "t1", None, "a").await;
     assert_routers_own(without_key, 404).await;
     assert_eq!(
         db.keys().await,
@@ -126,11 +118,7 @@ async fn with_router_layer_an_unknown_route_gets_the_routers_404_and_spends_no_k
         "no key claimed or stored for an unknown route"
     );
 
-    let served = app
-        .post("/effects", "t1", Some("nowhere-2"), "a")
-        .send()
-        .await
-        .expect("a served route");
+    let served = app.send("/effects", "t1", Some("nowhere-2"), "a").await;
     assert_eq!(served.status(), 201, "the key is still free");
     assert!(!replayed(&served));
 }
@@ -156,11 +144,7 @@ async fn with_router_layer_a_method_the_route_does_not_serve_gets_the_routers_40
         assert!(allow.is_some_and(|a| a.contains("POST")));
     }
     assert_eq!(db.keys().await, 0, "no key stored for a 405");
-    let served = app
-        .post("/effects", "t1", Some("patch-405"), "a")
-        .send()
-        .await
-        .expect("POST");
+    let served = app.send("/effects", "t1", Some("patch-405"), "a").await;
     assert_eq!(served.status(), 201, "the key is still free");
     assert!(!replayed(&served));
 }

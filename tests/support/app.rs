@@ -68,6 +68,22 @@ impl TestApp {
         }
         req
     }
+
+    /// Sends [`post`](Self::post)'s request and returns the answer, whatever its
+    /// status; fails the test, naming `path`, when no answer comes (a transport error).
+    /// Use `post` for a request that needs more headers or other builder settings.
+    pub async fn send(
+        &self,
+        path: &str,
+        tenant: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> reqwest::Response {
+        self.post(path, tenant, key, body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} as {tenant} (key {key:?}): {e}"))
+    }
 }
 
 impl Drop for TestApp {
