@@ -1,30 +1,31 @@
-//! One request through the layer, in named steps: join the key's flight (or wait on a
-//! duplicate of this process), open (transaction and claim), run the handler, settle
-//! (store, commit, or roll back).
+//! [`Job`]: what every step of a request needs, and the steps the atomic and phased
+//! paths share: answering from memory, joining the key's flight (or waiting on a
+//! duplicate of this process), the limits on a new key, waking the relays after a
+//! commit. Each path adds its own steps in its own `impl Job`: `atomic::run` (open,
+//! run the handler, settle), `phased::run` (claim a lease, run the phases, finish),
+//! `observing` (observe mode).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use chrono::Utc;
-use http::{Request, Response};
-use idem_core::policy::StoreUnreached;
+use http::Response;
 use idem_core::{Decision, Outcome, decide};
-use idem_sqlx::{ReplayTally, StoreError, Tallied};
+use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
 use crate::Problem;
-use crate::answer::outcome;
-use crate::answer::unavailable;
-use crate::answer::{decided, in_flight};
-use crate::bounds::{Inner, ResponseBody};
-use crate::cache::ReplayCache;
 use crate::config::Config;
-use crate::flight::{Flights, Join, Landed, Leader};
-use crate::handler::{Handled, roll_back, run_handler};
 use crate::observe::Observed;
+use crate::observe::answered;
+use crate::replay::answer::outcome;
+use crate::replay::answer::unavailable;
+use crate::replay::answer::{decided, in_flight};
+use crate::replay::cache::ReplayCache;
+use crate::replay::flight::{Flights, Join, Landed, Leader};
 use crate::request::Keyed;
-use crate::store::{BeforeHandler, NotBegun, PgTx, begin, open_keyed};
-use idem_core::policy::FailureMode;
+use crate::request::body::read_body;
+use bytes::Bytes;
 
 /// What every step of a request needs.
 #[derive(Clone)]
@@ -38,83 +39,6 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// A request with a key: exactly once. A replay or a mismatch is counted on the
-    /// key's row.
-    pub(crate) async fn run_keyed<S, B>(
-        self,
-        keyed: Keyed,
-        inner: S,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Inner<B>,
-        B: ResponseBody,
-    {
-        let answer = self.answer_keyed(&keyed, inner, req).await;
-        let tallied = match answer.as_ref().map(|r| r.extensions().get::<Outcome>()) {
-            Ok(Some(Outcome::Replayed | Outcome::ReplayedUnstored)) => Some(Tallied::Replay),
-            Ok(Some(Outcome::Mismatch)) => Some(Tallied::Mismatch),
-            Ok(Some(Outcome::MismatchReported)) => Some(Tallied::ReplayedMismatch),
-            _ => None,
-        };
-        if let Some(what) = tallied {
-            self.tally.add(&keyed.tenant, &keyed.key, what);
-        }
-        answer
-    }
-
-    async fn answer_keyed<S, B>(
-        &self,
-        keyed: &Keyed,
-        inner: S,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Inner<B>,
-        B: ResponseBody,
-    {
-        if let Some(answer) = self.answer_from_memory(keyed) {
-            return Ok(answer);
-        }
-        let leader = match self.lead(keyed).await {
-            Ok(leader) => leader,
-            Err(answer) => return Ok(answer),
-        };
-        let tx = match open_keyed(&self.pool, &self.config, keyed).await {
-            BeforeHandler::Tx(tx) => {
-                self.observed.decided();
-                match self.limit(keyed, tx).await {
-                    Ok(tx) => tx,
-                    Err(answer) => {
-                        self.land(keyed, leader, Landed::Unknown);
-                        return Ok(answer);
-                    }
-                }
-            }
-            BeforeHandler::Answer(answer, landed) => {
-                self.land(keyed, leader, landed);
-                return Ok(answer);
-            }
-            BeforeHandler::Unreached(cause) => {
-                // Nothing was claimed; the duplicates of this process still wait on
-                // this request, so a fail-open route never runs two handlers at once.
-                let answer = self.unreachable(cause, inner, req).await;
-                drop(leader);
-                return answer;
-            }
-        };
-        let (answer, landed) =
-            match run_handler(&self.config, &self.observed, tx, Some(keyed), inner, req).await {
-                Handled::Final(response, tx, enqueued) => {
-                    self.settle_keyed(keyed, response, tx, enqueued).await
-                }
-                Handled::Answered(answer) => (answer, Landed::Unknown),
-                Handled::Failed(e) => return Err(e),
-            };
-        self.land(keyed, leader, landed);
-        Ok(answer)
-    }
-
     /// A replay or a mismatch answered from the finished records in memory.
     pub(crate) fn answer_from_memory(&self, keyed: &Keyed) -> Option<Response<Body>> {
         let (decision, record) = self.cache.decide(keyed)?;
@@ -123,7 +47,7 @@ impl Job {
 
     /// Tells this process's duplicates what the request left, and keeps a finished
     /// record in memory for the retries still to come.
-    fn land(&self, keyed: &Keyed, leader: Leader, landed: Landed) {
+    pub(crate) fn land(&self, keyed: &Keyed, leader: Leader, landed: Landed) {
         self.keep(keyed, &landed);
         leader.land(landed);
     }
@@ -132,49 +56,6 @@ impl Job {
     pub(crate) fn keep(&self, keyed: &Keyed, landed: &Landed) {
         if let Landed::Record(record) = landed {
             self.cache.keep(keyed, record);
-        }
-    }
-
-    /// A request without a key on a route where it is optional: the handler runs in a
-    /// transaction, committed on a final answer; nothing is claimed or stored.
-    pub(crate) async fn run_unkeyed<S, B>(
-        self,
-        inner: S,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Inner<B>,
-        B: ResponseBody,
-    {
-        let tx = match begin(&self.pool, &self.config).await {
-            Ok(tx) => tx,
-            Err(NotBegun::Answer(answer)) => return Ok(answer),
-            Err(NotBegun::Unreached(cause)) => return self.unreachable(cause, inner, req).await,
-        };
-        match run_handler(&self.config, &self.observed, tx, None, inner, req).await {
-            Handled::Final(response, tx, enqueued) => {
-                Ok(self.settle_unkeyed(response, tx, enqueued).await)
-            }
-            Handled::Answered(answer) => Ok(answer),
-            Handled::Failed(e) => Err(e),
-        }
-    }
-
-    /// The limits on a new key, once it is claimed: the tenant's rate of new keys and
-    /// its quota of live keys. `Err`: the claim is rolled back, and the answer.
-    async fn limit(&self, keyed: &Keyed, mut tx: PgTx) -> Result<PgTx, Response<Body>> {
-        // Read in the request's transaction: it sees the key just claimed.
-        let admitted = self
-            .admit_new_key(keyed, async || {
-                idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await
-            })
-            .await;
-        match admitted {
-            Ok(()) => Ok(tx),
-            Err(answer) => {
-                roll_back(&self.config, tx).await;
-                Err(answer)
-            }
         }
     }
 
@@ -216,6 +97,19 @@ impl Job {
         }
     }
 
+    /// The request body, buffered up to the limit; past it (or unreadable) the layer's
+    /// rejection, already reported.
+    pub(crate) async fn read_request_body(&self, body: Body) -> Result<Bytes, Response<Body>> {
+        read_body(body, self.config.limits.request_body)
+            .await
+            .map_err(|problem| {
+                answered(
+                    &self.observed,
+                    outcome(problem.into_response(), Outcome::Rejected),
+                )
+            })
+    }
+
     /// Wakes the outbox relays after a commit, when the handler enqueued.
     pub(crate) fn committed(&self, enqueued: bool) {
         if let (true, Some(waker)) = (enqueued, &self.config.storage.outbox_waker) {
@@ -226,7 +120,7 @@ impl Job {
     /// Joins the key's flight in this process. `Ok`: this request holds the key here
     /// and goes to the store. `Err`: answered from what the request that held the key
     /// left (a replay or mismatch from memory, or 409 `in-flight` past the wait).
-    async fn lead(&self, keyed: &Keyed) -> Result<Leader, Response<Body>> {
+    pub(crate) async fn lead(&self, keyed: &Keyed) -> Result<Leader, Response<Body>> {
         let deadline = tokio::time::Instant::now() + self.config.timeouts.in_flight_wait;
         loop {
             let mut landing = match self.flights.join(&keyed.tenant, &keyed.key) {
@@ -253,37 +147,6 @@ impl Job {
                 Some(Landed::Unknown) | None => continue,
             }
         }
-    }
-
-    /// No transaction could be opened (`cause`: the store's error, `None` when it was
-    /// silent), so nothing was claimed: 503, or, on a route that fails open and only
-    /// when the database cannot be reached at all, the handler without idempotency
-    /// (and without a `Tx`).
-    async fn unreachable<S, B>(
-        &self,
-        cause: Option<StoreError>,
-        mut inner: S,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Inner<B>,
-        B: ResponseBody,
-    {
-        if self.config.policy.failure == FailureMode::Closed {
-            return Ok(unavailable(&self.config));
-        }
-        let why = match &cause {
-            Some(e) => idem_sqlx::unreached(&self.pool, e, self.config.timeouts.store).await,
-            None => StoreUnreached::Silent,
-        };
-        if !self.config.policy.failure.runs_without_store(why) {
-            tracing::warn!(?why, "the store is up but unusable now; failing closed");
-            return Ok(unavailable(&self.config));
-        }
-        let started = tokio::time::Instant::now();
-        let response = inner.call(req).await;
-        self.observed.handled(started.elapsed());
-        response.map(|r| outcome(r.map(Body::new), Outcome::FailedOpen))
     }
 }
 

@@ -46,29 +46,36 @@
 //! # How a request flows (a map of the modules)
 //!
 //! Modules import one way: the leaves first, then each step, then the service and
-//! the layer that build on them.
+//! the layers that build on them.
 //!
 //! - Leaves: `config` (the settings every step reads: the route's [`Policy`] and one
 //!   value per group, [`Protocol`], [`Timeouts`], [`Limits`], [`Protection`],
 //!   [`Observability`], [`Storage`], each in its own file; the default header names),
-//!   `request` (what identifies a keyed request),
-//!   `bounds` (what the steps need of the wrapped service and its bodies), `uri` (the
-//!   URI the client sent), `problem`, `tenant`, `tx`, `body`, `seal`, `limits`, `flight`
-//!   (one running request per key in this process).
-//! - `layer` holds the two layers, [`IdempotencyLayer`] and the [`PhasedLayer`] it
-//!   makes, both over the same shared parts and both making an
-//!   [`IdempotencyService`]; `service`
-//!   takes a request apart (method, key, tenant, body, fingerprint) and hands a keyed
-//!   one to `job`.
-//! - `job` opens it: the replay cache (`cache`), then the claim in the store (`store`),
-//!   whose decision `answer` turns into the layer's own responses (replay, mismatch,
-//!   in flight, the store unavailable or at fault: every answer the layer makes from
-//!   the store, each with its outcome).
-//! - `handler` runs the wrapped service with the claimed transaction as [`Tx`];
-//!   `settle` stores its final answer and commits, or rolls back.
-//! - `phased` runs phased routes (claim, lease, [`Phases`], the [`Completer`]);
-//!   `observe` records the metrics and spans of each outcome; `observing` runs observe
-//!   mode (keys logged, never enforced: the first step of a rollout).
+//!   `tenant`, `limits` (the rate of new keys, the quota of live keys), `problem`
+//!   (every answer the layer makes itself), `bounds` (what the steps need of the
+//!   wrapped service and its bodies), `observe` (the metrics and span of each
+//!   request).
+//! - `request`: what a request is before anything is claimed: its key, its body up to
+//!   the limit, the URI the client sent, its fingerprint, and `Keyed`, the identity
+//!   every later step reads.
+//! - `replay`: how a duplicate is answered without running anything: from the request
+//!   of this process that holds its key (`flight`), from the records kept in memory
+//!   (`cache`), from the store's record (`seal` opens sealed bodies); `answer` builds
+//!   every response the layer makes from a record or a store failure, each with its
+//!   outcome.
+//! - `job`: `Job`, what every step needs, and the steps both paths share
+//!   (answer from memory, join the key's flight, the limits on a new key).
+//! - `atomic`: the atomic path, in named steps (`run`): `store` opens the transaction
+//!   and claims the key, `handler` runs the wrapped service with it as [`Tx`],
+//!   `settle` stores the final answer and commits, or rolls back.
+//! - `phased`: the phased path (claim with a lease, [`Phases`], the [`Completer`], the
+//!   status of operations answered 202); `observing`: observe mode (keys logged, never
+//!   enforced: the first step of a rollout).
+//! - `future`: the [`ResponseFuture`] and the task a request's work runs in, apart from
+//!   the client's connection.
+//! - `service`: the [`IdempotencyService`] takes a request apart (method, key, tenant)
+//!   and sends it down one path; `layer`: [`IdempotencyLayer`] and the
+//!   [`PhasedLayer`] it makes, both over the same shared parts.
 //!
 //! With the `metrics` feature (on by default) the layer counts every request by
 //! [`Outcome`], method, route template and client version, and times the store's
@@ -76,13 +83,10 @@
 //! installs the exporter. The names are in [`idem_core::observe::names`]. Every response
 //! the layer handled also carries its [`Outcome`] as a response extension.
 
-mod answer;
-mod body;
+mod atomic;
 mod bounds;
-mod cache;
 mod config;
-mod flight;
-mod handler;
+mod future;
 mod job;
 mod layer;
 mod limits;
@@ -90,19 +94,17 @@ mod observe;
 mod observing;
 mod phased;
 mod problem;
+mod replay;
 mod request;
-mod seal;
 mod service;
-mod settle;
-mod store;
 mod tenant;
-mod tx;
-mod uri;
 
+pub use atomic::Tx;
 pub use config::{
     CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Limits,
     Observability, Protection, Protocol, Storage, Timeouts,
 };
+pub use future::ResponseFuture;
 pub use idem_core::policy::{FailureMode, HashPolicy, KeyMode, Policy, RiskClass, Would};
 pub use idem_core::protect::KeyProtection;
 pub use idem_core::seal::{BodySealing, SealingError};
@@ -113,6 +115,5 @@ pub use idem_sqlx::{Isolation, OutboxWaker, ReplayTally, StoreGauges};
 pub use layer::{IdempotencyLayer, PhasedLayer};
 pub use phased::{Completer, PhaseError, Phases};
 pub use problem::{PROBLEM_JSON, Problem};
-pub use service::{IdempotencyService, ResponseFuture};
+pub use service::IdempotencyService;
 pub use tenant::TenantSource;
-pub use tx::Tx;

@@ -16,6 +16,25 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 
+/// The request's span, with OpenTelemetry's HTTP field names where one exists; the
+/// outcome, status and decision latency are recorded when the request finishes.
+macro_rules! request_span_impl {
+    ($name:literal, $method:expr, $path:expr, $observed:expr $(, $($field:tt)+)?) => {
+        tracing::info_span!(
+            $name,
+            http.request.method = %$method,
+            url.path = %$path,
+            http.route = $observed.route().map(|r| &**r),
+            http.response.status_code = tracing::field::Empty,
+            idem.outcome = tracing::field::Empty,
+            idem.decision_ms = tracing::field::Empty,
+            $($($field)+)?
+        )
+    };
+}
+
+pub(crate) use request_span_impl as request_span;
+
 /// One request as the layer observes it: its labels and its clocks. Shared between
 /// the response future and the task that runs the request.
 #[derive(Debug)]

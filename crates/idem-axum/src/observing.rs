@@ -10,67 +10,65 @@ use idem_core::policy::Would;
 use idem_core::{Fingerprint, IdempotencyKey, TenantId};
 use tracing::Instrument;
 
+use crate::atomic::run::unkeyed;
+use crate::atomic::store::bounded;
 use crate::bounds::{Inner, ResponseBody};
-use crate::flight::Join;
+use crate::future::{ResponseFuture, run_detached};
 use crate::job::Job;
 use crate::observe::Observed;
-use crate::service::{
-    IdempotencyService, ResponseFuture, buffer_request_body, fingerprint, read_key, request_span,
-    run_detached, unkeyed,
-};
-use crate::store::bounded;
+use crate::observe::request_span;
+use crate::replay::flight::Join;
+use crate::request::fingerprint::fingerprint;
+use crate::request::key::read_key;
 
-impl<S> IdempotencyService<S> {
-    /// A request on a route in observe mode. Without a usable key (none, an invalid
-    /// one, no tenant) it simply runs; with one, the sighting is recorded first.
-    pub(crate) fn observing<B>(
-        &self,
-        inner: S,
-        req: Request<Body>,
-        observed: Arc<Observed>,
-    ) -> ResponseFuture<S::Error>
-    where
-        S: Inner<B>,
-        B: ResponseBody,
-    {
-        let config = self.config.clone();
-        let job = self.job(observed.clone());
-        let key = read_key(&config, &req).ok().flatten();
-        let (parts, body) = req.into_parts();
-        let tenant = key.as_ref().and_then(|_| config.tenant.resolve(&parts));
-        let (Some(key), Some(tenant)) = (key, tenant) else {
-            return unkeyed(job, observed, inner, Request::from_parts(parts, body));
+/// A request on a route in observe mode. Without a usable key (none, an invalid one,
+/// no tenant) it simply runs; with one, the sighting is recorded first.
+pub(crate) fn run<S, B>(
+    job: Job,
+    inner: S,
+    req: Request<Body>,
+    observed: Arc<Observed>,
+) -> ResponseFuture<S::Error>
+where
+    S: Inner<B>,
+    B: ResponseBody,
+{
+    let config = job.config.clone();
+    let key = read_key(&config, &req).ok().flatten();
+    let (parts, body) = req.into_parts();
+    let tenant = key.as_ref().and_then(|_| config.tenant.resolve(&parts));
+    let (Some(key), Some(tenant)) = (key, tenant) else {
+        return unkeyed(job, observed, inner, Request::from_parts(parts, body));
+    };
+    let key = config.stored_key(&tenant, key);
+    let span = request_span!(
+        "observed_request",
+        &parts.method,
+        parts.uri.path(),
+        observed,
+        idem.tenant = %tenant,
+        idem.key_hash = %key.short_hash(),
+        idem.would = tracing::field::Empty,
+    );
+    let fut = async move {
+        let body = match job.read_request_body(body).await {
+            Ok(body) => body,
+            Err(rejected) => return Ok(rejected),
         };
-        let key = config.stored_key(&tenant, key);
-        let span = request_span!(
-            "observed_request",
-            &parts.method,
-            parts.uri.path(),
-            observed,
-            idem.tenant = %tenant,
-            idem.key_hash = %key.short_hash(),
-            idem.would = tracing::field::Empty,
-        );
-        let fut = async move {
-            let body = match buffer_request_body(&config, &observed, body).await {
-                Ok(body) => body,
-                Err(rejected) => return Ok(rejected),
-            };
-            let print = fingerprint(&config, &parts, &body).await;
-            // Another request of this process holding the key makes this one a
-            // concurrent duplicate; nobody waits on anybody.
-            let leader = match job.flights.join(&tenant, &key) {
-                Join::Leader(leader) => Some(leader),
-                Join::Follower(_) => None,
-            };
-            job.observe(&tenant, &key, print, leader.is_none()).await;
-            let req = Request::from_parts(parts, Body::from(body));
-            let answer = run_detached(observed, job.run_unkeyed(inner, req)).await;
-            drop(leader);
-            answer
+        let print = fingerprint(&config, &parts, &body).await;
+        // Another request of this process holding the key makes this one a
+        // concurrent duplicate; nobody waits on anybody.
+        let leader = match job.flights.join(&tenant, &key) {
+            Join::Leader(leader) => Some(leader),
+            Join::Follower(_) => None,
         };
-        ResponseFuture::new(fut.instrument(span))
-    }
+        job.observe(&tenant, &key, print, leader.is_none()).await;
+        let req = Request::from_parts(parts, Body::from(body));
+        let answer = run_detached(observed, job.run_unkeyed(inner, req)).await;
+        drop(leader);
+        answer
+    };
+    ResponseFuture::new(fut.instrument(span))
 }
 
 impl Job {

@@ -1,57 +1,40 @@
 //! The service the layer wraps around a handler, and its response future.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
+use idem_core::Outcome;
 use idem_core::policy::KeyMode;
 use idem_core::seal::{Opened, is_sealed};
-use idem_core::{Fingerprint, IdempotencyKey, KeyError, Outcome};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 use tower::Service;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::answer::outcome;
-use crate::body::read_body;
-use crate::cache::ReplayCache;
 use crate::config::Config;
-use crate::flight::Flights;
 use crate::job::Job;
-use crate::observe::{Observed, answered, finished};
+use crate::observe::{Observed, answered};
 use crate::phased::Resume;
+use crate::replay::answer::outcome;
+use crate::replay::cache::ReplayCache;
+use crate::replay::flight::Flights;
 use crate::request::Keyed;
+use crate::request::body::read_body;
 
+use crate::atomic::run::unkeyed;
 use crate::bounds::{BoxError, Inner, ResponseBody};
-use crate::uri::{original_uri, request_uri};
-
-/// The request's span, with OpenTelemetry's HTTP field names where one exists; the
-/// outcome, status and decision latency are recorded when the request finishes.
-macro_rules! request_span_impl {
-    ($name:literal, $method:expr, $path:expr, $observed:expr $(, $($field:tt)+)?) => {
-        tracing::info_span!(
-            $name,
-            http.request.method = %$method,
-            url.path = %$path,
-            http.route = $observed.route().map(|r| &**r),
-            http.response.status_code = tracing::field::Empty,
-            idem.outcome = tracing::field::Empty,
-            idem.decision_ms = tracing::field::Empty,
-            $($($field)+)?
-        )
-    };
-}
-
-pub(crate) use request_span_impl as request_span;
+use crate::future::{ResponseFuture, run_detached};
+use crate::observe::request_span;
+use crate::observing;
+use crate::request::fingerprint::fingerprint;
+use crate::request::key::read_key;
+use crate::request::uri::request_uri;
 
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]
@@ -62,27 +45,6 @@ pub struct IdempotencyService<S> {
     pub(crate) flights: Arc<Flights>,
     pub(crate) cache: Arc<ReplayCache>,
     pub(crate) tally: ReplayTally,
-}
-
-/// The response future of [`IdempotencyService`].
-pub struct ResponseFuture<E> {
-    inner: BoxFuture<'static, Result<Response<Body>, E>>,
-}
-
-impl<E> std::fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<E> ResponseFuture<E> {
-    pub(crate) fn new(
-        inner: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
-    ) -> Self {
-        ResponseFuture {
-            inner: Box::pin(inner),
-        }
-    }
 }
 
 impl<S> IdempotencyService<S> {
@@ -96,14 +58,6 @@ impl<S> IdempotencyService<S> {
             tally: self.tally.clone(),
             observed,
         }
-    }
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -139,7 +93,7 @@ where
             return resumed(self.job(observed.clone()), observed, resume, inner, req);
         }
         if config.policy.keys == KeyMode::Observe {
-            return self.observing(inner, req, observed);
+            return observing::run(self.job(observed.clone()), inner, req, observed);
         }
         let key = match read_key(&config, &req) {
             Ok(key) => key,
@@ -170,7 +124,7 @@ where
             idem.key_hash = %key.short_hash(),
         );
         let fut = async move {
-            let body = match buffer_request_body(&config, &observed, body).await {
+            let body = match job.read_request_body(body).await {
                 Ok(body) => body,
                 Err(rejected) => return Ok(rejected),
             };
@@ -192,28 +146,8 @@ where
             run_detached(observed, job.run_keyed(keyed, inner, req)).await
         }
         .instrument(span);
-        ResponseFuture {
-            inner: Box::pin(fut),
-        }
+        ResponseFuture::new(fut)
     }
-}
-
-/// A request that claims nothing: its handler runs in a transaction, committed on a
-/// final answer (no key where it is optional; observe mode without a usable key).
-pub(crate) fn unkeyed<S, B>(
-    job: Job,
-    observed: Arc<Observed>,
-    inner: S,
-    req: Request<Body>,
-) -> ResponseFuture<S::Error>
-where
-    S: Inner<B>,
-    B: ResponseBody,
-{
-    let path = original_uri(req.extensions(), req.uri()).path();
-    let span = request_span!("unkeyed_request", req.method(), path, observed);
-    let fut = run_detached(observed, job.run_unkeyed(inner, req));
-    ResponseFuture::new(fut.instrument(span))
 }
 
 /// A phased key's kept request, run again by the completer: the key, tenant and
@@ -290,51 +224,13 @@ fn opened_request(config: &Config, resume: &Resume, body: Bytes) -> Option<Bytes
     }
 }
 
-/// The request body, buffered up to `max_request_body`; past it (or unreadable) the
-/// layer's rejection, already reported.
-pub(crate) async fn buffer_request_body(
-    config: &Config,
-    observed: &Observed,
-    body: Body,
-) -> Result<Bytes, Response<Body>> {
-    read_body(body, config.limits.request_body)
-        .await
-        .map_err(|problem| {
-            answered(
-                observed,
-                outcome(problem.into_response(), Outcome::Rejected),
-            )
-        })
-}
-
-/// Runs a job in its own task, so a client that disconnects (dropping the response
-/// future) cannot cut the claim -> handler -> commit section in half. The request is
-/// reported in that task too: a request whose client left is still counted.
-pub(crate) async fn run_detached<E: Send + 'static>(
-    observed: Arc<Observed>,
-    job: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
-) -> Result<Response<Body>, E> {
-    let reporting = observed.clone();
-    let task = async move { finished(&reporting, job.await) };
-    match tokio::spawn(task.in_current_span()).await {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!(error = %e, "idempotent request task failed");
-            let answer = outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked);
-            finished(&observed, Ok(answer))
-        }
-    }
-}
-
 fn passthrough<S, B>(mut inner: S, req: Request<Body>) -> ResponseFuture<S::Error>
 where
     S: Inner<B>,
     B: ResponseBody,
 {
     let fut = inner.call(req);
-    ResponseFuture {
-        inner: Box::pin(async move { fut.await.map(|r| r.map(Body::new)) }),
-    }
+    ResponseFuture::new(async move { fut.await.map(|r| r.map(Body::new)) })
 }
 
 /// The layer's own answer, made before anything ran: counted as `rejected`.
@@ -346,25 +242,6 @@ fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFu
     ResponseFuture::new(async move { Ok(response) })
 }
 
-pub(crate) fn read_key(
-    config: &Config,
-    req: &Request<Body>,
-) -> Result<Option<IdempotencyKey>, String> {
-    let mut values = req.headers().get_all(&config.protocol.key_header).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(format!(
-            "the `{}` header was sent more than once",
-            config.protocol.key_header
-        ));
-    }
-    IdempotencyKey::from_bytes(value.as_bytes())
-        .map(Some)
-        .map_err(|e: KeyError| e.to_string())
-}
-
 /// Whether an axum router passed the request on without matching a route (its
 /// fallback: a 404): such a request is the router's to answer, and spends no key.
 /// A request that reached the layer outside any router carries no [`OriginalUri`] and
@@ -372,33 +249,4 @@ pub(crate) fn read_key(
 fn unmatched(req: &Request<Body>) -> bool {
     let extensions = req.extensions();
     extensions.get::<OriginalUri>().is_some() && extensions.get::<MatchedPath>().is_none()
-}
-
-/// The request's fingerprint: its method, the path and query the client sent, the
-/// configured headers, and its body. A body of [`Fingerprint::BLOCKING_BODY_BYTES`] or
-/// more is hashed on tokio's blocking pool, off the async workers (canonical JSON of
-/// a large body takes milliseconds).
-pub(crate) async fn fingerprint(config: &Arc<Config>, parts: &Parts, body: &Bytes) -> Fingerprint {
-    let uri = request_uri(parts);
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path(), |pq| pq.as_str());
-    let mut builder = Fingerprint::builder(parts.method.as_str(), path);
-    for name in &config.policy.fingerprint_headers {
-        let values = parts.headers.get_all(name.as_str()).iter();
-        builder = builder.header_values(name, values.map(|v| v.as_bytes()));
-    }
-    if body.len() < Fingerprint::BLOCKING_BODY_BYTES {
-        return config.policy.fingerprint_body(builder, body);
-    }
-    let hashing = {
-        let (builder, config, body) = (builder.clone(), config.clone(), body.clone());
-        tokio::task::spawn_blocking(move || config.policy.fingerprint_body(builder, &body))
-    };
-    match hashing.await {
-        Ok(fingerprint) => fingerprint,
-        // The blocking pool would not run it (the runtime is shutting down): here, then.
-        Err(e) if e.is_cancelled() => config.policy.fingerprint_body(builder, body),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }

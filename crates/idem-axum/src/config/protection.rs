@@ -7,8 +7,6 @@ use idem_core::StoredResponse;
 use idem_core::protect::KeyProtection;
 use idem_core::seal::BodySealing;
 
-use crate::seal::Redactor;
-
 /// Protection at rest; set with
 /// [`IdempotencyLayer::protection`](crate::IdempotencyLayer::protection). Nothing is
 /// protected by default.
@@ -63,5 +61,16 @@ impl Protection {
     pub fn redact(mut self, hook: impl Fn(&mut StoredResponse) + Send + Sync + 'static) -> Self {
         self.redact = Some(Redactor(Arc::new(hook)));
         self
+    }
+}
+
+/// A hook that changes a final response before it is stored (the client's first answer
+/// is sent as the handler made it; replays get the stored form).
+#[derive(Clone)]
+pub(crate) struct Redactor(pub(crate) Arc<dyn Fn(&mut StoredResponse) + Send + Sync>);
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redactor")
     }
 }

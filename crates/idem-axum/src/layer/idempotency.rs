@@ -10,8 +10,8 @@ use tower::Layer;
 
 use super::phased::PhasedLayer;
 use super::shared::Shared;
-use crate::cache::ReplayCache;
 use crate::config::{Limits, Observability, PhasedMode, Protection, Protocol, Storage, Timeouts};
+use crate::replay::cache::ReplayCache;
 use crate::{IdempotencyService, TenantSource};
 
 /// A [`tower::Layer`] that makes requests carrying an `Idempotency-Key` exactly-once.

@@ -6,9 +6,9 @@ use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
 use crate::IdempotencyService;
-use crate::cache::ReplayCache;
 use crate::config::Config;
-use crate::flight::Flights;
+use crate::replay::cache::ReplayCache;
+use crate::replay::flight::Flights;
 
 /// The parts of a layer every service made from it (and from its clones) shares.
 #[derive(Debug, Clone)]

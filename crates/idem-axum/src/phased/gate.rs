@@ -122,22 +122,22 @@ where
     };
     if gate.load(Ordering::SeqCst) == ABANDONED {
         // The request stopped waiting while a connection was found: claim nothing.
-        crate::store::discard(tx).await;
+        crate::atomic::store::discard(tx).await;
         return Settled::Abandoned;
     }
     let (tx, claimed) = claim(tx).await;
     let phased = match claimed {
         Ok(Attempt::Claimed(phased @ Phased::Owned { .. })) => phased,
         Ok(Attempt::Refused(answer)) => {
-            crate::store::discard(tx).await;
+            crate::atomic::store::discard(tx).await;
             return Settled::Refused(answer);
         }
         Ok(Attempt::Claimed(read)) => {
-            crate::store::discard(tx).await;
+            crate::atomic::store::discard(tx).await;
             return Settled::Read(read);
         }
         Err(e) => {
-            crate::store::discard(tx).await;
+            crate::atomic::store::discard(tx).await;
             return Settled::Failed(e);
         }
     };
@@ -145,7 +145,7 @@ where
         .compare_exchange(PENDING, COMMITTING, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
-        crate::store::discard(tx).await;
+        crate::atomic::store::discard(tx).await;
         return Settled::Abandoned;
     }
     match tx.commit().await {

@@ -15,14 +15,14 @@ use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
 use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
-use crate::answer::{in_flight, mismatched, outcome, replay};
-use crate::answer::{store_fault, unavailable};
+use crate::atomic::handler::trace_context;
+use crate::atomic::settle::{collect, completion, finished_record, sealed};
+use crate::atomic::store::{bounded, landed_record, open_record};
 use crate::bounds::{Inner, ResponseBody};
-use crate::handler::trace_context;
 use crate::job::Job;
+use crate::replay::answer::{in_flight, mismatched, outcome, replay};
+use crate::replay::answer::{store_fault, unavailable};
 use crate::request::Keyed;
-use crate::settle::{collect, completion, finished_record, sealed};
-use crate::store::{bounded, landed_record, open_record};
 
 /// How often a request polls a key whose owner holds a live lease.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -67,7 +67,7 @@ impl Job {
         };
         let kept = Kept {
             body,
-            query: crate::uri::kept_query(&req),
+            query: crate::request::uri::kept_query(&req),
             content_type: req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -218,7 +218,7 @@ impl Job {
         answer: fn(&crate::config::Config, &idem_core::Record) -> Response<Body>,
     ) -> Response<Body> {
         let Some(record) = open_record(&self.config, keyed, record) else {
-            return crate::answer::corrupt();
+            return crate::replay::answer::corrupt();
         };
         let answered = answer(&self.config, &record);
         self.keep(keyed, &landed_record(record, clocks.0, clocks.1));

@@ -15,10 +15,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Problem;
-use crate::answer::{corrupt, replay};
-use crate::answer::{store_fault, unavailable};
 use crate::config::Config;
-use crate::seal;
+use crate::replay::answer::{corrupt, replay};
+use crate::replay::answer::{store_fault, unavailable};
+use crate::replay::seal;
 
 /// How long a client waits before asking again about an operation in progress.
 const POLL_AFTER: Duration = Duration::from_secs(1);

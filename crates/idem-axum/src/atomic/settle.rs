@@ -15,17 +15,17 @@ use idem_core::{
 use idem_sqlx::{Completion, StoreError};
 
 use crate::Problem;
-use crate::answer::outcome;
-use crate::answer::store_fault;
-use crate::body::{Buffered, buffer};
+use crate::atomic::buffer::{Buffered, buffer};
+use crate::atomic::handler::roll_back;
+use crate::atomic::store::{PgTx, bounded, discard};
 use crate::bounds::ResponseBody;
 use crate::config::Config;
-use crate::flight::Landed;
-use crate::handler::roll_back;
 use crate::job::Job;
+use crate::replay::answer::outcome;
+use crate::replay::answer::store_fault;
+use crate::replay::flight::Landed;
+use crate::replay::seal;
 use crate::request::Keyed;
-use crate::seal;
-use crate::store::{PgTx, bounded, discard};
 
 /// Why a final answer did not commit.
 enum Unsettled {

@@ -1,22 +1,8 @@
 //! The layer's side of sealed bodies ([`BodySealing`], in `idem-core`): sealing a
-//! response on its way to the store and opening a record on its way back, and the hook
-//! that redacts a response before it is stored.
-
-use std::sync::Arc;
+//! response on its way to the store and opening a record on its way back.
 
 use idem_core::seal::{BodySealing, Opened, is_sealed};
 use idem_core::{IdempotencyKey, Record, RecordState, StoredResponse, TenantId};
-
-/// A hook that changes a final response before it is stored (the client's first answer
-/// is sent as the handler made it; replays get the stored form).
-#[derive(Clone)]
-pub(crate) struct Redactor(pub(crate) Arc<dyn Fn(&mut StoredResponse) + Send + Sync>);
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Redactor")
-    }
-}
 
 /// The response as it is written to the store: sealed when the layer seals bodies.
 /// `None` when it cannot be sealed (the key then keeps its status only).

@@ -13,11 +13,13 @@ use idem_sqlx::{Backend, Claim, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::answer::{corrupt, decided, in_flight, mismatched, replay, store_fault, unavailable};
 use crate::config::Config;
-use crate::flight::Landed;
+use crate::replay::answer::{
+    corrupt, decided, in_flight, mismatched, replay, store_fault, unavailable,
+};
+use crate::replay::flight::Landed;
+use crate::replay::seal;
 use crate::request::Keyed;
-use crate::seal;
 
 /// How many transactions a claim may take when serialization failures make it start
 /// over (only under REPEATABLE READ or SERIALIZABLE).

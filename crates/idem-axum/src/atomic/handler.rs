@@ -11,13 +11,13 @@ use http::{HeaderName, Request, Response};
 use idem_core::{Outcome, TraceContext};
 
 use crate::Problem;
-use crate::answer::outcome;
+use crate::atomic::store::{PgTx, bounded, discard};
+use crate::atomic::tx::TxSlot;
 use crate::bounds::{Inner, ResponseBody};
 use crate::config::Config;
 use crate::observe::Observed;
+use crate::replay::answer::outcome;
 use crate::request::Keyed;
-use crate::store::{PgTx, bounded, discard};
-use crate::tx::TxSlot;
 
 /// How the handler left the request.
 pub(crate) enum Handled<B, E> {

@@ -1,27 +1,12 @@
-//! Buffering of request and response bodies, each up to its limit.
+//! Buffering a final response's body, up to the storage limit and a time bound.
 
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-
-use crate::Problem;
-
-/// Reads the request body into memory, up to a limit (413 beyond).
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Problem::BodyTooLarge { limit })
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "request body unreadable");
-            Err(Problem::BodyUnreadable)
-        }
-    }
-}
 
 /// A response body, read up to the storage limit and the time bound.
 pub(crate) enum Buffered {

@@ -1,5 +1,12 @@
-//! What identifies a keyed request, as the cache, the store and every step read it:
-//! a leaf module.
+//! What a request is before anything is claimed: its key (`key`), its body read up to
+//! its limit (`body`), the URI the client sent (`uri`), its fingerprint
+//! (`fingerprint`), and [`Keyed`], what identifies a keyed request as the cache, the
+//! store and every step read it.
+
+pub(crate) mod body;
+pub(crate) mod fingerprint;
+pub(crate) mod key;
+pub(crate) mod uri;
 
 use std::sync::Arc;
 
