@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use bytes::Bytes;
 use chrono::Utc;
 use http::Response;
 use idem_core::{Decision, Outcome, decide};
@@ -16,16 +17,12 @@ use sqlx::PgPool;
 
 use crate::Problem;
 use crate::config::Config;
-use crate::observe::Observed;
-use crate::observe::answered;
-use crate::replay::answer::outcome;
-use crate::replay::answer::unavailable;
-use crate::replay::answer::{decided, in_flight};
+use crate::observe::{Observed, answered};
+use crate::replay::answer::{decided, in_flight, outcome, unavailable};
 use crate::replay::cache::ReplayCache;
 use crate::replay::flight::{Flights, Join, Landed, Leader};
 use crate::request::Keyed;
 use crate::request::body::read_body;
-use bytes::Bytes;
 
 /// What every step of a request needs.
 #[derive(Clone)]

@@ -16,25 +16,22 @@ use sqlx::PgPool;
 use tower::Service;
 use tracing::Instrument;
 
-use crate::Problem;
+use crate::atomic::run::unkeyed;
+use crate::bounds::{BoxError, Inner, ResponseBody};
 use crate::config::Config;
+use crate::future::{ResponseFuture, run_detached};
 use crate::job::Job;
-use crate::observe::{Observed, answered};
+use crate::observe::{Observed, answered, request_span};
 use crate::phased::Resume;
 use crate::replay::answer::outcome;
 use crate::replay::cache::ReplayCache;
 use crate::replay::flight::Flights;
 use crate::request::Keyed;
 use crate::request::body::read_body;
-
-use crate::atomic::run::unkeyed;
-use crate::bounds::{BoxError, Inner, ResponseBody};
-use crate::future::{ResponseFuture, run_detached};
-use crate::observe::request_span;
-use crate::observing;
 use crate::request::fingerprint::fingerprint;
 use crate::request::key::read_key;
 use crate::request::uri::request_uri;
+use crate::{Problem, observing};
 
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]

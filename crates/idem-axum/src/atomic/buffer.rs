@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 

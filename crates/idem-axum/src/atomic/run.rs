@@ -2,11 +2,14 @@
 //! flight, open (transaction and claim), apply the limits on a new key, run the
 //! handler, settle (store, commit, or roll back).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use http::{Request, Response};
 use idem_core::Outcome;
 use idem_core::policy::{FailureMode, StoreUnreached};
 use idem_sqlx::{StoreError, Tallied};
+use tracing::Instrument;
 
 use super::handler::{Handled, roll_back, run_handler};
 use super::store::{BeforeHandler, NotBegun, PgTx, begin, open_keyed};
@@ -18,8 +21,6 @@ use crate::replay::answer::{outcome, unavailable};
 use crate::replay::flight::Landed;
 use crate::request::Keyed;
 use crate::request::uri::original_uri;
-use std::sync::Arc;
-use tracing::Instrument;
 
 impl Job {
     /// A request with a key: exactly once. A replay or a mismatch is counted on the

@@ -20,8 +20,7 @@ use crate::atomic::settle::{collect, completion, finished_record, sealed};
 use crate::atomic::store::{bounded, landed_record, open_record};
 use crate::bounds::{Inner, ResponseBody};
 use crate::job::Job;
-use crate::replay::answer::{in_flight, mismatched, outcome, replay};
-use crate::replay::answer::{store_fault, unavailable};
+use crate::replay::answer::{in_flight, mismatched, outcome, replay, store_fault, unavailable};
 use crate::request::Keyed;
 
 /// How often a request polls a key whose owner holds a live lease.

@@ -16,8 +16,7 @@ use uuid::Uuid;
 
 use crate::Problem;
 use crate::config::Config;
-use crate::replay::answer::{corrupt, replay};
-use crate::replay::answer::{store_fault, unavailable};
+use crate::replay::answer::{corrupt, replay, store_fault, unavailable};
 use crate::replay::seal;
 
 /// How long a client waits before asking again about an operation in progress.
