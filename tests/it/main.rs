@@ -19,6 +19,7 @@ mod inbox_poison;
 mod isolation;
 mod key_storms;
 mod key_validation;
+mod keyed_routes;
 mod limits;
 mod migrations;
 mod mismatch;

@@ -105,10 +105,10 @@ pub fn tenant_from_header() -> idem_axum::TenantSource {
 }
 
 #[derive(serde::Deserialize, Default)]
-struct Knobs {
+pub(crate) struct Knobs {
     /// Sleep this long inside the handler, holding the transaction.
     #[serde(default)]
-    sleep_ms: u64,
+    pub(crate) sleep_ms: u64,
     /// Answer with this status (after writing).
     #[serde(default)]
     status: Option<u16>,
@@ -121,13 +121,15 @@ struct Knobs {
 /// be the same request, so the switch cannot travel in it).
 #[derive(Debug, Default)]
 pub struct Faults {
+    /// How many times a handler started.
+    pub runs: AtomicUsize,
     /// Answer 503 (after writing) this many times.
     pub fail_next: AtomicUsize,
     /// Panic (after writing) this many times.
     pub panic_next: AtomicUsize,
 }
 
-fn take_one(counter: &AtomicUsize) -> bool {
+pub(crate) fn take_one(counter: &AtomicUsize) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
@@ -141,6 +143,7 @@ async fn effect(
     mut tx: Tx,
     body: Bytes,
 ) -> Response {
+    faults.runs.fetch_add(1, Ordering::SeqCst);
     let note = String::from_utf8_lossy(&body).into_owned();
     let id: i64 = match sqlx::query_scalar(
         "INSERT INTO effects (tenant_id, note) VALUES ($1, $2) RETURNING id",
@@ -177,6 +180,12 @@ async fn effect(
     if let Some(n) = knobs.body_bytes {
         return (status, "x".repeat(n)).into_response();
     }
+    effect_answer(status, id, &note)
+}
+
+/// The answer of a handler that wrote effect `id`: `status`, a JSON body with the id
+/// and the note, `Location`, `ETag`, and an `x-not-replayed` header.
+pub(crate) fn effect_answer(status: StatusCode, id: i64, note: &str) -> Response {
     let mut response = (status, Json(json!({ "id": id, "note": note }))).into_response();
     let headers = response.headers_mut();
     headers.insert(

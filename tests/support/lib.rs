@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod fault_proxy;
+pub mod keyed;
 pub mod nats;
 pub mod pg;
 pub mod phased;
@@ -13,6 +14,7 @@ pub mod receiver;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
 pub use fault_proxy::ResponseDropper;
+pub use keyed::{RouteKind, keyed_app};
 pub use nats::{TestStream, fetch};
 pub use pg::{TestDb, citus_test_db, on_citus, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};
