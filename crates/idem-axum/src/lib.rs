@@ -101,10 +101,11 @@ mod tenant;
 
 pub use atomic::Tx;
 pub use config::{
-    CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Limits,
-    Observability, Protection, Protocol, Storage, Timeouts,
+    CORRELATION_ID, DEFAULT_REPLAY_CACHE_BYTES, Limits, Observability, Protection, Protocol,
+    Storage, Timeouts,
 };
 pub use future::ResponseFuture;
+pub use idem_core::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use idem_core::policy::{FailureMode, HashPolicy, KeyMode, Policy, RiskClass, Would};
 pub use idem_core::protect::KeyProtection;
 pub use idem_core::seal::{BodySealing, SealingError};

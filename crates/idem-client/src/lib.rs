@@ -58,7 +58,8 @@ mod middleware;
 mod outcome;
 
 pub use budget::{BudgetScope, RetryBudget};
+pub use idem_core::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use idem_core::retry::StopReason;
 pub use key::{OperationKey, OperationKeyError};
-pub use middleware::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotentRetry};
+pub use middleware::IdempotentRetry;
 pub use outcome::{AttemptTimedOut, Attempts, RetryError};

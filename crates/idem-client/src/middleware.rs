@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Extensions, HeaderName, Method};
+use idem_core::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use idem_core::retry::{RetryStatuses, StopReason, Verdict};
 use reqwest_middleware::{Middleware, Next};
 use retry_policies::policies::ExponentialBackoff;
@@ -15,12 +16,6 @@ use crate::budget::{BudgetScope, Budgets, RetryBudget};
 use crate::classify::{problem_type, retry_after, transport_retryable};
 use crate::key::{OperationKey, assign};
 use crate::outcome::{AttemptTimedOut, Attempts, RetryError};
-
-/// The header that carries the key, by default.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The header idem's layer marks a replayed response with.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 #[derive(Debug, Clone)]
 struct Config {

@@ -55,6 +55,7 @@ mod decision;
 pub mod delivery;
 mod failure;
 mod fingerprint;
+pub mod headers;
 mod key;
 pub mod observe;
 pub mod phased;

@@ -30,14 +30,8 @@ pub use protocol::Protocol;
 pub use storage::{DEFAULT_REPLAY_CACHE_BYTES, Storage};
 pub use timeouts::Timeouts;
 
-/// The header that carries the key, by default.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 /// The header that carries a request's correlation id, by default.
 pub const CORRELATION_ID: &str = "x-correlation-id";
-
-/// The header that marks a replayed response.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Everything a layer was configured with.
 #[derive(Debug, Clone, Default)]

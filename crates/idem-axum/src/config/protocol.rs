@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
-
-use super::IDEMPOTENCY_KEY;
+use idem_core::headers::IDEMPOTENCY_KEY;
 
 /// The HTTP shape of the layer; set with
 /// [`IdempotencyLayer::protocol`](crate::IdempotencyLayer::protocol). The defaults

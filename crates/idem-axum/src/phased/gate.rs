@@ -32,8 +32,9 @@ const ABANDONED: u8 = 2;
 
 /// What a claim attempt made of the key, before its COMMIT.
 pub(super) enum Attempt {
-    /// The store's answer: the key is this request's, or another's.
-    Claimed(Phased),
+    /// The store's answer: the key is this request's (owned, to commit), or another's
+    /// (read: a replay, a mismatch, a live lease; nothing to commit).
+    Answered(Phased),
     /// Claimed as a new key, and refused by the tenant's limits (the new-key rate, the
     /// key quota): rolled back, and this is the answer.
     Refused(Response<Body>),
@@ -127,12 +128,12 @@ where
     }
     let (tx, claimed) = claim(tx).await;
     let phased = match claimed {
-        Ok(Attempt::Claimed(phased @ Phased::Owned { .. })) => phased,
+        Ok(Attempt::Answered(phased @ Phased::Owned { .. })) => phased,
         Ok(Attempt::Refused(answer)) => {
             crate::atomic::store::discard(tx).await;
             return Settled::Refused(answer);
         }
-        Ok(Attempt::Claimed(read)) => {
+        Ok(Attempt::Answered(read)) => {
             crate::atomic::store::discard(tx).await;
             return Settled::Read(read);
         }

@@ -150,11 +150,11 @@ impl Job {
                             let count =
                                 async || idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await;
                             match job.admit_new_key(&keyed, count).await {
-                                Ok(()) => claimed.map(Attempt::Claimed),
+                                Ok(()) => claimed.map(Attempt::Answered),
                                 Err(answer) => Ok(Attempt::Refused(answer)),
                             }
                         }
-                        other => other.map(Attempt::Claimed),
+                        other => other.map(Attempt::Answered),
                     };
                     (tx, attempt)
                 }

@@ -4,12 +4,13 @@
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use idem_core::headers::IDEMPOTENT_REPLAYED;
 use idem_core::policy::HashPolicy;
 use idem_core::{Decision, Outcome, Record, RecordState, StoredResponse};
 use idem_sqlx::StoreError;
 
 use crate::Problem;
-use crate::config::{Config, IDEMPOTENT_REPLAYED};
+use crate::config::Config;
 
 /// Marks the response with its outcome (an extension, reported when the request
 /// finishes) and passes it on.
