@@ -13,7 +13,7 @@ use idem_core::Outcome;
 use tracing::Instrument;
 
 use crate::Problem;
-use crate::observe::{Observed, finished};
+use crate::observe::{Observed, report_result};
 use crate::replay::answer::outcome;
 
 /// The response future of [`IdempotencyService`](crate::IdempotencyService).
@@ -53,13 +53,13 @@ pub(crate) async fn run_detached<E: Send + 'static>(
     job: impl Future<Output = Result<Response<Body>, E>> + Send + 'static,
 ) -> Result<Response<Body>, E> {
     let reporting = observed.clone();
-    let task = async move { finished(&reporting, job.await) };
+    let task = async move { report_result(&reporting, job.await) };
     match tokio::spawn(task.in_current_span()).await {
         Ok(result) => result,
         Err(e) => {
             tracing::error!(error = %e, "idempotent request task failed");
             let answer = outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked);
-            finished(&observed, Ok(answer))
+            report_result(&observed, Ok(answer))
         }
     }
 }

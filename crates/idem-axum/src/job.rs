@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 use crate::Problem;
 use crate::config::Config;
-use crate::observe::{Observed, answered};
+use crate::observe::{Observed, report};
 use crate::replay::answer::{decided, in_flight, outcome, unavailable};
 use crate::replay::cache::ReplayCache;
 use crate::replay::flight::{Flights, Join, Landed, Leader};
@@ -100,7 +100,7 @@ impl Job {
         read_body(body, self.config.limits.request_body)
             .await
             .map_err(|problem| {
-                answered(
+                report(
                     &self.observed,
                     outcome(problem.into_response(), Outcome::Rejected),
                 )
@@ -108,7 +108,7 @@ impl Job {
     }
 
     /// Wakes the outbox relays after a commit, when the handler enqueued.
-    pub(crate) fn committed(&self, enqueued: bool) {
+    pub(crate) fn wake_relays(&self, enqueued: bool) {
         if let (true, Some(waker)) = (enqueued, &self.config.storage.outbox_waker) {
             waker.wake();
         }

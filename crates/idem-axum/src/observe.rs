@@ -84,12 +84,12 @@ impl Observed {
     }
 
     /// The store decided now (for a request that goes on to its handler).
-    pub(crate) fn decided(&self) {
+    pub(crate) fn mark_decided(&self) {
         let _ = self.decided.set(Instant::now());
     }
 
     /// The handler took `took`.
-    pub(crate) fn handled(&self, took: Duration) {
+    pub(crate) fn mark_handled(&self, took: Duration) {
         let _ = self.handler.set(took);
     }
 
@@ -157,7 +157,7 @@ impl Observed {
     }
 
     /// Records the size of a stored response.
-    pub(crate) fn stored(&self, bytes: usize) {
+    pub(crate) fn record_stored(&self, bytes: usize) {
         #[cfg(feature = "metrics")]
         metrics::histogram!(names::STORED_RESPONSE_BYTES, names::ROUTE => self.route_label())
             .record(bytes as f64);
@@ -175,12 +175,12 @@ impl Observed {
 }
 
 /// Reports a response's outcome (its [`Outcome`] extension) and passes it on.
-pub(crate) fn finished<E>(
+pub(crate) fn report_result<E>(
     observed: &Observed,
     result: Result<Response<Body>, E>,
 ) -> Result<Response<Body>, E> {
     match result {
-        Ok(response) => Ok(answered(observed, response)),
+        Ok(response) => Ok(report(observed, response)),
         Err(e) => {
             observed.finish(Outcome::HandlerError, None);
             Err(e)
@@ -189,7 +189,7 @@ pub(crate) fn finished<E>(
 }
 
 /// Reports an answer's outcome (its [`Outcome`] extension) and passes it on.
-pub(crate) fn answered(observed: &Observed, response: Response<Body>) -> Response<Body> {
+pub(crate) fn report(observed: &Observed, response: Response<Body>) -> Response<Body> {
     let outcome = response
         .extensions()
         .get::<Outcome>()

@@ -21,7 +21,7 @@ use crate::bounds::{BoxError, Inner, ResponseBody};
 use crate::config::Config;
 use crate::future::{ResponseFuture, run_detached};
 use crate::job::Job;
-use crate::observe::{Observed, answered, request_span};
+use crate::observe::{Observed, report, request_span};
 use crate::phased::Resume;
 use crate::replay::answer::outcome;
 use crate::replay::cache::ReplayCache;
@@ -87,7 +87,7 @@ where
         if config.phased.is_some()
             && let Some(resume) = req.extensions_mut().remove::<Resume>()
         {
-            return resumed(self.job(observed.clone()), observed, resume, inner, req);
+            return run_resumed(self.job(observed.clone()), observed, resume, inner, req);
         }
         if config.policy.keys == KeyMode::Observe {
             return observing::run(self.job(observed.clone()), inner, req, observed);
@@ -149,7 +149,7 @@ where
 
 /// A phased key's kept request, run again by the completer: the key, tenant and
 /// fingerprint are the claim's, from the [`Resume`] extension.
-fn resumed<S, B>(
+fn run_resumed<S, B>(
     job: Job,
     observed: Arc<Observed>,
     resume: Resume,
@@ -170,14 +170,14 @@ where
         idem.key_hash = %resume.key.short_hash(),
     );
     let fut = async move {
-        // The kept body was within `max_request_body` when its request arrived; sealed,
+        // The kept body was within the request body limit when its request arrived; sealed,
         // it is longer by the sealing's overhead. The limit is the client's, not the
         // completer's: it is read whole, and opened.
         let body = match read_body(body, usize::MAX).await {
             Ok(body) => body,
             Err(problem) => {
                 let answer = outcome(problem.into_response(), Outcome::Rejected);
-                return Ok(answered(&observed, answer));
+                return Ok(report(&observed, answer));
             }
         };
         let Some(body) = opened_request(&job.config, &resume, body) else {
@@ -185,7 +185,7 @@ where
                 Problem::RecordCorrupt.into_response(),
                 Outcome::RecordCorrupt,
             );
-            return Ok(answered(&observed, answer));
+            return Ok(report(&observed, answer));
         };
         let keyed = Keyed {
             fingerprint: resume.fingerprint,
@@ -232,7 +232,7 @@ where
 
 /// The layer's own answer, made before anything ran: counted as `rejected`.
 fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFuture<E> {
-    let response = answered(
+    let response = report(
         observed,
         outcome(problem.into_response(), Outcome::Rejected),
     );

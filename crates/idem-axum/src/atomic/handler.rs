@@ -61,7 +61,7 @@ where
         AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind(),
     )
     .await;
-    observed.handled(started.elapsed());
+    observed.mark_handled(started.elapsed());
     let untaken = keyed.is_some() && !slot.was_taken();
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.

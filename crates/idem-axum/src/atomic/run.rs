@@ -67,7 +67,7 @@ impl Job {
         };
         let tx = match open_keyed(&self.pool, &self.config, keyed).await {
             BeforeHandler::Tx(tx) => {
-                self.observed.decided();
+                self.observed.mark_decided();
                 match self.limit(keyed, tx).await {
                     Ok(tx) => tx,
                     Err(answer) => {
@@ -170,7 +170,7 @@ impl Job {
         }
         let started = tokio::time::Instant::now();
         let response = inner.call(req).await;
-        self.observed.handled(started.elapsed());
+        self.observed.mark_handled(started.elapsed());
         response.map(|r| outcome(r.map(Body::new), Outcome::FailedOpen))
     }
 }

@@ -65,11 +65,11 @@ impl Job {
             .await
         {
             Ok(()) => {
-                self.committed(enqueued);
+                self.wake_relays(enqueued);
                 if let Some(size) = stored_size {
-                    self.observed.stored(size);
+                    self.observed.record_stored(size);
                 }
-                let landed = self.landed(keyed, status, stored, sent);
+                let landed = self.landed_answer(keyed, status, stored, sent);
                 let answer = outcome(Response::from_parts(parts, body), Outcome::Executed);
                 (answer, landed)
             }
@@ -102,7 +102,7 @@ impl Job {
         };
         match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(())) => {
-                self.committed(enqueued);
+                self.wake_relays(enqueued);
                 outcome(response.map(Body::new), Outcome::Committed)
             }
             Some(Err(e)) if e.is_transaction_aborted() => {
@@ -127,7 +127,7 @@ impl Job {
         let (config, keyed) = (self.config.clone(), keyed.clone());
         let work = async move {
             let mut tx = tx;
-            let stored = stored.and_then(|s| sealed(&config, &keyed, s));
+            let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
             let completion = completion(status, stored.as_ref());
             let request = keyed.claim_request(&config);
             if let Err(e) = idem_sqlx::complete(&mut tx, &request, completion).await {
@@ -162,7 +162,7 @@ impl Job {
             let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
             let stored = stored.clone();
             async move {
-                let stored = stored.and_then(|s| sealed(&config, &keyed, s));
+                let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
                 let backend = config.backend(&pool).await?;
                 idem_sqlx::record_on(&pool, &keyed.claim_request(&config), completion, backend)
@@ -175,7 +175,7 @@ impl Job {
             .store
             .saturating_add(self.config.timeouts.in_flight_wait);
         let landed = match bounded(limit, work, |_| async {}).await {
-            Some(Ok(true)) => self.landed(keyed, status, stored, sent),
+            Some(Ok(true)) => self.landed_answer(keyed, status, stored, sent),
             Some(Ok(false)) => {
                 tracing::info!("the key was taken meanwhile; the answer is not recorded");
                 Landed::Unknown
@@ -195,7 +195,7 @@ impl Job {
     /// What the duplicates waiting in this process (and its memory) learn of a
     /// committed answer. Its expiry counts from `sent`, the local time before the
     /// statement that started the key's retention on the store's clock.
-    pub(crate) fn landed(
+    pub(crate) fn landed_answer(
         &self,
         keyed: &Keyed,
         status: u16,
@@ -245,7 +245,7 @@ pub(crate) fn finished_record(
 }
 
 /// The response as written to the store (sealed when the layer seals bodies).
-pub(crate) fn sealed(
+pub(crate) fn seal_for_store(
     config: &Config,
     keyed: &Keyed,
     stored: StoredResponse,

@@ -161,12 +161,12 @@ impl Phases {
     }
 
     /// What the journal says of `name`: its output, its failure, or `None` (run it).
-    fn recorded<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, PhaseError> {
+    fn journaled<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, PhaseError> {
         if !is_phase_name(name) {
             return Err(PhaseError::InvalidName(name.to_owned()));
         }
         self.entry(name)
-            .map(|entry| answered(name, entry))
+            .map(|entry| entry_output(name, entry))
             .transpose()
     }
 
@@ -184,7 +184,7 @@ impl Phases {
         T: Serialize + DeserializeOwned,
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, PhaseError>,
     {
-        if let Some(output) = self.recorded(name)? {
+        if let Some(output) = self.journaled(name)? {
             return Ok(output);
         }
         self.commit(name, work).await
@@ -211,7 +211,7 @@ impl Phases {
         Call: AsyncFnOnce(IdempotencyKey) -> Result<C, PhaseError>,
         Record: AsyncFnOnce(&mut PgConnection, C) -> Result<T, PhaseError>,
     {
-        if let Some(output) = self.recorded(name)? {
+        if let Some(output) = self.journaled(name)? {
             return Ok(output);
         }
         let answered = match call(self.derived_key(name)).await {
@@ -236,7 +236,7 @@ impl Phases {
                 // Committed meanwhile (another call of the same phase won the row's
                 // lock): its writes stand, these are never made.
                 self.remember(name, entry.clone());
-                return answered(name, entry);
+                return entry_output(name, entry);
             }
         };
         let output = match work(&mut tx).await {
@@ -263,7 +263,7 @@ impl Phases {
         match idem_sqlx::record_failure(&self.inner.pool, lease, name, &reason).await {
             Ok(entry) => {
                 self.remember(name, entry.clone());
-                match answered::<serde_json::Value>(name, entry) {
+                match entry_output::<serde_json::Value>(name, entry) {
                     Err(failed) => failed,
                     // Another call of the phase committed it first: its output stands,
                     // and this call's failure is the handler's to see.
@@ -279,7 +279,7 @@ impl Phases {
 }
 
 /// A journal entry as a phase answers it: its output, or its failure.
-fn answered<T: DeserializeOwned>(name: &str, entry: PhaseEntry) -> Result<T, PhaseError> {
+fn entry_output<T: DeserializeOwned>(name: &str, entry: PhaseEntry) -> Result<T, PhaseError> {
     match entry {
         PhaseEntry::Done(value) => serde_json::from_value(value)
             .map_err(|e| PhaseError::Journal(format!("phase `{name}`: {e}"))),

@@ -16,7 +16,7 @@ use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
 use crate::Problem;
 use crate::atomic::handler::trace_context;
-use crate::atomic::settle::{collect, completion, finished_record, sealed};
+use crate::atomic::settle::{collect, completion, finished_record, seal_for_store};
 use crate::atomic::store::{bounded, landed_record, open_record};
 use crate::bounds::{Inner, ResponseBody};
 use crate::job::Job;
@@ -77,7 +77,7 @@ impl Job {
             ClaimOutcome::Owned(lease, journal, resumed) => (lease, journal, resumed),
             ClaimOutcome::Answer(answer) => return Ok(answer),
         };
-        self.observed.decided();
+        self.observed.mark_decided();
         let phases = Phases::new(
             self.pool.clone(),
             lease.clone(),
@@ -261,7 +261,7 @@ impl Job {
         let result = AssertUnwindSafe(async move { inner.call(req).await })
             .catch_unwind()
             .await;
-        self.observed.handled(started.elapsed());
+        self.observed.mark_handled(started.elapsed());
         let response = match result {
             Err(_panic) => {
                 self.release(&lease).await;
@@ -321,7 +321,7 @@ impl Job {
             let (pool, config, keyed) = (self.pool.clone(), self.config.clone(), keyed.clone());
             let (lease, stored) = (lease.clone(), stored.clone());
             async move {
-                let stored = stored.and_then(|s| sealed(&config, &keyed, s));
+                let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
                 idem_sqlx::finish_phased(&pool, &lease, completion, journal).await
             }
@@ -329,7 +329,7 @@ impl Job {
         match bounded(self.config.timeouts.store, work, |_| async {}).await {
             Some(Ok(expiry)) => {
                 if let Some(size) = stored_size {
-                    self.observed.stored(size);
+                    self.observed.record_stored(size);
                 }
                 // Kept in memory by the row's retention, set when the key was claimed.
                 let record = finished_record(keyed, status, stored, expiry.expires_at);
