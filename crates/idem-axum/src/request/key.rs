@@ -26,3 +26,34 @@ pub(crate) fn read_key(
         .map(Some)
         .map_err(|e: KeyError| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_keys(keys: &[&str]) -> Request<Body> {
+        let mut req = Request::builder().uri("/payments");
+        for key in keys {
+            req = req.header("idempotency-key", *key);
+        }
+        req.body(Body::empty()).expect("request")
+    }
+
+    #[test]
+    fn a_request_without_the_header_has_no_key() {
+        assert_eq!(read_key(&Config::default(), &with_keys(&[])), Ok(None));
+    }
+
+    #[test]
+    fn a_valid_key_is_read_as_sent() {
+        let key = read_key(&Config::default(), &with_keys(&["order-4711"])).expect("valid");
+        assert_eq!(key.as_ref().map(IdempotencyKey::as_str), Some("order-4711"));
+    }
+
+    #[test]
+    fn a_key_sent_twice_or_invalid_is_refused_with_the_reason() {
+        let twice = read_key(&Config::default(), &with_keys(&["a", "b"]));
+        assert!(twice.is_err_and(|why| why.contains("more than once")));
+        assert!(read_key(&Config::default(), &with_keys(&[""])).is_err());
+    }
+}
