@@ -5,32 +5,12 @@
 //! `outbox.rs`, `relay_leases.rs` and `relay_wakeup.rs`, which the Citus suite runs on
 //! the cluster.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use idem_sqlx::{OutboxMessage, OutboxRelay, Sink, SinkError};
-use idem_tests::{TestDb, citus_test_db, until};
+use idem_sqlx::OutboxRelay;
+use idem_tests::{CountingSink, TestDb, citus_test_db, until};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-/// Counts deliveries per message id.
-#[derive(Default)]
-struct Counting {
-    calls: Mutex<HashMap<Uuid, usize>>,
-}
-
-impl Sink for Counting {
-    async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
-        *self
-            .calls
-            .lock()
-            .expect("lock")
-            .entry(message.id)
-            .or_default() += 1;
-        Ok(())
-    }
-}
 
 /// Enqueues `n` messages on `orders`, the `i`th from tenant `tenant-{i % 7}`.
 async fn enqueue_for_tenants(db: &TestDb, n: usize) {
@@ -56,7 +36,7 @@ async fn a_relay_started_before_the_outbox_is_distributed_delivers_before_and_af
         .await
         .expect("the outbox back on the coordinator");
     assert!(!outbox_is_distributed(&db).await);
-    let sink = Arc::new(Counting::default());
+    let sink = Arc::new(CountingSink::default());
     let shutdown = CancellationToken::new();
     let relay = OutboxRelay::builder(db.pool.clone(), sink.clone())
         .batch_size(10)
@@ -89,7 +69,7 @@ async fn a_relay_started_before_the_outbox_is_distributed_delivers_before_and_af
     shutdown.cancel();
     task.await.expect("join").expect("relay");
 
-    let calls = sink.calls.lock().expect("lock").clone();
+    let calls = sink.calls();
     assert_eq!(calls.len(), 60);
     assert!(calls.values().all(|&n| n == 1), "each delivered once");
 }
@@ -160,7 +140,7 @@ async fn a_shard_whose_claim_fails_holds_back_only_its_own_messages() {
         .await;
     let (mut worker, shard) = fail_updates_on_the_shard_of(&db, failing).await;
 
-    let sink = Arc::new(Counting::default());
+    let sink = Arc::new(CountingSink::default());
     let shutdown = CancellationToken::new();
     let relay = OutboxRelay::builder(db.pool.clone(), sink.clone())
         .batch_size(20)
@@ -190,7 +170,7 @@ async fn a_shard_whose_claim_fails_holds_back_only_its_own_messages() {
     .await;
     shutdown.cancel();
     task.await.expect("join").expect("relay");
-    let calls = sink.calls.lock().expect("lock").clone();
+    let calls = sink.calls();
     assert_eq!(calls.len(), 10);
     assert!(calls.values().all(|&n| n == 1), "each delivered once");
 }

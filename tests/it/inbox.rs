@@ -5,17 +5,12 @@
 use std::time::Duration;
 
 use idem_sqlx::{Inbox, InboxError, InboxMessage, JetStreamSink, OutboxRelay, Processed};
-use idem_tests::{TestApp, TestDb, TestStream, fetch, test_db};
-use payments::EventSubject;
+use idem_tests::{TestDb, TestStream, fetch, payments_on_stream, test_db};
 
 /// Creates `n` payments through the example (each enqueues `payment.created` on the
 /// request's transaction) and relays them to the test stream.
 async fn payments_on_the_stream(db: &TestDb, stream: &TestStream, n: usize) {
-    let app = TestApp::spawn(
-        payments::app(db.pool.clone())
-            .layer(axum::Extension(EventSubject(stream.subject("created")))),
-    )
-    .await;
+    let app = payments_on_stream(db, stream).await;
     for i in 0..n {
         let body = format!(r#"{{"amount":{},"currency":"EUR"}}"#, 100 + i);
         let r = app

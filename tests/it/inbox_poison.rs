@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use idem_sqlx::{Inbox, JetStreamSink, OutboxRelay, Processed};
-use idem_tests::{TestApp, TestDb, TestStream, fetch, test_db};
-use payments::EventSubject;
+use idem_tests::{TestDb, TestStream, fetch, payments_on_stream, test_db};
 
 /// How long a fetch waits for messages (past the consumer's 1 s ack wait).
 const FETCH_WAIT: Duration = Duration::from_millis(1500);
@@ -45,11 +44,7 @@ fn inbox(db: &TestDb) -> Inbox {
 async fn a_message_that_always_fails_is_dead_lettered_terminated_and_redrivable() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    let app = TestApp::spawn(
-        payments::app(db.pool.clone())
-            .layer(axum::Extension(EventSubject(stream.subject("created")))),
-    )
-    .await;
+    let app = payments_on_stream(&db, &stream).await;
     let r = app
         .send(
             "/payments",

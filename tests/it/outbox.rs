@@ -4,13 +4,15 @@
 //! dies mid-batch: `relay_leases.rs` and the example's `relay_crash.rs`; waking:
 //! `relay_wakeup.rs`.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idem_sqlx::{JetStreamSink, Message, OutboxMessage, OutboxRelay, Sink, SinkError};
-use idem_tests::{TestDb, TestStream, effects_app, on_citus, replayed, test_db, until};
+use idem_tests::{
+    CountingSink, TestDb, TestStream, effects_app, on_citus, replayed, test_db, until,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -19,33 +21,6 @@ async fn outbox_rows(db: &TestDb) -> i64 {
         .fetch_one(&db.pool)
         .await
         .expect("outbox count")
-}
-
-/// Publishes through JetStream and counts deliveries per message id.
-struct Counting {
-    inner: JetStreamSink,
-    calls: Mutex<HashMap<Uuid, usize>>,
-}
-
-impl Counting {
-    fn new(stream: &TestStream) -> Self {
-        Counting {
-            inner: JetStreamSink::new(stream.js.clone()),
-            calls: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl Sink for Counting {
-    async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
-        *self
-            .calls
-            .lock()
-            .expect("lock")
-            .entry(message.id)
-            .or_default() += 1;
-        self.inner.deliver(message).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,31 +152,22 @@ async fn a_round_claims_the_oldest_due_messages_of_every_tenant_up_to_its_batch_
             "{shards} shards, {workers} workers"
         );
     }
-    let counting = Arc::new(Counting::new(&stream));
+    let counting = Arc::new(CountingSink::publishing(&stream));
     let relay = OutboxRelay::builder(db.pool.clone(), counting.clone())
         .batch_size(7)
         .build()
         .expect("relay settings");
     let mut rounds = Vec::new();
     loop {
-        let before: HashSet<Uuid> = counting
-            .calls
-            .lock()
-            .expect("lock")
-            .keys()
-            .copied()
-            .collect();
+        let before: HashSet<Uuid> = counting.calls().into_keys().collect();
         let claimed = relay.relay_once().await.expect("round");
         if claimed == 0 {
             break;
         }
         let mut round: Vec<Uuid> = counting
-            .calls
-            .lock()
-            .expect("lock")
-            .keys()
+            .calls()
+            .into_keys()
             .filter(|id| !before.contains(id))
-            .copied()
             .collect();
         round.sort();
         assert_eq!(round.len(), claimed, "the round delivered what it claimed");
@@ -236,7 +202,7 @@ async fn concurrent_relays_share_the_outbox_of_many_tenants_and_deliver_each_mes
             "{shards} shards, {workers} workers"
         );
     }
-    let counting = Arc::new(Counting::new(&stream));
+    let counting = Arc::new(CountingSink::publishing(&stream));
     let shutdown = CancellationToken::new();
     // Two relays in this process, on its pool; two more as if in other processes, on
     // pools of their own.
@@ -262,7 +228,7 @@ async fn concurrent_relays_share_the_outbox_of_many_tenants_and_deliver_each_mes
     for relay in relays {
         relay.await.expect("join").expect("relay");
     }
-    let calls = counting.calls.lock().expect("lock").clone();
+    let calls = counting.calls();
     assert_eq!(calls.len(), 300);
     assert!(
         calls.values().all(|&n| n == 1),

@@ -11,32 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idem_sqlx::{JetStreamSink, OutboxMessage, OutboxRelay, RelayConfigError, Sink, SinkError};
-use idem_tests::{TestDb, TestStream, test_db, until};
+use idem_tests::{CountingSink, TestDb, TestStream, test_db, until};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Publishes through JetStream after a pause; counts calls per message id.
-struct Slow {
-    inner: JetStreamSink,
-    pause: Duration,
-    calls: Mutex<HashMap<uuid::Uuid, usize>>,
-}
-
-impl Sink for Slow {
-    async fn deliver(&self, message: &OutboxMessage) -> Result<(), SinkError> {
-        *self
-            .calls
-            .lock()
-            .expect("lock")
-            .entry(message.id)
-            .or_default() += 1;
-        tokio::time::sleep(self.pause).await;
-        self.inner.deliver(message).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_once() {
@@ -63,18 +43,14 @@ async fn a_batch_slower_than_idle_in_transaction_session_timeout_is_delivered_on
         .await
         .expect("show");
     assert_eq!(timeout, "200ms");
-    let sink = Arc::new(Slow {
-        inner: JetStreamSink::new(stream.js.clone()),
-        pause: Duration::from_millis(300),
-        calls: Mutex::new(HashMap::new()),
-    });
+    let sink = Arc::new(CountingSink::publishing(&stream).after(Duration::from_millis(300)));
     let relay = OutboxRelay::builder(pool, sink.clone())
         .concurrency(1)
         .build()
         .expect("relay settings");
     assert_eq!(relay.relay_once().await.expect("one round"), 5);
     assert_eq!(db.undelivered().await, 0, "every outcome was recorded");
-    let calls = sink.calls.lock().expect("lock").clone();
+    let calls = sink.calls();
     assert_eq!(calls.len(), 5);
     assert!(calls.values().all(|&n| n == 1), "delivered once each");
     assert_eq!(stream.messages().await, 5);

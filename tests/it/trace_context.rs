@@ -8,8 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use idem_sqlx::{JetStreamSink, OutboxRelay, WebhookSink};
-use idem_tests::{Receiver, TestApp, TestStream, test_db};
-use payments::EventSubject;
+use idem_tests::{Receiver, TestApp, TestStream, payments_on_stream, test_db};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -17,11 +16,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 async fn the_trace_context_reaches_jetstream_and_webhooks_and_the_raw_key_stays_home() {
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
-    let app = TestApp::spawn(
-        payments::app(db.pool.clone())
-            .layer(axum::Extension(EventSubject(stream.subject("created")))),
-    )
-    .await;
+    let app = payments_on_stream(&db, &stream).await;
     let r = app
         .post(
             "/payments",

@@ -11,6 +11,7 @@ pub mod phased;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod sinks;
 
 pub use app::{Faults, TestApp, effects_router, tenant_from_header};
 pub use fault_proxy::ResponseDropper;
@@ -20,6 +21,7 @@ pub use pg::{TestDb, citus_test_db, on_citus, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};
 pub use proxy::Proxy;
 pub use receiver::Receiver;
+pub use sinks::CountingSink;
 
 use std::sync::Arc;
 
@@ -78,4 +80,11 @@ pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Serves the example's payments app on `db`, its events published on `stream`'s
+/// subject `created`.
+pub async fn payments_on_stream(db: &TestDb, stream: &TestStream) -> TestApp {
+    let subject = payments::EventSubject(stream.subject("created"));
+    TestApp::spawn(payments::app(db.pool.clone()).layer(axum::Extension(subject))).await
 }
