@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use idem_axum::{IdempotencyLayer, KeyMode, Policy, TenantSource, Tx};
-use idem_tests::{TestApp, TestDb, problem_type, replayed, test_db};
+use idem_tests::{TestApp, TestDb, client_without_redirects, problem_type, replayed, test_db};
 use serde_json::json;
 
 #[derive(serde::Deserialize)]
@@ -55,14 +55,6 @@ async fn app(db: &TestDb, layer: impl FnOnce(IdempotencyLayer) -> IdempotencyLay
     TestApp::spawn(router).await
 }
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_error_after_a_failed_statement_is_answered_recorded_and_replayed() {
     let db = test_db().await;
@@ -86,7 +78,7 @@ async fn a_client_error_after_a_failed_statement_is_answered_recorded_and_replay
 async fn a_success_after_a_failed_statement_is_refused_and_nothing_is_stored() {
     let db = test_db().await;
     let app = app(&db, |l| l).await;
-    let client = no_redirects();
+    let client = client_without_redirects();
     for then in [201, 303] {
         let key = format!("k-{then}");
         for attempt in ["first", "retry"] {
@@ -120,7 +112,7 @@ async fn a_success_after_a_failed_statement_is_refused_and_nothing_is_stored() {
 async fn without_a_key_a_success_after_a_failed_statement_is_refused_too() {
     let db = test_db().await;
     let app = app(&db, |l| l.policy(Policy::default().keys(KeyMode::Optional))).await;
-    let client = no_redirects();
+    let client = client_without_redirects();
     let success = client
         .post(app.url("/refs?then=201"))
         .body("{}")

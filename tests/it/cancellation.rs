@@ -4,18 +4,14 @@
 use std::time::Duration;
 
 use idem_axum::Timeouts;
-use idem_tests::{TestApp, TestDb, effects_app, replayed, test_db, test_db_with};
+use idem_tests::{TestApp, TestDb, effects_app, impatient_client, replayed, test_db, test_db_with};
 use sqlx::{Connection, PgConnection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_client_neither_loses_nor_tears_the_request() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let impatient = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .expect("client");
+    let impatient = impatient_client(Duration::from_millis(200));
     let gone = impatient
         .post(app.url("/effects?sleep_ms=800"))
         .header("x-tenant-id", "t1")
@@ -46,15 +42,6 @@ async fn a_disconnected_client_neither_loses_nor_tears_the_request() {
     );
     assert_eq!(db.effects().await, 1);
     assert_eq!(db.transactions_left_open().await, 0);
-}
-
-/// A client that gives up after 200 ms.
-fn impatient_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .expect("client")
 }
 
 /// A keyed POST /effects as tenant `t1` from `client`, its result as the client saw it.
@@ -115,7 +102,12 @@ async fn a_client_gone_while_the_layer_waits_for_a_connection_loses_nothing() {
     for _ in 0..2 {
         held.push(db.pool.acquire().await.expect("hold a connection"));
     }
-    let gone = post_effect(&impatient_client(), &app, "begin-wait").await;
+    let gone = post_effect(
+        &impatient_client(Duration::from_millis(200)),
+        &app,
+        "begin-wait",
+    )
+    .await;
     assert!(
         gone.is_err_and(|e| e.is_timeout()),
         "the client gave up while the layer waited for a connection"
@@ -162,7 +154,7 @@ async fn a_client_gone_while_the_claim_waits_on_its_key_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let impatient = impatient_client();
+    let impatient = impatient_client(Duration::from_millis(200));
     let (gone, ()) = tokio::join!(post_effect(&impatient, &app, "claim-wait"), claim_waits);
     assert!(
         gone.is_err_and(|e| e.is_timeout()),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use idem_tests::{effects_app, problem_type, replayed, test_db};
+use idem_tests::{effects_app, impatient_client, problem_type, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_timed_out_after_success_gets_the_original_response_on_retry() {
@@ -14,11 +14,7 @@ async fn a_client_that_timed_out_after_success_gets_the_original_response_on_ret
     let path = "/effects?sleep_ms=700";
 
     // (1) The server succeeds, but the client gives up first.
-    let impatient = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(250))
-        .build()
-        .expect("client");
+    let impatient = impatient_client(Duration::from_millis(250));
     let timed_out = impatient
         .post(app.url(path))
         .header("x-tenant-id", "t1")

@@ -17,7 +17,7 @@ use idem_axum::{
 use idem_core::IdempotencyKey;
 use idem_core::policy::KeyMode;
 use idem_sqlx::{ReplayTally, StoreGauges, Tallied};
-use idem_tests::{TestApp, TestDb, test_db};
+use idem_tests::{TestApp, TestDb, impatient_client, tenant_from_header, test_db, until};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -91,14 +91,7 @@ async fn app_with(
     layer: IdempotencyLayer,
     handler: axum::routing::MethodRouter,
 ) -> TestApp {
-    let tenant = TenantSource::resolver(|parts| {
-        parts
-            .headers
-            .get("x-tenant-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| TenantId::new(v).ok())
-    });
-    let layer = layer.tenant(tenant);
+    let layer = layer.tenant(tenant_from_header());
     TestApp::spawn(Router::new().route(template, handler.route_layer(layer))).await
 }
 
@@ -186,11 +179,7 @@ async fn requests_are_counted_by_outcome_and_route_template_never_by_raw_path() 
 async fn a_request_whose_client_left_is_still_counted() {
     let db = test_db().await;
     let app = app_with("/slow/{id}", layer(&db), patch(slow_order)).await;
-    let impatient = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(100))
-        .build()
-        .expect("client");
+    let impatient = impatient_client(Duration::from_millis(100));
     let gone = impatient
         .patch(app.url("/slow/1"))
         .header("x-tenant-id", "acme")
@@ -200,7 +189,7 @@ async fn a_request_whose_client_left_is_still_counted() {
         .await;
     assert!(gone.expect_err("the client times out").is_timeout());
     let executed = [("route", "/slow/{id}"), ("outcome", "executed")];
-    wait_for(|| value("idem_requests_total", &executed) == Some(1.0)).await;
+    reaches("idem_requests_total", &executed, 1.0).await;
     // Its retry is a replay of what committed after the client left.
     assert_eq!(send(&app, "/slow/1", Some("s1"), "x", None).await, 200);
     let replayed = [("route", "/slow/{id}"), ("outcome", "replayed")];
@@ -417,11 +406,11 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
     );
     let route = [("route", "/gauged/{id}")];
     let consumer = [("consumer", "gauged-consumer")];
-    wait_for(|| value("idem_keys_live", &route) == Some(3.0)).await;
-    wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(1.0)).await;
-    wait_for(|| value("idem_phased_keys_abandoned", &[]) == Some(1.0)).await;
+    reaches("idem_keys_live", &route, 3.0).await;
+    reaches("idem_inbox_dead_letters", &consumer, 1.0).await;
+    reaches("idem_phased_keys_abandoned", &[], 1.0).await;
     // The tally's batch lands after its delay; the gauges then read it.
-    wait_for(|| value("idem_key_replays", &route) == Some(1.0)).await;
+    reaches("idem_key_replays", &route, 1.0).await;
     assert_eq!(value("idem_keys_replayed", &route), Some(1.0));
 
     sqlx::query("DELETE FROM idem.keys")
@@ -432,9 +421,9 @@ async fn store_gauges_report_live_keys_per_route_and_zero_a_route_whose_keys_are
         .execute(&db.pool)
         .await
         .expect("inbox gone");
-    wait_for(|| value("idem_keys_live", &route) == Some(0.0)).await;
-    wait_for(|| value("idem_inbox_dead_letters", &consumer) == Some(0.0)).await;
-    wait_for(|| value("idem_phased_keys_abandoned", &[]) == Some(0.0)).await;
+    reaches("idem_keys_live", &route, 0.0).await;
+    reaches("idem_inbox_dead_letters", &consumer, 0.0).await;
+    reaches("idem_phased_keys_abandoned", &[], 0.0).await;
     shutdown.cancel();
     gauges.await.expect("gauges stop");
 }
@@ -465,15 +454,10 @@ async fn an_unreachable_store_counts_store_unavailable() {
     assert_eq!(count, Some(1.0));
 }
 
-async fn wait_for(mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until the metric `name` with `labels` reads `expected`.
+async fn reaches(name: &str, labels: &[(&str, &str)], expected: f64) {
+    let what = format!("{name} {labels:?} to read {expected}");
+    until(&what, async || value(name, labels) == Some(expected)).await;
 }
 
 /// Everything the layer logs in this test binary (a global subscriber, like the

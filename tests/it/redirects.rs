@@ -1,17 +1,13 @@
 //! A redirect after POST (303 See Other with `Location`) is a final outcome: the
 //! handler's writes commit with it, and a retry gets the same redirect replayed.
 
-use idem_tests::{effects_app, replayed, test_db};
+use idem_tests::{client_without_redirects, effects_app, replayed, test_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_see_other_after_post_commits_and_is_replayed_with_its_location() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, |l| l).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let client = client_without_redirects();
     let send = || {
         client
             .post(app.url("/effects?status=303"))

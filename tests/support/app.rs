@@ -92,6 +92,25 @@ impl Drop for TestApp {
     }
 }
 
+/// A client that gives up on an answer after `timeout`: a client that disconnects
+/// mid-request.
+pub fn impatient_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("client")
+}
+
+/// A client that answers a redirect itself instead of following it.
+pub fn client_without_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
 /// The tenant of the test router: the `x-tenant-id` header, through the layer's
 /// resolver (so the test router needs no auth middleware).
 pub fn tenant_from_header() -> idem_axum::TenantSource {

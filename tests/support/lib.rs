@@ -13,7 +13,9 @@ pub mod proxy;
 pub mod receiver;
 pub mod sinks;
 
-pub use app::{Faults, TestApp, effects_router, tenant_from_header};
+pub use app::{
+    Faults, TestApp, client_without_redirects, effects_router, impatient_client, tenant_from_header,
+};
 pub use fault_proxy::ResponseDropper;
 pub use keyed::{RouteKind, keyed_app};
 pub use nats::{TestStream, fetch};
