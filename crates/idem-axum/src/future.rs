@@ -9,12 +9,11 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::Response;
-use idem_core::Outcome;
 use tracing::Instrument;
 
 use crate::Problem;
 use crate::observe::{Observed, report_result};
-use crate::replay::answer::outcome;
+use crate::replay::answer::problem_answer;
 
 /// The response future of [`IdempotencyService`](crate::IdempotencyService).
 pub struct ResponseFuture<E> {
@@ -58,7 +57,7 @@ pub(crate) async fn run_detached<E: Send + 'static>(
         Ok(result) => result,
         Err(e) => {
             tracing::error!(error = %e, "idempotent request task failed");
-            let answer = outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked);
+            let answer = problem_answer(Problem::HandlerPanicked);
             report_result(&observed, Ok(answer))
         }
     }

@@ -11,14 +11,14 @@ use axum::body::Body;
 use bytes::Bytes;
 use chrono::Utc;
 use http::Response;
-use idem_core::{Decision, Outcome, decide};
+use idem_core::{Decision, decide};
 use idem_sqlx::ReplayTally;
 use sqlx::PgPool;
 
 use crate::Problem;
 use crate::config::Config;
 use crate::observe::{Observed, report};
-use crate::replay::answer::{decided, in_flight, outcome, unavailable};
+use crate::replay::answer::{decided, in_flight, problem_answer, unavailable};
 use crate::replay::cache::ReplayCache;
 use crate::replay::flight::{Flights, Join, Landed, Leader};
 use crate::request::Keyed;
@@ -87,10 +87,7 @@ impl Job {
         if quota.admit(tenant, live, fresh) {
             Ok(())
         } else {
-            Err(outcome(
-                Problem::KeyQuotaExceeded.into_response(),
-                Outcome::QuotaExceeded,
-            ))
+            Err(problem_answer(Problem::KeyQuotaExceeded))
         }
     }
 
@@ -99,12 +96,7 @@ impl Job {
     pub(crate) async fn read_request_body(&self, body: Body) -> Result<Bytes, Response<Body>> {
         read_body(body, self.config.limits.request_body)
             .await
-            .map_err(|problem| {
-                report(
-                    &self.observed,
-                    outcome(problem.into_response(), Outcome::Rejected),
-                )
-            })
+            .map_err(|problem| report(&self.observed, problem_answer(problem)))
     }
 
     /// Wakes the outbox relays after a commit, when the handler enqueued.
@@ -152,5 +144,5 @@ fn rate_limited(wait: std::time::Duration) -> Response<Body> {
     let retry_after =
         std::time::Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
     let problem = Problem::NewKeyRateExceeded { retry_after };
-    outcome(problem.into_response(), Outcome::RateLimited)
+    problem_answer(problem)
 }

@@ -8,7 +8,6 @@ use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
-use idem_core::Outcome;
 use idem_core::policy::KeyMode;
 use idem_core::seal::{Opened, is_sealed};
 use idem_sqlx::ReplayTally;
@@ -23,7 +22,7 @@ use crate::future::{ResponseFuture, run_detached};
 use crate::job::Job;
 use crate::observe::{Observed, report, request_span};
 use crate::phased::Resume;
-use crate::replay::answer::outcome;
+use crate::replay::answer::problem_answer;
 use crate::replay::cache::ReplayCache;
 use crate::replay::flight::Flights;
 use crate::request::Keyed;
@@ -176,15 +175,12 @@ where
         let body = match read_body(body, usize::MAX).await {
             Ok(body) => body,
             Err(problem) => {
-                let answer = outcome(problem.into_response(), Outcome::Rejected);
+                let answer = problem_answer(problem);
                 return Ok(report(&observed, answer));
             }
         };
         let Some(body) = opened_request(&job.config, &resume, body) else {
-            let answer = outcome(
-                Problem::RecordCorrupt.into_response(),
-                Outcome::RecordCorrupt,
-            );
+            let answer = problem_answer(Problem::RecordCorrupt);
             return Ok(report(&observed, answer));
         };
         let keyed = Keyed {
@@ -232,10 +228,7 @@ where
 
 /// The layer's own answer, made before anything ran: counted as `rejected`.
 fn ready<E: Send + 'static>(observed: &Observed, problem: Problem) -> ResponseFuture<E> {
-    let response = report(
-        observed,
-        outcome(problem.into_response(), Outcome::Rejected),
-    );
+    let response = report(observed, problem_answer(problem));
     ResponseFuture::new(async move { Ok(response) })
 }
 

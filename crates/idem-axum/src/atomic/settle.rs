@@ -21,7 +21,7 @@ use crate::atomic::store::{PgTx, bounded, discard};
 use crate::bounds::ResponseBody;
 use crate::config::Config;
 use crate::job::Job;
-use crate::replay::answer::{outcome, store_fault};
+use crate::replay::answer::{outcome, problem_answer, store_fault};
 use crate::replay::flight::Landed;
 use crate::replay::seal;
 use crate::request::Keyed;
@@ -221,7 +221,7 @@ impl Job {
         let problem = Problem::CommitFailed {
             retry_after: self.config.protocol.retry_after,
         };
-        outcome(problem.into_response(), Outcome::CommitFailed)
+        problem_answer(problem)
     }
 }
 
@@ -273,10 +273,7 @@ fn transaction_aborted(status: u16) -> Response<Body> {
         "the handler answered a success after a failed statement had aborted its \
          transaction; nothing committed"
     );
-    outcome(
-        Problem::TransactionAborted.into_response(),
-        Outcome::TransactionAborted,
-    )
+    problem_answer(Problem::TransactionAborted)
 }
 
 /// The response as stored (`None` for a stream, a body over the size limit, or one

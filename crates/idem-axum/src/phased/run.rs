@@ -20,7 +20,9 @@ use crate::atomic::settle::{collect, completion, finished_record, seal_for_store
 use crate::atomic::store::{bounded, landed_record, open_record};
 use crate::bounds::{Inner, ResponseBody};
 use crate::job::Job;
-use crate::replay::answer::{in_flight, mismatched, outcome, replay, store_fault, unavailable};
+use crate::replay::answer::{
+    in_flight, mismatched, outcome, problem_answer, replay, store_fault, unavailable,
+};
 use crate::request::Keyed;
 
 /// How often a request polls a key whose owner holds a live lease.
@@ -59,10 +61,7 @@ impl Job {
             return Ok(answer);
         }
         let Some(body) = self.kept_body(&keyed, body) else {
-            return Ok(outcome(
-                Problem::StoreFault.into_response(),
-                Outcome::StoreFault,
-            ));
+            return Ok(problem_answer(Problem::StoreFault));
         };
         let kept = Kept {
             body,
@@ -114,7 +113,7 @@ impl Job {
                 Ok(answer) => answer,
                 Err(e) => {
                     tracing::error!(error = %e, "a phased request's task failed");
-                    Ok(outcome(Problem::HandlerPanicked.into_response(), Outcome::Panicked))
+                    Ok(problem_answer(Problem::HandlerPanicked))
                 }
             },
             () = tokio::time::sleep(after) => Ok(accepted(&status_path, operation)),
@@ -398,5 +397,5 @@ fn lease_lost() -> Response<Body> {
     let problem = Problem::LeaseLost {
         retry_after: std::time::Duration::from_secs(1),
     };
-    outcome(problem.into_response(), Outcome::LeaseLost)
+    problem_answer(problem)
 }

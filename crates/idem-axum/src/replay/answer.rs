@@ -24,6 +24,45 @@ pub(crate) fn outcome(mut response: Response<Body>, outcome: Outcome) -> Respons
     response
 }
 
+/// The layer's own answer for `problem`, marked with its outcome (see [`outcome_of`]).
+pub(crate) fn problem_answer(problem: Problem) -> Response<Body> {
+    let kind = outcome_of(&problem);
+    outcome(problem.into_response(), kind)
+}
+
+/// The outcome the layer reports for each of its own answers: the one place that
+/// pairs them. A problem the handler itself answers with (a failed or interrupted
+/// phase, a `Tx` it could not have) is reported as what its path did with the answer,
+/// which is not final: rolled back.
+fn outcome_of(problem: &Problem) -> Outcome {
+    match problem {
+        Problem::KeyMissing { .. }
+        | Problem::KeyInvalid { .. }
+        | Problem::TenantUnresolved
+        | Problem::BodyTooLarge { .. }
+        | Problem::BodyUnreadable
+        | Problem::OperationUnknown => Outcome::Rejected,
+        Problem::KeyMismatch { .. } => Outcome::Mismatch,
+        Problem::NewKeyRateExceeded { .. } => Outcome::RateLimited,
+        Problem::KeyQuotaExceeded => Outcome::QuotaExceeded,
+        Problem::InFlight { .. } => Outcome::InFlight,
+        Problem::ResponseNotStored { .. } => Outcome::ReplayedUnstored,
+        Problem::StoreUnavailable { .. } => Outcome::StoreUnavailable,
+        Problem::CommitFailed { .. } => Outcome::CommitFailed,
+        Problem::HandlerPanicked => Outcome::Panicked,
+        Problem::TransactionAborted => Outcome::TransactionAborted,
+        Problem::StoreFault => Outcome::StoreFault,
+        Problem::TransactionHeld => Outcome::TransactionHeld,
+        Problem::RecordCorrupt => Outcome::RecordCorrupt,
+        Problem::LeaseLost { .. } => Outcome::LeaseLost,
+        Problem::ResponseUnreadable
+        | Problem::TransactionUnavailable
+        | Problem::PhaseFailed { .. }
+        | Problem::PhaseInterrupted { .. }
+        | Problem::PhasesUnavailable => Outcome::RolledBack,
+    }
+}
+
 /// The answer from a committed record: its stored response (marked replayed), 410
 /// `response-not-stored` when only its status was kept, or 409 `in-flight`.
 pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
@@ -72,10 +111,7 @@ pub(crate) fn decided(
 
 /// 500 `record-corrupt`: a stored response cannot be replayed.
 pub(crate) fn corrupt() -> Response<Body> {
-    outcome(
-        Problem::RecordCorrupt.into_response(),
-        Outcome::RecordCorrupt,
-    )
+    problem_answer(Problem::RecordCorrupt)
 }
 
 /// 409 `in-flight` + Retry-After: the key is held by a request that has not finished.
@@ -83,7 +119,7 @@ pub(crate) fn in_flight(config: &Config) -> Response<Body> {
     let problem = Problem::InFlight {
         retry_after: config.protocol.retry_after,
     };
-    outcome(problem.into_response(), Outcome::InFlight)
+    problem_answer(problem)
 }
 
 /// A key reused with a different request: refused under the strict hash policy;
@@ -110,7 +146,7 @@ fn mismatch(config: &Config) -> Response<Body> {
     let problem = Problem::KeyMismatch {
         status: config.protocol.mismatch_status,
     };
-    outcome(problem.into_response(), Outcome::Mismatch)
+    problem_answer(problem)
 }
 
 /// 503 `store-unavailable` + Retry-After.
@@ -118,7 +154,7 @@ pub(crate) fn unavailable(config: &Config) -> Response<Body> {
     let problem = Problem::StoreUnavailable {
         retry_after: config.protocol.retry_after,
     };
-    outcome(problem.into_response(), Outcome::StoreUnavailable)
+    problem_answer(problem)
 }
 
 /// 500 `store-fault`, with a log line that names the cause: retrying does not help.
@@ -129,7 +165,7 @@ pub(crate) fn store_fault(e: &StoreError) -> Response<Body> {
         _ => "",
     };
     tracing::error!(error = %e, sqlstate = e.sqlstate().as_deref(), "idempotency store fault{hint}");
-    outcome(Problem::StoreFault.into_response(), Outcome::StoreFault)
+    problem_answer(Problem::StoreFault)
 }
 
 /// The stored response as it was sent; `None` when a stored part no longer parses.
@@ -247,6 +283,25 @@ mod tests {
             replayed_anyway.extensions().get(),
             Some(&Outcome::MismatchReported)
         );
+    }
+
+    #[test]
+    fn a_refusal_of_the_request_itself_is_counted_rejected_and_keeps_its_status() {
+        let refusals = [
+            Problem::KeyMissing {
+                header: "idempotency-key".to_owned(),
+            },
+            Problem::TenantUnresolved,
+            Problem::BodyTooLarge { limit: 10 },
+        ];
+        for problem in refusals {
+            let status = problem.status();
+            let response = problem_answer(problem);
+            assert_eq!(response.status(), status);
+            assert_eq!(response.extensions().get(), Some(&Outcome::Rejected));
+        }
+        let quota = problem_answer(Problem::KeyQuotaExceeded);
+        assert_eq!(quota.extensions().get(), Some(&Outcome::QuotaExceeded));
     }
 
     #[test]
