@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use idem_core::{Fingerprint, IdempotencyKey, TenantId};
-use idem_sqlx::ClaimRequest;
+use idem_sqlx::keys::ClaimRequest;
 
 use crate::config::Config;
 

@@ -93,7 +93,7 @@ fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
 async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let sealing = sealing(&key.body_keys)?;
     let (tenant, key) = stored(key)?;
-    let Some(details) = idem_sqlx::key_details(pool, &tenant, &key).await? else {
+    let Some(details) = idem_sqlx::keys::inspect::details(pool, &tenant, &key).await? else {
         return Err(not_found(&tenant, &key));
     };
     let headers: Vec<Value> = details
@@ -138,7 +138,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
 
 async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let (tenant, key) = stored(key)?;
-    if !idem_sqlx::evict_key(pool, &tenant, &key).await? {
+    if !idem_sqlx::keys::inspect::evict(pool, &tenant, &key).await? {
         return Err(not_found(&tenant, &key));
     }
     Ok(json!({ "evicted": true, "tenant": tenant.as_str(), "key": key.as_str() }))

@@ -13,9 +13,11 @@ pub(super) async fn run(pool: &PgPool, command: &OutboxCommand) -> Result<Value,
         OutboxCommand::Status => status(pool).await,
         OutboxCommand::DeadLetters { limit } => dead_letters(pool, *limit).await,
         OutboxCommand::Redrive { id } => {
-            changed(id, idem_sqlx::redrive(pool, *id).await?, "redriven")
+            changed(id, idem_sqlx::outbox::redrive(pool, *id).await?, "redriven")
         }
-        OutboxCommand::Purge { id } => changed(id, idem_sqlx::purge(pool, *id).await?, "purged"),
+        OutboxCommand::Purge { id } => {
+            changed(id, idem_sqlx::outbox::purge(pool, *id).await?, "purged")
+        }
     }
 }
 
