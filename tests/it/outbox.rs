@@ -326,11 +326,11 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
         .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        dead[0].attempts, 3,
+        dead[0].message.attempts, 3,
         "dead-lettered after exactly three attempts"
     );
     assert_eq!(
-        dead[0].last_error.as_deref(),
+        dead[0].message.last_error.as_deref(),
         Some("downstream rejects the message")
     );
     assert_eq!(
@@ -341,7 +341,7 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
 
     sink.failing.store(false, Ordering::SeqCst);
     assert!(
-        idem_sqlx::outbox::redrive(&db.pool, dead[0].id)
+        idem_sqlx::outbox::redrive(&db.pool, dead[0].message.id)
             .await
             .expect("redrive")
     );

@@ -273,11 +273,12 @@ async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
+            .message
             .last_error
             .as_deref()
             .is_some_and(|e| e.contains("lease ran out")),
         "{:?}",
-        dead[0].last_error
+        dead[0].message.last_error
     );
 }
 

@@ -111,9 +111,9 @@ async fn a_permanent_4xx_dead_letters_at_once_and_the_later_ones_are_retried() {
         1,
         "dead-lettered on the 422, with attempts left"
     );
-    assert_eq!(dead[0].attempts, 4);
+    assert_eq!(dead[0].message.attempts, 4);
     assert_eq!(
-        dead[0].last_error.as_deref(),
+        dead[0].message.last_error.as_deref(),
         Some("webhook answered 422 Unprocessable Entity")
     );
     assert_eq!(receiver.seen().len(), 4);

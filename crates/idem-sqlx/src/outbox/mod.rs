@@ -9,8 +9,9 @@ pub(crate) mod waker;
 use std::cell::Cell;
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use idem_core::{IdempotencyKey, TenantId};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 pub use waker::NOTIFY_SPACING;
@@ -71,19 +72,36 @@ pub async fn enqueue(conn: &mut PgConnection, message: Message) -> Result<Uuid, 
     Ok(id)
 }
 
+/// A message the relay gave up on, as [`dead_letters`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message, with its attempts and last error.
+    pub message: OutboxMessage,
+    /// When it became a dead letter.
+    pub dead_lettered_at: DateTime<Utc>,
+}
+
 /// Dead-lettered messages, oldest first.
 pub async fn dead_letters<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
-) -> Result<Vec<OutboxMessage>, StoreError> {
+) -> Result<Vec<DeadLetter>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, topic, payload, headers, tenant_id, idempotency_key, attempts, last_error, created_at \
+        "SELECT id, topic, payload, headers, tenant_id, idempotency_key, attempts, last_error, \
+           created_at, dead_lettered_at \
          FROM idem.outbox WHERE dead_lettered_at IS NOT NULL ORDER BY dead_lettered_at, id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(executor)
     .await?;
-    rows.iter().map(decode_message).collect()
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: decode_message(row)?,
+                dead_lettered_at: row.try_get("dead_lettered_at")?,
+            })
+        })
+        .collect()
 }
 
 /// Puts a dead-lettered message back in the queue with its attempts reset. Returns
