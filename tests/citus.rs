@@ -82,7 +82,7 @@ async fn colocation(db: &idem_tests::TestDb, tables: &[&str]) -> Vec<Option<i32>
 async fn idems_tables_are_distributed_by_tenant_and_co_located_with_the_applications() {
     let db = citus_test_db(4).await;
     let mut tables = vec!["effects", "payments", "ledger_entries"];
-    tables.extend(idem_sqlx::DISTRIBUTED_TABLES);
+    tables.extend(idem_sqlx::citus::DISTRIBUTED_TABLES);
     let groups = colocation(&db, &tables).await;
     assert!(
         groups.iter().all(Option::is_some),
@@ -101,21 +101,21 @@ async fn idems_tables_are_distributed_by_tenant_and_co_located_with_the_applicat
     .expect("distribution columns");
     assert_eq!(
         columns,
-        vec!["tenant_id"; idem_sqlx::DISTRIBUTED_TABLES.len()]
+        vec!["tenant_id"; idem_sqlx::citus::DISTRIBUTED_TABLES.len()]
     );
-    assert!(idem_sqlx::DISTRIBUTED_TABLES.contains(&"idem.inbox"));
+    assert!(idem_sqlx::citus::DISTRIBUTED_TABLES.contains(&"idem.inbox"));
     assert_eq!(db.workers.len(), 2, "a coordinator and two workers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributing_again_changes_nothing_so_it_can_run_at_every_start() {
     let db = citus_test_db(4).await;
-    let again = idem_sqlx::distribute(&db.pool, Some("effects"))
+    let again = idem_sqlx::citus::distribute(&db.pool, Some("effects"))
         .await
         .expect("distribute again");
     assert_eq!(
         again,
-        idem_sqlx::Distribution::Distributed { newly: vec![] }
+        idem_sqlx::citus::Distribution::Distributed { newly: vec![] }
     );
 }
 
@@ -130,12 +130,12 @@ async fn distributing_beside_a_table_of_another_co_location_group_is_refused() {
     .execute(&db.pool)
     .await
     .expect("a table in a co-location group of its own");
-    let refused = idem_sqlx::distribute(&db.pool, Some("accounts")).await;
+    let refused = idem_sqlx::citus::distribute(&db.pool, Some("accounts")).await;
     assert!(
         matches!(&refused, Err(idem_sqlx::StoreError::NotColocated(what)) if what.contains("idem.keys")),
         "{refused:?}"
     );
-    let again = idem_sqlx::distribute(&db.pool, Some("effects")).await;
+    let again = idem_sqlx::citus::distribute(&db.pool, Some("effects")).await;
     assert!(again.is_ok(), "{again:?}");
 }
 
@@ -144,7 +144,7 @@ async fn one_tenants_rows_of_every_co_located_table_live_on_one_worker() {
     let db = citus_test_db(4).await;
     // A tenant's shard of each table, and the worker that holds it.
     let mut tables = vec!["effects", "payments", "ledger_entries"];
-    tables.extend(idem_sqlx::DISTRIBUTED_TABLES);
+    tables.extend(idem_sqlx::citus::DISTRIBUTED_TABLES);
     let placements: Vec<(String, i32)> = sqlx::query_as(
         "SELECT logicalrelid::text, p.nodeport FROM pg_dist_shard s \
          JOIN pg_dist_shard_placement p USING (shardid) \
@@ -366,7 +366,7 @@ async fn the_replay_tally_counts_before_and_after_the_keys_are_distributed() {
         .await
         .expect("a flush to the coordinator's local keys");
     assert_eq!(replays().await, 1);
-    idem_sqlx::distribute(&db.pool, Some("effects"))
+    idem_sqlx::citus::distribute(&db.pool, Some("effects"))
         .await
         .expect("distributed again");
     tally.add(&tenant, &key, idem_sqlx::Tallied::Replay);

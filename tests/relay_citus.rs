@@ -52,12 +52,12 @@ async fn a_relay_started_before_the_outbox_is_distributed_delivers_before_and_af
     })
     .await;
 
-    let distributed = idem_sqlx::distribute(&db.pool, Some("effects"))
+    let distributed = idem_sqlx::citus::distribute(&db.pool, Some("effects"))
         .await
         .expect("distribute");
     assert_eq!(
         distributed,
-        idem_sqlx::Distribution::Distributed {
+        idem_sqlx::citus::Distribution::Distributed {
             newly: vec!["idem.outbox"]
         }
     );

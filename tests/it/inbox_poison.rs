@@ -130,7 +130,10 @@ async fn an_undecodable_payload_is_dead_lettered_at_once_and_can_be_purged() {
     let stream = TestStream::create(Duration::from_secs(120)).await;
     let id = uuid::Uuid::now_v7();
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(idem_sqlx::IDEMPOTENCY_KEY, id.to_string().as_str());
+    headers.insert(
+        idem_sqlx::outbox::headers::IDEMPOTENCY_KEY,
+        id.to_string().as_str(),
+    );
     let (consumer, message) = published(&stream, headers, "not json").await;
     let inbox = inbox(&db);
     assert_eq!(

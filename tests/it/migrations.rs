@@ -33,17 +33,17 @@ async fn on_plain_postgres_distributing_for_citus_does_nothing() {
     let db = test_db().await;
     if idem_tests::on_citus() {
         // IDEM_TEST_CITUS_URL runs this binary on the cluster: there it distributes.
-        let again = idem_sqlx::distribute(&db.pool, None)
+        let again = idem_sqlx::citus::distribute(&db.pool, None)
             .await
             .expect("distribute");
         assert_eq!(
             again,
-            idem_sqlx::Distribution::Distributed { newly: vec![] }
+            idem_sqlx::citus::Distribution::Distributed { newly: vec![] }
         );
         return;
     }
-    let done = idem_sqlx::distribute(&db.pool, None)
+    let done = idem_sqlx::citus::distribute(&db.pool, None)
         .await
         .expect("distribute");
-    assert_eq!(done, idem_sqlx::Distribution::NotCitus);
+    assert_eq!(done, idem_sqlx::citus::Distribution::NotCitus);
 }

@@ -275,16 +275,16 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
     for _ in 0..5 {
         relay.relay_once().await.expect("relay");
     }
-    let dead = idem_sqlx::dead_letters(&db.pool, 10)
+    let dead = idem_sqlx::outbox::dead_letters(&db.pool, 10)
         .await
         .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        dead[0].attempts, 3,
+        dead[0].message.attempts, 3,
         "dead-lettered after exactly three attempts"
     );
     assert_eq!(
-        dead[0].last_error.as_deref(),
+        dead[0].message.last_error.as_deref(),
         Some("downstream rejects the message")
     );
     assert_eq!(
@@ -295,14 +295,14 @@ async fn a_poison_message_is_dead_lettered_after_max_attempts_and_can_be_redrive
 
     sink.failing.store(false, Ordering::SeqCst);
     assert!(
-        idem_sqlx::redrive(&db.pool, dead[0].id)
+        idem_sqlx::outbox::redrive(&db.pool, dead[0].message.id)
             .await
             .expect("redrive")
     );
     assert_eq!(relay.relay_once().await.expect("relay"), 1);
     assert_eq!(db.undelivered().await, 0);
     assert!(
-        idem_sqlx::dead_letters(&db.pool, 10)
+        idem_sqlx::outbox::dead_letters(&db.pool, 10)
             .await
             .expect("dead letters")
             .is_empty()
@@ -316,7 +316,7 @@ async fn a_message_with_an_unpublishable_header_is_dead_lettered_not_panicked_on
     let db = test_db().await;
     let stream = TestStream::create(Duration::from_secs(120)).await;
     let mut tx = db.pool.begin().await.expect("begin");
-    idem_sqlx::enqueue(
+    idem_sqlx::outbox::enqueue(
         &mut tx,
         Message::new(stream.subject("orders"), b"x".to_vec()).header("bad:name", "v"),
     )
@@ -329,7 +329,7 @@ async fn a_message_with_an_unpublishable_header_is_dead_lettered_not_panicked_on
         .expect("relay settings");
     relay.relay_once().await.expect("relay");
     assert_eq!(
-        idem_sqlx::dead_letters(&db.pool, 10)
+        idem_sqlx::outbox::dead_letters(&db.pool, 10)
             .await
             .expect("dead")
             .len(),

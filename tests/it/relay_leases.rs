@@ -243,15 +243,18 @@ async fn a_message_whose_lease_runs_out_max_attempts_times_is_dead_lettered() {
         3,
         "not handed to the sink a fourth time"
     );
-    let dead = idem_sqlx::dead_letters(&db.pool, 10).await.expect("dead");
+    let dead = idem_sqlx::outbox::dead_letters(&db.pool, 10)
+        .await
+        .expect("dead");
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
+            .message
             .last_error
             .as_deref()
             .is_some_and(|e| e.contains("lease ran out")),
         "{:?}",
-        dead[0].last_error
+        dead[0].message.last_error
     );
 }
 

@@ -48,11 +48,11 @@ async fn enqueue_commits_without_a_notify() {
     let db = test_db().await;
     let mut listener = PgListener::connect_with(&db.pool).await.expect("listener");
     listener
-        .listen(idem_sqlx::OUTBOX_CHANNEL)
+        .listen(idem_sqlx::outbox::OUTBOX_CHANNEL)
         .await
         .expect("listen");
     let mut tx = db.pool.begin().await.expect("begin");
-    idem_sqlx::enqueue(&mut tx, Message::new("orders", b"x".to_vec()))
+    idem_sqlx::outbox::enqueue(&mut tx, Message::new("orders", b"x".to_vec()))
         .await
         .expect("enqueue");
     tx.commit().await.expect("commit");
@@ -158,7 +158,7 @@ async fn a_relay_whose_first_listen_failed_listens_once_the_database_is_back() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // its catch-up round is over
     let mut tx = db.pool.begin().await.expect("begin");
-    idem_sqlx::enqueue(
+    idem_sqlx::outbox::enqueue(
         &mut tx,
         Message::new(stream.subject("orders"), b"x".to_vec()),
     )

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use idem_core::{BodyMode, Fingerprint, IdempotencyKey, RecordState, StoredResponse, TenantId};
-use idem_sqlx::{Claim, ClaimRequest, Completion, StoreError};
+use idem_sqlx::StoreError;
+use idem_sqlx::keys::{Claim, ClaimRequest, Completion};
 use idem_tests::test_db;
 use sqlx::postgres::PgPoolOptions;
 
@@ -44,7 +45,7 @@ async fn a_claim_leaves_the_transaction_lock_timeout_at_its_default() {
         .fetch_one(&mut *tx)
         .await
         .expect("show");
-    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+    let claim = idem_sqlx::keys::claim(&mut tx, &request(&tenant, &key, b"a"))
         .await
         .expect("claim");
     assert_eq!(claim, Claim::Claimed);
@@ -84,7 +85,7 @@ async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
     let tenant = TenantId::new("t").expect("tenant");
     let taken = IdempotencyKey::parse("taken").expect("key");
     let mut tx = pool.begin().await.expect("begin");
-    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &taken, b"a"))
+    let claim = idem_sqlx::keys::claim(&mut tx, &request(&tenant, &taken, b"a"))
         .await
         .expect("claim");
     assert_eq!(claim, Claim::Claimed);
@@ -99,12 +100,12 @@ async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
     // same transaction (as after a key swept between two statements) still gives the
     // handler the session's value back.
     let mut tx = pool.begin().await.expect("begin");
-    let found = idem_sqlx::claim(&mut tx, &request(&tenant, &taken, b"b"))
+    let found = idem_sqlx::keys::claim(&mut tx, &request(&tenant, &taken, b"b"))
         .await
         .expect("claim");
     assert!(matches!(found, Claim::Mismatch(..)), "{found:?}");
     let fresh = IdempotencyKey::parse("fresh").expect("key");
-    let claim = idem_sqlx::claim(&mut tx, &request(&tenant, &fresh, b"a"))
+    let claim = idem_sqlx::keys::claim(&mut tx, &request(&tenant, &fresh, b"a"))
         .await
         .expect("claim");
     assert_eq!(claim, Claim::Claimed);
@@ -119,12 +120,12 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
     let stored = response();
     let mut tx = db.pool.begin().await.expect("begin");
     assert_eq!(
-        idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+        idem_sqlx::keys::claim(&mut tx, &request(&tenant, &key, b"a"))
             .await
             .expect("claim"),
         Claim::Claimed
     );
-    idem_sqlx::complete(
+    idem_sqlx::keys::complete(
         &mut tx,
         &request(&tenant, &key, b"a"),
         Completion::Response(&stored),
@@ -134,7 +135,7 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
     tx.commit().await.expect("commit");
 
     let mut tx = db.pool.begin().await.expect("begin");
-    match idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"a"))
+    match idem_sqlx::keys::claim(&mut tx, &request(&tenant, &key, b"a"))
         .await
         .expect("claim")
     {
@@ -145,13 +146,13 @@ async fn a_completed_claim_is_replayed_with_every_header_in_order() {
     }
     tx.rollback().await.expect("rollback");
     let mut tx = db.pool.begin().await.expect("begin");
-    let other = idem_sqlx::claim(&mut tx, &request(&tenant, &key, b"b"))
+    let other = idem_sqlx::keys::claim(&mut tx, &request(&tenant, &key, b"b"))
         .await
         .expect("claim");
     assert!(matches!(other, Claim::Mismatch(..)));
     tx.rollback().await.expect("rollback");
 
-    let (record, _) = idem_sqlx::lookup(&db.pool, &tenant, &key)
+    let (record, _) = idem_sqlx::keys::lookup(&db.pool, &tenant, &key)
         .await
         .expect("lookup")
         .expect("record");
@@ -165,7 +166,7 @@ async fn a_claim_held_by_a_running_transaction_is_in_flight_after_the_wait() {
     let key = IdempotencyKey::parse("k").expect("key");
     let mut holder = db.pool.begin().await.expect("begin");
     assert_eq!(
-        idem_sqlx::claim(&mut holder, &request(&tenant, &key, b"a"))
+        idem_sqlx::keys::claim(&mut holder, &request(&tenant, &key, b"a"))
             .await
             .expect("claim"),
         Claim::Claimed
@@ -173,7 +174,7 @@ async fn a_claim_held_by_a_running_transaction_is_in_flight_after_the_wait() {
 
     let mut waiter = db.pool.begin().await.expect("begin");
     let started = std::time::Instant::now();
-    let claim = idem_sqlx::claim(&mut waiter, &request(&tenant, &key, b"a"))
+    let claim = idem_sqlx::keys::claim(&mut waiter, &request(&tenant, &key, b"a"))
         .await
         .expect("claim");
     assert_eq!(claim, Claim::InFlight);
@@ -187,7 +188,7 @@ async fn a_claim_held_by_a_running_transaction_is_in_flight_after_the_wait() {
     holder.rollback().await.expect("rollback");
     let mut next = db.pool.begin().await.expect("begin");
     assert_eq!(
-        idem_sqlx::claim(&mut next, &request(&tenant, &key, b"b"))
+        idem_sqlx::keys::claim(&mut next, &request(&tenant, &key, b"b"))
             .await
             .expect("claim"),
         Claim::Claimed
@@ -200,7 +201,7 @@ async fn completing_a_key_this_transaction_did_not_claim_is_an_error() {
     let tenant = TenantId::new("t").expect("tenant");
     let key = IdempotencyKey::parse("never-claimed").expect("key");
     let mut tx = db.pool.begin().await.expect("begin");
-    let err = idem_sqlx::complete(
+    let err = idem_sqlx::keys::complete(
         &mut tx,
         &request(&tenant, &key, b"a"),
         Completion::StatusOnly(201),
@@ -217,7 +218,7 @@ async fn storing_the_response_moves_no_indexed_column_and_retention_counts_from_
     let req = request(&tenant, &key, b"a");
     let mut tx = db.pool.begin().await.expect("begin");
     assert_eq!(
-        idem_sqlx::claim(&mut tx, &req).await.expect("claim"),
+        idem_sqlx::keys::claim(&mut tx, &req).await.expect("claim"),
         Claim::Claimed
     );
     let indexed = "SELECT tenant_id, key, expires_at FROM idem.keys WHERE key = 'hot'";
@@ -227,7 +228,7 @@ async fn storing_the_response_moves_no_indexed_column_and_retention_counts_from_
         .expect("claimed row");
     // The handler takes its time: the retention must count from here, not the claim.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    idem_sqlx::complete(&mut tx, &req, Completion::Response(&response()))
+    idem_sqlx::keys::complete(&mut tx, &req, Completion::Response(&response()))
         .await
         .expect("complete");
     tx.commit().await.expect("commit");
@@ -239,7 +240,7 @@ async fn storing_the_response_moves_no_indexed_column_and_retention_counts_from_
         completed, claimed,
         "the response's UPDATE leaves the indexed columns alone (so it can be HOT)"
     );
-    let (record, _) = idem_sqlx::lookup(&db.pool, &tenant, &key)
+    let (record, _) = idem_sqlx::keys::lookup(&db.pool, &tenant, &key)
         .await
         .expect("lookup")
         .expect("record");

@@ -22,7 +22,7 @@ async fn count(db: &TestDb, sql: &'static str) -> i64 {
 async fn outbox_rows(db: &TestDb) {
     let mut tx = db.pool.begin().await.expect("begin");
     for i in 0..6 {
-        idem_sqlx::enqueue(
+        idem_sqlx::outbox::enqueue(
             &mut tx,
             Message::new("orders", format!("m{i}").into_bytes()),
         )
@@ -178,7 +178,7 @@ async fn the_sweeper_skips_a_row_another_transaction_holds_instead_of_waiting() 
     expired_keys(&db).await;
     let mut tx = db.pool.begin().await.expect("begin");
     for i in 0..2 {
-        idem_sqlx::enqueue(
+        idem_sqlx::outbox::enqueue(
             &mut tx,
             Message::new("orders", format!("m{i}").into_bytes()),
         )

@@ -15,7 +15,7 @@ async fn a_webhook_receiver_behind_the_layer_runs_each_message_once() {
     // The sender's outbox, in another database.
     let db = test_db().await;
     let mut tx = db.pool.begin().await.expect("begin");
-    idem_sqlx::enqueue(
+    idem_sqlx::outbox::enqueue(
         &mut tx,
         Message::new("effects.requested", b"hello".to_vec()).header("x-tenant-id", "t1"),
     )
@@ -83,7 +83,7 @@ fn client() -> reqwest::Client {
 
 async fn one_message(db: &idem_tests::TestDb) {
     let mut tx = db.pool.begin().await.expect("begin");
-    idem_sqlx::enqueue(&mut tx, Message::new("effects.requested", b"x".to_vec()))
+    idem_sqlx::outbox::enqueue(&mut tx, Message::new("effects.requested", b"x".to_vec()))
         .await
         .expect("enqueue");
     tx.commit().await.expect("commit");
@@ -103,15 +103,17 @@ async fn a_permanent_4xx_dead_letters_at_once_and_the_later_ones_are_retried() {
     for _ in 0..4 {
         assert_eq!(relay.relay_once().await.expect("round"), 1);
     }
-    let dead = idem_sqlx::dead_letters(&db.pool, 10).await.expect("dead");
+    let dead = idem_sqlx::outbox::dead_letters(&db.pool, 10)
+        .await
+        .expect("dead");
     assert_eq!(
         dead.len(),
         1,
         "dead-lettered on the 422, with attempts left"
     );
-    assert_eq!(dead[0].attempts, 4);
+    assert_eq!(dead[0].message.attempts, 4);
     assert_eq!(
-        dead[0].last_error.as_deref(),
+        dead[0].message.last_error.as_deref(),
         Some("webhook answered 422 Unprocessable Entity")
     );
     assert_eq!(receiver.seen().len(), 4);
@@ -140,7 +142,7 @@ async fn retry_after_holds_the_message_back_for_as_long_as_the_receiver_asked() 
     );
     assert_eq!(relay.relay_once().await.expect("round"), 0, "not due yet");
     assert!(
-        idem_sqlx::dead_letters(&db.pool, 10)
+        idem_sqlx::outbox::dead_letters(&db.pool, 10)
             .await
             .expect("dead")
             .is_empty()

@@ -179,7 +179,7 @@ async fn effect(
     if let Some(Extension(key)) = &key {
         message = message.from_request(&tenant, key);
     }
-    if let Err(e) = idem_sqlx::enqueue(&mut tx, message).await {
+    if let Err(e) = idem_sqlx::outbox::enqueue(&mut tx, message).await {
         return unavailable(e);
     }
     drop(tx);

@@ -326,7 +326,9 @@ impl TestDb {
                     &idem_core::IdempotencyKey::parse(&format!("key-{i}")).expect("key"),
                 );
             }
-            idem_sqlx::enqueue(&mut tx, message).await.expect("enqueue");
+            idem_sqlx::outbox::enqueue(&mut tx, message)
+                .await
+                .expect("enqueue");
         }
         tx.commit().await.expect("commit");
     }

@@ -85,7 +85,7 @@ impl Job {
             let route = self.observed.route().cloned();
             let retention = self.config.policy.retention;
             async move {
-                idem_sqlx::observe_key(&pool, &tenant, &key, &print, route.as_deref(), retention)
+                idem_sqlx::keys::observe(&pool, &tenant, &key, &print, route.as_deref(), retention)
                     .await
             }
         };

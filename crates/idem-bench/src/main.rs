@@ -636,7 +636,7 @@ fn layer_statements(
         let backend = tenants::backend();
         let tenant = idem_core::TenantId::new(tenants::next())?;
         let key = idem_core::IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string())?;
-        let request = idem_sqlx::ClaimRequest {
+        let request = idem_sqlx::keys::ClaimRequest {
             tenant: &tenant,
             key: &key,
             fingerprint: idem_core::Fingerprint::builder("POST", "/payments")
@@ -648,9 +648,10 @@ fn layer_statements(
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
         };
-        let mut tx = idem_sqlx::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
-        match idem_sqlx::claim_on(&mut tx, &request, backend).await? {
-            idem_sqlx::Claim::Claimed => {}
+        let mut tx =
+            idem_sqlx::transaction::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
+        match idem_sqlx::keys::claim_on(&mut tx, &request, backend).await? {
+            idem_sqlx::keys::Claim::Claimed => {}
             other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
         }
         let payment = handler_statements(&mut tx, &tenant, Some(&key)).await?;
@@ -665,10 +666,10 @@ fn layer_statements(
             ],
             body: serde_json::to_vec(&payment)?,
         };
-        idem_sqlx::complete(
+        idem_sqlx::keys::complete(
             &mut tx,
             &request,
-            idem_sqlx::Completion::Response(&response),
+            idem_sqlx::keys::Completion::Response(&response),
         )
         .await?;
         tx.commit().await?;

@@ -52,7 +52,8 @@ pub struct WorkerShare {
 /// and the hand-written pattern's keys table), co-located; on plain Postgres nothing.
 /// Answers whether the database is a Citus coordinator.
 pub async fn distribute(pool: &PgPool) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let idem_sqlx::Distribution::Distributed { .. } = payments::distribute(pool).await? else {
+    let idem_sqlx::citus::Distribution::Distributed { .. } = payments::distribute(pool).await?
+    else {
         return Ok(false);
     };
     sqlx::query(

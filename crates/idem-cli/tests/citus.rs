@@ -23,7 +23,7 @@ async fn colocation(db: &TestDb, table: &str) -> Option<i32> {
 /// The co-location group of each of idem's distributable tables.
 async fn idems_colocation(db: &TestDb) -> Vec<Option<i32>> {
     let mut groups = Vec::new();
-    for table in idem_sqlx::DISTRIBUTED_TABLES {
+    for table in idem_sqlx::citus::DISTRIBUTED_TABLES {
         groups.push(colocation(db, table).await);
     }
     groups
@@ -33,7 +33,7 @@ async fn idems_colocation(db: &TestDb) -> Vec<Option<i32>> {
 async fn distribute_distributes_idems_tables_beside_the_given_one_and_then_nothing() {
     let db = citus_test_db(4).await;
     // A database whose idem tables are still the coordinator's own, as after `migrate`.
-    for table in idem_sqlx::DISTRIBUTED_TABLES {
+    for table in idem_sqlx::citus::DISTRIBUTED_TABLES {
         sqlx::query("SELECT undistribute_table($1)")
             .bind(table)
             .execute(&db.pool)
@@ -48,7 +48,7 @@ async fn distribute_distributes_idems_tables_beside_the_given_one_and_then_nothi
     let (code, report) = cli::idem(&db, &["distribute", "--colocate-with", "effects"]).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["backend"], "citus", "{report}");
-    let expected: Vec<Value> = idem_sqlx::DISTRIBUTED_TABLES
+    let expected: Vec<Value> = idem_sqlx::citus::DISTRIBUTED_TABLES
         .iter()
         .map(|t| Value::from(*t))
         .collect();

@@ -8,39 +8,10 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
-use crate::StoreError;
+use crate::{Backend, StoreError};
 
 /// SQLSTATE `lock_not_available`: a lock wait passed `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
-
-/// The kind of Postgres a pool reaches: the request path words a few statements
-/// differently on a Citus coordinator (a wait bound the workers see, no functions
-/// Citus refuses on distributed tables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// Plain Postgres.
-    #[default]
-    Postgres,
-    /// A Citus coordinator (its `citus` extension is installed in the database).
-    Citus,
-}
-
-impl Backend {
-    /// The backend `executor` (a pool or a connection) reaches: [`Backend::Citus`] when
-    /// the database has the `citus` extension.
-    pub async fn detect<'e>(executor: impl PgExecutor<'e>) -> Result<Backend, StoreError> {
-        let citus: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
-        )
-        .fetch_one(executor)
-        .await?;
-        Ok(if citus {
-            Backend::Citus
-        } else {
-            Backend::Postgres
-        })
-    }
-}
 
 /// idem's tables that are distributed by `tenant_id`, in the order [`distribute`]
 /// distributes them. `idem.inbox` is keyed by the tenant its messages name, so a
@@ -79,7 +50,7 @@ pub enum Distribution {
 /// idem_sqlx::MIGRATOR.run(&pool).await?;
 /// // The application's own tables first, distributed by their tenant column; then idem's
 /// // beside them.
-/// idem_sqlx::distribute(&pool, Some("public.payments")).await?;
+/// idem_sqlx::citus::distribute(&pool, Some("public.payments")).await?;
 /// # Ok(())
 /// # }
 /// ```

@@ -29,7 +29,7 @@ pub enum StoreError {
     /// owner commits nothing.
     #[error("the key was taken over by another owner; this one may no longer commit")]
     Fenced,
-    /// [`distribute`](crate::distribute) found idem's tables distributed but not in one
+    /// [`distribute`](crate::citus::distribute) found idem's tables distributed but not in one
     /// co-location group with the table named (distributed earlier without it, or with
     /// another): every keyed request would be a two-phase commit across workers.
     /// Re-distribute them (`undistribute_table`, then `distribute` again).

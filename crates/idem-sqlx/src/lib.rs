@@ -15,7 +15,8 @@
 //! use std::time::Duration;
 //!
 //! use idem_core::{BodyMode, Fingerprint, IdempotencyKey, StoredResponse, TenantId};
-//! use idem_sqlx::{Claim, ClaimRequest, Completion};
+//! use idem_sqlx::keys::{self, Claim, ClaimRequest, Completion};
+//! use idem_sqlx::{Isolation, transaction};
 //!
 //! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 //! idem_sqlx::MIGRATOR.run(&pool).await?;
@@ -26,7 +27,7 @@
 //!     .body(br#"{"amount":100}"#, BodyMode::Raw)
 //!     .finish();
 //!
-//! let mut tx = idem_sqlx::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
+//! let mut tx = transaction::begin(&pool, Isolation::ReadCommitted).await?;
 //! let request = ClaimRequest {
 //!     tenant: &tenant,
 //!     key: &key,
@@ -37,11 +38,11 @@
 //!     retention: Duration::from_secs(24 * 3600),
 //!     wait: Duration::from_secs(5),
 //! };
-//! match idem_sqlx::claim(&mut tx, &request).await? {
+//! match keys::claim(&mut tx, &request).await? {
 //!     Claim::Claimed => {
 //!         // ... the handler's own writes on `tx` ...
 //!         let response = StoredResponse { status: 201, headers: vec![], body: b"{}".to_vec() };
-//!         idem_sqlx::complete(&mut tx, &request, Completion::Response(&response)).await?;
+//!         keys::complete(&mut tx, &request, Completion::Response(&response)).await?;
 //!         tx.commit().await?;
 //!     }
 //!     Claim::Replay(record, _) => println!("replay {:?}", record.state),
@@ -51,54 +52,66 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Modules
+//!
+//! The root holds what an application builds and wires up once: [`MIGRATOR`], the
+//! [`Isolation`] its transactions begin with, the [`Backend`] it runs on, the
+//! [`StoreError`] every call returns; the outbox's [`Message`], its [`OutboxRelay`] with
+//! a [`Sink`] ([`WebhookSink`], `JetStreamSink`) and the [`OutboxWaker`]; the [`Inbox`];
+//! the [`Sweeper`], the [`ReplayTally`] and the [`StoreGauges`]. The statements a
+//! request or an operator runs sit in modules named for what they act on:
+//!
+//! - [`transaction`]: opening a request's transaction ([`transaction::begin`]) and why
+//!   one could not be opened ([`transaction::unreached`]).
+//! - [`keys`]: a key on an atomic route: [`keys::claim`], [`keys::complete`],
+//!   [`keys::record`] outside the request's transaction, [`keys::lookup`], observe-mode
+//!   sightings ([`keys::observe`]), [`keys::live_keys`] and [`keys::sweep_expired`].
+//!   - [`keys::inspect`]: one key as an operator reads it ([`keys::inspect::details`])
+//!     and its eviction ([`keys::inspect::evict`]).
+//! - [`phased`]: a key on a phased route: its claim with a lease and a fencing token,
+//!   the phases ([`phased::begin`], [`phased::commit`]), the fenced
+//!   [`phased::finish`], and what the completer and the status URL read
+//!   ([`phased::abandoned`], [`phased::operation`]).
+//! - [`outbox`]: [`outbox::enqueue`] on the request's transaction, the dead letters
+//!   ([`outbox::dead_letters`], [`outbox::redrive`], [`outbox::purge`]) and the
+//!   channel relays listen on.
+//!   - [`outbox::headers`]: the headers a message is delivered with.
+//! - [`citus`]: scaling out on Citus ([`citus::distribute`]).
 
+mod backend;
 mod backoff;
-mod citus;
+pub mod citus;
 mod error;
 mod gauges;
 mod inbox;
-mod inspect;
 mod isolation;
 mod json_headers;
-mod keys;
+pub mod keys;
 mod migrate;
 #[cfg(feature = "nats")]
 mod nats;
 mod observe;
-mod observed;
-mod outbox;
-mod phases;
+pub mod outbox;
+pub mod phased;
 mod relay;
 mod replays;
 mod sql;
 mod sweeper;
+pub mod transaction;
 #[cfg(feature = "http")]
 mod webhook;
 
-pub use citus::{Backend, DISTRIBUTED_TABLES, Distribution, distribute};
+pub use backend::Backend;
 pub use error::StoreError;
 pub use gauges::{RouteKeys, StoreGauges, StoreStats};
 pub use inbox::{DeadMessage, Inbox, InboxError, InboxMessage, Processed};
-pub use inspect::{KeyDetails, PhasedDetails, evict_key, key_details};
-pub use isolation::{Isolation, begin, unreached};
-pub use keys::{
-    Claim, ClaimRequest, Completion, claim, claim_on, complete, live_keys, lookup, record,
-    record_on, sweep_expired,
-};
+pub use isolation::Isolation;
 pub use migrate::{MIGRATIONS_TABLE, MIGRATOR, SCHEMA};
 #[cfg(feature = "nats")]
 pub use nats::JetStreamSink;
-pub use observed::observe_key;
-pub use outbox::{
-    CORRELATION_ID, DeliveryHeaders, IDEMPOTENCY_KEY, Message, NOTIFY_SPACING, OUTBOX_CHANNEL,
-    OutboxMessage, OutboxWaker, REQUEST_KEY, TENANT_ID, TOPIC, TRACEPARENT, TRACESTATE,
-    dead_letters, enqueue, purge, redrive, track_enqueues,
-};
-pub use phases::{
-    Abandoned, Expiry, Lease, Operation, OperationState, PhaseStart, Phased, PhasedClaim,
-    abandoned, begin_phase, claim_phased, commit_phase, finish_phased, operation, record_failure,
-    release_lease, unclaim,
-};
+pub use outbox::message::{Message, OutboxMessage};
+pub use outbox::waker::OutboxWaker;
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayConfigError, Sink, SinkError};
 pub use replays::{REPLAY_FLUSH_DELAY, ReplayTally, Tallied};
 pub use sweeper::{Sweeper, Swept};

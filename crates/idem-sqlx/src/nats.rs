@@ -6,7 +6,8 @@ use async_nats::jetstream::Context;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 
-use crate::{DeliveryHeaders, OutboxMessage, Sink, SinkError};
+use crate::outbox::headers::DeliveryHeaders;
+use crate::{OutboxMessage, Sink, SinkError};
 
 /// Publishes outbox messages to NATS JetStream, subject = the message's topic.
 ///

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::citus::{bounded_wait, is_lock_timeout, swept};
-use crate::keys::{sweep_expired_citus, sweep_expired_on};
+use crate::keys::{sweep_expired, sweep_expired_citus};
 use crate::{Backend, StoreError};
 
 /// What one [`Sweeper::sweep_once`] removed.
@@ -180,7 +180,7 @@ impl Sweeper {
 
     async fn batch_postgres(&self, table: Table) -> Result<u64, StoreError> {
         match table {
-            Table::Keys => sweep_expired_on(&self.pool, self.batch_size, Backend::Postgres).await,
+            Table::Keys => sweep_expired(&self.pool, self.batch_size).await,
             Table::Outbox => self.delivered_outbox_postgres().await,
             Table::Inbox => self.old_inbox_postgres().await,
             Table::Observed => self.old_observations_postgres().await,

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 use idem_core::delivery::classify_http;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use crate::{DeliveryHeaders, OutboxMessage, Sink, SinkError};
+use crate::outbox::headers::DeliveryHeaders;
+use crate::{OutboxMessage, Sink, SinkError};
 
 /// POSTs each outbox message's payload to a URL.
 ///

@@ -236,7 +236,7 @@ async fn announce(
     if let Some(trace) = phases.trace() {
         message = message.trace(trace);
     }
-    idem_sqlx::enqueue(tx, message).await?;
+    idem_sqlx::outbox::enqueue(tx, message).await?;
     Ok(())
 }
 

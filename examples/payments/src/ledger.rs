@@ -123,7 +123,7 @@ pub async fn handle(
     message: &jetstream::Message,
 ) -> Result<Processed<()>, LedgerError> {
     let headers = headers_of(message);
-    let id = header(&headers, idem_sqlx::IDEMPOTENCY_KEY)
+    let id = header(&headers, idem_sqlx::outbox::headers::IDEMPOTENCY_KEY)
         .or_else(|| header(&headers, "Nats-Msg-Id"))
         .and_then(|v| Uuid::parse_str(v).ok());
     let Some(id) = id else {
@@ -136,16 +136,16 @@ pub async fn handle(
             .map_err(|e| LedgerError::Ack(e.to_string()))?;
         return Err(LedgerError::NoMessageId);
     };
-    let trace_id = header(&headers, idem_sqlx::TRACEPARENT)
+    let trace_id = header(&headers, idem_sqlx::outbox::headers::TRACEPARENT)
         .and_then(|t| idem_axum::TraceContext::from_headers(Some(t), None, None))
         .and_then(|t| t.trace_id().map(str::to_owned));
     let span = tracing::info_span!(
         "ledger.message",
         message_id = %id,
         trace_id = trace_id.as_deref(),
-        correlation_id = header(&headers, idem_sqlx::CORRELATION_ID),
+        correlation_id = header(&headers, idem_sqlx::outbox::headers::CORRELATION_ID),
     );
-    let tenant = header(&headers, idem_sqlx::TENANT_ID).unwrap_or_default();
+    let tenant = header(&headers, idem_sqlx::outbox::headers::TENANT_ID).unwrap_or_default();
     let incoming = InboxMessage {
         id,
         subject: message.subject.as_str(),

@@ -55,8 +55,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// The example's tables distributed by tenant on a Citus coordinator, idem's
 /// co-located with them, so that a payment (its row, its key, its outbox message) is one
 /// transaction on one worker. Idempotent, run at every start after [`migrate`]; on plain
-/// Postgres it does nothing and answers [`Distribution::NotCitus`](idem_sqlx::Distribution).
-pub async fn distribute(pool: &PgPool) -> Result<idem_sqlx::Distribution, idem_sqlx::StoreError> {
+/// Postgres it does nothing and answers [`Distribution::NotCitus`](idem_sqlx::citus::Distribution).
+pub async fn distribute(
+    pool: &PgPool,
+) -> Result<idem_sqlx::citus::Distribution, idem_sqlx::StoreError> {
     if idem_sqlx::Backend::detect(pool).await? == idem_sqlx::Backend::Citus {
         for table in ["payments", "ledger_entries"] {
             sqlx::query(
@@ -68,7 +70,7 @@ pub async fn distribute(pool: &PgPool) -> Result<idem_sqlx::Distribution, idem_s
             .await?;
         }
     }
-    idem_sqlx::distribute(pool, Some("payments")).await
+    idem_sqlx::citus::distribute(pool, Some("payments")).await
 }
 
 /// The router with the idempotency layer configured as the example uses it.
@@ -251,7 +253,7 @@ pub async fn record(
     if let Some(trace) = announce.trace {
         message = message.trace(trace);
     }
-    match idem_sqlx::enqueue(conn, message).await {
+    match idem_sqlx::outbox::enqueue(conn, message).await {
         Ok(_) => Ok(payment),
         Err(idem_sqlx::StoreError::Database(e)) => Err(e),
         Err(e) => Err(sqlx::Error::Protocol(e.to_string())),

@@ -46,7 +46,9 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .connect(&database.url)
         .await?;
     payments::migrate(&pool).await?;
-    if let idem_sqlx::Distribution::Distributed { newly } = payments::distribute(&pool).await? {
+    if let idem_sqlx::citus::Distribution::Distributed { newly } =
+        payments::distribute(&pool).await?
+    {
         tracing::info!(?newly, "Citus: tables distributed by tenant, co-located");
     }
 

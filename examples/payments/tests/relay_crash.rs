@@ -86,7 +86,7 @@ async fn relays_one_sigkilled_mid_batch_publish_every_message_once() {
     let stream = TestStream::create(Duration::from_secs(120)).await;
     let mut tx = db.pool.begin().await.expect("begin");
     for i in 0..MESSAGES {
-        idem_sqlx::enqueue(
+        idem_sqlx::outbox::enqueue(
             &mut tx,
             Message::new(stream.subject("orders"), format!("m{i}")),
         )

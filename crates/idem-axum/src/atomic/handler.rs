@@ -57,7 +57,7 @@ where
     }
     // `inner` is the service that was polled ready for this request.
     let started = tokio::time::Instant::now();
-    let (result, enqueued) = idem_sqlx::track_enqueues(
+    let (result, enqueued) = idem_sqlx::outbox::track_enqueues(
         AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind(),
     )
     .await;

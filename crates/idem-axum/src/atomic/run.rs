@@ -131,7 +131,7 @@ impl Job {
         // Read in the request's transaction: it sees the key just claimed.
         let admitted = self
             .admit_new_key(keyed, async || {
-                idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await
+                idem_sqlx::keys::live_keys(&mut *tx, &keyed.tenant).await
             })
             .await;
         match admitted {
@@ -161,7 +161,9 @@ impl Job {
             return Ok(unavailable(&self.config));
         }
         let why = match &cause {
-            Some(e) => idem_sqlx::unreached(&self.pool, e, self.config.timeouts.store).await,
+            Some(e) => {
+                idem_sqlx::transaction::unreached(&self.pool, e, self.config.timeouts.store).await
+            }
             None => StoreUnreached::Silent,
         };
         if !self.config.policy.failure.runs_without_store(why) {

@@ -12,7 +12,8 @@ use idem_core::{
     FailureKind, Outcome, Record, RecordState, StoredResponse, aborted_answer_stands,
     streams_by_media_type,
 };
-use idem_sqlx::{Completion, StoreError};
+use idem_sqlx::StoreError;
+use idem_sqlx::keys::Completion;
 
 use crate::Problem;
 use crate::atomic::buffer::{Buffered, buffer};
@@ -130,7 +131,7 @@ impl Job {
             let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
             let completion = completion(status, stored.as_ref());
             let request = keyed.claim_request(&config);
-            if let Err(e) = idem_sqlx::complete(&mut tx, &request, completion).await {
+            if let Err(e) = idem_sqlx::keys::complete(&mut tx, &request, completion).await {
                 discard(tx).await;
                 return Err(e);
             }
@@ -165,8 +166,13 @@ impl Job {
                 let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
                 let backend = config.backend(&pool).await?;
-                idem_sqlx::record_on(&pool, &keyed.claim_request(&config), completion, backend)
-                    .await
+                idem_sqlx::keys::record_on(
+                    &pool,
+                    &keyed.claim_request(&config),
+                    completion,
+                    backend,
+                )
+                .await
             }
         };
         let limit = self

@@ -9,7 +9,8 @@ use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
 use idem_core::{FailureKind, Record, decide};
-use idem_sqlx::{Backend, Claim, StoreError};
+use idem_sqlx::keys::Claim;
+use idem_sqlx::{Backend, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
@@ -89,7 +90,7 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBeg
     let beginning = {
         let pool = pool.clone();
         let isolation = config.storage.isolation;
-        async move { idem_sqlx::begin(&pool, isolation).await }
+        async move { idem_sqlx::transaction::begin(&pool, isolation).await }
     };
     let begun = bounded(config.timeouts.store, beginning, |begun| async move {
         if let Ok(tx) = begun {
@@ -168,7 +169,7 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
         async move {
             let mut tx = tx;
             let request = keyed.claim_request(&config);
-            let claimed = idem_sqlx::claim_on(&mut tx, &request, backend).await;
+            let claimed = idem_sqlx::keys::claim_on(&mut tx, &request, backend).await;
             (tx, claimed)
         }
     };
@@ -234,7 +235,7 @@ async fn answer_without_transaction(
         return None;
     }
     let sent = Utc::now();
-    let (record, now) = idem_sqlx::lookup(pool, &keyed.tenant, &keyed.key)
+    let (record, now) = idem_sqlx::keys::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
     let Some(record) = open_record(config, keyed, record) else {

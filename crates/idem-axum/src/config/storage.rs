@@ -74,7 +74,7 @@ impl Storage {
     }
 
     /// Wakes the outbox relays through `waker` after each commit of a request whose
-    /// handler enqueued a message ([`idem_sqlx::enqueue`]), so a message is published
+    /// handler enqueued a message ([`idem_sqlx::outbox::enqueue`]), so a message is published
     /// at once without a `NOTIFY` in the request's transaction (which would serialize
     /// the commits of all requests). Share the waker with the relay
     /// ([`OutboxRelay::waker`](idem_sqlx::OutboxRelay::waker)), or make it with

@@ -7,7 +7,8 @@ use axum::body::Body;
 use futures_util::StreamExt;
 use http::{Request, Response, header};
 use idem_core::{Fingerprint, IdempotencyKey, TenantId};
-use idem_sqlx::{Abandoned, StoreError};
+use idem_sqlx::StoreError;
+use idem_sqlx::phased::Abandoned;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
@@ -19,7 +20,7 @@ use tower::{Service, ServiceExt};
 pub(crate) struct Resume {
     pub(crate) tenant: TenantId,
     pub(crate) key: IdempotencyKey,
-    /// What the kept body is sealed for (see [`idem_sqlx::Lease::binding`]).
+    /// What the kept body is sealed for (see [`idem_sqlx::phased::Lease::binding`]).
     pub(crate) binding: IdempotencyKey,
     pub(crate) fingerprint: Fingerprint,
 }
@@ -144,7 +145,8 @@ where
     /// One round: resumes the abandoned keys found now; how many it ran.
     pub async fn complete_once(&self) -> Result<usize, StoreError> {
         let found =
-            idem_sqlx::abandoned(&self.pool, self.batch_size, self.after, self.max_owners).await?;
+            idem_sqlx::phased::abandoned(&self.pool, self.batch_size, self.after, self.max_owners)
+                .await?;
         let n = found.len();
         futures_util::stream::iter(found)
             .for_each_concurrent(self.concurrency, |key| self.resume(key))

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::Response;
-use idem_sqlx::{Isolation, Phased, StoreError};
+use idem_sqlx::phased::Phased;
+use idem_sqlx::{Isolation, StoreError};
 use sqlx::PgPool;
 use tracing::Instrument;
 
@@ -117,7 +118,7 @@ where
     F: FnOnce(sqlx::PgTransaction<'static>) -> Fut,
     Fut: Future<Output = (sqlx::PgTransaction<'static>, Result<Attempt, StoreError>)>,
 {
-    let tx = match idem_sqlx::begin(&pool, Isolation::ReadCommitted).await {
+    let tx = match idem_sqlx::transaction::begin(&pool, Isolation::ReadCommitted).await {
         Ok(tx) => tx,
         Err(e) => return Settled::Failed(e),
     };
@@ -163,9 +164,9 @@ async fn undo(pool: &PgPool, settled: Settled) {
         return;
     };
     let undone = if resumed {
-        idem_sqlx::release_lease(pool, &lease).await
+        idem_sqlx::phased::release_lease(pool, &lease).await
     } else {
-        idem_sqlx::unclaim(pool, &lease).await
+        idem_sqlx::phased::unclaim(pool, &lease).await
     };
     match undone {
         Ok(true) => tracing::info!(

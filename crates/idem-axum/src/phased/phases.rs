@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use idem_core::phased::{Journal, PhaseEntry, derived_key, is_phase_name};
 use idem_core::{IdempotencyKey, TraceContext};
-use idem_sqlx::{Lease, PhaseStart, StoreError};
+use idem_sqlx::StoreError;
+use idem_sqlx::phased::{Lease, PhaseStart};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
@@ -230,7 +231,7 @@ impl Phases {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, PhaseError>,
     {
         let lease = &self.inner.lease;
-        let mut tx = match idem_sqlx::begin_phase(&self.inner.pool, lease, name).await? {
+        let mut tx = match idem_sqlx::phased::begin(&self.inner.pool, lease, name).await? {
             PhaseStart::Open(tx) => tx,
             PhaseStart::Recorded(entry) => {
                 // Committed meanwhile (another call of the same phase won the row's
@@ -252,7 +253,7 @@ impl Phases {
         let value = serde_json::to_value(&output)
             .map_err(|e| PhaseError::Journal(format!("phase `{name}`: {e}")))?;
         let entry = PhaseEntry::Done(value);
-        idem_sqlx::commit_phase(tx, lease, name, &entry).await?;
+        idem_sqlx::phased::commit(tx, lease, name, &entry).await?;
         self.remember(name, entry);
         Ok(output)
     }
@@ -260,7 +261,7 @@ impl Phases {
     /// Records the phase's permanent failure; the error the handler gets.
     async fn fail(&self, name: &str, reason: String) -> PhaseError {
         let lease = &self.inner.lease;
-        match idem_sqlx::record_failure(&self.inner.pool, lease, name, &reason).await {
+        match idem_sqlx::phased::record_failure(&self.inner.pool, lease, name, &reason).await {
             Ok(entry) => {
                 self.remember(name, entry.clone());
                 match entry_output::<serde_json::Value>(name, entry) {

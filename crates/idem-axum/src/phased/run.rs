@@ -10,7 +10,8 @@ use chrono::Utc;
 use futures_util::FutureExt;
 use http::{Request, Response, header};
 use idem_core::{FailureKind, Outcome, StoredResponse};
-use idem_sqlx::{Lease, Phased, PhasedClaim, StoreError};
+use idem_sqlx::StoreError;
+use idem_sqlx::phased::{Lease, Phased, PhasedClaim};
 
 use super::gate::{self, Attempt, Gated};
 use super::phases::{PhaseAnswer, Phases};
@@ -141,13 +142,13 @@ impl Job {
                         body: &kept.body,
                         content_type: kept.content_type.as_deref(),
                     };
-                    let claimed = idem_sqlx::claim_phased(&mut tx, &claim).await;
+                    let claimed = idem_sqlx::phased::claim(&mut tx, &claim).await;
                     let attempt = match claimed {
                         // A new key counts against the tenant's limits before it
                         // commits: refused, it rolls back and nothing of it remains.
                         Ok(Phased::Owned { resumed: false, .. }) => {
                             let count =
-                                async || idem_sqlx::live_keys(&mut *tx, &keyed.tenant).await;
+                                async || idem_sqlx::keys::live_keys(&mut *tx, &keyed.tenant).await;
                             match job.admit_new_key(&keyed, count).await {
                                 Ok(()) => claimed.map(Attempt::Answered),
                                 Err(answer) => Ok(Attempt::Refused(answer)),
@@ -322,7 +323,7 @@ impl Job {
             async move {
                 let stored = stored.and_then(|s| seal_for_store(&config, &keyed, s));
                 let completion = completion(status, stored.as_ref());
-                idem_sqlx::finish_phased(&pool, &lease, completion, journal).await
+                idem_sqlx::phased::finish(&pool, &lease, completion, journal).await
             }
         };
         match bounded(self.config.timeouts.store, work, |_| async {}).await {
@@ -354,7 +355,7 @@ impl Job {
     async fn release(&self, lease: &Lease) {
         let work = {
             let (pool, lease) = (self.pool.clone(), lease.clone());
-            async move { idem_sqlx::release_lease(&pool, &lease).await }
+            async move { idem_sqlx::phased::release_lease(&pool, &lease).await }
         };
         if let Some(Err(e)) = bounded(self.config.timeouts.store, work, |_| async {}).await {
             tracing::warn!(error = %e, "releasing the lease failed; it passes by itself");

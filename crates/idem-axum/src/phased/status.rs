@@ -9,7 +9,7 @@ use axum::extract::{Path, Request};
 use axum::routing::{MethodRouter, get};
 use http::{HeaderValue, Response, StatusCode, header};
 use idem_core::FailureKind;
-use idem_sqlx::{Operation, OperationState};
+use idem_sqlx::phased::{Operation, OperationState};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ async fn status(pool: &PgPool, config: &Config, id: Uuid, req: Request) -> Respo
     let Some(tenant) = config.tenant.resolve(&parts) else {
         return Problem::TenantUnresolved.into_response();
     };
-    let found = match idem_sqlx::operation(pool, &tenant, id).await {
+    let found = match idem_sqlx::phased::operation(pool, &tenant, id).await {
         Ok(found) => found,
         Err(e) if e.kind() == FailureKind::Fault => return store_fault(&e),
         Err(e) => {

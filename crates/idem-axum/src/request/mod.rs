@@ -11,7 +11,7 @@ pub(crate) mod uri;
 use std::sync::Arc;
 
 use idem_core::{Fingerprint, IdempotencyKey, TenantId};
-use idem_sqlx::ClaimRequest;
+use idem_sqlx::keys::ClaimRequest;
 
 use crate::config::Config;
 

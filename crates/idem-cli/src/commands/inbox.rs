@@ -1,9 +1,10 @@
 //! `idem inbox status | dead`.
 
+use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool};
 
-use super::Failure;
+use super::{Failure, report};
 use crate::args::InboxCommand;
 
 pub(super) async fn run(pool: &PgPool, command: &InboxCommand) -> Result<Value, Failure> {
@@ -13,26 +14,24 @@ pub(super) async fn run(pool: &PgPool, command: &InboxCommand) -> Result<Value, 
     }
 }
 
+/// One consumer's messages, as `inbox status` reports them.
+#[derive(Debug, Serialize, FromRow)]
+struct ConsumerStatus {
+    consumer: String,
+    processed: i64,
+    failing: i64,
+    dead: i64,
+}
+
 async fn status(pool: &PgPool) -> Result<Value, Failure> {
-    let rows = sqlx::query(
+    let query = sqlx::query_as::<_, ConsumerStatus>(
         "SELECT consumer, \
            count(*) FILTER (WHERE processed_at IS NOT NULL) AS processed, \
            count(*) FILTER (WHERE processed_at IS NULL AND dead_at IS NULL) AS failing, \
            count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead \
          FROM idem.inbox GROUP BY consumer ORDER BY consumer",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.push(json!({
-            "consumer": row.try_get::<String, _>("consumer")?,
-            "processed": row.try_get::<i64, _>("processed")?,
-            "failing": row.try_get::<i64, _>("failing")?,
-            "dead": row.try_get::<i64, _>("dead")?,
-        }));
-    }
-    Ok(Value::Array(out))
+    );
+    report(pool, query).await
 }
 
 async fn dead(pool: &PgPool, consumer: &str, limit: i64) -> Result<Value, Failure> {

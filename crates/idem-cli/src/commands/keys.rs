@@ -3,10 +3,11 @@
 use idem_core::protect::KeyProtection;
 use idem_core::seal::{BodySealing, Opened, is_sealed};
 use idem_core::{IdempotencyKey, TenantId};
+use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool};
 
-use super::{Error, Failure};
+use super::{Error, Failure, report};
 use crate::args::{KeyRef, KeysCommand, ProtectArgs};
 
 /// How much of a stored body `keys show` prints.
@@ -93,7 +94,7 @@ fn not_found(tenant: &TenantId, key: &IdempotencyKey) -> Failure {
 async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let sealing = sealing(&key.body_keys)?;
     let (tenant, key) = stored(key)?;
-    let Some(details) = idem_sqlx::key_details(pool, &tenant, &key).await? else {
+    let Some(details) = idem_sqlx::keys::inspect::details(pool, &tenant, &key).await? else {
         return Err(not_found(&tenant, &key));
     };
     let headers: Vec<Value> = details
@@ -138,7 +139,7 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
 
 async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let (tenant, key) = stored(key)?;
-    if !idem_sqlx::evict_key(pool, &tenant, &key).await? {
+    if !idem_sqlx::keys::inspect::evict(pool, &tenant, &key).await? {
         return Err(not_found(&tenant, &key));
     }
     Ok(json!({ "evicted": true, "tenant": tenant.as_str(), "key": key.as_str() }))
@@ -211,8 +212,20 @@ async fn protect(pool: &PgPool, args: &ProtectArgs) -> Result<Value, Failure> {
     }))
 }
 
+/// One day's keys of one route, as `keys stats` reports them.
+#[derive(Debug, Serialize, FromRow)]
+struct DayStats {
+    day: String,
+    route: String,
+    keys: i64,
+    bytes: i64,
+    replays: i64,
+    mismatches: i64,
+    in_flight: i64,
+}
+
 async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
-    let rows = sqlx::query(
+    let query = sqlx::query_as::<_, DayStats>(
         "SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD') AS day, \
            coalesce(route, 'unmatched') AS route, count(*) AS keys, \
            coalesce(sum(pg_column_size(k.*)), 0)::int8 AS bytes, \
@@ -222,20 +235,6 @@ async fn stats(pool: &PgPool, days: i32) -> Result<Value, Failure> {
          FROM idem.keys k WHERE created_at >= now() - make_interval(days => $1) \
          GROUP BY 1, 2 ORDER BY 1, 2",
     )
-    .bind(days)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.push(json!({
-            "day": row.try_get::<String, _>("day")?,
-            "route": row.try_get::<String, _>("route")?,
-            "keys": row.try_get::<i64, _>("keys")?,
-            "bytes": row.try_get::<i64, _>("bytes")?,
-            "replays": row.try_get::<i64, _>("replays")?,
-            "mismatches": row.try_get::<i64, _>("mismatches")?,
-            "in_flight": row.try_get::<i64, _>("in_flight")?,
-        }));
-    }
-    Ok(Value::Array(out))
+    .bind(days);
+    report(pool, query).await
 }

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use idem_sqlx::{Backend, Distribution};
+use idem_sqlx::Backend;
+use idem_sqlx::citus::Distribution;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -125,7 +126,7 @@ pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result
     progress.set_message("sweeping:");
     let mut keys = 0u64;
     loop {
-        let n = idem_sqlx::sweep_expired(pool, batch_size).await?;
+        let n = idem_sqlx::keys::sweep_expired(pool, batch_size).await?;
         keys += n;
         progress.inc(n);
         if n < batch_size.unsigned_abs() {
@@ -164,7 +165,7 @@ pub(super) async fn distribute(
     pool: &PgPool,
     colocate_with: Option<&str>,
 ) -> Result<Value, Failure> {
-    match idem_sqlx::distribute(pool, colocate_with).await? {
+    match idem_sqlx::citus::distribute(pool, colocate_with).await? {
         Distribution::NotCitus => Ok(json!({
             "backend": "postgres",
             "distributed": [],
@@ -178,7 +179,7 @@ pub(super) async fn distribute(
             Ok(json!({
                 "backend": "citus",
                 "distributed": newly,
-                "tables": idem_sqlx::DISTRIBUTED_TABLES,
+                "tables": idem_sqlx::citus::DISTRIBUTED_TABLES,
                 "colocate_with": colocate_with,
                 "note": note,
             }))

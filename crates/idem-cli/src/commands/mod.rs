@@ -5,9 +5,11 @@ mod keys;
 mod maintenance;
 mod outbox;
 
+use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, PgPool, Postgres};
 
 use crate::args::{Cli, Command};
 
@@ -40,6 +42,9 @@ pub enum Error {
     /// An argument is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// A report could not be written as JSON.
+    #[error("report: {0}")]
+    Report(#[from] serde_json::Error),
 }
 
 impl From<sqlx::Error> for Failure {
@@ -72,6 +77,19 @@ pub async fn run(cli: &Cli) -> Result<Value, Failure> {
             maintenance::distribute(&pool, colocate_with.as_deref()).await
         }
     }
+}
+
+/// The rows `query` reads on `pool`, each a JSON object of its columns: the report of
+/// a command that lists what a table holds.
+async fn report<'q, T>(
+    pool: &PgPool,
+    query: QueryAs<'q, Postgres, T, PgArguments>,
+) -> Result<Value, Failure>
+where
+    T: Serialize + Send + Unpin + for<'r> FromRow<'r, PgRow>,
+{
+    let rows = query.fetch_all(pool).await?;
+    Ok(serde_json::to_value(rows).map_err(Error::Report)?)
 }
 
 async fn connect(cli: &Cli) -> Result<PgPool, Failure> {

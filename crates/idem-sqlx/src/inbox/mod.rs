@@ -14,10 +14,11 @@ use uuid::Uuid;
 
 pub use dead::DeadMessage;
 
+use crate::StoreError;
 use crate::backoff::full_jitter;
 use crate::json_headers;
 use crate::observe;
-use crate::{StoreError, TENANT_ID};
+use crate::outbox::headers::TENANT_ID;
 
 /// What [`Inbox::process`] did with a message. Acknowledge it in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,9 +186,67 @@ impl Inbox {
         E: std::fmt::Display,
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
     {
-        let processed = self.process_once(message, work).await;
+        let processed = async {
+            let mut tx = self.pool.begin().await?;
+            if let Some(skipped) = self.recorded_before(&mut tx, message).await? {
+                tx.rollback().await?;
+                return Ok(skipped);
+            }
+            match work(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(Processed::Done(value))
+                }
+                Err(error) => {
+                    tx.rollback().await?;
+                    self.failed(message, error).await
+                }
+            }
+        }
+        .await;
         self.count(&processed);
         processed
+    }
+
+    /// Records `message`'s id on `conn` (a transaction the work then runs in), or, when
+    /// it was recorded before, what the message is: [`Processed::Dead`] or
+    /// [`Processed::Duplicate`].
+    async fn recorded_before<T>(
+        &self,
+        conn: &mut PgConnection,
+        message: &InboxMessage<'_>,
+    ) -> Result<Option<Processed<T>>, StoreError> {
+        // EXCLUDED's clock, not now() in DO UPDATE: Citus takes no function there.
+        let claimed = sqlx::query(
+            "INSERT INTO idem.inbox (tenant_id, consumer, message_id, processed_at) \
+             VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (tenant_id, consumer, message_id) \
+             DO UPDATE SET processed_at = EXCLUDED.processed_at \
+             WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
+             RETURNING 1",
+        )
+        .bind(message.tenant())
+        .bind(&self.consumer)
+        .bind(message.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let dead: Option<bool> = sqlx::query_scalar(
+            "SELECT dead_at IS NOT NULL FROM idem.inbox \
+             WHERE tenant_id = $1 AND consumer = $2 AND message_id = $3",
+        )
+        .bind(message.tenant())
+        .bind(&self.consumer)
+        .bind(message.id)
+        .fetch_optional(conn)
+        .await?;
+        Ok(Some(if dead == Some(true) {
+            Processed::Dead
+        } else {
+            Processed::Duplicate
+        }))
     }
 
     /// Counts what [`process`](Self::process) did in the inbox's metrics.
@@ -203,59 +262,6 @@ impl Inbox {
         };
         for name in counted {
             observe::count(name, names::CONSUMER, &self.consumer, 1);
-        }
-    }
-
-    async fn process_once<T, E, F>(
-        &self,
-        message: &InboxMessage<'_>,
-        work: F,
-    ) -> Result<Processed<T>, InboxError<E>>
-    where
-        E: std::fmt::Display,
-        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
-    {
-        let mut tx = self.pool.begin().await?;
-        // EXCLUDED's clock, not now() in DO UPDATE: Citus takes no function there.
-        let claimed = sqlx::query(
-            "INSERT INTO idem.inbox (tenant_id, consumer, message_id, processed_at) \
-             VALUES ($1, $2, $3, now()) \
-             ON CONFLICT (tenant_id, consumer, message_id) \
-             DO UPDATE SET processed_at = EXCLUDED.processed_at \
-             WHERE inbox.processed_at IS NULL AND inbox.dead_at IS NULL \
-             RETURNING 1",
-        )
-        .bind(message.tenant())
-        .bind(&self.consumer)
-        .bind(message.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if claimed.is_none() {
-            let dead: Option<bool> = sqlx::query_scalar(
-                "SELECT dead_at IS NOT NULL FROM idem.inbox \
-                 WHERE tenant_id = $1 AND consumer = $2 AND message_id = $3",
-            )
-            .bind(message.tenant())
-            .bind(&self.consumer)
-            .bind(message.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return Ok(if dead == Some(true) {
-                Processed::Dead
-            } else {
-                Processed::Duplicate
-            });
-        }
-        match work(&mut tx).await {
-            Ok(value) => {
-                tx.commit().await?;
-                Ok(Processed::Done(value))
-            }
-            Err(error) => {
-                tx.rollback().await?;
-                self.failed(message, error).await
-            }
         }
     }
 

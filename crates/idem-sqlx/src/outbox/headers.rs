@@ -1,7 +1,7 @@
 //! The headers a message is delivered with: the same names, each with one meaning, on
 //! every sink.
 
-use super::OutboxMessage;
+use crate::OutboxMessage;
 
 /// The message id (the outbox row's UUIDv7): the downstream dedupe key. JetStream also
 /// gets it as `Nats-Msg-Id`, its own dedupe header.
@@ -54,7 +54,7 @@ impl DeliveryHeaders {
     ///
     /// ```
     /// # fn headers(message: &idem_sqlx::OutboxMessage) {
-    /// use idem_sqlx::DeliveryHeaders;
+    /// use idem_sqlx::outbox::headers::DeliveryHeaders;
     ///
     /// for (name, value) in DeliveryHeaders::new().for_message(message) {
     ///     println!("{name}: {value}");

@@ -16,7 +16,7 @@ pub const NOTIFY_SPACING: Duration = Duration::from_millis(5);
 /// Wakes outbox relays after a transaction that enqueued messages has committed.
 ///
 /// Postgres serializes the commits of transactions that `NOTIFY` (one lock, held
-/// through the WAL flush), so [`enqueue`](crate::enqueue) sends none. Instead, after
+/// through the WAL flush), so [`enqueue`](crate::outbox::enqueue) sends none. Instead, after
 /// the commit, the code that committed calls [`wake`](Self::wake): it wakes the relays
 /// of this process that share the waker at once (no database round trip), and, when
 /// made with [`notifying`](Self::notifying), a background task sends one

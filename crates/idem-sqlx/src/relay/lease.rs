@@ -17,7 +17,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::outbox::{OutboxMessage, decode_message};
+use crate::OutboxMessage;
+use crate::outbox::message::decode_message;
 use crate::{Backend, StoreError};
 
 /// Opens a transaction of the relay's own connection on a Citus coordinator that

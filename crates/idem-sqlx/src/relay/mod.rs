@@ -23,7 +23,7 @@ pub use sink::{Sink, SinkError};
 use crate::StoreError;
 use crate::backoff::full_jitter;
 use crate::observe;
-use crate::outbox::{OutboxMessage, OutboxWaker};
+use crate::{OutboxMessage, OutboxWaker};
 use conn::OwnConnection;
 use lease::Held;
 use listen::Listening;
@@ -40,8 +40,8 @@ use listen::Listening;
 /// ends (see [`lease`](OutboxRelayBuilder::lease)), so another relay never takes a
 /// message this one delivered; each failure as it happens, to be retried
 /// later (exponential backoff with full jitter, or the destination's `Retry-After`
-/// when longer), or, after `max_attempts` or on a permanent failure, dead-lettered (kept, listed by [`dead_letters`](crate::dead_letters),
-/// re-driven by [`redrive`](crate::redrive)). A relay that dies mid-batch leaves its
+/// when longer), or, after `max_attempts` or on a permanent failure, dead-lettered (kept, listed by [`dead_letters`](crate::outbox::dead_letters),
+/// re-driven by [`redrive`](crate::outbox::redrive)). A relay that dies mid-batch leaves its
 /// messages leased; another relay takes them when the lease ends (and the downstream
 /// dedupe on the message id makes a second delivery harmless). A message whose lease
 /// ran out `max_attempts` times without an outcome (it crashes relays) is dead-lettered.

@@ -3,17 +3,17 @@
 use chrono::{DateTime, Utc};
 use idem_core::phased::PhaseEntry;
 use sqlx::postgres::types::PgInterval;
-use sqlx::{PgPool, PgTransaction};
+use sqlx::{FromRow, PgPool, PgTransaction};
 
 use super::{Lease, secs};
 use crate::StoreError;
 use crate::keys::{Completion, CompletionParts};
 
-/// Where [`begin_phase`] left a phase.
+/// Where [`begin`] left a phase.
 #[derive(Debug)]
 pub enum PhaseStart {
     /// The phase's transaction, holding the key row locked: do the phase's writes on
-    /// it, then [`commit_phase`].
+    /// it, then [`commit`].
     Open(PgTransaction<'static>),
     /// The phase is in the journal already (it committed, or failed for good, under
     /// this owner or an earlier one): run nothing, answer this.
@@ -24,14 +24,10 @@ pub enum PhaseStart {
 /// that it still carries `lease`'s token and is not finished ([`StoreError::Fenced`] if
 /// not), and that the phase is not in the journal yet ([`PhaseStart::Recorded`] if it
 /// is: a phase commits its writes once, even when two calls of it race).
-pub async fn begin_phase(
-    pool: &PgPool,
-    lease: &Lease,
-    name: &str,
-) -> Result<PhaseStart, StoreError> {
+pub async fn begin(pool: &PgPool, lease: &Lease, name: &str) -> Result<PhaseStart, StoreError> {
     // READ COMMITTED whatever the server's default: the row's newest version, read
     // under its lock, is what a racing call of the same phase committed.
-    let mut tx = crate::begin(pool, crate::Isolation::ReadCommitted).await?;
+    let mut tx = crate::transaction::begin(pool, crate::Isolation::ReadCommitted).await?;
     match fenced(&mut tx, lease, name).await? {
         None => Ok(PhaseStart::Open(tx)),
         Some(entry) => {
@@ -70,8 +66,8 @@ async fn fenced(
 
 /// Records the phase `name`'s entry in the key's journal, makes it the recovery point,
 /// renews the lease, and commits, with the phase's writes. `tx` is the one
-/// [`begin_phase`] opened, which holds the row locked and found no entry for `name`.
-pub async fn commit_phase(
+/// [`begin`] opened, which holds the row locked and found no entry for `name`.
+pub async fn commit(
     mut tx: PgTransaction<'static>,
     lease: &Lease,
     name: &str,
@@ -111,9 +107,9 @@ pub async fn record_failure(
     reason: &str,
 ) -> Result<PhaseEntry, StoreError> {
     let entry = PhaseEntry::Failed(reason.to_owned());
-    match begin_phase(pool, lease, name).await? {
+    match begin(pool, lease, name).await? {
         PhaseStart::Open(tx) => {
-            commit_phase(tx, lease, name, &entry).await?;
+            commit(tx, lease, name, &entry).await?;
             Ok(entry)
         }
         PhaseStart::Recorded(recorded) => Ok(recorded),
@@ -126,14 +122,14 @@ pub async fn record_failure(
 /// finished key keeps only its answer. `journal`, when given, replaces the journal (the
 /// layer passes it sealed, when it seals bodies). When the finished key expires, by
 /// the row's own retention (set when it was claimed, whatever this process's is).
-pub async fn finish_phased(
+pub async fn finish(
     pool: &PgPool,
     lease: &Lease,
     completion: Completion<'_>,
     journal: Option<serde_json::Value>,
 ) -> Result<Expiry, StoreError> {
     let parts = CompletionParts::new(completion)?;
-    let done: Option<(DateTime<Utc>, PgInterval, DateTime<Utc>)> = sqlx::query_as(
+    let statement = sqlx::query(
         "UPDATE idem.keys SET response_status = $4, response_header_names = $5, \
            response_header_values = $6, response_body = $7, completed_at = now(), \
            locked_until = NULL, request_query = NULL, request_body = NULL, \
@@ -143,17 +139,17 @@ pub async fn finish_phased(
     )
     .bind(lease.tenant.as_str())
     .bind(lease.key.as_str())
-    .bind(lease.fence)
-    .bind(parts.status)
-    .bind(parts.names)
-    .bind(parts.values)
-    .bind(parts.body)
-    .bind(journal)
-    .fetch_optional(pool)
-    .await?;
+    .bind(lease.fence);
+    let done = parts
+        .bind(statement)
+        .bind(journal)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::Fenced)?;
     // The expiry rule (`greatest(expires_at, completed_at + retention)`) is computed
     // here from the plain columns: Citus takes no function in `RETURNING`.
-    let (expires_at, retention, completed_at) = done.ok_or(StoreError::Fenced)?;
+    let (expires_at, retention, completed_at): (DateTime<Utc>, PgInterval, DateTime<Utc>) =
+        FromRow::from_row(&done)?;
     let retained = completed_at
         .checked_add_signed(interval(retention))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
@@ -185,30 +181,40 @@ pub struct Expiry {
 /// is not final): a retry takes it over at once and resumes. Does nothing when another
 /// owner has the key. Whether it ended the lease.
 pub async fn release_lease(pool: &PgPool, lease: &Lease) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    fenced_change(
+        pool,
+        lease,
         "UPDATE idem.keys SET locked_until = now() \
          WHERE tenant_id = $1 AND key = $2 AND fence = $3 AND completed_at IS NULL",
     )
-    .bind(lease.tenant.as_str())
-    .bind(lease.key.as_str())
-    .bind(lease.fence)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .await
 }
 
 /// Undoes a phased claim nothing ran under (it committed after its request stopped
 /// waiting for it): deletes the row while it still carries `lease`'s token and no
 /// phase committed. Whether it deleted the row.
 pub async fn unclaim(pool: &PgPool, lease: &Lease) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    fenced_change(
+        pool,
+        lease,
         "DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND fence = $3 \
            AND completed_at IS NULL AND recovery_point IS NULL",
     )
-    .bind(lease.tenant.as_str())
-    .bind(lease.key.as_str())
-    .bind(lease.fence)
-    .execute(pool)
-    .await?;
+    .await
+}
+
+/// Runs `statement` on `lease`'s key (`$1` tenant, `$2` key, `$3` the fencing token);
+/// whether it changed the row.
+async fn fenced_change(
+    pool: &PgPool,
+    lease: &Lease,
+    statement: &'static str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(statement)
+        .bind(lease.tenant.as_str())
+        .bind(lease.key.as_str())
+        .bind(lease.fence)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Lease, Phased, PhasedClaim, secs};
 use crate::StoreError;
 use crate::keys::decode_record;
-use crate::sql::expiry;
+use crate::sql::{expiry, reset};
 
 /// How many times a phased claim re-reads a key that changed under it.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -25,10 +25,7 @@ const CLAIM_ATTEMPTS: usize = 4;
 ///
 /// Until that transaction commits, nothing of the claim exists: a caller that gives up
 /// on it (a timeout) rolls it back and can truthfully say the request did not run.
-pub async fn claim_phased(
-    conn: &mut PgConnection,
-    req: &PhasedClaim<'_>,
-) -> Result<Phased, StoreError> {
+pub async fn claim(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Phased, StoreError> {
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
         if let Some((fence, operation)) = insert_new(conn, req).await? {
@@ -156,18 +153,17 @@ async fn replace_expired(
     completed_at: Option<DateTime<Utc>>,
 ) -> Result<Claimed, StoreError> {
     let fence = next_fence(conn).await?;
-    let statement = sqlx::query_as(
+    let statement = sqlx::query_as(concat!(
         "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $6, \
-           replays = 0, mismatches = 0, created_at = now(), \
-           expires_at = now() + make_interval(secs => $7), retention = make_interval(secs => $7), \
-           completed_at = NULL, response_status = NULL, response_header_names = NULL, \
-           response_header_values = NULL, response_body = NULL, recovery_point = NULL, \
+           created_at = now(), expires_at = now() + make_interval(secs => $7), \
+           retention = make_interval(secs => $7), \
            fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
-           operation_id = $13, binding = NULL \
-         WHERE tenant_id = $1 AND key = $2 AND completed_at = $14 \
-         RETURNING fence, operation_id",
-    );
+           operation_id = $13, ",
+        reset!(but lease),
+        " WHERE tenant_id = $1 AND key = $2 AND completed_at = $14 \
+         RETURNING fence, operation_id"
+    ));
     Ok(with_claim(statement, req)
         .bind(fence)
         .bind(Uuid::new_v4())

@@ -6,6 +6,11 @@
 //! nothing. A take-over waits on that lock and re-checks the lease after it, and every
 //! phase commit renews the lease: an owner that keeps committing is never taken over,
 //! and one that was cannot commit again.
+//!
+//! A request [`claim`]s the key (and commits), runs each phase between [`begin`] and
+//! [`commit`] (or [`record_failure`]), and [`finish`]es the key with its answer; one
+//! that answers something not final [`release_lease`]s it instead. The completer finds
+//! the keys whose owner stopped ([`abandoned`]); a status URL reads [`operation`].
 
 mod claim;
 mod commit;
@@ -20,10 +25,9 @@ use uuid::Uuid;
 
 use crate::keys::ClaimRequest;
 
-pub use claim::claim_phased;
+pub use claim::claim;
 pub use commit::{
-    Expiry, PhaseStart, begin_phase, commit_phase, finish_phased, record_failure, release_lease,
-    unclaim,
+    Expiry, PhaseStart, begin, commit, finish, record_failure, release_lease, unclaim,
 };
 pub use recovery::{Abandoned, Operation, OperationState, abandoned, operation};
 
@@ -68,7 +72,7 @@ pub struct Lease {
     pub operation: Uuid,
 }
 
-/// The outcome of [`claim_phased`].
+/// The outcome of [`claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phased {
     /// The key is this request's: run the handler's phases. `resumed` when it was taken

@@ -14,7 +14,7 @@ use crate::StoreError;
 /// tells what came before: `None` when the key is new (or its last sighting is past
 /// `retention`, which starts it over), else whether the earlier request had the same
 /// fingerprint. Feed it to [`idem_core::policy::Would::from_observation`].
-pub async fn observe_key<'e>(
+pub async fn observe<'e>(
     executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,

@@ -1,5 +1,6 @@
-//! A key's row as an operator reads it (the `idem keys show` and `evict` commands):
-//! everything stored of it, read and written through the store's own rules.
+//! One key as an operator reads it (the `idem keys show` and `evict` commands):
+//! everything stored of it ([`details`]), and its eviction ([`evict`]), through the
+//! store's own rules.
 
 use chrono::{DateTime, Utc};
 use idem_core::{IdempotencyKey, TenantId};
@@ -77,7 +78,7 @@ impl KeyDetails {
 
 /// The stored row of (`tenant`, `key`), as the store keeps the key (protected, when the
 /// layer protects keys), or `None` when there is none.
-pub async fn key_details<'e>(
+pub async fn details<'e>(
     executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,
@@ -129,7 +130,7 @@ pub async fn key_details<'e>(
 /// Deletes (`tenant`, `key`): its next request runs as new. Answers whether there was
 /// such a key. A process that keeps the finished record in its replay cache answers
 /// from it until it expires there.
-pub async fn evict_key<'e>(
+pub async fn evict<'e>(
     executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,

@@ -1,4 +1,11 @@
-//! Claims, completion and replay lookup of idempotency keys, in the caller's transaction.
+//! A key on an atomic route, in the caller's transaction: its [`claim`], the
+//! [`complete`]d answer (or one [`record`]ed on its own), the [`lookup`] a replay
+//! answers from; the sightings of observe mode ([`observe`]); the [`live_keys`] count and
+//! [`sweep_expired`]. What an operator reads of one key, and its eviction, are in
+//! [`inspect`].
+
+pub mod inspect;
+mod observed;
 
 use std::time::Duration;
 
@@ -10,8 +17,10 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{PgExecutor, PgTransaction, Postgres, Row};
 
-use crate::sql::expiry;
+use crate::sql::{expiry, reset};
 use crate::{Backend, StoreError};
+
+pub use observed::observe;
 
 /// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -45,13 +54,12 @@ macro_rules! inserted_or_existing {
 /// everything of the earlier request is cleared.
 macro_rules! claimed_row {
     () => {
-        "fingerprint = $3, method = $4, path = $5, route = $7, replays = 0, mismatches = 0, \
-         created_at = now(), expires_at = now() + make_interval(secs => $6), \
-         retention = make_interval(secs => $6), completed_at = NULL, response_status = NULL, \
-         response_header_names = NULL, response_header_values = NULL, response_body = NULL, \
-         recovery_point = NULL, locked_until = NULL, fence = NULL, owners = NULL, \
-         phases = NULL, request_body = NULL, request_content_type = NULL, \
-         request_query = NULL, operation_id = NULL, binding = NULL"
+        concat!(
+            "fingerprint = $3, method = $4, path = $5, route = $7, created_at = now(), \
+             expires_at = now() + make_interval(secs => $6), \
+             retention = make_interval(secs => $6), ",
+            reset!()
+        )
     };
 }
 
@@ -290,8 +298,8 @@ fn answered_by(record: Record, now: DateTime<Utc>, fingerprint: &Fingerprint) ->
 }
 
 /// The key's row as [`lookup`] reads it.
-async fn lookup_row(
-    conn: &mut sqlx::PgConnection,
+async fn lookup_row<'e>(
+    executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<Option<PgRow>, StoreError> {
@@ -304,7 +312,7 @@ async fn lookup_row(
     ))
     .bind(tenant.as_str())
     .bind(key.as_str())
-    .fetch_optional(conn)
+    .fetch_optional(executor)
     .await?)
 }
 
@@ -366,19 +374,14 @@ pub async fn complete(
     completion: Completion<'_>,
 ) -> Result<(), StoreError> {
     let parts = CompletionParts::new(completion)?;
-    let done = sqlx::query(
+    let statement = sqlx::query(
         "UPDATE idem.keys SET response_status = $3, response_header_names = $4, \
            response_header_values = $5, response_body = $6, completed_at = statement_timestamp() \
          WHERE tenant_id = $1 AND key = $2 AND completed_at IS NULL",
     )
     .bind(req.tenant.as_str())
-    .bind(req.key.as_str())
-    .bind(parts.status)
-    .bind(parts.names)
-    .bind(parts.values)
-    .bind(parts.body)
-    .execute(&mut **tx)
-    .await?;
+    .bind(req.key.as_str());
+    let done = parts.bind(statement).execute(&mut **tx).await?;
     if done.rows_affected() == 1 {
         Ok(())
     } else {
@@ -403,43 +406,32 @@ pub async fn record<'e>(
     let wait_ms = req.wait.as_millis().clamp(1, i32::MAX as u128);
     // Outside an explicit transaction the statement is its own transaction, so the
     // local lock_timeout lasts exactly as long as the statement.
-    let written = sqlx::query(concat!(
+    let statement = sqlx::query(concat!(
         "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
          INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
            response_status, response_header_names, response_header_values, response_body, \
            created_at, completed_at, expires_at, retention) \
-         SELECT $1, $2, $3, $4, $5, $12, $6, $7, $8, $9, now(), now(), \
-           now() + make_interval(secs => $10), make_interval(secs => $10) FROM cfg \
+         SELECT $1, $2, $3, $4, $5, $12, $7, $8, $9, $10, now(), now(), \
+           now() + make_interval(secs => $6), make_interval(secs => $6) FROM cfg \
          ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
            method = EXCLUDED.method, path = EXCLUDED.path, route = EXCLUDED.route, \
-           replays = 0, mismatches = 0, \
            response_status = EXCLUDED.response_status, \
            response_header_names = EXCLUDED.response_header_names, \
            response_header_values = EXCLUDED.response_header_values, \
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
-           retention = EXCLUDED.retention, recovery_point = NULL, locked_until = NULL, \
-           fence = NULL, owners = NULL, phases = NULL, request_body = NULL, \
-           request_content_type = NULL, request_query = NULL, operation_id = NULL, \
-           binding = NULL \
-         WHERE ",
+           retention = EXCLUDED.retention, ",
+        reset!(but answer),
+        " WHERE ",
         expiry!("idem.keys."),
         " <= now() AND idem.keys.completed_at IS NOT NULL"
-    ))
-    .bind(req.tenant.as_str())
-    .bind(req.key.as_str())
-    .bind(req.fingerprint.as_bytes().as_slice())
-    .bind(req.method)
-    .bind(req.path)
-    .bind(parts.status)
-    .bind(parts.names)
-    .bind(parts.values)
-    .bind(parts.body)
-    .bind(req.retention.as_secs_f64())
-    .bind(format!("{wait_ms}ms"))
-    .bind(req.route)
-    .execute(executor)
-    .await;
+    ));
+    let written = parts
+        .bind(bind_claim(statement, req))
+        .bind(format!("{wait_ms}ms"))
+        .bind(req.route)
+        .execute(executor)
+        .await;
     match written {
         Ok(done) => Ok(done.rows_affected() == 1),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
@@ -461,7 +453,7 @@ pub async fn record_on(
     if backend == Backend::Postgres {
         return record(pool, req, completion).await;
     }
-    let mut tx = crate::begin(pool, crate::Isolation::ReadCommitted).await?;
+    let mut tx = crate::transaction::begin(pool, crate::Isolation::ReadCommitted).await?;
     match claim_on(&mut tx, req, backend).await? {
         Claim::Claimed => {
             complete(&mut tx, req, completion).await?;
@@ -502,6 +494,23 @@ impl<'a> CompletionParts<'a> {
             body,
         })
     }
+
+    /// `query` with the answer bound as its next four parameters, in column order:
+    /// `response_status`, `response_header_names`, `response_header_values`,
+    /// `response_body`.
+    pub(crate) fn bind<'q>(
+        self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.status)
+            .bind(self.names)
+            .bind(self.values)
+            .bind(self.body)
+    }
 }
 
 /// Reads the committed record of `(tenant, key)`, with the store's current time.
@@ -511,17 +520,7 @@ pub async fn lookup<'e>(
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
-    let row = sqlx::query(concat!(
-        "SELECT fingerprint, response_status, response_header_names, response_header_values, \
-           response_body, completed_at, ",
-        expiry!(),
-        " AS expires_at, now() AS db_now \
-         FROM idem.keys WHERE tenant_id = $1 AND key = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(key.as_str())
-    .fetch_optional(executor)
-    .await?;
+    let row = lookup_row(executor, tenant, key).await?;
     row.map(|row| decode_record(&row)).transpose()
 }
 
@@ -603,23 +602,11 @@ pub async fn sweep_expired<'e>(
     sweep_expired_postgres(executor, limit).await
 }
 
-/// [`sweep_expired`], worded for `backend`. On a Citus coordinator the batch is read
-/// first, without locks, across the shards (Citus takes no `FOR UPDATE` across them),
-/// then deleted where each row still has the completion time read (the same
-/// generation of the key, so still expired): no lock is waited on either way.
-pub async fn sweep_expired_on(
-    pool: &sqlx::PgPool,
-    limit: i64,
-    backend: Backend,
-) -> Result<u64, StoreError> {
-    if backend == Backend::Postgres {
-        return sweep_expired_postgres(pool, limit).await;
-    }
-    sweep_expired_citus(&mut *pool.acquire().await?, limit).await
-}
-
-/// [`sweep_expired_on`]'s Citus wording on `conn` (the sweeper's transaction, whose
-/// propagated `lock_timeout` bounds the delete's wait on a key a request holds).
+/// [`sweep_expired`], worded for a Citus coordinator, on `conn` (the sweeper's
+/// transaction, whose propagated `lock_timeout` bounds the delete's wait on a key a
+/// request holds). The batch is read first, without locks, across the shards (Citus
+/// takes no `FOR UPDATE` across them), then deleted where each row still has the
+/// completion time read (the same generation of the key, so still expired).
 pub(crate) async fn sweep_expired_citus(
     conn: &mut sqlx::PgConnection,
     limit: i64,
