@@ -58,7 +58,7 @@
 //! The root holds what an application builds and wires up once: [`MIGRATOR`], the
 //! [`Isolation`] its transactions begin with, the [`Backend`] it runs on, the
 //! [`StoreError`] every call returns; the outbox's [`Message`], its [`OutboxRelay`] with
-//! a [`Sink`] ([`WebhookSink`], `JetStreamSink`) and the [`OutboxWaker`]; the [`Inbox`];
+//! a [`Sink`] (`WebhookSink`, `JetStreamSink`) and the [`OutboxWaker`]; the [`Inbox`];
 //! the [`Sweeper`], the [`ReplayTally`] and the [`StoreGauges`]. The statements a
 //! request or an operator runs sit in modules named for what they act on:
 //!
