@@ -2,7 +2,7 @@
 //! (`tests/it/keyed_routes.rs`) runs the same cases against each: `POST /effects` as
 //! tenant `x-tenant-id`, a key required, writing one `effects` row (note: the body)
 //! per execution that commits, and answering 201 with the row's id and note (see
-//! [`effects_router`](crate::effects_router)); `?sleep_ms=` holds the answer, and
+//! [`effects_router`]); `?sleep_ms=` holds the answer, and
 //! [`Faults::fail_next`] makes the handler answer 503 after writing.
 
 use std::sync::Arc;
