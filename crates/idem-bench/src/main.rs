@@ -9,7 +9,7 @@
 //! layer; (b) the layer with unique keys; (z) the same handler with the idempotency
 //! users write by hand instead (see [`handwritten`]), unique keys; (c) the layer
 //! replaying completed keys (from memory), and
-//! (c') the same with `replay_lookup_first`; (d) a
+//! (c') the same with `Storage::lookup_first`; (d) a
 //! duplicate storm, `--storm-size` concurrent requests per key over `--storm-keys`
 //! keys; (e) the ceiling, single-INSERT transactions from this process through sqlx,
 //! no HTTP; (a0) and (b0), the statements (a) and (b) send to the database, from this
@@ -291,7 +291,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         )
         .await?,
     );
-    // (c') the same replays with `replay_lookup_first` (same database, same keys)
+    // (c') the same replays with `Storage::lookup_first` (same database, same keys)
     rows.push(
         timed_scenario(
             "c' replays, lookup first",

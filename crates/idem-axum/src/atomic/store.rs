@@ -113,7 +113,7 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBeg
 }
 
 /// Everything before a keyed request's handler: the replay lookup (with
-/// `replay_lookup_first`), the transaction, and the claim, started over in a new
+/// `Storage::lookup_first`), the transaction, and the claim, started over in a new
 /// transaction when a stricter isolation level makes the claim fail to serialize.
 pub(crate) async fn open_keyed(
     pool: &PgPool,
@@ -223,7 +223,7 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
     }
 }
 
-/// With `replay_lookup_first`, answers a replay or a mismatch from one read on the
+/// With `Storage::lookup_first`, answers a replay or a mismatch from one read on the
 /// pool, with no transaction at all. `None`: the request needs its transaction (also
 /// when the read failed; the transaction reports the store's state).
 async fn answer_without_transaction(
