@@ -1,6 +1,8 @@
 //! A retry after success gets the stored response, byte for byte.
 
-use idem_axum::{Policy, Storage, TenantSource};
+use std::time::Duration;
+
+use idem_axum::{Policy, Storage, TenantSource, Timeouts};
 use idem_tests::{TestApp, effects_app, replayed, test_db};
 
 const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR","reference":"inv-1"}"#;
@@ -138,6 +140,34 @@ async fn replays_looked_up_before_the_transaction_are_the_same_answers() {
     let fresh = app.send("/effects", "t1", Some("lf-2"), "n").await;
     assert!(!replayed(&fresh), "an unknown key still runs");
     assert_eq!(db.effects().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_first_replay_is_answered_by_a_read_while_writes_to_the_keys_wait() {
+    let db = test_db().await;
+    let wait = Duration::from_millis(300);
+    let (app, _) = effects_app(&db, |l| {
+        l.timeouts(Timeouts::default().in_flight_wait(wait).store(wait))
+            .storage(Storage::default().lookup_first(true).replay_cache(0))
+    })
+    .await;
+    assert_eq!(
+        app.send("/effects", "t1", Some("held"), "n").await.status(),
+        201
+    );
+    // Another transaction keeps every write out of the keys table (reads go on): a
+    // claim's INSERT would wait on it past the bounds; the lookup only reads, and
+    // replays.
+    let mut holder = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE idem.keys IN EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock the keys table");
+    let retry = app.send("/effects", "t1", Some("held"), "n").await;
+    assert_eq!(retry.status(), 201, "answered by the lookup, not the claim");
+    assert!(replayed(&retry));
+    holder.rollback().await.expect("rollback");
+    assert_eq!(db.effects().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

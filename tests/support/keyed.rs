@@ -23,8 +23,8 @@ use crate::{Faults, TestApp, TestDb, effects_router, tenant_from_header};
 /// How a keyed route runs its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteKind {
-    /// The atomic layer with every default: the handler's transaction, the claim and
-    /// the stored answer commit together.
+    /// The atomic layer: the handler's transaction, the claim and the stored answer
+    /// commit together.
     Atomic,
     /// The phased layer: the key's row commits at once with a lease, and the handler
     /// writes its row in one `phases.atomic` phase.
@@ -38,13 +38,16 @@ pub enum RouteKind {
 pub const PHASED_LEASE: Duration = Duration::from_secs(30);
 
 /// Serves `POST /effects` on `db` as a route of `kind`, with an in-flight wait long
-/// enough for concurrent duplicates to wait for the first and replay it; returns the
-/// app and the switches its handler reads.
+/// enough for concurrent duplicates to wait for the first and replay it, and no replay
+/// cache (so each retry is answered by the store); returns the app and the switches its
+/// handler reads.
 pub async fn keyed_app(db: &TestDb, kind: RouteKind) -> (TestApp, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
+    // No replay cache: every retry reaches the store (the claim, or the lookup).
     let layer = IdempotencyLayer::new(db.pool.clone())
         .tenant(tenant_from_header())
-        .timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)));
+        .timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
+        .storage(Storage::default().replay_cache(0));
     let router = match kind {
         RouteKind::Atomic => effects_router(db.pool.clone(), layer, faults.clone()),
         RouteKind::LookupFirst => {
