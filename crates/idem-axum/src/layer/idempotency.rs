@@ -105,7 +105,12 @@ impl IdempotencyLayer {
     /// );
     /// # }
     /// ```
-    pub fn policy(self, policy: Policy) -> Self {
+    pub fn policy(self, mut policy: Policy) -> Self {
+        // Header names are case-insensitive; the fingerprint hashes them lower-case,
+        // however the policy's field was written.
+        for name in &mut policy.fingerprint_headers {
+            name.make_ascii_lowercase();
+        }
         self.with(|c| c.policy = policy)
     }
 
@@ -139,11 +144,13 @@ impl IdempotencyLayer {
     }
 
     /// How the layer uses the store: the transaction's isolation, a lookup before the
-    /// claim, the replay cache, the outbox waker. A new, empty replay cache of
-    /// [`Storage::replay_cache`]'s size is made; every service made from this layer
-    /// (and its clones) shares it.
+    /// claim, the replay cache, the outbox waker. Every service made from this layer
+    /// (and its clones) shares one replay cache; a [`Storage::replay_cache`] of another
+    /// size starts a new, empty one (the same size keeps the one the layer has).
     pub fn storage(mut self, storage: Storage) -> Self {
-        self.shared.cache = Arc::new(ReplayCache::new(storage.replay_cache));
+        if storage.replay_cache != self.shared.config.storage.replay_cache {
+            self.shared.cache = Arc::new(ReplayCache::new(storage.replay_cache));
+        }
         self.with(|c| c.storage = storage)
     }
 

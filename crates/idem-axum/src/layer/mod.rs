@@ -12,13 +12,14 @@ pub use phased::PhasedLayer;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use idem_core::policy::{KeyMode, Policy};
     use tower::Layer;
 
     use super::*;
-    use crate::config::{PhasedMode, Timeouts};
+    use crate::config::{PhasedMode, Storage, Timeouts};
 
     fn pool() -> sqlx::PgPool {
         // Never connected: the layer only keeps it.
@@ -62,15 +63,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn services_of_one_layer_share_its_flights_and_cache_and_new_storage_starts_a_new_cache()
-    {
+    async fn services_of_one_layer_share_its_flights_and_its_cache_until_the_cache_is_resized() {
         let layer = IdempotencyLayer::new(pool());
         let (one, two) = (layer.layer(()), layer.clone().layer(()));
-        assert!(std::sync::Arc::ptr_eq(&one.flights, &two.flights));
-        assert!(std::sync::Arc::ptr_eq(&one.cache, &two.cache));
-        let stored = layer
-            .storage(crate::Storage::default().replay_cache(0))
-            .layer(());
-        assert!(!std::sync::Arc::ptr_eq(&one.cache, &stored.cache));
+        assert!(Arc::ptr_eq(&one.flights, &two.flights));
+        assert!(Arc::ptr_eq(&one.cache, &two.cache));
+        let serializable = Storage::default().isolation(crate::Isolation::Serializable);
+        let same_size = layer.clone().storage(serializable).layer(());
+        assert!(Arc::ptr_eq(&one.cache, &same_size.cache));
+        let resized = layer.storage(Storage::default().replay_cache(0)).layer(());
+        assert!(!Arc::ptr_eq(&one.cache, &resized.cache));
+    }
+
+    #[tokio::test]
+    async fn fingerprinted_header_names_are_lower_case_however_the_policy_wrote_them() {
+        let mut policy = Policy::default();
+        policy.fingerprint_headers.push("X-Account".to_owned());
+        let service = IdempotencyLayer::new(pool()).policy(policy).layer(());
+        assert_eq!(service.config.policy.fingerprint_headers, ["x-account"]);
     }
 }
