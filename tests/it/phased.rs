@@ -311,7 +311,7 @@ async fn a_phased_request_answered_not_processed_never_runs_later() {
     })
     .await;
     // Another transaction holds a lock that makes the claim's INSERT wait, past
-    // store_timeout: the client is told its request was not processed.
+    // the store timeout: the client is told its request was not processed.
     let mut locker = db.pool.begin().await.expect("begin");
     sqlx::query("LOCK TABLE idem.keys IN SHARE MODE")
         .execute(&mut *locker)

@@ -1,6 +1,6 @@
-//! Protected storage. With `protect_keys`, the store keeps each key as its HMAC under
+//! Protected storage. With `Protection::keys`, the store keeps each key as its HMAC under
 //! the server's secret: a dump of idem's tables holds no client key, and replays,
-//! mismatches and tenants work as with clear keys. With `seal_bodies`, stored bodies
+//! mismatches and tenants work as with clear keys. With `Protection::bodies`, stored bodies
 //! are ciphertext, opened on replay, through key rotation; `redact` changes what is
 //! stored.
 

@@ -19,7 +19,7 @@ async fn a_storm_of_duplicates_executes_once_and_leaves_the_pool_to_other_keys()
     // The test's own checks use the harness's pool; the layer has a pool of its own.
     let db = test_db_with(2).await;
     let pool = db.pool(POOL).await;
-    // A store that hands out no connection within store_timeout counts as unreachable
+    // A store that hands out no connection within the store timeout counts as unreachable
     // (503). It is shorter than the handler, so duplicates queueing for connections
     // behind the slow request would show as 5xx; the storm must never cause that.
     let layer = IdempotencyLayer::new(pool.clone())

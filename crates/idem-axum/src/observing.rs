@@ -96,7 +96,7 @@ impl Job {
                 self.observed.would(would);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "observing the key failed"),
-            None => tracing::warn!("observing the key took longer than store_timeout"),
+            None => tracing::warn!("observing the key took longer than the store timeout"),
         }
     }
 }

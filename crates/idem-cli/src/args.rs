@@ -76,13 +76,13 @@ pub struct KeyRef {
     /// The key, as the client sent it.
     #[arg(long)]
     pub key: String,
-    /// The layer's key secret, as hex, when it protects keys (`protect_keys`).
+    /// The layer's key secret, as hex, when it protects keys (`Protection::keys`).
     #[arg(long, env = "IDEM_KEY_SECRET_HEX", hide_env_values = true)]
     pub key_secret_hex: Option<String>,
     /// The id of that secret.
     #[arg(long, default_value = "1")]
     pub key_secret_id: String,
-    /// The layer's body keys, when it seals bodies (`seal_bodies`): `ID=HEX`, the
+    /// The layer's body keys, when it seals bodies (`Protection::bodies`): `ID=HEX`, the
     /// 32-byte key as hex; repeat it, or separate with commas, for rotated keys.
     #[arg(
         long = "body-key",
@@ -100,7 +100,7 @@ pub enum KeysCommand {
     Show(KeyRef),
     /// Deletes a key: its next request runs as new.
     Evict(KeyRef),
-    /// Rewrites the keys stored in the clear as `protect_keys` stores them.
+    /// Rewrites the keys stored in the clear as `Protection::keys` stores them.
     ///
     /// Run it right before the deploy that turns protection on. An in-progress phased
     /// key keeps its clear key in `binding`.

@@ -103,7 +103,7 @@ pub enum StoreUnreached {
     /// The pool had no connection free within its acquire timeout while the database
     /// took connections: it is up, and busy.
     PoolExhausted,
-    /// The store did not answer within `store_timeout`: it may be up and slow, and a
+    /// The store did not answer within `Timeouts::store`: it may be up and slow, and a
     /// request of another replica may hold the key.
     Silent,
 }

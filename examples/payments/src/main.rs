@@ -6,7 +6,7 @@
 //! `127.0.0.1:3000`) and shuts down gracefully on Ctrl-C or SIGTERM.
 //! `PAYMENTS_HANDLER_DELAY_MS` (failure tests only) pauses every payment inside its
 //! handler, with its transaction open; `IN_FLIGHT_WAIT_MS` sets how long a duplicate
-//! waits for it (the layer's `in_flight_wait`, 5 s by default).
+//! waits for it (the layer's `Timeouts::in_flight_wait`, 5 s by default).
 //!
 //! After each commit that enqueued a message it wakes the outbox relays (a `NOTIFY`
 //! from its own connection, never from the request's transaction), and it runs the

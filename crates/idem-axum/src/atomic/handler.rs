@@ -16,7 +16,7 @@ use crate::atomic::tx::TxSlot;
 use crate::bounds::{Inner, ResponseBody};
 use crate::config::Config;
 use crate::observe::Observed;
-use crate::replay::answer::outcome;
+use crate::replay::answer::{outcome, problem_answer};
 use crate::request::Keyed;
 
 /// How the handler left the request.
@@ -66,14 +66,12 @@ where
     let Some(tx) = slot.take() else {
         // A Tx outlived the handler; it rolls back when its holder drops it.
         tracing::error!("a Tx was still held when the handler returned; nothing committed");
-        let answer = Problem::TransactionHeld.into_response();
-        return Handled::Answered(outcome(answer, Outcome::TransactionHeld));
+        return Handled::Answered(problem_answer(Problem::TransactionHeld));
     };
     match result {
         Err(_panic) => {
             roll_back(config, tx).await;
-            let answer = Problem::HandlerPanicked.into_response();
-            Handled::Answered(outcome(answer, Outcome::Panicked))
+            Handled::Answered(problem_answer(Problem::HandlerPanicked))
         }
         Ok(Err(e)) => {
             roll_back(config, tx).await;
@@ -139,7 +137,7 @@ pub(crate) fn trace_context(req: &Request<Body>, correlation: &HeaderName) -> Op
     )
 }
 
-/// Rolls `tx` back, waiting at most `store_timeout` (the rollback goes on past it).
+/// Rolls `tx` back, waiting at most `Timeouts::store` (the rollback goes on past it).
 pub(crate) async fn roll_back(config: &Config, tx: PgTx) {
     bounded(config.timeouts.store, discard(tx), |()| async {}).await;
 }

@@ -33,7 +33,7 @@ enum Unsettled {
     Aborted,
     /// Storing the response or the commit failed.
     Failed(StoreError),
-    /// Not confirmed within `store_timeout` (the commit goes on in its own task).
+    /// Not confirmed within `Timeouts::store` (the commit goes on in its own task).
     TimedOut,
 }
 
@@ -54,8 +54,8 @@ impl Job {
             Err(e) => {
                 tracing::warn!(error = %e, "response body failed; rolling back");
                 roll_back(&self.config, tx).await;
-                let answer = Problem::ResponseUnreadable.into_response();
-                return (outcome(answer, Outcome::RolledBack), Landed::Unknown);
+                let answer = problem_answer(Problem::ResponseUnreadable);
+                return (answer, Landed::Unknown);
             }
         };
         let stored_size = stored.as_ref().map(StoredResponse::size);
@@ -191,7 +191,7 @@ impl Job {
                 Landed::Unknown
             }
             None => {
-                tracing::warn!("recording the answer was not confirmed within store_timeout");
+                tracing::warn!("recording the answer was not confirmed within the store timeout");
                 Landed::Unknown
             }
         };
@@ -222,7 +222,7 @@ impl Job {
         match error {
             Some(e) if e.kind() == FailureKind::Fault => return store_fault(e),
             Some(e) => tracing::warn!(error = %e, "commit failed"),
-            None => tracing::warn!("commit not confirmed within store_timeout"),
+            None => tracing::warn!("commit not confirmed within the store timeout"),
         }
         let problem = Problem::CommitFailed {
             retry_after: self.config.protocol.retry_after,
@@ -283,7 +283,7 @@ fn transaction_aborted(status: u16) -> Response<Body> {
 }
 
 /// The response as stored (`None` for a stream, a body over the size limit, or one
-/// that did not end within `response_timeout`), and the body to send on.
+/// that did not end within `Timeouts::response`), and the body to send on.
 pub(crate) async fn collect<B: ResponseBody>(
     config: &Config,
     status: u16,
@@ -317,7 +317,9 @@ pub(crate) async fn collect<B: ResponseBody>(
         }
         Buffered::TooLarge(body) => Ok((None, body)),
         Buffered::Unfinished(body) => {
-            tracing::debug!("the response body did not end within response_timeout; streaming it");
+            tracing::debug!(
+                "the response body did not end within the response timeout; streaming it"
+            );
             Ok((None, body))
         }
     }

@@ -38,7 +38,7 @@ pub(crate) enum BeforeHandler {
     Answer(Response<Body>, Landed),
     /// No transaction could be opened, so nothing was claimed: fail closed, or open
     /// when the route allows it and the database cannot be reached at all. The
-    /// store's error, or `None` when it stayed silent past `store_timeout`.
+    /// store's error, or `None` when it stayed silent past `Timeouts::store`.
     Unreached(Option<StoreError>),
 }
 
@@ -47,7 +47,7 @@ pub(crate) enum NotBegun {
     /// The store failed in a way that is answered at once (a fault).
     Answer(Response<Body>),
     /// No transaction could be opened: the store's error, or `None` when it was
-    /// silent past `store_timeout`.
+    /// silent past `Timeouts::store`.
     Unreached(Option<StoreError>),
 }
 
@@ -84,7 +84,7 @@ where
 }
 
 /// Opens the request's transaction at the configured isolation level, bounded by
-/// `store_timeout`. `Err(NotBegun::Unreached)` when no transaction could be opened (the
+/// `Timeouts::store`. `Err(NotBegun::Unreached)` when no transaction could be opened (the
 /// only case a route may fail open), an answer when the store failed otherwise.
 pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBegun> {
     let beginning = {
@@ -106,7 +106,7 @@ pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBeg
         }
         Some(Err(e)) => Err(NotBegun::Answer(store_fault(&e))),
         None => {
-            tracing::warn!("idempotency store did not answer within store_timeout");
+            tracing::warn!("idempotency store did not answer within the store timeout");
             Err(NotBegun::Unreached(None))
         }
     }
@@ -158,7 +158,7 @@ enum ClaimAttempt {
     StartOver,
 }
 
-/// Claims the key on `tx`, bounded by `in_flight_wait` plus `store_timeout`. Past the
+/// Claims the key on `tx`, bounded by `Timeouts::in_flight_wait` plus `Timeouts::store`. Past the
 /// bound the answer is 503: the transaction was open, so this is no longer a store
 /// that could not be reached, and the route never fails open from here (another
 /// request may hold the key).
@@ -178,7 +178,7 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
         .store
         .saturating_add(config.timeouts.in_flight_wait);
     let Some((tx, claimed)) = bounded(limit, claiming, |(tx, _)| discard(tx)).await else {
-        tracing::warn!("the claim did not finish within in_flight_wait + store_timeout");
+        tracing::warn!("the claim did not finish within the in-flight wait and the store timeout");
         return ClaimAttempt::Answer(unavailable(config), Landed::Unknown);
     };
     if let Ok(Claim::Claimed) = claimed {

@@ -4,7 +4,7 @@
 //! be finished: by a retry, or by the completer after the lease. A request told "your
 //! request was not processed" (503 `store-unavailable`) must therefore never leave a
 //! claim that commits later. The claim runs in its own transaction, and a gate decides
-//! between the request giving up (past `store_timeout`) and the claim sending its
+//! between the request giving up (past `Timeouts::store`) and the claim sending its
 //! COMMIT: whichever comes first wins. Given up first, the claim rolls back, and the
 //! answer is truthfully "not processed". COMMIT sent first, the claim's fate is unknown
 //! to the request, which answers 503 `commit-failed` ("retry with the same key") and

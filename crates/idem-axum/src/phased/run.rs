@@ -121,7 +121,7 @@ impl Job {
         }
     }
 
-    /// Claims the key, waiting (at most `in_flight_wait`) while another owner holds a
+    /// Claims the key, waiting (at most `Timeouts::in_flight_wait`) while another owner holds a
     /// live lease on it.
     async fn open_phased(&self, keyed: &Keyed, kept: Kept) -> ClaimOutcome {
         let deadline = tokio::time::Instant::now() + self.config.timeouts.in_flight_wait;
@@ -188,7 +188,7 @@ impl Job {
                 }
                 Gated::NotClaimed(None) => {
                     tracing::warn!(
-                        "the phased claim did not finish within store_timeout; rolled back"
+                        "the phased claim did not finish within the store timeout; rolled back"
                     );
                     unavailable(&self.config)
                 }
@@ -265,8 +265,7 @@ impl Job {
         let response = match result {
             Err(_panic) => {
                 self.release(&lease).await;
-                let answer = Problem::HandlerPanicked.into_response();
-                return Ok(outcome(answer, Outcome::Panicked));
+                return Ok(problem_answer(Problem::HandlerPanicked));
             }
             Ok(Err(e)) => {
                 self.release(&lease).await;

@@ -31,9 +31,10 @@ pub(crate) fn problem_answer(problem: Problem) -> Response<Body> {
 }
 
 /// The outcome the layer reports for each of its own answers: the one place that
-/// pairs them. A problem the handler itself answers with (a failed or interrupted
-/// phase, a `Tx` it could not have) is reported as what its path did with the answer,
-/// which is not final: rolled back.
+/// pairs them. A problem a handler answers with (a failed or interrupted phase, a `Tx`
+/// it could not have) is the handler's answer, reported as what its path did with it
+/// (the atomic path rolls it back, `RolledBack` here); a phased route whose answer's
+/// body failed keeps its phases and reports `Suspended` instead (`phased::run`).
 fn outcome_of(problem: &Problem) -> Outcome {
     match problem {
         Problem::KeyMissing { .. }

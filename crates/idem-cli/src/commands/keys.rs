@@ -146,7 +146,7 @@ async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
 }
 
 /// Rewrites each key stored in the clear (of `args.tenant`, if given) as the layer
-/// stores it with `protect_keys`: the HMAC computed here by the layer's own code, the
+/// stores it with `Protection::keys`: the HMAC computed here by the layer's own code, the
 /// rows changed by (tenant, clear key), a batch at a time. An in-progress phased key
 /// keeps its clear key in `binding` (its derived keys and kept request stay bound to
 /// it). The same statements on plain Postgres and on a Citus coordinator (no function

@@ -37,7 +37,7 @@ pub const NOTIFY_SPACING: Duration = Duration::from_millis(5);
 /// let relay = OutboxRelay::builder(pool.clone(), Log)
 ///     .waker(waker.clone())
 ///     .build()?;
-/// // ... hand `waker` to the idempotency layer (`IdempotencyLayer::outbox_waker`), or
+/// // ... hand `waker` to the idempotency layer (`Storage::outbox_waker`), or
 /// // call `waker.wake()` after committing a transaction that enqueued.
 /// # Ok(())
 /// # }

@@ -390,7 +390,7 @@ impl<S: Sink> OutboxRelayBuilder<S> {
     }
 
     /// Wakes on this waker too (share it with the code that commits the messages, e.g.
-    /// `IdempotencyLayer::outbox_waker`).
+    /// `Storage::outbox_waker`).
     pub fn waker(mut self, waker: OutboxWaker) -> Self {
         self.relay.waker = waker;
         self
