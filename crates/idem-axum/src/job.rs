@@ -3,7 +3,7 @@
 //! duplicate of this process), the limits on a new key, waking the relays after a
 //! commit. Each path adds its own steps in its own `impl Job`: `atomic::run` (open,
 //! run the handler, settle), `phased::run` (claim a lease, run the phases, finish),
-//! `observing` (observe mode).
+//! `observe_mode`.
 
 use std::sync::Arc;
 

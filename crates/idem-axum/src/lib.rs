@@ -69,7 +69,7 @@
 //!   and claims the key, `handler` runs the wrapped service with it as [`Tx`],
 //!   `settle` stores the final answer and commits, or rolls back.
 //! - `phased`: the phased path (claim with a lease, [`Phases`], the [`Completer`], the
-//!   status of operations answered 202); `observing`: observe mode (keys logged, never
+//!   status of operations answered 202); `observe_mode`: observe mode (keys logged, never
 //!   enforced: the first step of a rollout).
 //! - `future`: the [`ResponseFuture`] and the task a request's work runs in, apart from
 //!   the client's connection.
@@ -91,7 +91,7 @@ mod job;
 mod layer;
 mod limits;
 mod observe;
-mod observing;
+mod observe_mode;
 mod phased;
 mod problem;
 mod replay;

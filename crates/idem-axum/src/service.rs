@@ -30,7 +30,7 @@ use crate::request::body::read_body;
 use crate::request::fingerprint::fingerprint;
 use crate::request::key::read_key;
 use crate::request::uri::request_uri;
-use crate::{Problem, observing};
+use crate::{Problem, observe_mode};
 
 /// The [`tower::Service`] made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ where
             return run_resumed(self.job(observed.clone()), observed, resume, inner, req);
         }
         if config.policy.keys == KeyMode::Observe {
-            return observing::run(self.job(observed.clone()), inner, req, observed);
+            return observe_mode::run(self.job(observed.clone()), inner, req, observed);
         }
         let key = match read_key(&config, &req) {
             Ok(key) => key,

@@ -24,14 +24,11 @@ use sqlx::PgPool;
 use crate::tenant::TenantSource;
 
 pub use limits::Limits;
-pub use observability::Observability;
+pub use observability::{CORRELATION_ID, Observability};
 pub use protection::Protection;
 pub use protocol::Protocol;
 pub use storage::{DEFAULT_REPLAY_CACHE_BYTES, Storage};
 pub use timeouts::Timeouts;
-
-/// The header that carries a request's correlation id, by default.
-pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// Everything a layer was configured with.
 #[derive(Debug, Clone, Default)]

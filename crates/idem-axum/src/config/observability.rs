@@ -3,7 +3,8 @@
 use http::HeaderName;
 use idem_core::ClientVersions;
 
-use super::CORRELATION_ID;
+/// The header that carries a request's correlation id, by default.
+pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// How requests are labelled and traced; set with
 /// [`IdempotencyLayer::observability`](crate::IdempotencyLayer::observability).
