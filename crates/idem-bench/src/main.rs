@@ -181,18 +181,24 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let warmup = Duration::from_secs(args.warmup);
     let mut rows = Vec::new();
 
-    // Keyless payments to a service without the layer.
-    let keyless_on = |base: &str| {
+    // Payments to `base`, the i-th as the i-th tenant, with the key `key(i)` (if any).
+    let payments_on = |base: &str, key: fn(usize) -> Option<String>| {
         let client = client.clone();
         let url = format!("{base}/payments");
         move |i: usize| {
-            client
+            let request = client
                 .post(&url)
                 .header("x-tenant-id", tenants::of(i))
                 .header("content-type", "application/json")
-                .body(BODY)
+                .body(BODY);
+            match key(i) {
+                Some(key) => request.header("idempotency-key", key),
+                None => request,
+            }
         }
     };
+    // Keyless payments to a service without the layer.
+    let keyless_on = |base: &str| payments_on(base, |_| None);
     // (a) bare handler
     rows.push(
         timed_scenario(
@@ -220,18 +226,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     );
 
     // (b) layer, unique keys
-    let unique_on = |base: &str| {
-        let client = client.clone();
-        let url = format!("{base}/payments");
-        move |i: usize| {
-            client
-                .post(&url)
-                .header("x-tenant-id", tenants::of(i))
-                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-                .header("content-type", "application/json")
-                .body(BODY)
-        }
-    };
+    let unique_on = |base: &str| payments_on(base, |_| Some(uuid::Uuid::new_v4().to_string()));
     rows.push(
         timed_scenario(
             "b layer, unique keys",
