@@ -259,3 +259,37 @@ async fn storing_the_response_moves_no_indexed_column_and_retention_counts_from_
         "later than claim time + retention"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_the_responses_of_a_batch_of_new_keys_is_a_hot_update() {
+    let db = test_db().await;
+    let (app, _) = idem_tests::effects_app(&db, |l| l).await;
+    const REQUESTS: i64 = 40;
+    for i in 0..REQUESTS {
+        let key = format!("hot-{i}");
+        let answer = app.send("/effects", "t1", Some(&key), "n").await;
+        assert_eq!(answer.status(), 201);
+    }
+    // Each completion is one UPDATE of its key's row; the server counts those that
+    // touched no index (HOT), once the backends have flushed their statistics.
+    let counts = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                  WHERE schemaname = 'idem' AND relname = 'keys'";
+    let mut seen = (0, 0);
+    idem_tests::until("the completions in the statistics", async || {
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&db.pool)
+            .await
+            .expect("fresh statistics");
+        seen = sqlx::query_as(counts)
+            .fetch_one(&db.pool)
+            .await
+            .expect("statistics");
+        seen.0 >= REQUESTS
+    })
+    .await;
+    let (updates, hot) = seen;
+    assert_eq!(
+        hot, updates,
+        "every completion is a HOT update ({hot} of {updates})"
+    );
+}
