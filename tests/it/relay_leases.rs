@@ -402,6 +402,40 @@ fn second_relay(
     tokio::spawn(relay.run(shutdown.clone()))
 }
 
+/// Messages the first relay claimed in `round` while the second relay runs beside it.
+struct HandOver {
+    round: tokio::task::JoinHandle<Result<usize, idem_sqlx::StoreError>>,
+    second: tokio::task::JoinHandle<Result<(), idem_sqlx::StoreError>>,
+    shutdown: CancellationToken,
+}
+
+impl HandOver {
+    /// The first relay's round ends having claimed `n` messages, every message is
+    /// delivered, the second relay stops, and each message was published once.
+    async fn each_delivered_once(self, db: &TestDb, sink: &Counted, stream: TestStream, n: usize) {
+        let claimed = tokio::time::timeout(Duration::from_secs(20), self.round)
+            .await
+            .expect("the first relay's round ended")
+            .expect("round task")
+            .expect("round");
+        assert_eq!(claimed, n);
+        until("every message delivered", async || {
+            db.undelivered().await == 0
+        })
+        .await;
+        self.shutdown.cancel();
+        self.second.await.expect("second relay").expect("run");
+        let delivered = sink.delivered();
+        assert_eq!(delivered.len(), n, "{delivered:?}");
+        assert!(
+            delivered.values().all(|&n| n == 1),
+            "each delivered once: {delivered:?}"
+        );
+        assert_eq!(stream.messages().await, n as u64);
+        stream.delete().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_delivered_within_its_lease_is_not_delivered_again_by_another_relay() {
     let db = test_db().await;
@@ -438,26 +472,12 @@ async fn a_message_delivered_within_its_lease_is_not_delivered_again_by_another_
     let second = second_relay(&db, sink.clone(), &shutdown);
     tokio::time::sleep(Duration::from_millis(3500)).await; // past the first one's lease
     drop(busy);
-    let claimed = tokio::time::timeout(Duration::from_secs(20), round)
-        .await
-        .expect("the first relay's round ended")
-        .expect("round task")
-        .expect("round");
-    assert_eq!(claimed, 6);
-    until("every message delivered", async || {
-        db.undelivered().await == 0
-    })
-    .await;
-    shutdown.cancel();
-    second.await.expect("second relay").expect("run");
-    let delivered = sink.delivered();
-    assert_eq!(delivered.len(), 6, "{delivered:?}");
-    assert!(
-        delivered.values().all(|&n| n == 1),
-        "each delivered once: {delivered:?}"
-    );
-    assert_eq!(stream.messages().await, 6);
-    stream.delete().await;
+    let handed_over = HandOver {
+        round,
+        second,
+        shutdown,
+    };
+    handed_over.each_delivered_once(&db, &sink, stream, 6).await;
 }
 
 /// Forwards to the test database's server, holding each of its answers back for the
@@ -577,24 +597,10 @@ async fn a_relay_whose_claim_is_answered_late_delivers_nothing_past_the_lease_th
     until_leased_to(&db, first.id(), 1).await;
     let shutdown = CancellationToken::new();
     let second = second_relay(&db, sink.clone(), &shutdown);
-    let claimed = tokio::time::timeout(Duration::from_secs(20), round)
-        .await
-        .expect("the first relay's round ended")
-        .expect("round task")
-        .expect("round");
-    assert_eq!(claimed, 1);
-    until("the message delivered", async || {
-        db.undelivered().await == 0
-    })
-    .await;
-    shutdown.cancel();
-    second.await.expect("second relay").expect("run");
-    let delivered = sink.delivered();
-    assert_eq!(delivered.len(), 1, "{delivered:?}");
-    assert!(
-        delivered.values().all(|&n| n == 1),
-        "delivered once, by the second relay: {delivered:?}"
-    );
-    assert_eq!(stream.messages().await, 1);
-    stream.delete().await;
+    let handed_over = HandOver {
+        round,
+        second,
+        shutdown,
+    };
+    handed_over.each_delivered_once(&db, &sink, stream, 1).await;
 }
