@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use idem_sqlx::{Message, Sweeper, Swept};
+use idem_sqlx::{Sweeper, Swept};
 use idem_tests::{TestDb, effects_app, on_citus, test_db};
 
 async fn count(db: &TestDb, sql: &'static str) -> i64 {
@@ -20,16 +20,7 @@ async fn count(db: &TestDb, sql: &'static str) -> i64 {
 /// dead-lettered and old, leased and old. Their times are bound from here (Citus takes
 /// no volatile function, nor now() beside a column, in an UPDATE).
 async fn outbox_rows(db: &TestDb) {
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..6 {
-        idem_sqlx::outbox::enqueue(
-            &mut tx,
-            Message::new("orders", format!("m{i}").into_bytes()),
-        )
-        .await
-        .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
+    db.enqueue_many("orders", 6).await;
     let rows: Vec<(String, uuid::Uuid)> =
         sqlx::query_as("SELECT tenant_id, id FROM idem.outbox WHERE topic = 'orders' ORDER BY id")
             .fetch_all(&db.pool)
@@ -176,16 +167,7 @@ async fn expired_keys(db: &TestDb) {
 async fn the_sweeper_skips_a_row_another_transaction_holds_instead_of_waiting() {
     let db = test_db().await;
     expired_keys(&db).await;
-    let mut tx = db.pool.begin().await.expect("begin");
-    for i in 0..2 {
-        idem_sqlx::outbox::enqueue(
-            &mut tx,
-            Message::new("orders", format!("m{i}").into_bytes()),
-        )
-        .await
-        .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
+    db.enqueue_many("orders", 2).await;
     sqlx::query("UPDATE idem.outbox SET delivered_at = now() - interval '2 days'")
         .execute(&db.pool)
         .await

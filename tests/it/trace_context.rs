@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use idem_sqlx::{JetStreamSink, OutboxRelay, WebhookSink};
 use idem_tests::{Receiver, TestApp, TestStream, payments_on_stream, test_db};
@@ -39,14 +38,7 @@ async fn the_trace_context_reaches_jetstream_and_webhooks_and_the_raw_key_stays_
     // JetStream.
     let relay = OutboxRelay::new(db.pool.clone(), JetStreamSink::new(stream.js.clone()));
     assert_eq!(relay.relay_once().await.expect("relay"), 1);
-    let consumer = stream
-        .js
-        .get_stream(&stream.name)
-        .await
-        .expect("stream")
-        .create_consumer(consumer::pull::Config::default())
-        .await
-        .expect("consumer");
+    let consumer = stream.reader().await;
     let mut batch = consumer
         .fetch()
         .max_messages(1)

@@ -42,15 +42,25 @@ impl TestStream {
 
     /// The durable pull consumer `ledger` on this stream, redelivering after 1 s.
     pub async fn ledger_consumer(&self) -> PullConsumer {
+        self.consumer(consumer::pull::Config {
+            durable_name: Some("ledger".to_owned()),
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// An ephemeral pull consumer that reads the stream from its first message.
+    pub async fn reader(&self) -> PullConsumer {
+        self.consumer(consumer::pull::Config::default()).await
+    }
+
+    async fn consumer(&self, config: consumer::pull::Config) -> PullConsumer {
         self.js
             .get_stream(&self.name)
             .await
             .expect("stream")
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some("ledger".to_owned()),
-                ack_wait: Duration::from_secs(1),
-                ..Default::default()
-            })
+            .create_consumer(config)
             .await
             .expect("consumer")
     }

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use idem_sqlx::Message;
 use idem_tests::{TestDb, TestStream, WorkerProcess, test_db};
@@ -46,14 +45,7 @@ fn relay(db: &TestDb, batch: &str, concurrency: &str) -> WorkerProcess {
 
 /// The `Nats-Msg-Id` of every message in the stream.
 async fn stored_ids(stream: &TestStream) -> Vec<String> {
-    let consumer = stream
-        .js
-        .get_stream(&stream.name)
-        .await
-        .expect("stream")
-        .create_consumer(consumer::pull::Config::default())
-        .await
-        .expect("consumer");
+    let consumer = stream.reader().await;
     let mut ids = Vec::new();
     while ids.len() < MESSAGES + 10 {
         let mut batch = consumer
