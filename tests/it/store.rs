@@ -6,7 +6,6 @@ use idem_core::{BodyMode, Fingerprint, IdempotencyKey, RecordState, StoredRespon
 use idem_sqlx::StoreError;
 use idem_sqlx::keys::{Claim, ClaimRequest, Completion};
 use idem_tests::test_db;
-use sqlx::postgres::PgPoolOptions;
 
 fn request<'a>(tenant: &'a TenantId, key: &'a IdempotencyKey, body: &[u8]) -> ClaimRequest<'a> {
     ClaimRequest {
@@ -69,19 +68,7 @@ async fn lock_timeout(conn: &mut sqlx::PgConnection) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_gives_the_handler_back_the_sessions_own_lock_timeout() {
     let db = test_db().await;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::raw_sql("SET lock_timeout = '7s'")
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_with(db.options.clone())
-        .await
-        .expect("pool");
+    let pool = db.one_session("SET lock_timeout = '7s'").await;
     let tenant = TenantId::new("t").expect("tenant");
     let taken = IdempotencyKey::parse("taken").expect("key");
     let mut tx = pool.begin().await.expect("begin");

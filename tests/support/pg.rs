@@ -267,6 +267,22 @@ async fn setup_lock() -> std::fs::File {
 }
 
 impl TestDb {
+    /// A pool of one connection on the same database whose session runs `set` (a
+    /// `SET` of its own, such as `SET lock_timeout = '7s'`) when it connects.
+    pub async fn one_session(&self, set: &'static str) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(set).execute(conn).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(self.options.clone())
+            .await
+            .expect("a pool of one session")
+    }
+
     /// Another pool on the same database.
     pub async fn pool(&self, max_connections: u32) -> PgPool {
         PgPoolOptions::new()

@@ -78,6 +78,17 @@ struct Args {
     /// recorder and recording costs next to nothing).
     #[arg(long)]
     prometheus: bool,
+    /// Run only these scenarios (their letters, comma-separated: `--only b,z`); all of
+    /// them by default. Ratios whose scenarios did not run print as NaN.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    /// Whether the scenario lettered `id` runs.
+    fn runs(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == id)
+    }
 }
 
 /// One scenario's measurements.
@@ -200,57 +211,65 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     // Keyless payments to a service without the layer.
     let keyless_on = |base: &str| payments_on(base, |_| None);
     // (a) bare handler
-    rows.push(
-        timed_scenario(
-            "a bare handler",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            keyless_on(&bare),
-        )
-        .await?,
-    );
+    if args.runs("a") {
+        rows.push(
+            timed_scenario(
+                "a bare handler",
+                &pool,
+                args.concurrency,
+                warmup,
+                timed,
+                keyless_on(&bare),
+            )
+            .await?,
+        );
+    }
 
     // (f) the bare handler without its outbox enqueue
-    rows.push(
-        timed_scenario(
-            "f bare, no enqueue",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            keyless_on(&without_outbox),
-        )
-        .await?,
-    );
+    if args.runs("f") {
+        rows.push(
+            timed_scenario(
+                "f bare, no enqueue",
+                &pool,
+                args.concurrency,
+                warmup,
+                timed,
+                keyless_on(&without_outbox),
+            )
+            .await?,
+        );
+    }
 
     // (b) layer, unique keys
     let unique_on = |base: &str| payments_on(base, |_| Some(uuid::Uuid::new_v4().to_string()));
-    rows.push(
-        timed_scenario(
-            "b layer, unique keys",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            unique_on(&layered),
-        )
-        .await?,
-    );
+    if args.runs("b") {
+        rows.push(
+            timed_scenario(
+                "b layer, unique keys",
+                &pool,
+                args.concurrency,
+                warmup,
+                timed,
+                unique_on(&layered),
+            )
+            .await?,
+        );
+    }
 
     // (z) hand-written idempotency, unique keys
-    rows.push(
-        timed_scenario(
-            "z hand-written, unique",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            unique_on(&by_hand),
-        )
-        .await?,
-    );
+    if args.runs("z") {
+        rows.push(
+            timed_scenario(
+                "z hand-written, unique",
+                &pool,
+                args.concurrency,
+                warmup,
+                timed,
+                unique_on(&by_hand),
+            )
+            .await?,
+        );
+    }
 
     // (c) layer, replays of completed keys
     let replay_keys: Arc<Vec<String>> = Arc::new(
@@ -271,48 +290,67 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
                 .body(BODY)
         }
     };
-    let post_replay = replay_on(&layered);
-    for i in 0..replay_keys.len() {
-        post_replay(i).send().await?.error_for_status()?;
+    if args.runs("c") || args.runs("c'") {
+        let post_replay = replay_on(&layered);
+        for i in 0..replay_keys.len() {
+            post_replay(i).send().await?.error_for_status()?;
+        }
+        if args.runs("c") {
+            rows.push(
+                timed_scenario(
+                    "c layer, replays",
+                    &pool,
+                    args.concurrency,
+                    warmup,
+                    timed,
+                    post_replay,
+                )
+                .await?,
+            );
+        }
+        // (c') the same replays with `Storage::lookup_first` (same database, same keys)
+        if args.runs("c'") {
+            rows.push(
+                timed_scenario(
+                    "c' replays, lookup first",
+                    &pool,
+                    args.concurrency,
+                    warmup,
+                    timed,
+                    replay_on(&lookup_first),
+                )
+                .await?,
+            );
+        }
     }
-    rows.push(
-        timed_scenario(
-            "c layer, replays",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            post_replay,
-        )
-        .await?,
-    );
-    // (c') the same replays with `Storage::lookup_first` (same database, same keys)
-    rows.push(
-        timed_scenario(
-            "c' replays, lookup first",
-            &pool,
-            args.concurrency,
-            warmup,
-            timed,
-            replay_on(&lookup_first),
-        )
-        .await?,
-    );
 
     // (d) duplicate storm
-    rows.push(storm(&client, &layered, &pool, args.storm_keys, args.storm_size).await?);
+    if args.runs("d") {
+        rows.push(storm(&client, &layered, &pool, args.storm_keys, args.storm_size).await?);
+    }
 
     // (e) the ceiling: single-INSERT transactions, no HTTP
     let db = |name, op| db_loop(name, &pool, args.concurrency, warmup, timed, op);
-    rows.push(db("e ceiling: sqlx INSERT", single_insert).await?);
+    if args.runs("e") {
+        rows.push(db("e ceiling: sqlx INSERT", single_insert).await?);
+    }
     // (a0), (b0): the statements of (a) and (b), no HTTP: the database's share.
-    rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
-    rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
+    if args.runs("a0") {
+        rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
+    }
+    if args.runs("b0") {
+        rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
+    }
 
     // (g) the layer while a relay publishes to JetStream
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let publish = match publish::start(&pool, &nats_url).await {
-        Ok(relay) => {
+    let relay = match args.runs("g") {
+        true => publish::start(&pool, &nats_url).await.map(Some),
+        false => Ok(None),
+    };
+    let publish = match relay {
+        Ok(None) => None,
+        Ok(Some(relay)) => {
             let app = payments::app_with(
                 pool.clone(),
                 payments::idempotency(pool.clone())
@@ -621,8 +659,8 @@ fn bare_statements(pool: PgPool) -> futures_util::future::BoxFuture<'static, Res
     })
 }
 
-/// (b0) What the layer sends for a new key, without HTTP: BEGIN, the claim, the
-/// handler's statements, the stored response (the payment as the handler answers it),
+/// (b0) What the layer sends for a new key, without HTTP: BEGIN with the claim (on
+/// Citus, BEGIN then the claim), the handler's statements, the stored response (the payment as the handler answers it),
 /// COMMIT.
 fn layer_statements(
     pool: PgPool,
@@ -643,12 +681,23 @@ fn layer_statements(
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
         };
-        let mut tx =
-            idem_sqlx::transaction::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
-        match idem_sqlx::keys::claim_on(&mut tx, &request, backend).await? {
-            idem_sqlx::keys::Claim::Claimed => {}
-            other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
-        }
+        let isolation = idem_sqlx::Isolation::ReadCommitted;
+        let mut tx = match backend {
+            // As the layer does: BEGIN and the claim in one message.
+            idem_sqlx::Backend::Postgres => {
+                match idem_sqlx::keys::open(pool.acquire().await?, isolation, &request).await? {
+                    idem_sqlx::keys::Opened::Claimed(tx) => tx,
+                    other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
+                }
+            }
+            idem_sqlx::Backend::Citus => {
+                let mut tx = idem_sqlx::transaction::begin(&pool, isolation).await?;
+                match idem_sqlx::keys::claim_on(&mut tx, &request, backend).await? {
+                    idem_sqlx::keys::Claim::Claimed => tx,
+                    other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
+                }
+            }
+        };
         let payment = handler_statements(&mut tx, &tenant, Some(&key)).await?;
         let response = idem_core::StoredResponse {
             status: 201,

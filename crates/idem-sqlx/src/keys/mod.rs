@@ -1,4 +1,5 @@
-//! A key on an atomic route, in the caller's transaction: its [`claim`], the
+//! A key on an atomic route, in the caller's transaction: its [`claim`] (or, for a new
+//! key on plain Postgres, the transaction [`open`]ed with the key claimed), the
 //! [`complete`]d answer (or one [`record`]ed on its own), the [`lookup`] a replay
 //! answers from; the sightings of observe mode ([`observe`]); the [`live_keys`] count and
 //! [`sweep_expired`]. What an operator reads of one key, and its eviction, are in
@@ -6,6 +7,7 @@
 
 pub mod inspect;
 mod observed;
+mod open;
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use crate::sql::{expiry, reset};
 use crate::{Backend, StoreError};
 
 pub use observed::observe;
+pub use open::{Opened, open};
 
 /// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
