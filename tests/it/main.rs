@@ -10,7 +10,6 @@
 mod aborted_transactions;
 mod alert_rules;
 mod cancellation;
-mod claim_in_begin;
 mod concurrency;
 mod connection_kill;
 mod expiry;

@@ -659,8 +659,8 @@ fn bare_statements(pool: PgPool) -> futures_util::future::BoxFuture<'static, Res
     })
 }
 
-/// (b0) What the layer sends for a new key, without HTTP: BEGIN with the claim (on
-/// Citus, BEGIN then the claim), the handler's statements, the stored response (the payment as the handler answers it),
+/// (b0) What the layer sends for a new key, without HTTP: BEGIN, the claim, the
+/// handler's statements, the stored response (the payment as the handler answers it),
 /// COMMIT.
 fn layer_statements(
     pool: PgPool,
@@ -681,23 +681,12 @@ fn layer_statements(
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
         };
-        let isolation = idem_sqlx::Isolation::ReadCommitted;
-        let mut tx = match backend {
-            // As the layer does: BEGIN and the claim in one message.
-            idem_sqlx::Backend::Postgres => {
-                match idem_sqlx::keys::open(pool.acquire().await?, isolation, &request).await? {
-                    idem_sqlx::keys::Opened::Claimed(tx) => tx,
-                    other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
-                }
-            }
-            idem_sqlx::Backend::Citus => {
-                let mut tx = idem_sqlx::transaction::begin(&pool, isolation).await?;
-                match idem_sqlx::keys::claim_on(&mut tx, &request, backend).await? {
-                    idem_sqlx::keys::Claim::Claimed => tx,
-                    other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
-                }
-            }
-        };
+        let mut tx =
+            idem_sqlx::transaction::begin(&pool, idem_sqlx::Isolation::ReadCommitted).await?;
+        match idem_sqlx::keys::claim_on(&mut tx, &request, backend).await? {
+            idem_sqlx::keys::Claim::Claimed => {}
+            other => return Err(format!("a fresh key was not claimed: {other:?}").into()),
+        }
         let payment = handler_statements(&mut tx, &tenant, Some(&key)).await?;
         let response = idem_core::StoredResponse {
             status: 201,

@@ -30,13 +30,4 @@ impl Isolation {
             Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
         }
     }
-
-    /// The level as SQL names it (`READ COMMITTED`), for `SET TRANSACTION`.
-    pub fn level(self) -> &'static str {
-        match self {
-            Isolation::ReadCommitted => "READ COMMITTED",
-            Isolation::RepeatableRead => "REPEATABLE READ",
-            Isolation::Serializable => "SERIALIZABLE",
-        }
-    }
 }

@@ -88,7 +88,6 @@ mod inbox;
 mod isolation;
 mod json_headers;
 pub mod keys;
-mod literal;
 mod migrate;
 #[cfg(feature = "nats")]
 mod nats;

@@ -9,10 +9,9 @@ use axum::body::Body;
 use chrono::{DateTime, Utc};
 use http::Response;
 use idem_core::{FailureKind, Record, decide};
-use idem_sqlx::keys::{Claim, Opened};
+use idem_sqlx::keys::Claim;
 use idem_sqlx::{Backend, StoreError};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -88,29 +87,19 @@ where
 /// `Timeouts::store`. `Err(NotBegun::Unreached)` when no transaction could be opened (the
 /// only case a route may fail open), an answer when the store failed otherwise.
 pub(crate) async fn begin(pool: &PgPool, config: &Config) -> Result<PgTx, NotBegun> {
-    let pool = pool.clone();
-    let isolation = config.storage.isolation;
-    reach(config, async move {
-        idem_sqlx::transaction::begin(&pool, isolation).await
+    let beginning = {
+        let pool = pool.clone();
+        let isolation = config.storage.isolation;
+        async move { idem_sqlx::transaction::begin(&pool, isolation).await }
+    };
+    let begun = bounded(config.timeouts.store, beginning, |begun| async move {
+        if let Ok(tx) = begun {
+            discard(tx).await;
+        }
     })
-    .await
-}
-
-/// A connection from the pool, bounded by `Timeouts::store`, with the same outcomes as
-/// [`begin`].
-async fn acquire(pool: &PgPool, config: &Config) -> Result<PoolConnection<Postgres>, NotBegun> {
-    let pool = pool.clone();
-    reach(config, async move { Ok(pool.acquire().await?) }).await
-}
-
-/// Waits at most `Timeouts::store` for `opening` (a connection or a transaction from the
-/// pool). One that arrives later is dropped: a transaction's drop rolls it back.
-async fn reach<T: Send + 'static>(
-    config: &Config,
-    opening: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, NotBegun> {
-    match bounded(config.timeouts.store, opening, |_| async {}).await {
-        Some(Ok(opened)) => Ok(opened),
+    .await;
+    match begun {
+        Some(Ok(tx)) => Ok(tx),
         Some(Err(e)) if e.is_unavailable() => {
             tracing::warn!(error = %e, "idempotency store unavailable");
             Err(NotBegun::Unreached(Some(e)))
@@ -146,11 +135,6 @@ pub(crate) async fn open_keyed(
         Some(Err(e)) => return BeforeHandler::Answer(store_fault(&e), Landed::Unknown),
         None => return BeforeHandler::Unreached(None),
     };
-    if backend == Backend::Postgres
-        && let Some(before) = open_claimed(pool, config, keyed).await
-    {
-        return before;
-    }
     for _ in 0..CLAIM_TRANSACTIONS {
         let tx = match begin(pool, config).await {
             Ok(tx) => tx,
@@ -164,51 +148,6 @@ pub(crate) async fn open_keyed(
     }
     tracing::error!("the claim kept failing to serialize; giving up");
     BeforeHandler::Answer(in_flight(config), Landed::Unknown)
-}
-
-/// A new key's transaction, begun with the key claimed in one round trip
-/// (`idem_sqlx::keys::open`, plain Postgres), bounded like a claim. `None` when the key
-/// has a row already: the long way ([`claim`]) reads it.
-async fn open_claimed(pool: &PgPool, config: &Arc<Config>, keyed: &Keyed) -> Option<BeforeHandler> {
-    let conn = match acquire(pool, config).await {
-        Ok(conn) => conn,
-        Err(not_begun) => return Some(not_begun.into()),
-    };
-    let opening = {
-        let (config, keyed) = (config.clone(), keyed.clone());
-        async move {
-            let request = keyed.claim_request(&config);
-            idem_sqlx::keys::open(conn, config.storage.isolation, &request).await
-        }
-    };
-    let limit = config
-        .timeouts
-        .store
-        .saturating_add(config.timeouts.in_flight_wait);
-    let late = |opened| async move {
-        if let Ok(Opened::Claimed(tx)) = opened {
-            discard(tx).await;
-        }
-    };
-    let answer = match bounded(limit, opening, late).await {
-        Some(Ok(Opened::Claimed(tx))) => return Some(BeforeHandler::Tx(tx)),
-        Some(Ok(Opened::Taken)) => return None,
-        Some(Ok(Opened::InFlight)) => {
-            return Some(BeforeHandler::Answer(in_flight(config), Landed::Busy));
-        }
-        Some(Err(e)) if e.is_unavailable() => {
-            tracing::warn!(error = %e, "idempotency claim failed");
-            unavailable(config)
-        }
-        Some(Err(e)) => store_fault(&e),
-        None => {
-            tracing::warn!(
-                "the claim did not finish within the in-flight wait and the store timeout"
-            );
-            unavailable(config)
-        }
-    };
-    Some(BeforeHandler::Answer(answer, Landed::Unknown))
 }
 
 /// The outcome of one claim attempt.

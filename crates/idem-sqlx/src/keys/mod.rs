@@ -1,5 +1,4 @@
-//! A key on an atomic route, in the caller's transaction: its [`claim`] (or, for a new
-//! key on plain Postgres, the transaction [`open`]ed with the key claimed), the
+//! A key on an atomic route, in the caller's transaction: its [`claim`], the
 //! [`complete`]d answer (or one [`record`]ed on its own), the [`lookup`] a replay
 //! answers from; the sightings of observe mode ([`observe`]); the [`live_keys`] count and
 //! [`sweep_expired`]. What an operator reads of one key, and its eviction, are in
@@ -7,7 +6,6 @@
 
 pub mod inspect;
 mod observed;
-mod open;
 
 use std::time::Duration;
 
@@ -23,7 +21,6 @@ use crate::sql::{expiry, reset};
 use crate::{Backend, StoreError};
 
 pub use observed::observe;
-pub use open::{Opened, open};
 
 /// SQLSTATE `lock_not_available`: the lock wait passed `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
