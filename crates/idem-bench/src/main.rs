@@ -17,15 +17,20 @@
 //! to reach; (f) the bare handler without its outbox enqueue (a/f: what the enqueue
 //! costs); (g) the layer with unique keys while an outbox relay in this process,
 //! woken after each commit, publishes to NATS JetStream (`NATS_URL`, default
-//! `nats://127.0.0.1:4222`; skipped when unreachable): the commit-to-publish latency.
+//! `nats://127.0.0.1:4222`; skipped when unreachable): the commit-to-publish latency;
+//! with `--existing-keys N`, (h) the layer's new keys again after N finished keys were
+//! written into the table, and (s) the same while the sweeper removes the expired tenth
+//! of them (see [`crowded`]). `--only b,z` runs only the scenarios named.
 //! Services run in-process on loopback sockets against Postgres (`DATABASE_URL`, or a
 //! throwaway container from `IDEM_PG_IMAGE`). Requests spread over `--tenants` tenants;
 //! on a Citus coordinator the tables are distributed by tenant first (as the example
 //! does at start) and the table ends with the share of keys each worker holds.
 
 mod chart;
+mod crowded;
 mod handwritten;
 mod publish;
+mod ranges;
 mod tenants;
 
 use std::sync::Arc;
@@ -78,6 +83,15 @@ struct Args {
     /// recorder and recording costs next to nothing).
     #[arg(long)]
     prometheus: bool,
+    /// Run every scenario this many times in a row (same database), printing each
+    /// run's table and then the range of each figure.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Keys to write into `idem.keys` (four retention classes, a tenth of them
+    /// expired) before (h), the new-key scenario again on the crowded table, and (s),
+    /// the same while the sweeper removes the expired ones; 0 skips both.
+    #[arg(long, default_value_t = 0)]
+    existing_keys: i64,
     /// Run only these scenarios (their letters, comma-separated: `--only b,z`); all of
     /// them by default. Ratios whose scenarios did not run print as NaN.
     #[arg(long, value_delimiter = ',')]
@@ -122,6 +136,14 @@ struct Report {
     publish: Option<publish::PublishLatency>,
     /// The tenants the requests spread over.
     tenants: usize,
+    /// h/b: new keys on the crowded table over new keys on the benchmark's own.
+    crowded_over_unique: f64,
+    /// s/h: new keys while the sweeper runs over new keys on the crowded table.
+    sweeping_over_crowded: f64,
+    /// What was written for (h) and (s).
+    filled: Option<crowded::Filled>,
+    /// What the sweeper removed during (s).
+    swept: Option<crowded::Swept>,
     /// On a Citus coordinator: the keys each worker holds at the end of the run.
     citus_keys_per_worker: Option<Vec<tenants::WorkerShare>>,
 }
@@ -145,20 +167,39 @@ async fn main() -> Result<(), BoxError> {
         eprintln!("metrics recorded through the Prometheus exporter");
     }
     let database = payments::DevDatabase::from_env_with(!args.no_fsync).await?;
-    let result = run(&args, &database.url).await;
+    let mut reports = Vec::new();
+    let mut result = Ok(());
+    for _ in 0..args.runs.max(1) {
+        match run(&args, &database.url).await {
+            Ok(report) => {
+                if !args.json {
+                    print_table(&report);
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
     database.shutdown().await?;
-    let report = result?;
-    if let Some(path) = &args.svg {
-        chart::write_svg(&report, path)?;
+    result?;
+    if let (Some(path), Some(last)) = (&args.svg, reports.last()) {
+        chart::write_svg(last, path)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+        match reports.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            all => println!("{}", serde_json::to_string_pretty(all)?),
+        }
+    } else if reports.len() > 1 {
+        ranges::print(&reports);
     }
     Ok(())
 }
 
+/// One run of the scenarios `args` names.
 async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     // Postgres allows 100 connections by default; keep a few for everyone else.
     let connections =
@@ -190,6 +231,12 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .build()?;
     let timed = Duration::from_secs(args.duration);
     let warmup = Duration::from_secs(args.warmup);
+    let scenario = Timed {
+        pool: &pool,
+        concurrency: args.concurrency,
+        warmup,
+        duration: timed,
+    };
     let mut rows = Vec::new();
 
     // Payments to `base`, the i-th as the i-th tenant, with the key `key(i)` (if any).
@@ -212,31 +259,15 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let keyless_on = |base: &str| payments_on(base, |_| None);
     // (a) bare handler
     if args.runs("a") {
-        rows.push(
-            timed_scenario(
-                "a bare handler",
-                &pool,
-                args.concurrency,
-                warmup,
-                timed,
-                keyless_on(&bare),
-            )
-            .await?,
-        );
+        rows.push(scenario.run("a bare handler", keyless_on(&bare)).await?);
     }
 
     // (f) the bare handler without its outbox enqueue
     if args.runs("f") {
         rows.push(
-            timed_scenario(
-                "f bare, no enqueue",
-                &pool,
-                args.concurrency,
-                warmup,
-                timed,
-                keyless_on(&without_outbox),
-            )
-            .await?,
+            scenario
+                .run("f bare, no enqueue", keyless_on(&without_outbox))
+                .await?,
         );
     }
 
@@ -244,30 +275,18 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     let unique_on = |base: &str| payments_on(base, |_| Some(uuid::Uuid::new_v4().to_string()));
     if args.runs("b") {
         rows.push(
-            timed_scenario(
-                "b layer, unique keys",
-                &pool,
-                args.concurrency,
-                warmup,
-                timed,
-                unique_on(&layered),
-            )
-            .await?,
+            scenario
+                .run("b layer, unique keys", unique_on(&layered))
+                .await?,
         );
     }
 
     // (z) hand-written idempotency, unique keys
     if args.runs("z") {
         rows.push(
-            timed_scenario(
-                "z hand-written, unique",
-                &pool,
-                args.concurrency,
-                warmup,
-                timed,
-                unique_on(&by_hand),
-            )
-            .await?,
+            scenario
+                .run("z hand-written, unique", unique_on(&by_hand))
+                .await?,
         );
     }
 
@@ -296,30 +315,14 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             post_replay(i).send().await?.error_for_status()?;
         }
         if args.runs("c") {
-            rows.push(
-                timed_scenario(
-                    "c layer, replays",
-                    &pool,
-                    args.concurrency,
-                    warmup,
-                    timed,
-                    post_replay,
-                )
-                .await?,
-            );
+            rows.push(scenario.run("c layer, replays", post_replay).await?);
         }
         // (c') the same replays with `Storage::lookup_first` (same database, same keys)
         if args.runs("c'") {
             rows.push(
-                timed_scenario(
-                    "c' replays, lookup first",
-                    &pool,
-                    args.concurrency,
-                    warmup,
-                    timed,
-                    replay_on(&lookup_first),
-                )
-                .await?,
+                scenario
+                    .run("c' replays, lookup first", replay_on(&lookup_first))
+                    .await?,
             );
         }
     }
@@ -361,15 +364,9 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             )));
             let base = serve(app).await?;
             rows.push(
-                timed_scenario(
-                    "g layer + relay, JetStream",
-                    &pool,
-                    args.concurrency,
-                    warmup,
-                    timed,
-                    unique_on(&base),
-                )
-                .await?,
+                scenario
+                    .run("g layer + relay, JetStream", unique_on(&base))
+                    .await?,
             );
             Some(relay.finish(&pool).await?)
         }
@@ -378,6 +375,29 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
             None
         }
     };
+
+    // (h) and (s): new keys on a crowded table, and while it is swept
+    let (mut filled, mut swept) = (None, None);
+    if args.existing_keys > 0 && (args.runs("h") || args.runs("s")) {
+        eprintln!("writing {} keys into idem.keys ...", args.existing_keys);
+        filled = Some(crowded::fill(&pool, args.existing_keys, args.tenants).await?);
+        if args.runs("h") {
+            rows.push(
+                scenario
+                    .run("h layer, crowded table", unique_on(&layered))
+                    .await?,
+            );
+        }
+        if args.runs("s") {
+            let sweeping = crowded::Sweeping::start(&pool).await?;
+            rows.push(
+                scenario
+                    .run("s layer, while sweeping", unique_on(&layered))
+                    .await?,
+            );
+            swept = Some(sweeping.stop(&pool).await?);
+        }
+    }
 
     let rps = |prefix: &str| {
         rows.iter()
@@ -394,6 +414,10 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         bare_over_ceiling: rps("a ") / rps("e "),
         layer_statements_over_bare_statements: rps("b0 ") / rps("a0 "),
         enqueue_over_no_enqueue: rps("a ") / rps("f "),
+        crowded_over_unique: rps("h ") / rps("b "),
+        sweeping_over_crowded: rps("s ") / rps("h "),
+        filled,
+        swept,
         publish,
         tenants: args.tenants,
         citus_keys_per_worker: match citus {
@@ -448,25 +472,29 @@ impl Samples {
     }
 }
 
-/// Runs `concurrency` client loops for `warmup` (not counted), then for `duration`.
-async fn timed_scenario<F>(
-    name: &'static str,
-    pool: &PgPool,
+/// How the timed scenarios run: `concurrency` client loops against `pool`'s database,
+/// for `warmup` (not counted), then for `duration`.
+struct Timed<'a> {
+    pool: &'a PgPool,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-    request: F,
-) -> Result<Row, BoxError>
-where
-    F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
-{
-    drive(concurrency, warmup, request.clone()).await;
-    let before = payments_count(pool).await?;
-    let started = Instant::now();
-    let samples = drive(concurrency, duration, request).await;
-    let elapsed = started.elapsed();
-    let executions = payments_count(pool).await? - before;
-    Ok(row(name, &samples, elapsed, executions))
+}
+
+impl Timed<'_> {
+    /// Runs the scenario `name`, whose i-th request is `request(i)`.
+    async fn run<F>(&self, name: &'static str, request: F) -> Result<Row, BoxError>
+    where
+        F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+    {
+        drive(self.concurrency, self.warmup, request.clone()).await;
+        let before = payments_count(self.pool).await?;
+        let started = Instant::now();
+        let samples = drive(self.concurrency, self.duration, request).await;
+        let elapsed = started.elapsed();
+        let executions = payments_count(self.pool).await? - before;
+        Ok(row(name, &samples, elapsed, executions))
+    }
 }
 
 async fn drive<F>(concurrency: usize, duration: Duration, request: F) -> Samples
@@ -768,7 +796,21 @@ fn print_table(report: &Report) {
              {} of {} enqueued published",
             p.p50_ms, p.p95_ms, p.p99_ms, p.published, p.enqueued
         ),
-        None => println!("g: skipped (NATS unreachable)"),
+        None => println!("g: not run (NATS unreachable, or left out by --only)"),
+    }
+    if let Some(filled) = &report.filled {
+        println!(
+            "h/b (new keys with {} keys in the table / without) = {:.2}   target >= 0.9 \
+             ({} expired; written in {:.0} s)",
+            filled.keys, report.crowded_over_unique, filled.expired, filled.secs
+        );
+    }
+    if let Some(swept) = &report.swept {
+        println!(
+            "s/h (new keys while sweeping / without)   = {:.2}   target >= 0.9 \
+             ({} expired keys swept in {:.1} s, {} left)",
+            report.sweeping_over_crowded, swept.keys, swept.secs, swept.left
+        );
     }
     if let Some(workers) = &report.citus_keys_per_worker {
         let total: i64 = workers.iter().map(|w| w.keys).sum();

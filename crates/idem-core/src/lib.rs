@@ -58,6 +58,7 @@ mod fingerprint;
 pub mod headers;
 mod key;
 pub mod observe;
+pub mod pace;
 pub mod phased;
 pub mod policy;
 pub mod protect;

@@ -27,7 +27,8 @@ pub struct Swept {
 /// `batch_size` rows (`FOR UPDATE SKIP LOCKED`, so it never waits on a request, a relay
 /// or a consumer, and each batch is a short transaction of its own; on a Citus
 /// coordinator a batch waits on a locked row at most [`lock_timeout`](Self::lock_timeout)
-/// and is otherwise left for the next pass):
+/// and is otherwise left for the next pass), pausing after each full batch so that
+/// deleting takes a tenth of the pass's time ([`share`](Self::share)):
 ///
 /// - keys past their expiry (retention counted from completion);
 /// - outbox messages delivered longer ago than `outbox_retention` (default 1 day);
@@ -68,11 +69,13 @@ pub struct Sweeper {
     outbox_retention: Duration,
     inbox_window: Duration,
     lock_timeout: Duration,
+    share: f64,
 }
 
 impl Sweeper {
-    /// A sweeper over `pool`: a pass every minute, batches of 500 rows, outbox
-    /// retention 1 day, inbox window 7 days, on Citus a lock wait of at most 1 s.
+    /// A sweeper over `pool`: a pass every minute, batches of 500 rows deleting a tenth
+    /// of the time, outbox retention 1 day, inbox window 7 days, on Citus a lock wait
+    /// of at most 1 s.
     pub fn new(pool: PgPool) -> Self {
         Sweeper {
             pool,
@@ -81,6 +84,7 @@ impl Sweeper {
             outbox_retention: Duration::from_secs(24 * 3600),
             inbox_window: Duration::from_secs(7 * 24 * 3600),
             lock_timeout: Duration::from_secs(1),
+            share: idem_core::pace::SWEEP_SHARE,
         }
     }
 
@@ -93,6 +97,16 @@ impl Sweeper {
     /// Rows deleted per statement.
     pub fn batch_size(mut self, n: i64) -> Self {
         self.batch_size = n.max(1);
+        self
+    }
+
+    /// The share of a pass's time spent deleting (default 0.1): after a full batch the
+    /// sweeper waits so that batches take this share of the time, nine times as long
+    /// as the batch took by default (see [`idem_core::pace::pause_after`]). A backlog
+    /// of expired keys is then swept beside the traffic instead of competing with it;
+    /// `1.0` sweeps without pausing.
+    pub fn share(mut self, share: f64) -> Self {
+        self.share = share;
         self
     }
 
@@ -157,6 +171,7 @@ impl Sweeper {
     async fn drain(&self, table: Table, backend: Backend) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
+            let started = tokio::time::Instant::now();
             let n = match backend {
                 Backend::Postgres => self.batch_postgres(table).await?,
                 Backend::Citus => match self.batch_citus(table).await {
@@ -175,6 +190,7 @@ impl Sweeper {
             if n < self.batch_size.unsigned_abs() {
                 return Ok(total);
             }
+            tokio::time::sleep(idem_core::pace::pause_after(started.elapsed(), self.share)).await;
         }
     }
 
