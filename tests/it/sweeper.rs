@@ -238,3 +238,40 @@ async fn a_phased_key_still_in_progress_is_never_swept_however_old() {
         .expect("keys");
     assert_eq!(left, ["in-progress"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeper_told_to_stop_stops_in_its_pause_not_after_its_backlog() {
+    let db = test_db().await;
+    sqlx::raw_sql(
+        "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, response_status, \
+           created_at, completed_at, expires_at, retention) \
+         SELECT 't', 'old-' || g, sha256(int8send(g)), 'POST', '/p', 200, \
+           now() - interval '2 days', now() - interval '2 days', now() - interval '1 day', \
+           interval '1 hour' \
+         FROM generate_series(1, 40) AS g",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a backlog of expired keys");
+    // Batches of one key, each followed by a pause 99 times as long as it took.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sweeper = Sweeper::new(db.pool.clone()).batch_size(1).share(0.01);
+    let running = tokio::spawn(sweeper.run(stop.clone()));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while db.keys().await == 40 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the sweeper's first batch");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the sweeper stopped")
+        .expect("the sweeper's task");
+    let left = db.keys().await;
+    assert!(
+        left > 0 && left < 40,
+        "{left} of 40 expired keys left: the pass ended in a pause, not after the backlog"
+    );
+}

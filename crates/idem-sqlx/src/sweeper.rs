@@ -102,9 +102,11 @@ impl Sweeper {
 
     /// The share of a pass's time spent deleting (default 0.1): after a full batch the
     /// sweeper waits so that batches take this share of the time, nine times as long
-    /// as the batch took by default (see [`idem_core::pace::pause_after`]). A backlog
-    /// of expired keys is then swept beside the traffic instead of competing with it;
-    /// `1.0` sweeps without pausing.
+    /// as the batch took by default (see [`idem_core::pace::pause_after`]; a pause is at
+    /// most [`interval`](Self::interval), and shutting [`run`](Self::run) down ends it).
+    /// A backlog of expired keys is then swept beside the traffic instead of competing
+    /// with it, at a bounded rate: when keys expire faster than that, raise the share.
+    /// `1.0` sweeps without pausing (as an operator's one-off sweep should).
     pub fn share(mut self, share: f64) -> Self {
         self.share = share;
         self
@@ -127,7 +129,7 @@ impl Sweeper {
     /// retried on the next pass.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match self.sweep_once().await {
+            match self.pass(&shutdown).await {
                 Ok(swept) if swept != Swept::default() => {
                     tracing::debug!(?swept, "swept idem tables");
                 }
@@ -157,20 +159,32 @@ impl Sweeper {
     /// lock waits, on the workers too, end after [`lock_timeout`](Self::lock_timeout):
     /// a table whose batch timed out is left until the next pass.
     pub async fn sweep_once(&self) -> Result<Swept, StoreError> {
+        self.pass(&CancellationToken::new()).await
+    }
+
+    /// One pass, which `stop` ends early (in a pause between batches).
+    async fn pass(&self, stop: &CancellationToken) -> Result<Swept, StoreError> {
         let backend = Backend::detect(&self.pool).await?;
         Ok(Swept {
-            keys: self.drain(Table::Keys, backend).await?,
-            outbox: self.drain(Table::Outbox, backend).await?,
-            inbox: self.drain(Table::Inbox, backend).await?,
-            observed: self.drain(Table::Observed, backend).await?,
+            keys: self.drain(Table::Keys, backend, stop).await?,
+            outbox: self.drain(Table::Outbox, backend, stop).await?,
+            inbox: self.drain(Table::Inbox, backend, stop).await?,
+            observed: self.drain(Table::Observed, backend, stop).await?,
         })
     }
 
     /// Batches of `table` until one comes back short; on Citus, until one waits past
-    /// the lock timeout too (its rows are left for the next pass).
-    async fn drain(&self, table: Table, backend: Backend) -> Result<u64, StoreError> {
+    /// the lock timeout too (its rows are left for the next pass). After a full batch
+    /// it pauses (see [`share`](Self::share); at most `interval`), and ends there when
+    /// `stop` is cancelled.
+    async fn drain(
+        &self,
+        table: Table,
+        backend: Backend,
+        stop: &CancellationToken,
+    ) -> Result<u64, StoreError> {
         let mut total = 0;
-        loop {
+        while !stop.is_cancelled() {
             let started = tokio::time::Instant::now();
             let n = match backend {
                 Backend::Postgres => self.batch_postgres(table).await?,
@@ -190,8 +204,13 @@ impl Sweeper {
             if n < self.batch_size.unsigned_abs() {
                 return Ok(total);
             }
-            tokio::time::sleep(idem_core::pace::pause_after(started.elapsed(), self.share)).await;
+            let pause = idem_core::pace::pause_after(started.elapsed(), self.share);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(pause.min(self.interval)) => {}
+            }
         }
+        Ok(total)
     }
 
     async fn batch_postgres(&self, table: Table) -> Result<u64, StoreError> {

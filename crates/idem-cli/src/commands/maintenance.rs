@@ -100,6 +100,7 @@ type Delivered = (Uuid, String, String, DateTime<Utc>);
 /// Sweeps now: expired keys in batches with a progress bar (the table that grows
 /// largest), then the outbox and inbox. On a Citus coordinator the sweeper's own batches
 /// (read across the shards without locks, deleted by key) do it all, under a spinner.
+/// An operator's sweep does not pace itself (`Sweeper::share(1.0)`): it was asked for now.
 pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result<Value, Failure> {
     let batch_size = batch_size.max(1);
     let progress = if quiet {
@@ -107,7 +108,9 @@ pub(super) async fn sweep(pool: &PgPool, batch_size: i64, quiet: bool) -> Result
     } else {
         ProgressBar::new_spinner()
     };
-    let sweeper = idem_sqlx::Sweeper::new(pool.clone()).batch_size(batch_size);
+    let sweeper = idem_sqlx::Sweeper::new(pool.clone())
+        .batch_size(batch_size)
+        .share(1.0);
     if Backend::detect(pool).await? == Backend::Citus {
         progress.set_style(
             ProgressStyle::with_template("{spinner} {msg}")
