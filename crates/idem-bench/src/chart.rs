@@ -71,7 +71,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), BoxError> {
 
 /// Whether a scenario's requests go through the layer: (b), (c), (c') and (d).
 fn uses_layer(scenario: &str) -> bool {
-    ["b ", "c ", "c' ", "d "]
+    ["b ", "c ", "c' ", "d ", "g ", "h ", "s "]
         .iter()
         .any(|prefix| scenario.starts_with(prefix))
 }

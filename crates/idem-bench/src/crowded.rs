@@ -16,8 +16,7 @@ const FILL_CHUNK: i64 = 500_000;
 /// What [`fill`] wrote.
 #[derive(Debug, Serialize)]
 pub struct Filled {
-    /// Keys the filling left in the table (written by the first run; a later one
-    /// writes back only the expired tenth).
+    /// Keys written.
     pub keys: i64,
     /// Of them, already past their retention.
     pub expired: i64,
@@ -27,17 +26,11 @@ pub struct Filled {
 
 /// Writes `count` finished keys spread over `tenants` tenants (the requests' own, so
 /// new keys land among them in the primary key): retention 1 hour, 1 day, 7 days or
-/// 30 days in turn, completed within the last hour, except every tenth key, which
-/// completed its retention and an hour more ago (expired, for the sweeper). When the
-/// table holds that many keys already (an earlier run filled it), writes back that
-/// tenth alone, which a sweep removed.
+/// 30 days in turn, completed within the last ten minutes (none expires during a run),
+/// except every tenth key, which completed its retention and an hour more ago (expired,
+/// for the sweeper). The expired tenth spreads over every tenant and retention class.
 pub async fn fill(pool: &PgPool, count: i64, tenants: usize) -> Result<Filled, sqlx::Error> {
     let started = Instant::now();
-    let estimate: f32 =
-        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'idem.keys'::regclass")
-            .fetch_one(pool)
-            .await?;
-    let expired_only = f64::from(estimate) >= 0.9 * count as f64;
     let tenants = i64::try_from(tenants.max(1)).unwrap_or(1);
     let mut first = 0;
     while first < count {
@@ -46,23 +39,21 @@ pub async fn fill(pool: &PgPool, count: i64, tenants: usize) -> Result<Filled, s
             "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
                response_status, response_header_names, response_header_values, response_body, \
                created_at, completed_at, expires_at, retention) \
-             SELECT 'tenant-' || (g % $3), 'filled-' || g, sha256(int8send(g)), 'POST', \
+             SELECT 'tenant-' || (g / 10 % $3), 'filled-' || g, sha256(int8send(g)), 'POST', \
                '/payments', '/payments', 201, ARRAY['content-type'], \
                ARRAY['application/json'::bytea], \
                convert_to('{\"id\":\"' || g || '\",\"amount\":1250,\"currency\":\"EUR\"}', 'UTF8'), \
                at, at, at + retention, retention \
              FROM generate_series($1::bigint, $2::bigint) AS g, \
                LATERAL (SELECT (ARRAY[interval '1 hour', interval '1 day', interval '7 days', \
-                 interval '30 days'])[1 + g % 4] AS retention) AS class, \
+                 interval '30 days'])[1 + g / 10 / $3 % 4] AS retention) AS class, \
                LATERAL (SELECT CASE WHEN g % 10 = 0 THEN now() - retention - interval '1 hour' \
-                 ELSE now() - (g % 3600) * interval '1 second' END AS at) AS finished \
-             WHERE NOT $4 OR g % 10 = 0 \
+                 ELSE now() - (g % 600) * interval '1 second' END AS at) AS finished \
              ON CONFLICT (tenant_id, key) DO NOTHING",
         )
         .bind(first)
         .bind(last)
         .bind(tenants)
-        .bind(expired_only)
         .execute(pool)
         .await?;
         first = last + 1;
@@ -126,6 +117,7 @@ impl Sweeping {
     pub async fn stop(self, pool: &PgPool) -> Result<Swept, sqlx::Error> {
         let secs = self.started.elapsed().as_secs_f64();
         let left = expired(pool).await?;
+        // Mid-pass the sweeper looks at its token only between batches' pauses.
         self.stop.cancel();
         self.task.abort();
         let _ = self.task.await;

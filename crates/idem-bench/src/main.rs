@@ -84,7 +84,8 @@ struct Args {
     #[arg(long)]
     prometheus: bool,
     /// Run every scenario this many times in a row (same database), printing each
-    /// run's table and then the range of each figure.
+    /// run's table and then the range of each figure (with `--json`, an array of the
+    /// runs' reports; `--svg` draws the last run).
     #[arg(long, default_value_t = 1)]
     runs: usize,
     /// Keys to write into `idem.keys` (four retention classes, a tenth of them
@@ -100,7 +101,7 @@ struct Args {
 
 impl Args {
     /// Whether the scenario lettered `id` runs.
-    fn runs(&self, id: &str) -> bool {
+    fn selected(&self, id: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == id)
     }
 }
@@ -199,7 +200,8 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// One run of the scenarios `args` names.
+/// One run of the scenarios `args` names, on a pool of its own that it closes at the
+/// end (its services keep serving on their sockets, with no connections left).
 async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     // Postgres allows 100 connections by default; keep a few for everyone else.
     let connections =
@@ -208,8 +210,20 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .max_connections(connections)
         .connect(url)
         .await?;
+    let report = scenarios(args, &pool, connections).await;
+    pool.close().await;
+    report
+}
+
+/// The scenarios `args` names, on `pool` (of `connections` connections).
+async fn scenarios(args: &Args, pool: &PgPool, connections: u32) -> Result<Report, BoxError> {
+    let pool = pool.clone();
     payments::migrate(&pool).await?;
     sqlx::raw_sql(handwritten::TABLE).execute(&pool).await?;
+    if args.existing_keys > 0 {
+        // Each run's (b) on an empty table, its (h) on one freshly filled.
+        sqlx::raw_sql("TRUNCATE idem.keys").execute(&pool).await?;
+    }
     tenants::set(args.tenants);
     let citus = tenants::distribute(&pool).await?;
 
@@ -258,12 +272,12 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     // Keyless payments to a service without the layer.
     let keyless_on = |base: &str| payments_on(base, |_| None);
     // (a) bare handler
-    if args.runs("a") {
+    if args.selected("a") {
         rows.push(scenario.run("a bare handler", keyless_on(&bare)).await?);
     }
 
     // (f) the bare handler without its outbox enqueue
-    if args.runs("f") {
+    if args.selected("f") {
         rows.push(
             scenario
                 .run("f bare, no enqueue", keyless_on(&without_outbox))
@@ -273,7 +287,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
 
     // (b) layer, unique keys
     let unique_on = |base: &str| payments_on(base, |_| Some(uuid::Uuid::new_v4().to_string()));
-    if args.runs("b") {
+    if args.selected("b") {
         rows.push(
             scenario
                 .run("b layer, unique keys", unique_on(&layered))
@@ -282,7 +296,7 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     }
 
     // (z) hand-written idempotency, unique keys
-    if args.runs("z") {
+    if args.selected("z") {
         rows.push(
             scenario
                 .run("z hand-written, unique", unique_on(&by_hand))
@@ -309,16 +323,16 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
                 .body(BODY)
         }
     };
-    if args.runs("c") || args.runs("c'") {
+    if args.selected("c") || args.selected("c'") {
         let post_replay = replay_on(&layered);
         for i in 0..replay_keys.len() {
             post_replay(i).send().await?.error_for_status()?;
         }
-        if args.runs("c") {
+        if args.selected("c") {
             rows.push(scenario.run("c layer, replays", post_replay).await?);
         }
         // (c') the same replays with `Storage::lookup_first` (same database, same keys)
-        if args.runs("c'") {
+        if args.selected("c'") {
             rows.push(
                 scenario
                     .run("c' replays, lookup first", replay_on(&lookup_first))
@@ -328,26 +342,26 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
     }
 
     // (d) duplicate storm
-    if args.runs("d") {
+    if args.selected("d") {
         rows.push(storm(&client, &layered, &pool, args.storm_keys, args.storm_size).await?);
     }
 
     // (e) the ceiling: single-INSERT transactions, no HTTP
     let db = |name, op| db_loop(name, &pool, args.concurrency, warmup, timed, op);
-    if args.runs("e") {
+    if args.selected("e") {
         rows.push(db("e ceiling: sqlx INSERT", single_insert).await?);
     }
     // (a0), (b0): the statements of (a) and (b), no HTTP: the database's share.
-    if args.runs("a0") {
+    if args.selected("a0") {
         rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
     }
-    if args.runs("b0") {
+    if args.selected("b0") {
         rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
     }
 
     // (g) the layer while a relay publishes to JetStream
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let relay = match args.runs("g") {
+    let relay = match args.selected("g") {
         true => publish::start(&pool, &nats_url).await.map(Some),
         false => Ok(None),
     };
@@ -378,17 +392,17 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
 
     // (h) and (s): new keys on a crowded table, and while it is swept
     let (mut filled, mut swept) = (None, None);
-    if args.existing_keys > 0 && (args.runs("h") || args.runs("s")) {
+    if args.existing_keys > 0 && (args.selected("h") || args.selected("s")) {
         eprintln!("writing {} keys into idem.keys ...", args.existing_keys);
         filled = Some(crowded::fill(&pool, args.existing_keys, args.tenants).await?);
-        if args.runs("h") {
+        if args.selected("h") {
             rows.push(
                 scenario
                     .run("h layer, crowded table", unique_on(&layered))
                     .await?,
             );
         }
-        if args.runs("s") {
+        if args.selected("s") {
             let sweeping = crowded::Sweeping::start(&pool).await?;
             rows.push(
                 scenario
