@@ -75,7 +75,8 @@ struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also write the req/s per scenario as an SVG bar chart to this file.
+    /// Also write the req/s per scenario as an SVG bar chart to this file (the range
+    /// over the runs).
     #[arg(long, value_name = "PATH")]
     svg: Option<std::path::PathBuf>,
     /// Install the example's Prometheus recorder, so every request records its
@@ -85,7 +86,7 @@ struct Args {
     prometheus: bool,
     /// Run every scenario this many times in a row (same database), printing each
     /// run's table and then the range of each figure (with `--json`, an array of the
-    /// runs' reports; `--svg` draws the last run).
+    /// runs' reports; `--svg` draws each scenario's range).
     #[arg(long, default_value_t = 1)]
     runs: usize,
     /// Keys to write into `idem.keys` (four retention classes, a tenth of them
@@ -186,8 +187,8 @@ async fn main() -> Result<(), BoxError> {
     }
     database.shutdown().await?;
     result?;
-    if let (Some(path), Some(last)) = (&args.svg, reports.last()) {
-        chart::write_svg(last, path)?;
+    if let Some(path) = &args.svg {
+        chart::write_svg(&reports, path)?;
     }
     if args.json {
         match reports.as_slice() {

@@ -4,7 +4,7 @@ use crate::Report;
 
 /// The smallest and largest of `values` (NaN, from a scenario that did not run, left
 /// out); `None` when nothing is left.
-fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+pub fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     values
         .filter(|v| !v.is_nan())
         .fold(None, |acc, v| match acc {
