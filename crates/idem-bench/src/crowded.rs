@@ -111,13 +111,12 @@ impl Sweeping {
         })
     }
 
-    /// Counts what the sweeper removed so far, then stops it: between passes when it
-    /// is between passes, otherwise in the middle of its pass (a benchmark's shortcut:
-    /// each batch is a statement of its own, so the rows stay consistent).
+    /// Counts what the sweeper removed so far, then stops it: the stop ends a pause
+    /// between batches, and a batch under way is cut off (a benchmark's shortcut: each
+    /// batch is a statement of its own, so the rows stay consistent).
     pub async fn stop(self, pool: &PgPool) -> Result<Swept, sqlx::Error> {
         let secs = self.started.elapsed().as_secs_f64();
         let left = expired(pool).await?;
-        // Mid-pass the sweeper looks at its token only between batches' pauses.
         self.stop.cancel();
         self.task.abort();
         let _ = self.task.await;

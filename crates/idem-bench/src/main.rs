@@ -91,7 +91,8 @@ struct Args {
     runs: usize,
     /// Keys to write into `idem.keys` (four retention classes, a tenth of them
     /// expired) before (h), the new-key scenario again on the crowded table, and (s),
-    /// the same while the sweeper removes the expired ones; 0 skips both.
+    /// the same while the sweeper removes the expired ones; 0 skips both. Each run
+    /// then empties `idem.keys` first: use a database of its own.
     #[arg(long, default_value_t = 0)]
     existing_keys: i64,
     /// Run only these scenarios (their letters, comma-separated: `--only b,z`); all of
