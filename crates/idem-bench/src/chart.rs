@@ -20,19 +20,7 @@ pub fn write_svg(reports: &[Report], path: &Path) -> Result<(), BoxError> {
     let Some(first) = reports.first() else {
         return Ok(());
     };
-    let spans: Vec<(&str, f64, f64)> = first
-        .rows
-        .iter()
-        .filter_map(|row| {
-            let rps = reports.iter().map(|r| {
-                r.rows
-                    .iter()
-                    .find(|s| s.scenario == row.scenario)
-                    .map_or(f64::NAN, |s| s.requests_per_sec)
-            });
-            ranges::range(rps).map(|(lo, hi)| (row.scenario, lo, hi))
-        })
-        .collect();
+    let spans = ranges::scenario_spans(reports);
     let height = 60 + 34 * u32::try_from(spans.len()).unwrap_or(u32::MAX).min(40);
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;

@@ -33,6 +33,7 @@ mod publish;
 mod ranges;
 mod tenants;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -212,14 +213,13 @@ async fn run(args: &Args, url: &str) -> Result<Report, BoxError> {
         .max_connections(connections)
         .connect(url)
         .await?;
-    let report = scenarios(args, &pool, connections).await;
+    let report = scenarios(args, pool.clone(), connections).await;
     pool.close().await;
     report
 }
 
 /// The scenarios `args` names, on `pool` (of `connections` connections).
-async fn scenarios(args: &Args, pool: &PgPool, connections: u32) -> Result<Report, BoxError> {
-    let pool = pool.clone();
+async fn scenarios(args: &Args, pool: PgPool, connections: u32) -> Result<Report, BoxError> {
     payments::migrate(&pool).await?;
     sqlx::raw_sql(handwritten::TABLE).execute(&pool).await?;
     if args.existing_keys > 0 {
@@ -349,16 +349,27 @@ async fn scenarios(args: &Args, pool: &PgPool, connections: u32) -> Result<Repor
     }
 
     // (e) the ceiling: single-INSERT transactions, no HTTP
-    let db = |name, op| db_loop(name, &pool, args.concurrency, warmup, timed, op);
     if args.selected("e") {
-        rows.push(db("e ceiling: sqlx INSERT", single_insert).await?);
+        rows.push(
+            scenario
+                .run_db("e ceiling: sqlx INSERT", single_insert)
+                .await?,
+        );
     }
     // (a0), (b0): the statements of (a) and (b), no HTTP: the database's share.
     if args.selected("a0") {
-        rows.push(db("a0 a's statements, no HTTP", bare_statements).await?);
+        rows.push(
+            scenario
+                .run_db("a0 a's statements, no HTTP", bare_statements)
+                .await?,
+        );
     }
     if args.selected("b0") {
-        rows.push(db("b0 b's statements, no HTTP", layer_statements).await?);
+        rows.push(
+            scenario
+                .run_db("b0 b's statements, no HTTP", layer_statements)
+                .await?,
+        );
     }
 
     // (g) the layer while a relay publishes to JetStream
@@ -503,10 +514,32 @@ impl Timed<'_> {
     where
         F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
     {
-        drive(self.concurrency, self.warmup, request.clone()).await;
+        let concurrency = self.concurrency;
+        self.measure(name, |duration| {
+            drive(concurrency, duration, request.clone())
+        })
+        .await
+    }
+
+    /// Runs the database-only scenario `name`: `op` over and over from `concurrency`
+    /// tasks through the pool, no HTTP.
+    async fn run_db(&self, name: &'static str, op: DbOp) -> Result<Row, BoxError> {
+        let (pool, concurrency) = (self.pool.clone(), self.concurrency);
+        self.measure(name, |duration| db_loop(&pool, concurrency, duration, op))
+            .await
+    }
+
+    /// `load(warmup)` (not counted), then `load(duration)`, with the payments the
+    /// timed part executed counted in the database.
+    async fn measure<L, Fut>(&self, name: &'static str, load: L) -> Result<Row, BoxError>
+    where
+        L: Fn(Duration) -> Fut,
+        Fut: Future<Output = Samples>,
+    {
+        load(self.warmup).await;
         let before = payments_count(self.pool).await?;
         let started = Instant::now();
-        let samples = drive(self.concurrency, self.duration, request).await;
+        let samples = load(self.duration).await;
         let elapsed = started.elapsed();
         let executions = payments_count(self.pool).await? - before;
         Ok(row(name, &samples, elapsed, executions))
@@ -623,43 +656,25 @@ async fn storm(
 /// One unit of database work, run over and over by [`db_loop`].
 type DbOp = fn(PgPool) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>>;
 
-/// Runs `op` from `concurrency` tasks through the pool, no HTTP: for `warmup` (not
-/// counted), then for `duration`.
-async fn db_loop(
-    name: &'static str,
-    pool: &PgPool,
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    op: DbOp,
-) -> Result<Row, BoxError> {
-    let work = move |pool: PgPool, deadline: Instant| async move {
-        let mut samples = Samples::default();
-        while Instant::now() < deadline {
-            let started = Instant::now();
-            match op(pool.clone()).await {
-                Ok(()) => samples.latencies.push(started.elapsed()),
-                Err(_) => samples.errors += 1,
+/// Runs `op` from `concurrency` tasks through `pool` for `duration`, no HTTP.
+async fn db_loop(pool: &PgPool, concurrency: usize, duration: Duration, op: DbOp) -> Samples {
+    let deadline = Instant::now() + duration;
+    let tasks = (0..concurrency).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut samples = Samples::default();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match op(pool.clone()).await {
+                    Ok(()) => samples.latencies.push(started.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
             }
-        }
-        samples
-    };
-    let run = |duration: Duration| {
-        let deadline = Instant::now() + duration;
-        let tasks = (0..concurrency).map(|_| tokio::spawn(work(pool.clone(), deadline)));
-        futures_util::future::join_all(tasks)
-    };
-    run(warmup).await;
-    let before = payments_count(pool).await?;
-    let started = Instant::now();
-    let samples: Vec<Samples> = run(duration)
-        .await
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
-    let elapsed = started.elapsed();
-    let executions = payments_count(pool).await? - before;
-    Ok(row(name, &Samples::merge(samples), elapsed, executions))
+            samples
+        })
+    });
+    let done = futures_util::future::join_all(tasks).await;
+    Samples::merge(done.into_iter().filter_map(Result::ok).collect())
 }
 
 /// (e) The ceiling: a single-INSERT transaction.

@@ -4,7 +4,7 @@ use crate::Report;
 
 /// The smallest and largest of `values` (NaN, from a scenario that did not run, left
 /// out); `None` when nothing is left.
-pub fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     values
         .filter(|v| !v.is_nan())
         .fold(None, |acc, v| match acc {
@@ -13,27 +13,40 @@ pub fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
         })
 }
 
+/// Each scenario of the first run with the smallest and largest req/s it had over
+/// `reports` (the runs of one invocation).
+pub fn scenario_spans(reports: &[Report]) -> Vec<(&'static str, f64, f64)> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    first
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let rps = reports.iter().map(|r| {
+                r.rows
+                    .iter()
+                    .find(|s| s.scenario == row.scenario)
+                    .map_or(f64::NAN, |s| s.requests_per_sec)
+            });
+            range(rps).map(|(lo, hi)| (row.scenario, lo, hi))
+        })
+        .collect()
+}
+
 /// One figure of a report, named.
 type Figure = (&'static str, fn(&Report) -> f64);
 
 /// Prints, for each scenario, its req/s range, then the range of each ratio.
 pub fn print(reports: &[Report]) {
-    let Some(first) = reports.first() else {
+    if reports.is_empty() {
         return;
-    };
+    }
     println!();
     println!("over {} runs (smallest - largest):", reports.len());
     println!("{:<26} {:>17}", "scenario", "req/s");
-    for row in &first.rows {
-        let rps = reports.iter().map(|r| {
-            r.rows
-                .iter()
-                .find(|s| s.scenario == row.scenario)
-                .map_or(f64::NAN, |s| s.requests_per_sec)
-        });
-        if let Some((lo, hi)) = range(rps) {
-            println!("{:<26} {:>8.0} - {:<8.0}", row.scenario, lo, hi);
-        }
+    for (scenario, lo, hi) in scenario_spans(reports) {
+        println!("{scenario:<26} {lo:>8.0} - {hi:<8.0}");
     }
     let ratios: [Figure; 9] = [
         ("b/a (layer / bare)", |r| r.layer_unique_over_bare),
