@@ -61,6 +61,8 @@ mod streaming;
 mod sweeper;
 #[path = "it/tenants.rs"]
 mod tenants;
+#[path = "it/tombstones.rs"]
+mod tombstones;
 
 /// The co-location group of each of `tables`, in order.
 async fn colocation(db: &idem_tests::TestDb, tables: &[&str]) -> Vec<Option<i32>> {

@@ -180,24 +180,7 @@ async fn the_same_key_from_two_tenants_runs_twice_and_replays_each_its_own(kind:
     assert_eq!(db.keys().await, 2, "{kind:?}");
 }
 
-/// One test per case and route kind: `keyed_routes::{atomic,phased,lookup_first}::{case}`.
-macro_rules! keyed_route_cases {
-    (kinds: [$($module:ident => $kind:ident),* $(,)?], cases: $cases:tt) => {
-        $(keyed_route_cases!(@kind $module $kind $cases);)*
-    };
-    (@kind $module:ident $kind:ident [$($case:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(idem_tests::RouteKind::$kind).await;
-                }
-            )*
-        }
-    };
-}
-
-keyed_route_cases! {
+idem_tests::keyed_route_cases! {
     kinds: [atomic => Atomic, phased => Phased, lookup_first => LookupFirst],
     cases: [
         a_retry_replays_the_first_answer_byte_for_byte,

@@ -44,6 +44,7 @@ mod storms;
 mod streaming;
 mod sweeper;
 mod tenants;
+mod tombstones;
 mod trace_context;
 mod unknown_routes;
 mod webhook;

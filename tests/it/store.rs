@@ -18,6 +18,7 @@ fn request<'a>(tenant: &'a TenantId, key: &'a IdempotencyKey, body: &[u8]) -> Cl
         path: "/p",
         route: Some("/p"),
         retention: Duration::from_secs(3600),
+        tombstones: None,
         wait: Duration::from_millis(200),
     }
 }

@@ -102,6 +102,7 @@ async fn the_sweeper_removes_what_is_past_its_time_and_keeps_the_rest() {
             outbox: 2,
             inbox: 2,
             observed: 0,
+            tombstones: 0,
         }
     );
     assert_eq!(db.keys().await, 1);

@@ -42,9 +42,19 @@ pub const PHASED_LEASE: Duration = Duration::from_secs(30);
 /// cache (so each retry is answered by the store); returns the app and the switches its
 /// handler reads.
 pub async fn keyed_app(db: &TestDb, kind: RouteKind) -> (TestApp, Arc<Faults>) {
+    keyed_app_with(db, kind, |layer| layer).await
+}
+
+/// [`keyed_app`] with its layer changed by `configure` first (a policy, a protection;
+/// not its storage, which the route kind sets).
+pub async fn keyed_app_with(
+    db: &TestDb,
+    kind: RouteKind,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> (TestApp, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
     // No replay cache: every retry reaches the store (the claim, or the lookup).
-    let layer = IdempotencyLayer::new(db.pool.clone())
+    let layer = configure(IdempotencyLayer::new(db.pool.clone()))
         .tenant(tenant_from_header())
         .timeouts(Timeouts::default().in_flight_wait(Duration::from_secs(20)))
         .storage(Storage::default().replay_cache(0));
@@ -94,4 +104,23 @@ async fn phased_effect(
         tokio::time::sleep(Duration::from_millis(knobs.sleep_ms)).await;
     }
     Ok(effect_answer(StatusCode::CREATED, id, &note))
+}
+
+/// One test per case and route kind: `$module::{atomic,phased,lookup_first}::{case}`,
+/// each calling the module's `async fn case(kind: RouteKind)`.
+#[macro_export]
+macro_rules! keyed_route_cases {
+    (kinds: [$($module:ident => $kind:ident),* $(,)?], cases: $cases:tt) => {
+        $($crate::keyed_route_cases!(@kind $module $kind $cases);)*
+    };
+    (@kind $module:ident $kind:ident [$($case:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::RouteKind::$kind).await;
+                }
+            )*
+        }
+    };
 }

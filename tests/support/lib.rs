@@ -17,7 +17,7 @@ pub use app::{
     Faults, TestApp, client_without_redirects, effects_router, impatient_client, tenant_from_header,
 };
 pub use fault_proxy::ResponseDropper;
-pub use keyed::{RouteKind, keyed_app};
+pub use keyed::{RouteKind, keyed_app, keyed_app_with};
 pub use nats::{TestStream, fetch};
 pub use pg::{TestDb, citus_test_db, on_citus, test_db, test_db_with};
 pub use process::{ServiceProcess, WorkerProcess};

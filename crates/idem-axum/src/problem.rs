@@ -64,6 +64,17 @@ pub enum Problem {
         /// The status the original request answered with.
         original_status: u16,
     },
+    /// 410 `key-expired`: the same request completed long enough ago that its key's
+    /// retention passed, and the route keeps tombstones: it is neither replayed (the
+    /// response is gone) nor run again. The body's `original_status` and
+    /// `original_completed_at` members say how and when it was answered. Final: a new
+    /// request needs a new key.
+    KeyExpired {
+        /// The status the original request answered with.
+        original_status: u16,
+        /// When the original request completed.
+        completed_at: chrono::DateTime<chrono::Utc>,
+    },
     /// 503 `store-unavailable`: the store could not be reached or failed; nothing ran.
     StoreUnavailable {
         /// When to retry.
@@ -137,6 +148,8 @@ struct Body9457<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     original_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_completed_at: Option<String>,
 }
 
 impl Problem {
@@ -153,6 +166,7 @@ impl Problem {
             Problem::NewKeyRateExceeded { .. } => "new-key-rate",
             Problem::KeyQuotaExceeded => "key-quota",
             Problem::ResponseNotStored { .. } => "response-not-stored",
+            Problem::KeyExpired { .. } => "key-expired",
             Problem::StoreUnavailable { .. } => "store-unavailable",
             Problem::CommitFailed { .. } => "commit-failed",
             Problem::HandlerPanicked => "handler-panicked",
@@ -182,7 +196,7 @@ impl Problem {
             Problem::InFlight { .. } => StatusCode::CONFLICT,
             Problem::NewKeyRateExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::KeyQuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
-            Problem::ResponseNotStored { .. } => StatusCode::GONE,
+            Problem::ResponseNotStored { .. } | Problem::KeyExpired { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. }
             | Problem::CommitFailed { .. }
             | Problem::PhaseInterrupted { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +226,7 @@ impl Problem {
             Problem::NewKeyRateExceeded { .. } => "Too many new idempotency keys",
             Problem::KeyQuotaExceeded => "Idempotency key quota reached",
             Problem::ResponseNotStored { .. } => "Original response not stored",
+            Problem::KeyExpired { .. } => "Idempotency key expired",
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
             Problem::CommitFailed { .. } => "Request not committed",
             Problem::HandlerPanicked => "Handler failed",
@@ -260,6 +275,15 @@ impl Problem {
             Problem::ResponseNotStored { original_status } => format!(
                 "The original request completed with status {original_status}, but its \
                  response was not stored and cannot be replayed. Do not retry this key."
+            ),
+            Problem::KeyExpired {
+                original_status,
+                completed_at,
+            } => format!(
+                "A request with this idempotency key completed at {} with status \
+                 {original_status}; the key has expired since, so the request is neither \
+                 replayed nor run again. Send a new request with a new key.",
+                rfc3339(completed_at)
             ),
             Problem::StoreUnavailable { .. } => {
                 "The request was not processed; retry with the same idempotency key.".into()
@@ -320,7 +344,14 @@ impl Problem {
             status: status.as_u16(),
             detail: self.detail(),
             original_status: match &self {
-                Problem::ResponseNotStored { original_status } => Some(*original_status),
+                Problem::ResponseNotStored { original_status }
+                | Problem::KeyExpired {
+                    original_status, ..
+                } => Some(*original_status),
+                _ => None,
+            },
+            original_completed_at: match &self {
+                Problem::KeyExpired { completed_at, .. } => Some(rfc3339(completed_at)),
                 _ => None,
             },
         };
@@ -338,6 +369,11 @@ impl Problem {
         }
         response
     }
+}
+
+/// A time as problem bodies write it: RFC 3339, UTC, whole seconds.
+fn rfc3339(at: &chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl axum::response::IntoResponse for Problem {

@@ -738,6 +738,7 @@ fn layer_statements(
             path: "/payments",
             route: Some("/payments"),
             retention: Duration::from_secs(24 * 3600),
+            tombstones: None,
             wait: Duration::from_secs(5),
         };
         let mut tx =

@@ -21,6 +21,17 @@ pub enum RecordState {
     },
 }
 
+/// What a finished key leaves once its retention has passed, on a route whose policy
+/// keeps tombstones: until `until`, a retry of the same request is told the key
+/// expired (410 `key-expired`) instead of running again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// When the original request completed.
+    pub completed_at: DateTime<Utc>,
+    /// The end of the window: the key's expiry plus the route's tombstone window.
+    pub until: DateTime<Utc>,
+}
+
 /// A key's stored record, as the decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -28,8 +39,11 @@ pub struct Record {
     pub fingerprint: Fingerprint,
     /// Where the request stands.
     pub state: RecordState,
-    /// When the key stops counting; from then on it is absent.
+    /// When the key stops counting; from then on it is absent, or a tombstone.
     pub expires_at: DateTime<Utc>,
+    /// What the key leaves after `expires_at`, when its route keeps tombstones and the
+    /// request finished; `None` otherwise.
+    pub tombstone: Option<Tombstone>,
 }
 
 impl Record {
@@ -37,6 +51,15 @@ impl Record {
     /// (it never changes until it expires), so only it may be kept in memory.
     pub fn is_finished(&self) -> bool {
         !matches!(self.state, RecordState::InFlight)
+    }
+
+    /// The record as a route decides with it: a route that keeps no tombstones
+    /// (`route_keeps` false) does not answer from one, whatever the key kept.
+    pub fn tombstone_kept(mut self, route_keeps: bool) -> Self {
+        if !route_keeps {
+            self.tombstone = None;
+        }
+        self
     }
 
     /// The record with its expiry moved from the store's clock to this process's:
@@ -55,6 +78,7 @@ impl Record {
     ///     fingerprint: fp,
     ///     state: RecordState::CompletedUnstored { status: 201 },
     ///     expires_at: store_now + Duration::minutes(10),
+    ///     tombstone: None,
     /// };
     /// // This process's clock runs five minutes behind the store's.
     /// let local_sent = store_now - Duration::minutes(5);
@@ -62,16 +86,25 @@ impl Record {
     /// assert_eq!(moved.expires_at, local_sent + Duration::minutes(10));
     /// ```
     pub fn on_local_clock(mut self, store_now: DateTime<Utc>, local_sent: DateTime<Utc>) -> Self {
-        let remaining = self.expires_at.signed_duration_since(store_now);
-        self.expires_at = local_sent.checked_add_signed(remaining).unwrap_or(
-            if remaining > chrono::TimeDelta::zero() {
-                DateTime::<Utc>::MAX_UTC
-            } else {
-                DateTime::<Utc>::MIN_UTC
-            },
-        );
+        self.expires_at = moved(self.expires_at, store_now, local_sent);
+        if let Some(tombstone) = &mut self.tombstone {
+            tombstone.until = moved(tombstone.until, store_now, local_sent);
+        }
         self
     }
+}
+
+/// `at`, read on the store's clock at `store_now`, on the local clock that read
+/// `local_sent` before the read was sent.
+fn moved(at: DateTime<Utc>, store_now: DateTime<Utc>, local_sent: DateTime<Utc>) -> DateTime<Utc> {
+    let remaining = at.signed_duration_since(store_now);
+    local_sent
+        .checked_add_signed(remaining)
+        .unwrap_or(if remaining > chrono::TimeDelta::zero() {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        })
 }
 
 /// What a request carrying a key does.
@@ -85,6 +118,9 @@ pub enum Decision {
     Mismatch,
     /// The same request is still running: wait for it, or answer 409 + Retry-After.
     InFlight,
+    /// The same request finished so long ago that its key expired, and the key's
+    /// tombstone still stands: refuse (410 `key-expired`) rather than run it again.
+    Expired,
 }
 
 /// Decides what a request does, given the key's record (if any), the request's
@@ -92,7 +128,9 @@ pub enum Decision {
 ///
 /// | record | fingerprint | decision |
 /// |---|---|---|
-/// | none, or expired (`expires_at <= now`) | any | `Execute` |
+/// | none, or expired (`expires_at <= now`) without a standing tombstone | any | `Execute` |
+/// | expired, finished, its tombstone stands (`until > now`) | same | `Expired` |
+/// | expired, finished, its tombstone stands | different | `Mismatch` |
 /// | live | different | `Mismatch` |
 /// | live, finished | same | `Replay` |
 /// | live, in flight | same | `InFlight` |
@@ -103,7 +141,12 @@ pub enum Decision {
 ///
 /// let now = Utc::now();
 /// let fp = Fingerprint::builder("POST", "/p").body(b"{}", BodyMode::Raw).finish();
-/// let running = Record { fingerprint: fp, state: RecordState::InFlight, expires_at: now + Duration::hours(24) };
+/// let running = Record {
+///     fingerprint: fp,
+///     state: RecordState::InFlight,
+///     expires_at: now + Duration::hours(24),
+///     tombstone: None,
+/// };
 /// assert_eq!(decide(None, &fp, now), Decision::Execute);
 /// assert_eq!(decide(Some(&running), &fp, now), Decision::InFlight);
 /// ```
@@ -112,7 +155,16 @@ pub fn decide(existing: Option<&Record>, incoming: &Fingerprint, now: DateTime<U
         return Decision::Execute;
     };
     if record.expires_at <= now {
-        return Decision::Execute;
+        return match record.tombstone {
+            Some(tombstone) if tombstone.until > now && record.is_finished() => {
+                if record.fingerprint == *incoming {
+                    Decision::Expired
+                } else {
+                    Decision::Mismatch
+                }
+            }
+            _ => Decision::Execute,
+        };
     }
     if record.fingerprint != *incoming {
         return Decision::Mismatch;
@@ -162,6 +214,7 @@ mod tests {
             fingerprint,
             state,
             expires_at,
+            tombstone: None,
         };
         assert_eq!(decide(None, &a, now), Decision::Execute);
         assert_eq!(
@@ -221,6 +274,7 @@ mod tests {
                 fingerprint: stored,
                 state: state(st),
                 expires_at: now + Duration::seconds(offset_secs),
+                tombstone: None,
             };
             let got = decide(present.then_some(&record), &incoming, now);
             let expected = if !present || offset_secs <= 0 {
@@ -237,6 +291,77 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_within_the_tombstone_s_window_is_refused_and_runs_again_after_it() {
+        let now = Utc::now();
+        let (a, b) = (fp(b"a"), fp(b"b"));
+        let expired = |state, until| Record {
+            fingerprint: a,
+            state,
+            expires_at: now - Duration::days(1),
+            tombstone: Some(Tombstone {
+                completed_at: now - Duration::days(8),
+                until,
+            }),
+        };
+        let standing = now + Duration::days(30);
+        let unstored = RecordState::CompletedUnstored { status: 201 };
+        assert_eq!(
+            decide(Some(&expired(completed(), standing)), &a, now),
+            Decision::Expired
+        );
+        assert_eq!(
+            decide(Some(&expired(unstored.clone(), standing)), &a, now),
+            Decision::Expired
+        );
+        assert_eq!(
+            decide(Some(&expired(completed(), standing)), &b, now),
+            Decision::Mismatch
+        );
+        // The window passed: the key is gone, whatever the request.
+        assert_eq!(
+            decide(Some(&expired(completed(), now)), &a, now),
+            Decision::Execute
+        );
+        assert_eq!(
+            decide(Some(&expired(unstored, now)), &b, now),
+            Decision::Execute
+        );
+        // A request that never finished leaves no tombstone to answer from.
+        assert_eq!(
+            decide(Some(&expired(RecordState::InFlight, standing)), &a, now),
+            Decision::Execute
+        );
+        // A live key answers as it always did, tombstone or not.
+        let live = Record {
+            expires_at: now + Duration::hours(1),
+            ..expired(completed(), standing)
+        };
+        assert_eq!(decide(Some(&live), &a, now), Decision::Replay);
+    }
+
+    #[test]
+    fn a_tombstone_moved_to_the_local_clock_moves_with_its_record() {
+        let store_now = Utc::now();
+        let until = store_now + Duration::seconds(90);
+        let record = Record {
+            fingerprint: fp(b"a"),
+            state: RecordState::CompletedUnstored { status: 201 },
+            expires_at: store_now - Duration::seconds(10),
+            tombstone: Some(Tombstone {
+                completed_at: store_now - Duration::seconds(100),
+                until,
+            }),
+        };
+        let local_sent = store_now - Duration::seconds(3600);
+        let moved = record.on_local_clock(store_now, local_sent);
+        assert_eq!(
+            moved.tombstone.map(|t| t.until),
+            Some(local_sent + Duration::seconds(90))
+        );
+        assert_eq!(moved.expires_at, local_sent - Duration::seconds(10));
+    }
+
+    #[test]
     fn a_record_moved_to_the_local_clock_never_outlives_the_store_s_expiry() {
         use chrono::Duration;
         let fp = Fingerprint::builder("POST", "/p")
@@ -247,6 +372,7 @@ mod tests {
             fingerprint: fp,
             state: RecordState::CompletedUnstored { status: 201 },
             expires_at: store_now + Duration::seconds(60),
+            tombstone: None,
         };
         for skew in [-3600, -1, 0, 1, 3600] {
             // The local clock reads `skew` seconds ahead of the store's, and the read
@@ -272,6 +398,7 @@ mod tests {
             fingerprint: fp,
             state,
             expires_at: at,
+            tombstone: None,
         };
         assert!(!record(RecordState::InFlight).is_finished());
         assert!(record(RecordState::CompletedUnstored { status: 201 }).is_finished());

@@ -46,6 +46,7 @@
 //!         body: br#"{"id":"..."}"#.to_vec(),
 //!     }),
 //!     expires_at: now + Duration::hours(24),
+//!     tombstone: None,
 //! };
 //! assert_eq!(decide(Some(&record), &fingerprint, now), Decision::Replay);
 //! # Ok::<(), idem_core::KeyError>(())
@@ -69,7 +70,7 @@ mod streaming;
 mod tenant;
 mod trace;
 
-pub use decision::{Decision, Record, RecordState, decide};
+pub use decision::{Decision, Record, RecordState, Tombstone, decide};
 pub use failure::{FailureKind, aborted_answer_stands, classify_sqlstate};
 pub use fingerprint::{
     BodyMode, Fingerprint, FingerprintBuilder, FingerprintLenError, canonical_json,

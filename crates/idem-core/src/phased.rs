@@ -28,6 +28,9 @@ pub enum PhasedDecision {
     Replay,
     /// A live record for a different request: refuse (422 or 409).
     Mismatch,
+    /// Finished and expired, its tombstone standing, same request: refuse (410
+    /// `key-expired`).
+    Expired,
     /// In progress and its owner's lease has not passed: wait for it to finish, or
     /// answer 409 + Retry-After.
     Wait,
@@ -42,7 +45,8 @@ pub enum PhasedDecision {
 ///
 /// | record | fingerprint | lease | decision |
 /// |---|---|---|---|
-/// | none, or finished and expired | any | | `Execute` |
+/// | none, or finished and expired (no standing tombstone) | any | | `Execute` |
+/// | finished, expired, its tombstone stands | same | | `Expired` |
 /// | live | different | | `Mismatch` |
 /// | finished | same | | `Replay` |
 /// | in progress | same | until after `now` | `Wait` |
@@ -58,7 +62,12 @@ pub enum PhasedDecision {
 ///
 /// let now = Utc::now();
 /// let fp = Fingerprint::builder("POST", "/p").body(b"{}", BodyMode::Raw).finish();
-/// let running = Record { fingerprint: fp, state: RecordState::InFlight, expires_at: now };
+/// let running = Record {
+///     fingerprint: fp,
+///     state: RecordState::InFlight,
+///     expires_at: now,
+///     tombstone: None,
+/// };
 /// let lease = now + Duration::seconds(10);
 /// assert_eq!(decide_phased(Some(&running), Some(lease), &fp, now), PhasedDecision::Wait);
 /// let later = lease + Duration::seconds(1);
@@ -77,6 +86,7 @@ pub fn decide_phased(
         return match decide(Some(record), incoming, now) {
             crate::Decision::Execute => PhasedDecision::Execute,
             crate::Decision::Mismatch => PhasedDecision::Mismatch,
+            crate::Decision::Expired => PhasedDecision::Expired,
             crate::Decision::Replay | crate::Decision::InFlight => PhasedDecision::Replay,
         };
     }
@@ -185,6 +195,7 @@ mod tests {
             fingerprint: fp(b"a"),
             state,
             expires_at,
+            tombstone: None,
         }
     }
 

@@ -130,7 +130,7 @@ impl FailureMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RiskClass {
     /// Money moves, or something else that must never happen twice: key required,
-    /// strict, fail closed, keys kept 7 days.
+    /// strict, fail closed, keys kept 7 days, then a tombstone for 30 more days.
     Critical,
     /// Key required, strict, fail closed, keys kept 24 hours.
     High,
@@ -176,6 +176,10 @@ pub struct Policy {
     pub failure: FailureMode,
     /// How long a key counts after its request completed.
     pub retention: Duration,
+    /// How long after its retention a finished key leaves a tombstone, so a late retry
+    /// of the same request is answered 410 `key-expired` instead of running again;
+    /// `None` (the default but for [`RiskClass::Critical`]) leaves none.
+    pub tombstones: Option<Duration>,
     /// How the whole body enters the fingerprint (when `fingerprint_fields` is `None`).
     pub body: BodyMode,
     /// The JSON fields (RFC 6901 pointers) the fingerprint covers, for clients that
@@ -200,6 +204,7 @@ impl Default for Policy {
             hash: HashPolicy::Strict,
             failure: FailureMode::Closed,
             retention: 24 * HOUR,
+            tombstones: None,
             body: BodyMode::Raw,
             fingerprint_fields: None,
             fingerprint_headers: Vec::new(),
@@ -211,6 +216,9 @@ impl Default for Policy {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// How long [`RiskClass::Critical`]'s keys leave a tombstone after their retention.
+pub const CRITICAL_TOMBSTONE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Policy {
     /// The defaults of a risk class.
@@ -226,6 +234,7 @@ impl Policy {
             hash: HashPolicy::Strict,
             failure,
             retention,
+            tombstones: (class == RiskClass::Critical).then_some(CRITICAL_TOMBSTONE_WINDOW),
             risk: Some(class),
             ..Policy::default()
         }
@@ -252,6 +261,16 @@ impl Policy {
     /// How long a key counts after its request completed.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How long after its retention a finished key leaves a tombstone (`None`: none).
+    /// Within that window a retry of the same request is answered 410 `key-expired`
+    /// with the original completion time and status, and the same key with another
+    /// request 422 as before; the sweeper turns expired keys into tombstones and
+    /// removes them after the window.
+    pub fn tombstones(mut self, window: Option<Duration>) -> Self {
+        self.tombstones = window;
         self
     }
 
@@ -342,6 +361,29 @@ mod tests {
             (KeyMode::Required, HashPolicy::Strict, FailureMode::Closed)
         );
         assert!(p.retention >= Policy::for_risk(RiskClass::High).retention);
+    }
+
+    #[test]
+    fn only_critical_routes_leave_tombstones_unless_told() {
+        assert_eq!(
+            Policy::for_risk(RiskClass::Critical).tombstones,
+            Some(CRITICAL_TOMBSTONE_WINDOW)
+        );
+        for class in [RiskClass::High, RiskClass::Medium, RiskClass::Low] {
+            assert_eq!(Policy::for_risk(class).tombstones, None, "{class:?}");
+        }
+        assert_eq!(Policy::default().tombstones, None);
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            Policy::default().tombstones(Some(day)).tombstones,
+            Some(day)
+        );
+        assert_eq!(
+            Policy::for_risk(RiskClass::Critical)
+                .tombstones(None)
+                .tombstones,
+            None
+        );
     }
 
     #[test]

@@ -16,8 +16,9 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// idem's tables that are distributed by `tenant_id`, in the order [`distribute`]
 /// distributes them. `idem.inbox` is keyed by the tenant its messages name, so a
 /// consumer's inbox row lives on the worker of the tenant its work writes for.
-pub const DISTRIBUTED_TABLES: [&str; 4] = [
+pub const DISTRIBUTED_TABLES: [&str; 5] = [
     "idem.keys",
+    "idem.tombstones",
     "idem.outbox",
     "idem.observed_keys",
     "idem.inbox",

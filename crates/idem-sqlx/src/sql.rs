@@ -23,6 +23,36 @@ macro_rules! expiry {
 }
 pub(crate) use expiry;
 
+/// The end of a key's tombstone window: its expiry plus the window its route kept
+/// (`NULL` for a route that keeps no tombstones). Columns unqualified.
+macro_rules! tombstone_until {
+    () => {
+        concat!("(", expiry!(), " + tombstone_window)")
+    };
+}
+pub(crate) use tombstone_until;
+
+/// The `INSERT` that turns swept keys into tombstones: from `$rows` (a query with the
+/// columns `tenant_id, key, fingerprint, completed_at, response_status, until`, the
+/// last one [`tombstone_until!`]), each finished key whose window has not passed yet.
+/// A key swept again (claimed anew after its window) replaces its old tombstone.
+macro_rules! keep_tombstones {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO idem.tombstones (tenant_id, key, fingerprint, completed_at, \
+               response_status, expires_at) \
+             SELECT tenant_id, key, fingerprint, completed_at, response_status, until \
+             FROM (",
+            $rows,
+            ") AS swept WHERE completed_at IS NOT NULL AND until > now() \
+             ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+               completed_at = EXCLUDED.completed_at, \
+               response_status = EXCLUDED.response_status, expires_at = EXCLUDED.expires_at"
+        )
+    };
+}
+pub(crate) use keep_tombstones;
+
 /// What a key's row starts over with when a new request takes it after it expired:
 /// its counters, its stored answer and a phased owner's state, as a `SET` list. One
 /// list for every statement that reuses a row, so a column added to the row is reset

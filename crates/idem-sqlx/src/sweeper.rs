@@ -21,6 +21,8 @@ pub struct Swept {
     pub inbox: u64,
     /// Keys seen in observe mode, past their retention.
     pub observed: u64,
+    /// Tombstones past their window (the keys that left them are in `keys`).
+    pub tombstones: u64,
 }
 
 /// Keeps idem's tables from growing forever. Each pass deletes, in batches of
@@ -30,12 +32,14 @@ pub struct Swept {
 /// and is otherwise left for the next pass), pausing after each full batch so that
 /// deleting takes a tenth of the pass's time ([`share`](Self::share)):
 ///
-/// - keys past their expiry (retention counted from completion);
+/// - keys past their expiry (retention counted from completion); a finished key whose
+///   route keeps tombstones leaves one in `idem.tombstones`, in the same batch;
 /// - outbox messages delivered longer ago than `outbox_retention` (default 1 day);
 ///   pending and dead-lettered messages are never swept;
 /// - inbox rows first received longer ago than `inbox_window` (default 7 days); dead
 ///   letters stay until redriven or purged;
-/// - keys seen in observe mode, past their retention.
+/// - keys seen in observe mode, past their retention;
+/// - tombstones past their window.
 ///
 /// **The inbox window must exceed the broker's redelivery horizon**: the longest time
 /// after a message's first delivery at which the broker may still deliver it again
@@ -170,6 +174,7 @@ impl Sweeper {
             outbox: self.drain(Table::Outbox, backend, stop).await?,
             inbox: self.drain(Table::Inbox, backend, stop).await?,
             observed: self.drain(Table::Observed, backend, stop).await?,
+            tombstones: self.drain(Table::Tombstones, backend, stop).await?,
         })
     }
 
@@ -219,6 +224,7 @@ impl Sweeper {
             Table::Outbox => self.delivered_outbox_postgres().await,
             Table::Inbox => self.old_inbox_postgres().await,
             Table::Observed => self.old_observations_postgres().await,
+            Table::Tombstones => self.old_tombstones_postgres().await,
         }
     }
 
@@ -232,6 +238,7 @@ impl Sweeper {
             Table::Outbox => self.delivered_outbox_citus(&mut tx).await?,
             Table::Inbox => self.old_inbox_citus(&mut tx).await?,
             Table::Observed => self.old_observations_citus(&mut tx).await?,
+            Table::Tombstones => self.old_tombstones_citus(&mut tx).await?,
         };
         tx.commit().await?;
         Ok(n)
@@ -279,13 +286,60 @@ impl Sweeper {
 
     async fn old_observations_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
         // A key seen again moves its expiry: deleted only while it has the one read.
-        let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        self.past_expiry_citus(
+            conn,
             "SELECT tenant_id, key, expires_at FROM idem.observed_keys \
              WHERE expires_at <= now() LIMIT $1",
+            "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
         )
-        .bind(self.batch_size)
-        .fetch_all(&mut *conn)
-        .await?;
+        .await
+    }
+
+    async fn old_observations_postgres(&self) -> Result<u64, StoreError> {
+        self.past_expiry_postgres(
+            "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
+               SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
+               LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .await
+    }
+
+    async fn old_tombstones_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        // A key swept again into a new tombstone moves its end: deleted only while it
+        // has the one read.
+        self.past_expiry_citus(
+            conn,
+            "SELECT tenant_id, key, expires_at FROM idem.tombstones \
+             WHERE expires_at <= now() LIMIT $1",
+            "DELETE FROM idem.tombstones WHERE (tenant_id, key, expires_at) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
+        )
+        .await
+    }
+
+    async fn old_tombstones_postgres(&self) -> Result<u64, StoreError> {
+        self.past_expiry_postgres(
+            "DELETE FROM idem.tombstones WHERE (tenant_id, key) IN ( \
+               SELECT tenant_id, key FROM idem.tombstones WHERE expires_at <= now() \
+               ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .await
+    }
+
+    /// One batch of a table keyed by `(tenant_id, key)` with an `expires_at`, on Citus:
+    /// `find` reads up to `$1` rows past it (tenant, key, expiry), `delete` deletes
+    /// those that still have the expiry read.
+    async fn past_expiry_citus(
+        &self,
+        conn: &mut PgConnection,
+        find: &'static str,
+        delete: &'static str,
+    ) -> Result<u64, StoreError> {
+        let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(find)
+            .bind(self.batch_size)
+            .fetch_all(&mut *conn)
+            .await?;
         let (mut tenants, mut keys, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
         for (tenant, key, expires_at) in found {
             tenants.push(tenant);
@@ -295,27 +349,21 @@ impl Sweeper {
         if tenants.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
-            "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
-        )
-        .bind(&tenants)
-        .bind(&keys)
-        .bind(&expiries)
-        .execute(&mut *conn)
-        .await?;
+        let done = sqlx::query(delete)
+            .bind(&tenants)
+            .bind(&keys)
+            .bind(&expiries)
+            .execute(&mut *conn)
+            .await?;
         Ok(swept(done.rows_affected(), tenants.len()))
     }
 
-    async fn old_observations_postgres(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
-               SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
-               LIMIT $1 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(self.batch_size)
-        .execute(&self.pool)
-        .await?;
+    /// One batch on plain Postgres: `delete` removes up to `$1` rows.
+    async fn past_expiry_postgres(&self, delete: &'static str) -> Result<u64, StoreError> {
+        let done = sqlx::query(delete)
+            .bind(self.batch_size)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -379,4 +427,5 @@ enum Table {
     Outbox,
     Inbox,
     Observed,
+    Tombstones,
 }

@@ -247,6 +247,7 @@ pub(crate) fn finished_record(
         fingerprint: keyed.fingerprint,
         state,
         expires_at,
+        tombstone: None,
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::replay::answer::{
-    corrupt, decided, in_flight, mismatched, replay, store_fault, unavailable,
+    corrupt, decided, expired, in_flight, mismatched, replay, store_fault, unavailable,
 };
 use crate::replay::flight::Landed;
 use crate::replay::seal;
@@ -206,6 +206,10 @@ async fn claim(tx: PgTx, config: &Arc<Config>, keyed: &Keyed, backend: Backend) 
             let answer = mismatched(config, &record);
             ClaimAttempt::Answer(answer, landed_record(record, now, sent))
         }
+        Ok(Claim::Expired(record, now)) => {
+            let answer = expired(&record);
+            ClaimAttempt::Answer(answer, landed_record(record, now, sent))
+        }
         Ok(Claim::InFlight | Claim::Claimed) => {
             ClaimAttempt::Answer(in_flight(config), Landed::Busy)
         }
@@ -238,6 +242,7 @@ async fn answer_without_transaction(
     let (record, now) = idem_sqlx::keys::lookup(pool, &keyed.tenant, &keyed.key)
         .await
         .ok()??;
+    let record = record.tombstone_kept(config.policy.tombstones.is_some());
     let Some(record) = open_record(config, keyed, record) else {
         return Some(BeforeHandler::Answer(corrupt(), Landed::Unknown));
     };

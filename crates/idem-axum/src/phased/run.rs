@@ -22,7 +22,7 @@ use crate::atomic::store::{bounded, landed_record, open_record};
 use crate::bounds::{Inner, ResponseBody};
 use crate::job::Job;
 use crate::replay::answer::{
-    in_flight, mismatched, outcome, problem_answer, replay, store_fault, unavailable,
+    expired, in_flight, mismatched, outcome, problem_answer, replay, store_fault, unavailable,
 };
 use crate::request::Keyed;
 
@@ -171,6 +171,9 @@ impl Job {
                 }
                 Gated::Answered(Phased::Mismatch(record, now)) => {
                     self.answer_stored(keyed, record, (now, sent), mismatched)
+                }
+                Gated::Answered(Phased::Expired(record, now)) => {
+                    self.answer_stored(keyed, record, (now, sent), |_, record| expired(record))
                 }
                 Gated::Answered(Phased::Busy { .. }) => {
                     let now = tokio::time::Instant::now();

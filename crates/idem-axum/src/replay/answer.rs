@@ -48,6 +48,7 @@ fn outcome_of(problem: &Problem) -> Outcome {
         Problem::KeyQuotaExceeded => Outcome::QuotaExceeded,
         Problem::InFlight { .. } => Outcome::InFlight,
         Problem::ResponseNotStored { .. } => Outcome::ReplayedUnstored,
+        Problem::KeyExpired { .. } => Outcome::Expired,
         Problem::StoreUnavailable { .. } => Outcome::StoreUnavailable,
         Problem::CommitFailed { .. } => Outcome::CommitFailed,
         Problem::HandlerPanicked => Outcome::Panicked,
@@ -96,8 +97,9 @@ pub(crate) fn replay(config: &Config, record: &Record) -> Response<Body> {
     }
 }
 
-/// What a live record answers by itself: a replay, or a mismatch. `None` when the
-/// request goes on (no live record, or the same request still in flight).
+/// What a record answers by itself: a replay, a mismatch, or 410 `key-expired` from
+/// its tombstone. `None` when the request goes on (no live record, or the same
+/// request still in flight).
 pub(crate) fn decided(
     config: &Config,
     decision: Decision,
@@ -106,7 +108,26 @@ pub(crate) fn decided(
     match decision {
         Decision::Replay => Some(replay(config, record)),
         Decision::Mismatch => Some(mismatched(config, record)),
+        Decision::Expired => Some(expired(record)),
         Decision::Execute | Decision::InFlight => None,
+    }
+}
+
+/// 410 `key-expired`: the same request finished long enough ago that its key expired;
+/// its tombstone says when, and with which status. A record without a tombstone (which
+/// no decision makes `Expired`) is answered as corrupt.
+pub(crate) fn expired(record: &Record) -> Response<Body> {
+    let status = match &record.state {
+        RecordState::Completed(stored) => Some(stored.status),
+        RecordState::CompletedUnstored { status } => Some(*status),
+        RecordState::InFlight => None,
+    };
+    match (status, record.tombstone) {
+        (Some(original_status), Some(tombstone)) => problem_answer(Problem::KeyExpired {
+            original_status,
+            completed_at: tombstone.completed_at,
+        }),
+        _ => corrupt(),
     }
 }
 
@@ -197,6 +218,7 @@ mod tests {
             fingerprint: Fingerprint::builder("POST", "/payments").finish(),
             state,
             expires_at: Utc::now(),
+            tombstone: None,
         }
     }
 

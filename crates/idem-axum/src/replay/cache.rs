@@ -138,6 +138,7 @@ mod tests {
                 body: b"{}".to_vec(),
             }),
             expires_at: Utc::now() + expires_in,
+            tombstone: None,
         })
     }
 

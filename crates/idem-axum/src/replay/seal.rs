@@ -88,6 +88,7 @@ mod tests {
                 ..stored.clone()
             }),
             expires_at: chrono::Utc::now(),
+            tombstone: None,
         };
         let opened = from_store(
             Some(&sealing),

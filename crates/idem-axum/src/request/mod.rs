@@ -44,6 +44,7 @@ impl Keyed {
             path: &self.path,
             route: self.route.as_deref(),
             retention: config.policy.retention,
+            tombstones: config.policy.tombstones,
             wait: config.timeouts.in_flight_wait,
         }
     }

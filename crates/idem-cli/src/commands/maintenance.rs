@@ -148,6 +148,7 @@ fn swept_report(keys: u64, swept: &idem_sqlx::Swept) -> Value {
         "outbox": swept.outbox,
         "inbox": swept.inbox,
         "observed": swept.observed,
+        "tombstones": swept.tombstones,
     })
 }
 

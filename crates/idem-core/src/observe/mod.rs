@@ -24,6 +24,9 @@ pub enum Outcome {
     /// A retry of a request whose response was not stored (a stream, or too large):
     /// 410 `response-not-stored`.
     ReplayedUnstored,
+    /// A retry of a request whose key expired, answered from its tombstone: 410
+    /// `key-expired`, nothing ran.
+    Expired,
     /// The key was reused for a different request: 422 (or 409) `key-mismatch`.
     Mismatch,
     /// The key was reused for a different request on a route whose hash policy only
@@ -81,11 +84,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of the outcome table in docs/observability.md.
-    pub const ALL: [Outcome; 25] = [
+    pub const ALL: [Outcome; 26] = [
         Outcome::Executed,
         Outcome::Committed,
         Outcome::Replayed,
         Outcome::ReplayedUnstored,
+        Outcome::Expired,
         Outcome::Mismatch,
         Outcome::MismatchReported,
         Outcome::InFlight,
@@ -116,6 +120,7 @@ impl Outcome {
             Outcome::Committed => "committed",
             Outcome::Replayed => "replayed",
             Outcome::ReplayedUnstored => "replayed_unstored",
+            Outcome::Expired => "key_expired",
             Outcome::Mismatch => "mismatch",
             Outcome::MismatchReported => "mismatch_reported",
             Outcome::InFlight => "in_flight",
@@ -151,6 +156,7 @@ impl Outcome {
                 | Outcome::RecordedAfterAbort
                 | Outcome::Replayed
                 | Outcome::ReplayedUnstored
+                | Outcome::Expired
                 | Outcome::Mismatch
                 | Outcome::MismatchReported
                 | Outcome::InFlight
@@ -164,6 +170,7 @@ impl Outcome {
             self,
             Outcome::Replayed
                 | Outcome::ReplayedUnstored
+                | Outcome::Expired
                 | Outcome::MismatchReported
                 | Outcome::InFlight
         )

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use idem_core::{
-    Decision, Fingerprint, IdempotencyKey, Record, RecordState, StoredResponse, TenantId, decide,
+    Decision, Fingerprint, IdempotencyKey, Record, RecordState, StoredResponse, TenantId,
+    Tombstone, decide,
 };
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{PgExecutor, PgTransaction, Postgres, Row};
 
-use crate::sql::{expiry, reset};
+use crate::sql::{expiry, keep_tombstones, reset, tombstone_until};
 use crate::{Backend, StoreError};
 
 pub use observed::observe;
@@ -28,9 +29,12 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// How many times a claim re-reads a key that vanished or was replaced under it.
 const CLAIM_ATTEMPTS: usize = 4;
 
-/// The rest of a claiming statement after its `ins` CTE (an `INSERT .. RETURNING` of
-/// the key's row): one row saying the key was inserted, or the existing row as
-/// [`decode_record`] reads it (with `inserted` false) when it was not.
+/// The rest of a claiming statement after its `tomb` CTE (the key's standing tombstone,
+/// when the route keeps them) and its `ins` CTE (an `INSERT .. RETURNING` of the key's
+/// row): one row saying the key was inserted, or the existing row as [`decode_record`]
+/// reads it (with `inserted` false) when it was not, or the tombstone as one (a
+/// finished record whose response is gone, expired at the read) when the key has no
+/// row.
 macro_rules! inserted_or_existing {
     () => {
         concat!(
@@ -38,26 +42,43 @@ macro_rules! inserted_or_existing {
                NULL::smallint AS response_status, NULL::text[] AS response_header_names, \
                NULL::bytea[] AS response_header_values, NULL::bytea AS response_body, \
                NULL::timestamptz AS completed_at, NULL::timestamptz AS expires_at, \
-               now() AS db_now FROM ins \
+               now() AS db_now, NULL::timestamptz AS tombstone_until FROM ins \
              UNION ALL \
              SELECT false, fingerprint, response_status, response_header_names, \
                response_header_values, response_body, completed_at, ",
             expiry!(),
-            ", now() \
-             FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+            ", now(), ",
+            tombstone_until!(),
+            " FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins) \
+             UNION ALL \
+             SELECT false, fingerprint, response_status, NULL, NULL, NULL, completed_at, now(), \
+               now(), expires_at \
+             FROM tomb WHERE NOT EXISTS (SELECT 1 FROM ins) \
+               AND NOT EXISTS (SELECT 1 FROM idem.keys WHERE tenant_id = $1 AND key = $2)"
         )
     };
 }
 
+/// The claiming statement's `tomb` CTE: the key's tombstone while it stands, read only
+/// when the route keeps tombstones (`$7`, its window, is not `NULL`).
+macro_rules! standing_tombstone {
+    () => {
+        "tomb AS MATERIALIZED ( \
+           SELECT fingerprint, completed_at, response_status, expires_at FROM idem.tombstones \
+           WHERE $7::float8 IS NOT NULL AND tenant_id = $1 AND key = $2 AND expires_at > now()) "
+    };
+}
+
 /// The `SET` list that makes an expired key's row a new claim of this request
-/// (`$3` fingerprint, `$4` method, `$5` path, `$6` retention in seconds, `$7` route):
-/// everything of the earlier request is cleared.
+/// (`$3` fingerprint, `$4` method, `$5` path, `$6` retention in seconds, `$7` tombstone
+/// window in seconds, `$8` route): everything of the earlier request is cleared.
 macro_rules! claimed_row {
     () => {
         concat!(
-            "fingerprint = $3, method = $4, path = $5, route = $7, created_at = now(), \
+            "fingerprint = $3, method = $4, path = $5, route = $8, created_at = now(), \
              expires_at = now() + make_interval(secs => $6), \
-             retention = make_interval(secs => $6), ",
+             retention = make_interval(secs => $6), \
+             tombstone_window = make_interval(secs => $7), ",
             reset!()
         )
     };
@@ -81,6 +102,10 @@ pub struct ClaimRequest<'a> {
     pub route: Option<&'a str>,
     /// How long the key counts after its request completes.
     pub retention: Duration,
+    /// How long after its retention the finished key leaves a tombstone, and whether
+    /// the claim answers from a standing one ([`Claim::Expired`]); `None` for a route
+    /// that keeps none.
+    pub tombstones: Option<Duration>,
     /// How long to wait for a transaction that holds the same key to finish before
     /// answering [`Claim::InFlight`]. Zero waits (almost) not at all.
     pub wait: Duration,
@@ -98,6 +123,11 @@ pub enum Claim {
     Mismatch(Record, DateTime<Utc>),
     /// Another transaction holds the key and did not finish within the wait.
     InFlight,
+    /// The same request finished long enough ago that its key expired, and its
+    /// tombstone still stands (see [`ClaimRequest::tombstones`]): refuse it. The record
+    /// is what is left (its fingerprint, status and [`Tombstone`](idem_core::Tombstone)),
+    /// with the store's time of the read.
+    Expired(Record, DateTime<Utc>),
 }
 
 /// Claims `(tenant, key)` inside the caller's transaction.
@@ -173,12 +203,14 @@ async fn claim_inner(
                SELECT set_config('idem.lock_timeout', coalesce( \
                  nullif(current_setting('idem.lock_timeout', true), ''), \
                  current_setting('lock_timeout')), true) AS v), \
-             cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $7, true) AS applied FROM saved), \
-             ins AS ( \
+             cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $8, true) AS applied FROM saved), ",
+            standing_tombstone!(),
+            ", ins AS ( \
                INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
-                 created_at, expires_at, retention) \
-               SELECT $1, $2, $3, $4, $5, $8, now(), now() + make_interval(secs => $6), \
-                 make_interval(secs => $6) FROM cfg \
+                 created_at, expires_at, retention, tombstone_window) \
+               SELECT $1, $2, $3, $4, $5, $9, now(), now() + make_interval(secs => $6), \
+                 make_interval(secs => $6), make_interval(secs => $7) FROM cfg \
+               WHERE NOT EXISTS (SELECT 1 FROM tomb) \
                ON CONFLICT (tenant_id, key) DO NOTHING \
                RETURNING set_config('lock_timeout', current_setting('idem.lock_timeout'), true)) ",
             inserted_or_existing!()
@@ -198,6 +230,7 @@ async fn claim_inner(
         let Some((record, now)) = existing else {
             continue; // swept between the two statements; claim again
         };
+        let record = for_route(record, req);
         match answered_by(record, now, &req.fingerprint) {
             Some(answered) => return Ok(answered),
             None => {
@@ -240,12 +273,17 @@ async fn claim_citus(
         // beside another query in steps (the CTE's rows sent back to the worker as an
         // intermediate result), while a bare INSERT is one statement routed to the
         // key's worker; a new key, the common case, needs nothing else.
+        if let Some((record, now)) = standing_tombstone(&mut *conn, req).await?
+            && let Some(answered) = answered_by(record, now, &req.fingerprint)
+        {
+            return Ok(answered);
+        }
         let inserted = bind_claim(
             sqlx::query(
                 "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
-               created_at, expires_at, retention) \
-             VALUES ($1, $2, $3, $4, $5, $7, now(), now() + make_interval(secs => $6), \
-               make_interval(secs => $6)) \
+               created_at, expires_at, retention, tombstone_window) \
+             VALUES ($1, $2, $3, $4, $5, $8, now(), now() + make_interval(secs => $6), \
+               make_interval(secs => $6), make_interval(secs => $7)) \
              ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
             ),
             req,
@@ -260,7 +298,7 @@ async fn claim_citus(
             continue;
         };
         let (record, now) = decode_record(&row)?;
-        if let Some(answered) = answered_by(record, now, &req.fingerprint) {
+        if let Some(answered) = answered_by(for_route(record, req), now, &req.fingerprint) {
             return Ok(answered);
         }
         let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
@@ -271,8 +309,37 @@ async fn claim_citus(
     Err(StoreError::Contended)
 }
 
-/// `query` with a claim's first six parameters bound: `$1` tenant, `$2` key, `$3`
-/// fingerprint, `$4` method, `$5` path, `$6` retention in seconds.
+/// Before a claim's insert: the key's standing tombstone as a record (finished, its
+/// response gone, expired at the read) with the store's time, when the route keeps
+/// tombstones and the key has one but no row; `None` otherwise. One more
+/// round trip, only on such routes: the Citus claim's and the phased claim's way (on
+/// Citus a plain read by the tenant goes to its worker, where an insert guarded by a
+/// read of another table would be planned in steps; the atomic claim on plain
+/// Postgres reads the tombstone inside its one statement instead).
+pub(crate) async fn standing_tombstone(
+    conn: &mut sqlx::PgConnection,
+    req: &ClaimRequest<'_>,
+) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
+    if req.tombstones.is_none() {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT fingerprint, response_status, NULL::text[] AS response_header_names, \
+           NULL::bytea[] AS response_header_values, NULL::bytea AS response_body, completed_at, \
+           now() AS expires_at, now() AS db_now, expires_at AS tombstone_until \
+         FROM idem.tombstones t WHERE tenant_id = $1 AND key = $2 AND expires_at > now() \
+           AND NOT EXISTS (SELECT 1 FROM idem.keys k WHERE k.tenant_id = $1 AND k.key = $2)",
+    )
+    .bind(req.tenant.as_str())
+    .bind(req.key.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| decode_record(&row)).transpose()
+}
+
+/// `query` with a claim's first seven parameters bound: `$1` tenant, `$2` key, `$3`
+/// fingerprint, `$4` method, `$5` path, `$6` retention in seconds, `$7` tombstone
+/// window in seconds (`NULL`: none).
 fn bind_claim<'q>(
     query: Query<'q, Postgres, PgArguments>,
     req: &'q ClaimRequest<'_>,
@@ -284,6 +351,13 @@ fn bind_claim<'q>(
         .bind(req.method)
         .bind(req.path)
         .bind(req.retention.as_secs_f64())
+        .bind(req.tombstones.map(|window| window.as_secs_f64()))
+}
+
+/// `record` as a claim on `req`'s route decides with it: a route that keeps no
+/// tombstones does not answer from one, whatever the key's row kept.
+pub(crate) fn for_route(record: Record, req: &ClaimRequest<'_>) -> Record {
+    record.tombstone_kept(req.tombstones.is_some())
 }
 
 /// What a key's existing row answers a claim with (a replay, a mismatch, or in
@@ -293,6 +367,7 @@ fn answered_by(record: Record, now: DateTime<Utc>, fingerprint: &Fingerprint) ->
         Decision::Replay => Some(Claim::Replay(record, now)),
         Decision::Mismatch => Some(Claim::Mismatch(record, now)),
         Decision::InFlight => Some(Claim::InFlight),
+        Decision::Expired => Some(Claim::Expired(record, now)),
         Decision::Execute => None,
     }
 }
@@ -307,8 +382,9 @@ async fn lookup_row<'e>(
         "SELECT fingerprint, response_status, response_header_names, response_header_values, \
            response_body, completed_at, ",
         expiry!(),
-        " AS expires_at, now() AS db_now \
-         FROM idem.keys WHERE tenant_id = $1 AND key = $2"
+        " AS expires_at, now() AS db_now, ",
+        tombstone_until!(),
+        " AS tombstone_until FROM idem.keys WHERE tenant_id = $1 AND key = $2"
     ))
     .bind(tenant.as_str())
     .bind(key.as_str())
@@ -339,7 +415,7 @@ async fn replace_expired(
         sqlx::query(concat!(
             "UPDATE idem.keys SET ",
             claimed_row!(),
-            " WHERE tenant_id = $1 AND key = $2 AND completed_at = $8"
+            " WHERE tenant_id = $1 AND key = $2 AND completed_at = $9"
         )),
         req,
     )
@@ -407,12 +483,13 @@ pub async fn record<'e>(
     // Outside an explicit transaction the statement is its own transaction, so the
     // local lock_timeout lasts exactly as long as the statement.
     let statement = sqlx::query(concat!(
-        "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $11, true) AS applied) \
+        "WITH cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $12, true) AS applied) \
          INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
            response_status, response_header_names, response_header_values, response_body, \
-           created_at, completed_at, expires_at, retention) \
-         SELECT $1, $2, $3, $4, $5, $12, $7, $8, $9, $10, now(), now(), \
-           now() + make_interval(secs => $6), make_interval(secs => $6) FROM cfg \
+           created_at, completed_at, expires_at, retention, tombstone_window) \
+         SELECT $1, $2, $3, $4, $5, $13, $8, $9, $10, $11, now(), now(), \
+           now() + make_interval(secs => $6), make_interval(secs => $6), \
+           make_interval(secs => $7) FROM cfg \
          ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
            method = EXCLUDED.method, path = EXCLUDED.path, route = EXCLUDED.route, \
            response_status = EXCLUDED.response_status, \
@@ -420,7 +497,7 @@ pub async fn record<'e>(
            response_header_values = EXCLUDED.response_header_values, \
            response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, \
            completed_at = EXCLUDED.completed_at, expires_at = EXCLUDED.expires_at, \
-           retention = EXCLUDED.retention, ",
+           retention = EXCLUDED.retention, tombstone_window = EXCLUDED.tombstone_window, ",
         reset!(but answer),
         " WHERE ",
         expiry!("idem.keys."),
@@ -460,7 +537,7 @@ pub async fn record_on(
             tx.commit().await?;
             Ok(true)
         }
-        Claim::Replay(..) | Claim::Mismatch(..) | Claim::InFlight => {
+        Claim::Replay(..) | Claim::Mismatch(..) | Claim::InFlight | Claim::Expired(..) => {
             tx.rollback().await?;
             Ok(false)
         }
@@ -540,6 +617,8 @@ pub(crate) fn stored_headers(row: &PgRow) -> Result<Vec<(String, Vec<u8>)>, Stor
     Ok(names.into_iter().zip(values).collect())
 }
 
+/// A record from a row with the columns [`lookup`] reads (`tombstone_until` among
+/// them, `NULL` where the statement keeps no tombstone), and the store's time.
 pub(crate) fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), StoreError> {
     let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
     let fingerprint =
@@ -565,10 +644,18 @@ pub(crate) fn decode_record(row: &PgRow) -> Result<(Record, DateTime<Utc>), Stor
             }
         }
     };
+    let tombstone_until: Option<DateTime<Utc>> = row.try_get("tombstone_until")?;
+    let tombstone = completed_at
+        .zip(tombstone_until)
+        .map(|(completed_at, until)| Tombstone {
+            completed_at,
+            until,
+        });
     let record = Record {
         fingerprint,
         state,
         expires_at: row.try_get("expires_at")?,
+        tombstone,
     };
     Ok((record, row.try_get("db_now")?))
 }
@@ -612,10 +699,14 @@ pub(crate) async fn sweep_expired_citus(
     limit: i64,
 ) -> Result<u64, StoreError> {
     // A key that never completed is read with the epoch as its completion time, so one
-    // comparison guards both kinds (Citus takes no function over columns here).
-    let found: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(concat!(
-        "SELECT tenant_id, key, coalesce(completed_at, 'epoch') FROM idem.keys \
-         WHERE expires_at <= now() AND ",
+    // comparison guards both kinds (Citus takes no function over columns here). What
+    // a tombstone needs is read here too: Citus takes no stable function in a
+    // distributed DELETE's RETURNING, and the guard makes the deleted row the one read.
+    let found: Vec<Gone> = sqlx::query_as(concat!(
+        "SELECT tenant_id, key, coalesce(completed_at, 'epoch') AS guard, fingerprint, \
+           completed_at, response_status, ",
+        tombstone_until!(),
+        " AS until FROM idem.keys WHERE expires_at <= now() AND ",
         expiry!(),
         " <= now() AND (completed_at IS NOT NULL OR fence IS NULL) \
          ORDER BY expires_at LIMIT $1"
@@ -626,39 +717,116 @@ pub(crate) async fn sweep_expired_citus(
     if found.is_empty() {
         return Ok(0);
     }
-    let (mut tenants, mut keys, mut completed) = (Vec::new(), Vec::new(), Vec::new());
-    for (tenant, key, at) in found {
-        tenants.push(tenant);
-        keys.push(key);
-        completed.push(at);
+    let (mut tenants, mut keys, mut guards) = (Vec::new(), Vec::new(), Vec::new());
+    for g in &found {
+        tenants.push(g.tenant_id.as_str());
+        keys.push(g.key.as_str());
+        guards.push(g.guard);
     }
-    let done = sqlx::query(
+    let deleted: std::collections::HashSet<(String, String)> = sqlx::query_as(
         "DELETE FROM idem.keys WHERE (tenant_id, key, coalesce(completed_at, 'epoch')) IN \
            (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])) \
-           AND (completed_at IS NOT NULL OR fence IS NULL)",
+           AND (completed_at IS NOT NULL OR fence IS NULL) \
+         RETURNING tenant_id, key",
     )
     .bind(&tenants)
     .bind(&keys)
-    .bind(&completed)
-    .execute(&mut *conn)
+    .bind(&guards)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let read = found.len();
+    let gone = found
+        .into_iter()
+        .filter(|g| deleted.contains(&(g.tenant_id.clone(), g.key.clone())))
+        .collect();
+    keep_tombstones_citus(conn, gone).await?;
+    Ok(crate::citus::swept(deleted.len() as u64, read))
+}
+
+/// A key the Citus sweeper read expired, as its tombstone needs it.
+#[derive(sqlx::FromRow)]
+struct Gone {
+    tenant_id: String,
+    key: String,
+    /// Its completion time, or the epoch: the delete's guard.
+    guard: DateTime<Utc>,
+    fingerprint: Vec<u8>,
+    completed_at: Option<DateTime<Utc>>,
+    response_status: Option<i16>,
+    until: Option<DateTime<Utc>>,
+}
+
+/// The tombstones of the keys a Citus sweep deleted, in the sweep's transaction
+/// (`keep_tombstones!` decides which keys leave one).
+async fn keep_tombstones_citus(
+    conn: &mut sqlx::PgConnection,
+    gone: Vec<Gone>,
+) -> Result<(), StoreError> {
+    if gone.iter().all(|g| g.until.is_none()) {
+        return Ok(());
+    }
+    let mut rows = TombstoneRows::default();
+    for g in gone {
+        rows.tenants.push(g.tenant_id);
+        rows.keys.push(g.key);
+        rows.fingerprints.push(g.fingerprint);
+        rows.completed.push(g.completed_at);
+        rows.statuses.push(g.response_status);
+        rows.until.push(g.until);
+    }
+    sqlx::query(keep_tombstones!(
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], \
+           $5::smallint[], $6::timestamptz[]) \
+           AS gone (tenant_id, key, fingerprint, completed_at, response_status, until)"
+    ))
+    .bind(rows.tenants)
+    .bind(rows.keys)
+    .bind(rows.fingerprints)
+    .bind(rows.completed)
+    .bind(rows.statuses)
+    .bind(rows.until)
+    .execute(conn)
     .await?;
-    Ok(crate::citus::swept(done.rows_affected(), tenants.len()))
+    Ok(())
+}
+
+/// [`Gone`] rows as the columns of an `unnest`.
+#[derive(Default)]
+struct TombstoneRows {
+    tenants: Vec<String>,
+    keys: Vec<String>,
+    fingerprints: Vec<Vec<u8>>,
+    completed: Vec<Option<DateTime<Utc>>>,
+    statuses: Vec<Option<i16>>,
+    until: Vec<Option<DateTime<Utc>>>,
 }
 
 async fn sweep_expired_postgres<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    // expires_at <= now() lets the index find the candidates; the expiry decides.
-    let done = sqlx::query(concat!(
-        "DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \
-           SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() AND ",
+    // expires_at <= now() lets the index find the candidates; the expiry decides. A
+    // finished key whose route keeps tombstones leaves one, in the same statement.
+    let swept: i64 = sqlx::query_scalar(concat!(
+        "WITH gone AS ( \
+           DELETE FROM idem.keys WHERE (tenant_id, key) IN ( \
+             SELECT tenant_id, key FROM idem.keys WHERE expires_at <= now() AND ",
         expiry!(),
         " <= now() AND (completed_at IS NOT NULL OR fence IS NULL) \
-           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+           RETURNING tenant_id, key, fingerprint, completed_at, response_status, ",
+        tombstone_until!(),
+        " AS until), \
+         kept AS (",
+        keep_tombstones!(
+            "SELECT tenant_id, key, fingerprint, completed_at, response_status, until FROM gone"
+        ),
+        ") SELECT count(*) FROM gone"
     ))
     .bind(limit)
-    .execute(executor)
+    .fetch_one(executor)
     .await?;
-    Ok(done.rows_affected())
+    Ok(swept.unsigned_abs())
 }

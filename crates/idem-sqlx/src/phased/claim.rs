@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{Lease, Phased, PhasedClaim, secs};
 use crate::StoreError;
-use crate::keys::decode_record;
-use crate::sql::{expiry, reset};
+use crate::keys::{decode_record, for_route, standing_tombstone};
+use crate::sql::{expiry, reset, tombstone_until};
 
 /// How many times a phased claim re-reads a key that changed under it.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -28,12 +28,20 @@ const CLAIM_ATTEMPTS: usize = 4;
 pub async fn claim(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Phased, StoreError> {
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
+        if let Some((record, now)) = standing_tombstone(conn, &req.request).await? {
+            match decide_phased(Some(&record), None, &req.request.fingerprint, now) {
+                PhasedDecision::Expired => return Ok(Phased::Expired(record, now)),
+                PhasedDecision::Mismatch => return Ok(Phased::Mismatch(record, now)),
+                _ => {} // the window passed between the read and the clock: gone
+            }
+        }
         if let Some((fence, operation)) = insert_new(conn, req).await? {
             return Ok(owned_new(req, fence, operation));
         }
-        let Some(found) = lookup_phased(conn, tenant, key).await? else {
+        let Some(mut found) = lookup_phased(conn, tenant, key).await? else {
             continue; // swept between the two statements
         };
+        found.record = for_route(found.record, &req.request);
         let (lease_until, now) = (found.lease_until, found.now);
         match decide_phased(
             Some(&found.record),
@@ -43,6 +51,7 @@ pub async fn claim(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Pha
         ) {
             PhasedDecision::Replay => return Ok(Phased::Replay(found.record, now)),
             PhasedDecision::Mismatch => return Ok(Phased::Mismatch(found.record, now)),
+            PhasedDecision::Expired => return Ok(Phased::Expired(found.record, now)),
             PhasedDecision::Wait => {
                 let until = lease_until.unwrap_or(now);
                 return Ok(Phased::Busy { until });
@@ -101,7 +110,8 @@ type Claimed = Option<(i64, Uuid)>;
 
 /// A claiming statement's parameters, in the order both statements number them:
 /// $1 tenant, $2 key, $3 fingerprint, $4 method, $5 path, $6 route, $7 retention
-/// (seconds), $8 lease (seconds), $9 body, $10 content type, $11 query.
+/// (seconds), $8 lease (seconds), $9 body, $10 content type, $11 query, $12 tombstone
+/// window (seconds, `NULL`: none).
 fn with_claim<'q, O>(
     statement: QueryAs<'q, Postgres, O, PgArguments>,
     req: &'q PhasedClaim<'q>,
@@ -119,16 +129,17 @@ fn with_claim<'q, O>(
         .bind(req.body)
         .bind(req.content_type)
         .bind(req.query)
+        .bind(r.tombstones.map(secs))
 }
 
 async fn insert_new(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Claimed, StoreError> {
     let statement = sqlx::query_as(
         "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, created_at, \
            expires_at, retention, fence, locked_until, phases, request_body, \
-           request_content_type, request_query, operation_id, owners) \
+           request_content_type, request_query, operation_id, owners, tombstone_window) \
          VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(secs => $7), \
            make_interval(secs => $7), nextval('idem.fences'), now() + make_interval(secs => $8), \
-           '{}', $9, $10, $11, gen_random_uuid(), 1) \
+           '{}', $9, $10, $11, gen_random_uuid(), 1, make_interval(secs => $12)) \
          ON CONFLICT (tenant_id, key) DO NOTHING RETURNING fence, operation_id",
     );
     Ok(with_claim(statement, req).fetch_optional(conn).await?)
@@ -156,12 +167,12 @@ async fn replace_expired(
     let statement = sqlx::query_as(concat!(
         "UPDATE idem.keys SET fingerprint = $3, method = $4, path = $5, route = $6, \
            created_at = now(), expires_at = now() + make_interval(secs => $7), \
-           retention = make_interval(secs => $7), \
-           fence = $12, owners = 1, locked_until = now() + make_interval(secs => $8), \
+           retention = make_interval(secs => $7), tombstone_window = make_interval(secs => $12), \
+           fence = $13, owners = 1, locked_until = now() + make_interval(secs => $8), \
            phases = '{}', request_body = $9, request_content_type = $10, request_query = $11, \
-           operation_id = $13, ",
+           operation_id = $14, ",
         reset!(but lease),
-        " WHERE tenant_id = $1 AND key = $2 AND completed_at = $14 \
+        " WHERE tenant_id = $1 AND key = $2 AND completed_at = $15 \
          RETURNING fence, operation_id"
     ));
     Ok(with_claim(statement, req)
@@ -243,7 +254,9 @@ async fn lookup_phased(
         "SELECT fingerprint, response_status, response_header_names, response_header_values, \
            response_body, completed_at, ",
         expiry!(),
-        " AS expires_at, now() AS db_now, locked_until, fence \
+        " AS expires_at, now() AS db_now, ",
+        tombstone_until!(),
+        " AS tombstone_until, locked_until, fence \
          FROM idem.keys WHERE tenant_id = $1 AND key = $2"
     ))
     .bind(tenant.as_str())

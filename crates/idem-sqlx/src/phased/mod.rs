@@ -89,6 +89,9 @@ pub enum Phased {
     Replay(Record, DateTime<Utc>),
     /// A live record of a different request (with the store's time).
     Mismatch(Record, DateTime<Utc>),
+    /// The same request finished long enough ago that its key expired, and its
+    /// tombstone still stands: refuse it (with the store's time).
+    Expired(Record, DateTime<Utc>),
     /// Another owner holds the key and its lease has not passed.
     Busy {
         /// When the lease passes, unless the owner commits another phase.

@@ -121,7 +121,8 @@ pub async fn operation(
         "SELECT key, fingerprint, response_status, response_header_names, \
            response_header_values, response_body, completed_at, ",
         expiry!(),
-        " AS expires_at, now() AS db_now, recovery_point, locked_until \
+        " AS expires_at, now() AS db_now, NULL::timestamptz AS tombstone_until, \
+           recovery_point, locked_until \
          FROM idem.keys WHERE operation_id = $1 AND tenant_id = $2"
     ))
     .bind(id)
