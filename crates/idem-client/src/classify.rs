@@ -14,9 +14,11 @@ const PROBLEM_JSON: &str = "application/problem+json";
 const MAX_PROBLEM_BODY: usize = 64 * 1024;
 
 /// The `type` of an `application/problem+json` body, when the verdict on the answer's
-/// status depends on it ([`RetryStatuses::depends_on_problem_type`]: a 409, which may
-/// be idem's `in-flight` or `lease-lost` or a conflict that retrying does not resolve,
-/// or a 5xx), and the response with its body put back. Other responses pass untouched.
+/// status, or the reason to stop at it, depends on it
+/// ([`RetryStatuses::reads_problem_type`]: a 409, which may be idem's `in-flight` or
+/// `lease-lost` or a conflict that retrying does not resolve, a 5xx, or a 410, which
+/// may be `key-expired`), and the response with its body put back. Other responses
+/// pass untouched.
 pub(crate) async fn problem_type(
     response: reqwest::Response,
     statuses: &RetryStatuses,
@@ -26,7 +28,7 @@ pub(crate) async fn problem_type(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    if !is_problem || !statuses.depends_on_problem_type(response.status().as_u16()) {
+    if !is_problem || !statuses.reads_problem_type(response.status().as_u16()) {
         return Ok((None, response));
     }
     let (status, version, url) = (

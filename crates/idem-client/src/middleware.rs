@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{Extensions, HeaderName, Method};
 use idem_core::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
-use idem_core::retry::{RetryStatuses, StopReason, Verdict};
+use idem_core::retry::{RetryStatuses, StopReason, Verdict, stop_reason};
 use reqwest_middleware::{Middleware, Next};
 use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy};
@@ -192,8 +192,8 @@ impl IdempotentRetry {
 
 /// What one attempt brought back.
 enum Tried {
-    /// An answer, with the verdict on it.
-    Answer(reqwest::Response, Verdict),
+    /// An answer, with the verdict on it and why to stop at it if it is not retried.
+    Answer(reqwest::Response, Verdict, StopReason),
     /// No answer; `true` when a retry may bring one.
     Failed(Box<dyn std::error::Error + Send + Sync>, bool),
 }
@@ -241,7 +241,7 @@ impl Run<'_> {
             Ok((kind, response)) => {
                 let status = response.status().as_u16();
                 let verdict = self.retry.config.statuses.verdict(status, kind.as_deref());
-                Tried::Answer(response, verdict)
+                Tried::Answer(response, verdict, stop_reason(status, kind.as_deref()))
             }
             Err(e) => {
                 let retryable = !e.is_builder();
@@ -286,10 +286,8 @@ impl Run<'_> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         match self.attempt(request, extensions, next).await {
-            Tried::Answer(response, Verdict::Success) => Ok(self.answered(response, None)),
-            Tried::Answer(response, _) => {
-                Ok(self.answered(response, Some(StopReason::NotRetryable)))
-            }
+            Tried::Answer(response, Verdict::Success, _) => Ok(self.answered(response, None)),
+            Tried::Answer(response, _, stop) => Ok(self.answered(response, Some(stop))),
             Tried::Failed(error, _) => Err(self.failed(StopReason::NotRetryable, error)),
         }
     }
@@ -361,13 +359,15 @@ impl Middleware for IdempotentRetry {
                 return run.once(request, extensions, next).await;
             };
             let (retry_after, last) = match run.attempt(attempt, extensions, next.clone()).await {
-                Tried::Answer(response, Verdict::Success) => {
+                Tried::Answer(response, Verdict::Success, _) => {
                     return Ok(run.answered(response, None));
                 }
-                Tried::Answer(response, Verdict::Final) => {
-                    return Ok(run.answered(response, Some(StopReason::NotRetryable)));
+                Tried::Answer(response, Verdict::Final, stop) => {
+                    return Ok(run.answered(response, Some(stop)));
                 }
-                Tried::Answer(response, Verdict::Retry) => (retry_after(&response), Ok(response)),
+                Tried::Answer(response, Verdict::Retry, _) => {
+                    (retry_after(&response), Ok(response))
+                }
                 Tried::Failed(error, false) => {
                     return Err(run.failed(StopReason::NotRetryable, error));
                 }

@@ -15,7 +15,8 @@ pub struct Attempts {
     /// true`): an earlier attempt had already succeeded.
     pub replayed: bool,
     /// Why the middleware stopped with this answer when it was not a success: it is
-    /// final ([`StopReason::NotRetryable`]), or a retry was not allowed.
+    /// final ([`StopReason::NotRetryable`]; [`StopReason::KeyExpired`] for a 410
+    /// `key-expired`, whose request completed long ago), or a retry was not allowed.
     pub stopped: Option<StopReason>,
 }
 

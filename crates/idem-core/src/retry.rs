@@ -20,6 +20,11 @@ pub const COMMIT_FAILED_PROBLEM: &str = "urn:idem:problem:commit-failed";
 /// The problem `type` of idem's 503 for a store that could not be reached: nothing ran.
 pub const STORE_UNAVAILABLE_PROBLEM: &str = "urn:idem:problem:store-unavailable";
 
+/// The problem `type` of idem's 410 for a late retry of a request whose key expired and
+/// left a tombstone: the request completed long ago (the answer says when, and with
+/// which status), and with this key it is neither replayed nor run again.
+pub const KEY_EXPIRED_PROBLEM: &str = "urn:idem:problem:key-expired";
+
 /// The problem types with which idem's layer says "retry with the same key": the answer
 /// is not the request's result, and a retry with the key gets it.
 pub const SAME_KEY_RETRY_PROBLEMS: [&str; 5] = [
@@ -113,6 +118,41 @@ impl RetryStatuses {
     pub fn depends_on_problem_type(&self, status: u16) -> bool {
         self.verdict(status, None) != self.verdict(status, Some(IN_FLIGHT_PROBLEM))
     }
+
+    /// Whether a client reads the problem type of an answer with `status`: when the
+    /// verdict depends on it, and for a 410, whose [`stop_reason`] does (`key-expired`
+    /// is told apart from other final answers).
+    ///
+    /// ```
+    /// use idem_core::retry::RetryStatuses;
+    ///
+    /// let statuses = RetryStatuses::default();
+    /// assert!(statuses.reads_problem_type(409));
+    /// assert!(statuses.reads_problem_type(410));
+    /// assert!(!statuses.reads_problem_type(422));
+    /// ```
+    pub fn reads_problem_type(&self, status: u16) -> bool {
+        status == 410 || self.depends_on_problem_type(status)
+    }
+}
+
+/// Why a client stops at an answer that is not a success and is not retried:
+/// [`StopReason::KeyExpired`] for idem's 410 `key-expired`, else
+/// [`StopReason::NotRetryable`].
+///
+/// ```
+/// use idem_core::retry::{KEY_EXPIRED_PROBLEM, StopReason, stop_reason};
+///
+/// assert_eq!(stop_reason(410, Some(KEY_EXPIRED_PROBLEM)), StopReason::KeyExpired);
+/// assert_eq!(stop_reason(410, Some("urn:idem:problem:response-not-stored")), StopReason::NotRetryable);
+/// assert_eq!(stop_reason(422, None), StopReason::NotRetryable);
+/// ```
+pub fn stop_reason(status: u16, problem_type: Option<&str>) -> StopReason {
+    if status == 410 && problem_type == Some(KEY_EXPIRED_PROBLEM) {
+        StopReason::KeyExpired
+    } else {
+        StopReason::NotRetryable
+    }
 }
 
 /// Why a client stopped retrying and returned what it had.
@@ -121,6 +161,11 @@ pub enum StopReason {
     /// The answer (or failure) is not one a retry can change, or the request's body
     /// could not be sent again.
     NotRetryable,
+    /// The server answered 410 `key-expired`: the request with this key completed so
+    /// long ago that the key expired (the answer's `original_completed_at` and
+    /// `original_status` say when and how). It is neither replayed nor run again with
+    /// this key; a new request needs a new key, and its effects may already exist.
+    KeyExpired,
     /// The request used its attempts.
     Attempts,
     /// The next attempt would start after the request's deadline.
@@ -134,6 +179,7 @@ impl StopReason {
     pub fn as_str(self) -> &'static str {
         match self {
             StopReason::NotRetryable => "not retryable",
+            StopReason::KeyExpired => "key expired",
             StopReason::Attempts => "attempts used",
             StopReason::Deadline => "deadline passed",
             StopReason::Budget => "retry budget empty",
@@ -160,6 +206,27 @@ mod tests {
         let mismatch = Some("urn:idem:problem:key-mismatch");
         assert_eq!(statuses.verdict(409, mismatch), Verdict::Final);
         assert_eq!(statuses.verdict(422, mismatch), Verdict::Final);
+    }
+
+    #[test]
+    fn a_key_expired_answer_is_final_and_named_apart_from_other_final_answers() {
+        let statuses = RetryStatuses { retry_500: true };
+        assert_eq!(
+            statuses.verdict(410, Some(KEY_EXPIRED_PROBLEM)),
+            Verdict::Final
+        );
+        assert!(statuses.reads_problem_type(410));
+        assert_eq!(
+            stop_reason(410, Some(KEY_EXPIRED_PROBLEM)),
+            StopReason::KeyExpired
+        );
+        for (status, kind) in [
+            (410, None),
+            (410, Some("urn:idem:problem:response-not-stored")),
+            (422, Some(KEY_EXPIRED_PROBLEM)),
+        ] {
+            assert_eq!(stop_reason(status, kind), StopReason::NotRetryable);
+        }
     }
 
     #[test]

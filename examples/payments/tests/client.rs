@@ -163,7 +163,7 @@ async fn final_answers_are_returned_after_one_attempt() {
     assert_eq!(first.status(), 201);
     assert_eq!(attempts(&first).key.as_deref(), Some("order-4711"));
     let reused = pay(&client, &url, r#"{"amount":99,"currency":"EUR"}"#)
-        .with_extension(operation)
+        .with_extension(operation.clone())
         .send()
         .await
         .expect("answered");
@@ -173,6 +173,30 @@ async fn final_answers_are_returned_after_one_attempt() {
         (outcome.attempts, outcome.stopped),
         (1, Some(StopReason::NotRetryable))
     );
+
+    // 410 key-expired: the first payment's retry, after its key's retention (the example's
+    // route is critical, so its keys leave tombstones), reaching another replica.
+    sqlx::query(
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("expire the key");
+    let replica = ServiceProcess::start(PAYMENTS, &db.url, &[]).await;
+    let late = pay(&client, &replica.url("/payments"), PAYMENT)
+        .with_extension(operation)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(late.status(), 410);
+    let outcome = attempts(&late);
+    assert_eq!(
+        (outcome.attempts, outcome.stopped),
+        (1, Some(StopReason::KeyExpired))
+    );
+    let body: Value = late.json().await.expect("the problem body");
+    assert_eq!(body["type"], idem_core::retry::KEY_EXPIRED_PROBLEM);
+    assert_eq!(body["original_status"], 201);
     assert_eq!(db.payments().await, 1);
 }
 

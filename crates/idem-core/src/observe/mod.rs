@@ -213,6 +213,7 @@ mod tests {
             Outcome::RecordedAfterAbort,
             Outcome::Replayed,
             Outcome::ReplayedUnstored,
+            Outcome::Expired,
             Outcome::Mismatch,
             Outcome::MismatchReported,
             Outcome::InFlight,
@@ -225,6 +226,10 @@ mod tests {
     fn only_answers_without_a_second_run_count_as_prevented_duplicates() {
         assert!(Outcome::Replayed.prevented_duplicate());
         assert!(Outcome::InFlight.prevented_duplicate());
+        assert!(
+            Outcome::Expired.prevented_duplicate(),
+            "a late retry did not run"
+        );
         assert!(!Outcome::Mismatch.prevented_duplicate());
         assert!(!Outcome::Executed.prevented_duplicate());
     }
