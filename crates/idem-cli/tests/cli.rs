@@ -231,6 +231,27 @@ async fn keys_evict_makes_the_next_request_run_as_new() {
     assert_eq!(db.payments().await, 2);
     let (code, _) = idem(&db, &["keys", "evict", "--tenant", "other", "--key", "k2"]).await;
     assert_eq!(code, 2, "nothing to evict");
+
+    // An expired payment's tombstone (the example's route is critical) goes too.
+    exec(
+        &db,
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = '0'",
+    )
+    .await;
+    idem_sqlx::Sweeper::new(db.pool.clone())
+        .sweep_once()
+        .await
+        .expect("sweep");
+    assert_eq!(pay(&app, "k2").await.status(), 410, "the tombstone answers");
+    let (code, evicted) = idem(&db, &["keys", "evict", "--tenant", "acme", "--key", "k2"]).await;
+    assert_eq!((code, &evicted["evicted"]), (0, &Value::Bool(true)));
+    let after = pay(&app, "k2").await;
+    assert_eq!(
+        after.status(),
+        201,
+        "with its tombstone evicted the key runs as new"
+    );
+    assert_eq!(db.payments().await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

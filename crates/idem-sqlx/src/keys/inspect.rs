@@ -127,18 +127,25 @@ pub async fn details<'e>(
     }))
 }
 
-/// Deletes (`tenant`, `key`): its next request runs as new. Answers whether there was
-/// such a key. A process that keeps the finished record in its replay cache answers
-/// from it until it expires there.
-pub async fn evict<'e>(
-    executor: impl PgExecutor<'e>,
+/// Deletes (`tenant`, `key`) and its tombstone: its next request runs as new. Answers
+/// whether there was such a key or tombstone. A process that keeps the finished record
+/// in its replay cache answers from it until it expires there.
+pub async fn evict(
+    pool: &sqlx::PgPool,
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2")
-        .bind(tenant.as_str())
-        .bind(key.as_str())
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let mut deleted = 0;
+    for statement in [
+        "DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2",
+        "DELETE FROM idem.tombstones WHERE tenant_id = $1 AND key = $2",
+    ] {
+        let done = sqlx::query(statement)
+            .bind(tenant.as_str())
+            .bind(key.as_str())
+            .execute(pool)
+            .await?;
+        deleted += done.rows_affected();
+    }
+    Ok(deleted > 0)
 }
