@@ -3,7 +3,8 @@
 # Postgres image (idem-postgres:15) that IDEM_PG_IMAGE / IDEM_TEST_PG_IMAGE can name,
 # nats-server with JetStream on 127.0.0.1:4222, and Prometheus (its server and promtool)
 # for the tests of the metrics, the alert rules and the dashboard, and a Citus cluster
-# (scripts/citus.sh) for the Citus tests.
+# (scripts/citus.sh) for the Citus tests, and openapi-spec-validator (PyPI) for the test
+# of the example's OpenAPI document.
 # Needs root (apt-get, dockerd). Usage: scripts/services.sh
 set -euo pipefail
 
@@ -19,6 +20,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The OpenAPI 3.1 validator the example's document is checked with.
+if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
+  echo "installing openapi-spec-validator"
+  python3 -m pip install --quiet --disable-pip-version-check "openapi-spec-validator==0.9.0"
 fi
 
 if ! docker info >/dev/null 2>&1; then

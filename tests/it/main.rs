@@ -24,6 +24,7 @@ mod limits;
 mod migrations;
 mod mismatch;
 mod observe_mode;
+mod openapi;
 mod outbox;
 mod payments;
 mod phased;

@@ -92,6 +92,8 @@ mod layer;
 mod limits;
 mod observe;
 mod observe_mode;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod phased;
 mod problem;
 mod replay;

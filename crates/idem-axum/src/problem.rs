@@ -214,7 +214,13 @@ impl Problem {
         }
     }
 
-    fn title(&self) -> &'static str {
+    /// The problem's `type`: `urn:idem:problem:<slug>`.
+    pub fn type_uri(&self) -> String {
+        format!("urn:idem:problem:{}", self.slug())
+    }
+
+    /// The problem's `title`, the same for every problem of its kind.
+    pub fn title(&self) -> &'static str {
         match self {
             Problem::KeyMissing { .. } => "Idempotency key missing",
             Problem::KeyInvalid { .. } => "Idempotency key invalid",
@@ -323,7 +329,8 @@ impl Problem {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    /// The `Retry-After` the answer carries, for the kinds that have one.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Problem::InFlight { retry_after }
             | Problem::NewKeyRateExceeded { retry_after }
@@ -339,7 +346,7 @@ impl Problem {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let body = Body9457 {
-            kind: format!("urn:idem:problem:{}", self.slug()),
+            kind: self.type_uri(),
             title: self.title(),
             status: status.as_u16(),
             detail: self.detail(),

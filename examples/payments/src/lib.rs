@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use idem_axum::openapi::idempotent;
 use idem_axum::{
     IdempotencyKey, IdempotencyLayer, Observability, Policy, RiskClass, TenantId, TraceContext, Tx,
 };
@@ -37,6 +38,8 @@ use idem_sqlx::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 /// The header the stand-in authentication reads the tenant from.
@@ -98,23 +101,66 @@ pub fn idempotency(pool: PgPool) -> IdempotencyLayer {
         ))
 }
 
-/// The router with a caller-configured idempotency layer.
+/// The router with a caller-configured idempotency layer, and `GET /openapi.json`,
+/// the API's OpenAPI 3.1 document (the idempotency parts written by the layer).
 ///
-/// The layer is added to each route's method router with `route_layer`, so it wraps
-/// only the handlers: an unknown path gets the router's 404 and a method a route does
-/// not serve its 405, untouched, and their keys stay unused. (`Router::route_layer`
-/// would leave the 404 alone but still wrap each route's 405.)
+/// The layer is added to each route's method router with `route_layer` (by
+/// [`idempotent`](idem_axum::openapi::idempotent)), so it wraps only the handlers: an
+/// unknown path gets the router's 404 and a method a route does not serve its 405,
+/// untouched, and their keys stay unused. (`Router::route_layer` would leave the 404
+/// alone but still wrap each route's 405.)
 pub fn app_with(pool: PgPool, idempotency: IdempotencyLayer) -> Router {
-    Router::new()
-        .route(
-            "/payments",
-            post(create_payment).route_layer(idempotency.clone()),
-        )
-        .route("/payments/{id}", get(show_payment).route_layer(idempotency))
+    let (api, document) = api(idempotency).split_for_parts();
+    api
         // Outermost: authentication runs before routing, so the idempotency layer finds
-        // the tenant in the request extensions.
+        // the tenant in the request extensions. The document needs none.
         .layer(middleware::from_fn(auth))
+        .route("/openapi.json", get(Json(document)))
         .with_state(pool)
+}
+
+/// The payments API: its routes behind `idempotency`, and their OpenAPI document.
+pub fn api(idempotency: IdempotencyLayer) -> OpenApiRouter<PgPool> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(idempotent(routes!(create_payment), idempotency.clone()))
+        .routes(idempotent(routes!(show_payment), idempotency))
+}
+
+/// The document's own parts; the paths come from the handlers' `#[utoipa::path]`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "payments",
+        description = "An example payments API on idem: `POST /payments` requires an \
+                       `Idempotency-Key`; a retry is charged once and receives the first \
+                       attempt's answer."
+    ),
+    components(schemas(Payment, NewPaymentDoc, PaymentProblem))
+)]
+struct ApiDoc;
+
+/// A `POST /payments` body, as the document shows it.
+#[derive(ToSchema)]
+#[schema(as = NewPayment)]
+#[allow(dead_code)] // only its schema is used
+struct NewPaymentDoc {
+    /// The amount in minor units (cents), a positive integer.
+    amount: i64,
+    /// The ISO 4217 currency code: three upper-case letters.
+    currency: String,
+    /// The client's own reference, at most 255 bytes.
+    reference: Option<String>,
+}
+
+/// A problem the payments handlers answer with themselves (`urn:payments:problem:*`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // only its schema is used
+struct PaymentProblem {
+    /// `urn:payments:problem:<slug>`.
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
 }
 
 /// Stand-in authentication: takes the tenant from `X-Tenant-Id` and puts it in the
@@ -140,7 +186,7 @@ pub async fn auth(mut req: Request, next: Next) -> Response {
 }
 
 /// A payment as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, sqlx::FromRow, ToSchema)]
 pub struct Payment {
     /// The payment's id.
     pub id: Uuid,
@@ -187,6 +233,19 @@ pub fn validate(body: &[u8]) -> Result<Valid, String> {
     })
 }
 
+/// Creates a payment: charged once however often the client retries with its key.
+#[utoipa::path(
+    post,
+    path = "/payments",
+    request_body(content = NewPaymentDoc, content_type = "application/json"),
+    params(("x-tenant-id" = String, Header, description = "The tenant (stand-in authentication).")),
+    responses(
+        (status = 201, description = "The payment was created.", body = Payment,
+         headers(("location" = String, description = "The payment's URL."))),
+        (status = 400, description = "The payment is invalid.", body = PaymentProblem,
+         content_type = "application/problem+json"),
+    )
+)]
 async fn create_payment(
     Extension(tenant): Extension<TenantId>,
     delay: Option<Extension<HandlerDelay>>,
@@ -369,6 +428,20 @@ async fn create_payment_bare(
     created(result)
 }
 
+/// Reads a payment of the tenant.
+#[utoipa::path(
+    get,
+    path = "/payments/{id}",
+    params(
+        ("id" = String, Path, description = "The payment's id."),
+        ("x-tenant-id" = String, Header, description = "The tenant (stand-in authentication)."),
+    ),
+    responses(
+        (status = 200, description = "The payment.", body = Payment),
+        (status = 404, description = "No such payment of the tenant.", body = PaymentProblem,
+         content_type = "application/problem+json"),
+    )
+)]
 async fn show_payment(
     State(pool): State<PgPool>,
     Extension(tenant): Extension<TenantId>,

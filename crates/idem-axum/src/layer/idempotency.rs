@@ -74,6 +74,12 @@ impl IdempotencyLayer {
         }
     }
 
+    /// What the layer was configured with.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.shared.config
+    }
+
     fn with(self, change: impl FnOnce(&mut crate::config::Config)) -> Self {
         IdempotencyLayer {
             shared: self.shared.with(change),

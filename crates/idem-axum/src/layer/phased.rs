@@ -52,6 +52,12 @@ pub struct PhasedLayer {
 }
 
 impl PhasedLayer {
+    /// What the layer was configured with.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.shared.config
+    }
+
     pub(super) fn new(shared: Shared) -> Self {
         PhasedLayer { shared }
     }
