@@ -55,6 +55,15 @@ pub enum Command {
     },
     /// Runs idem's migrations.
     Migrate,
+    /// Checks an HTTP service, written with idem or not, against the Idempotency-Key
+    /// contract (draft-ietf-httpapi-idempotency-key-header-07) and idem's stricter one.
+    ///
+    /// Sends the route a missing key, a malformed key, a key sent twice, a first
+    /// request and its retry, the same key with another body, concurrent duplicates,
+    /// and a retry after a first attempt whose client disconnected; prints each check
+    /// with pass, fail or not applicable. Every request runs the route for real: probe
+    /// a test deployment. Exits 1 when a check fails. Needs no database.
+    Probe(ProbeArgs),
     /// Distributes idem's tables by tenant on a Citus coordinator (idempotent).
     ///
     /// Run it after every `migrate`; it lists the tables it distributed. On plain
@@ -207,4 +216,38 @@ mod tests {
         assert!(parse_since("yesterday").is_err());
         assert!(parse_since("").is_err());
     }
+}
+
+/// What `idem probe` sends, and where.
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The route's URL (plain HTTP), as `http://127.0.0.1:3000/payments`.
+    pub url: String,
+    /// The route's method.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// A body the route accepts and answers with a success.
+    #[arg(long, default_value = "{}")]
+    pub body: String,
+    /// A second body for the changed-body check. By default the sample body with its
+    /// first number raised by one (or, without one, `-probe` added to its first
+    /// string), when it is a JSON object.
+    #[arg(long)]
+    pub other_body: Option<String>,
+    /// The bodies' content type.
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// A header field every request carries, as `Name: value` (repeatable): the
+    /// credentials or tenant the route needs.
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// The header the key travels in.
+    #[arg(long, default_value = "Idempotency-Key")]
+    pub key_header: String,
+    /// How many duplicates the concurrency check sends at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to wait for an answer, and for a request still in flight (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
 }

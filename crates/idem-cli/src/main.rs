@@ -10,8 +10,17 @@
 //! idem migrate && idem distribute --colocate-with public.payments
 //! ```
 //!
+//! `idem probe URL` checks any HTTP service against the Idempotency-Key contract and
+//! needs no database:
+//!
+//! ```text
+//! idem probe http://127.0.0.1:3000/payments -H 'x-tenant-id: acme' \
+//!     --body '{"amount":1250,"currency":"EUR"}'
+//! ```
+//!
 //! Every command prints text, or JSON with `--json`. The exit status is 0 on success,
-//! 1 on an error (printed to stderr), 2 when `keys show` or `keys evict` found no key.
+//! 1 on an error (printed to stderr) or a failed probe check, 2 when `keys show` or
+//! `keys evict` found no key.
 
 mod args;
 mod commands;
@@ -21,20 +30,29 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::Cli;
-use crate::commands::{Failure, run};
+use crate::args::{Cli, Command};
+use crate::commands::{Failure, print_probe, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let probing = matches!(cli.command, Command::Probe(_));
+    let print = |report: &serde_json::Value| match (probing, cli.json) {
+        (true, false) => print_probe(report),
+        _ => render::print(report, cli.json),
+    };
     match run(&cli).await {
         Ok(report) => {
-            render::print(&report, cli.json);
+            print(&report);
             ExitCode::SUCCESS
         }
         Err(Failure::NotFound(report)) => {
-            render::print(&report, cli.json);
+            print(&report);
             ExitCode::from(2)
+        }
+        Err(Failure::Checks(report)) => {
+            print(&report);
+            ExitCode::FAILURE
         }
         Err(Failure::Error(e)) => {
             eprintln!("idem: {e}");

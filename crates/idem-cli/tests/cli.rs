@@ -1,5 +1,9 @@
 //! The `idem` binary run against real Postgres: keys made by the payments example over
-//! real HTTP, outbox and inbox rows in the states operators meet.
+//! real HTTP, outbox and inbox rows in the states operators meet; `idem probe` against
+//! real services (`probe::`).
+
+#[path = "cli/probe.rs"]
+mod probe;
 
 use std::time::Duration;
 
@@ -12,13 +16,19 @@ const PAYMENT: &str = r#"{"amount":1250,"currency":"EUR"}"#;
 
 /// Runs `idem --json <args>` against `db`: its exit code and its output as JSON.
 pub(crate) async fn idem(db: &TestDb, args: &[&str]) -> (i32, Value) {
-    let out = tokio::process::Command::new(IDEM)
-        .arg("--json")
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .await
-        .expect("run idem");
+    idem_with(args, Some(&db.url)).await
+}
+
+/// Runs `idem --json <args>` with `DATABASE_URL` set to `database_url` (unset for
+/// `None`): its exit code and its output as JSON.
+pub(crate) async fn idem_with(args: &[&str], database_url: Option<&str>) -> (i32, Value) {
+    let mut command = tokio::process::Command::new(IDEM);
+    command.arg("--json").args(args);
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let out = command.output().await.expect("run idem");
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {

@@ -52,6 +52,7 @@
 //! # Ok::<(), idem_core::KeyError>(())
 //! ```
 
+pub mod conformance;
 mod decision;
 pub mod delivery;
 mod failure;

@@ -4,6 +4,9 @@ mod inbox;
 mod keys;
 mod maintenance;
 mod outbox;
+mod probe;
+
+pub(crate) use probe::print as print_probe;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +22,9 @@ pub enum Failure {
     /// What was asked for does not exist; the report says what was looked for.
     #[error("not found")]
     NotFound(Value),
+    /// `probe` ran and a check failed; the report says which.
+    #[error("a check failed")]
+    Checks(Value),
     /// The command failed.
     #[error(transparent)]
     Error(#[from] Error),
@@ -61,6 +67,9 @@ impl From<idem_sqlx::StoreError> for Failure {
 
 /// Runs the command and returns its report.
 pub async fn run(cli: &Cli) -> Result<Value, Failure> {
+    if let Command::Probe(args) = &cli.command {
+        return probe::probe(args).await;
+    }
     let pool = connect(cli).await?;
     match &cli.command {
         Command::Keys(command) => keys::run(&pool, command).await,
@@ -73,6 +82,7 @@ pub async fn run(cli: &Cli) -> Result<Value, Failure> {
         } => maintenance::reconcile(&pool, consumer, *since, topic.as_deref()).await,
         Command::Sweep { batch_size } => maintenance::sweep(&pool, *batch_size, cli.json).await,
         Command::Migrate => maintenance::migrate(&pool).await,
+        Command::Probe(args) => probe::probe(args).await,
         Command::Distribute { colocate_with } => {
             maintenance::distribute(&pool, colocate_with.as_deref()).await
         }
