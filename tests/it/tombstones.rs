@@ -134,12 +134,51 @@ async fn after_the_window_the_key_runs_as_new_and_its_tombstone_is_swept(kind: R
     assert!(replayed(&replay), "{kind:?}: the new key replays");
 }
 
+async fn a_late_retry_racing_the_sweep_of_its_key_is_told_the_key_expired(kind: RouteKind) {
+    let db = test_db().await;
+    let (app, faults) = keyed_app_with(&db, kind, critical).await;
+    app.send("/effects", "t1", Some("race-1"), "n").await;
+    let completed = completed_at(&db).await;
+    expire_keys(&db).await;
+    let (fingerprint, finished): (Vec<u8>, DateTime<Utc>) =
+        sqlx::query_as("SELECT fingerprint, completed_at FROM idem.keys")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the key");
+    // The sweep of the key, as the sweeper makes it, held open: its row deleted and
+    // its tombstone written in one transaction that has not committed yet.
+    let mut sweep = db.pool.begin().await.expect("begin");
+    sqlx::query("DELETE FROM idem.keys WHERE tenant_id = 't1' AND key = 'race-1'")
+        .execute(&mut *sweep)
+        .await
+        .expect("delete");
+    sqlx::query(
+        "INSERT INTO idem.tombstones VALUES ('t1', 'race-1', $1, $2, 201, now() + interval '1 day')",
+    )
+    .bind(&fingerprint)
+    .bind(finished)
+    .execute(&mut *sweep)
+    .await
+    .expect("tombstone");
+    // The retry's claim starts while the sweep holds the row, and goes on once the
+    // sweep committed.
+    let (late, ()) = tokio::join!(app.send("/effects", "t1", Some("race-1"), "n"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sweep.commit().await.expect("commit the sweep");
+    });
+    assert_expired(late, &completed, &format!("{kind:?}: racing the sweep")).await;
+    assert_eq!(db.effects().await, 1, "{kind:?}: nothing ran again");
+    assert_eq!(faults.runs.load(Ordering::SeqCst), 1, "{kind:?}");
+    assert_eq!(db.keys().await, 0, "{kind:?}: the refusal claimed nothing");
+}
+
 idem_tests::keyed_route_cases! {
     kinds: [atomic => Atomic, phased => Phased, lookup_first => LookupFirst],
     cases: [
         a_late_retry_is_told_the_key_expired_and_runs_nothing,
         the_same_key_with_another_request_in_the_window_is_a_mismatch,
         after_the_window_the_key_runs_as_new_and_its_tombstone_is_swept,
+        a_late_retry_racing_the_sweep_of_its_key_is_told_the_key_expired,
     ]
 }
 

@@ -36,6 +36,7 @@
 //!     path: "/payments",
 //!     route: Some("/payments"),
 //!     retention: Duration::from_secs(24 * 3600),
+//!     tombstones: None,
 //!     wait: Duration::from_secs(5),
 //! };
 //! match keys::claim(&mut tx, &request).await? {
@@ -48,6 +49,7 @@
 //!     Claim::Replay(record, _) => println!("replay {:?}", record.state),
 //!     Claim::Mismatch(..) => println!("same key, different request"),
 //!     Claim::InFlight => println!("still running; retry later"),
+//!     Claim::Expired(..) => println!("done long ago; its key expired (410)"),
 //! }
 //! # Ok(())
 //! # }

@@ -127,25 +127,22 @@ pub async fn details<'e>(
     }))
 }
 
-/// Deletes (`tenant`, `key`) and its tombstone: its next request runs as new. Answers
-/// whether there was such a key or tombstone. A process that keeps the finished record
-/// in its replay cache answers from it until it expires there.
-pub async fn evict(
-    pool: &sqlx::PgPool,
+/// Deletes (`tenant`, `key`) and its tombstone, in one statement: its next request runs
+/// as new. Answers whether there was such a key or tombstone. A process that keeps the
+/// finished record in its replay cache answers from it until it expires there.
+pub async fn evict<'e>(
+    executor: impl PgExecutor<'e>,
     tenant: &TenantId,
     key: &IdempotencyKey,
 ) -> Result<bool, StoreError> {
-    let mut deleted = 0;
-    for statement in [
-        "DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2",
-        "DELETE FROM idem.tombstones WHERE tenant_id = $1 AND key = $2",
-    ] {
-        let done = sqlx::query(statement)
-            .bind(tenant.as_str())
-            .bind(key.as_str())
-            .execute(pool)
-            .await?;
-        deleted += done.rows_affected();
-    }
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH k AS (DELETE FROM idem.keys WHERE tenant_id = $1 AND key = $2 RETURNING 1), \
+           t AS (DELETE FROM idem.tombstones WHERE tenant_id = $1 AND key = $2 RETURNING 1) \
+         SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM t)",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_one(executor)
+    .await?;
     Ok(deleted > 0)
 }

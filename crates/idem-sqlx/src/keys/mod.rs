@@ -34,7 +34,10 @@ const CLAIM_ATTEMPTS: usize = 4;
 /// row): one row saying the key was inserted, or the existing row as [`decode_record`]
 /// reads it (with `inserted` false) when it was not, or the tombstone as one (a
 /// finished record whose response is gone, expired at the read) when the key has no
-/// row.
+/// row. An inserted row says `raced` when the route keeps tombstones and the
+/// statement's snapshot still saw a row of the key: the insert won because that row was
+/// deleted meanwhile (swept, and its tombstone written, in a transaction that committed
+/// after the snapshot), so the tombstone must be read again in a new statement.
 macro_rules! inserted_or_existing {
     () => {
         concat!(
@@ -42,17 +45,21 @@ macro_rules! inserted_or_existing {
                NULL::smallint AS response_status, NULL::text[] AS response_header_names, \
                NULL::bytea[] AS response_header_values, NULL::bytea AS response_body, \
                NULL::timestamptz AS completed_at, NULL::timestamptz AS expires_at, \
-               now() AS db_now, NULL::timestamptz AS tombstone_until FROM ins \
+               now() AS db_now, NULL::timestamptz AS tombstone_until, \
+               ($7::float8 IS NOT NULL AND EXISTS ( \
+                 SELECT 1 FROM idem.keys WHERE tenant_id = $1 AND key = $2)) AS raced \
+             FROM ins \
              UNION ALL \
              SELECT false, fingerprint, response_status, response_header_names, \
                response_header_values, response_body, completed_at, ",
             expiry!(),
             ", now(), ",
             tombstone_until!(),
-            " FROM idem.keys WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins) \
+            ", false FROM idem.keys WHERE tenant_id = $1 AND key = $2 \
+               AND NOT EXISTS (SELECT 1 FROM ins) \
              UNION ALL \
              SELECT false, fingerprint, response_status, NULL, NULL, NULL, completed_at, now(), \
-               now(), expires_at \
+               now(), expires_at, false \
              FROM tomb WHERE NOT EXISTS (SELECT 1 FROM ins) \
                AND NOT EXISTS (SELECT 1 FROM idem.keys WHERE tenant_id = $1 AND key = $2)"
         )
@@ -61,7 +68,7 @@ macro_rules! inserted_or_existing {
 
 /// The claiming statement's `tomb` CTE: the key's tombstone while it stands, read only
 /// when the route keeps tombstones (`$7`, its window, is not `NULL`).
-macro_rules! standing_tombstone {
+macro_rules! tomb_cte {
     () => {
         "tomb AS MATERIALIZED ( \
            SELECT fingerprint, completed_at, response_status, expires_at FROM idem.tombstones \
@@ -204,7 +211,7 @@ async fn claim_inner(
                  nullif(current_setting('idem.lock_timeout', true), ''), \
                  current_setting('lock_timeout')), true) AS v), \
              cfg AS MATERIALIZED (SELECT set_config('lock_timeout', $8, true) AS applied FROM saved), ",
-            standing_tombstone!(),
+            tomb_cte!(),
             ", ins AS ( \
                INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
                  created_at, expires_at, retention, tombstone_window) \
@@ -220,7 +227,12 @@ async fn claim_inner(
         .fetch_optional(&mut *conn)
         .await?;
         let existing = match row {
-            Some(row) if row.try_get::<bool, _>("inserted")? => return Ok(Claim::Claimed),
+            Some(row) if row.try_get::<bool, _>("inserted")? => {
+                if row.try_get::<bool, _>("raced")? {
+                    return claimed_unless_tombstoned(&mut *conn, req).await;
+                }
+                return Ok(Claim::Claimed);
+            }
             Some(row) => Some(decode_record(&row)?),
             // Nothing visible to that statement: the insert waited for a transaction
             // that committed the row after the statement's snapshot was taken. A new
@@ -273,11 +285,6 @@ async fn claim_citus(
         // beside another query in steps (the CTE's rows sent back to the worker as an
         // intermediate result), while a bare INSERT is one statement routed to the
         // key's worker; a new key, the common case, needs nothing else.
-        if let Some((record, now)) = standing_tombstone(&mut *conn, req).await?
-            && let Some(answered) = answered_by(record, now, &req.fingerprint)
-        {
-            return Ok(answered);
-        }
         let inserted = bind_claim(
             sqlx::query(
                 "INSERT INTO idem.keys (tenant_id, key, fingerprint, method, path, route, \
@@ -292,7 +299,10 @@ async fn claim_citus(
         .fetch_optional(&mut *conn)
         .await?;
         if inserted.is_some() {
-            return claimed_on_citus(conn).await;
+            return match claimed_unless_tombstoned(&mut *conn, req).await? {
+                Claim::Claimed => claimed_on_citus(conn).await,
+                tombstoned => Ok(tombstoned),
+            };
         }
         let Some(row) = lookup_row(&mut *conn, req.tenant, req.key).await? else {
             continue;
@@ -309,14 +319,26 @@ async fn claim_citus(
     Err(StoreError::Contended)
 }
 
-/// Before a claim's insert: the key's standing tombstone as a record (finished, its
-/// response gone, expired at the read) with the store's time, when the route keeps
-/// tombstones and the key has one but no row; `None` otherwise. One more
-/// round trip, only on such routes: the Citus claim's and the phased claim's way (on
-/// Citus a plain read by the tenant goes to its worker, where an insert guarded by a
-/// read of another table would be planned in steps; the atomic claim on plain
-/// Postgres reads the tombstone inside its one statement instead).
-pub(crate) async fn standing_tombstone(
+/// A claim whose insert won, unless the key's tombstone stands: then what the tombstone
+/// answers (the caller rolls back, and its inserted row with it). Read in a statement
+/// of its own, after the insert: an insert that won over a row being swept waited for
+/// the sweep to commit, so the tombstone the sweep wrote is visible now.
+pub(crate) async fn claimed_unless_tombstoned(
+    conn: &mut sqlx::PgConnection,
+    req: &ClaimRequest<'_>,
+) -> Result<Claim, StoreError> {
+    if let Some((record, now)) = standing_tombstone(conn, req).await?
+        && let Some(answered) = answered_by(record, now, &req.fingerprint)
+    {
+        return Ok(answered);
+    }
+    Ok(Claim::Claimed)
+}
+
+/// The key's standing tombstone as a record (finished, its response gone, expired at
+/// the read) with the store's time, when the route keeps tombstones; `None` otherwise.
+/// One round trip, only on such routes.
+async fn standing_tombstone(
     conn: &mut sqlx::PgConnection,
     req: &ClaimRequest<'_>,
 ) -> Result<Option<(Record, DateTime<Utc>)>, StoreError> {
@@ -327,8 +349,7 @@ pub(crate) async fn standing_tombstone(
         "SELECT fingerprint, response_status, NULL::text[] AS response_header_names, \
            NULL::bytea[] AS response_header_values, NULL::bytea AS response_body, completed_at, \
            now() AS expires_at, now() AS db_now, expires_at AS tombstone_until \
-         FROM idem.tombstones t WHERE tenant_id = $1 AND key = $2 AND expires_at > now() \
-           AND NOT EXISTS (SELECT 1 FROM idem.keys k WHERE k.tenant_id = $1 AND k.key = $2)",
+         FROM idem.tombstones WHERE tenant_id = $1 AND key = $2 AND expires_at > now()",
     )
     .bind(req.tenant.as_str())
     .bind(req.key.as_str())

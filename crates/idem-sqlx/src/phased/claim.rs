@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{Lease, Phased, PhasedClaim, secs};
 use crate::StoreError;
-use crate::keys::{decode_record, for_route, standing_tombstone};
+use crate::keys::{Claim, claimed_unless_tombstoned, decode_record, for_route};
 use crate::sql::{expiry, reset, tombstone_until};
 
 /// How many times a phased claim re-reads a key that changed under it.
@@ -28,15 +28,13 @@ const CLAIM_ATTEMPTS: usize = 4;
 pub async fn claim(conn: &mut PgConnection, req: &PhasedClaim<'_>) -> Result<Phased, StoreError> {
     let (tenant, key) = (req.request.tenant, req.request.key);
     for _ in 0..CLAIM_ATTEMPTS {
-        if let Some((record, now)) = standing_tombstone(conn, &req.request).await? {
-            match decide_phased(Some(&record), None, &req.request.fingerprint, now) {
-                PhasedDecision::Expired => return Ok(Phased::Expired(record, now)),
-                PhasedDecision::Mismatch => return Ok(Phased::Mismatch(record, now)),
-                _ => {} // the window passed between the read and the clock: gone
-            }
-        }
         if let Some((fence, operation)) = insert_new(conn, req).await? {
-            return Ok(owned_new(req, fence, operation));
+            // The caller rolls back an answer that is not `Owned`, the new row with it.
+            return Ok(match claimed_unless_tombstoned(conn, &req.request).await? {
+                Claim::Expired(record, now) => Phased::Expired(record, now),
+                Claim::Mismatch(record, now) => Phased::Mismatch(record, now),
+                _ => owned_new(req, fence, operation),
+            });
         }
         let Some(mut found) = lookup_phased(conn, tenant, key).await? else {
             continue; // swept between the two statements
