@@ -170,6 +170,19 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
            now() + interval '1 day', 1, now(), 'pending')",
     )
     .await;
+    // A payment past its retention, swept into a tombstone under its clear key (the
+    // example's route is critical).
+    assert_eq!(pay(&before, "late-1").await.status(), 201);
+    exec(
+        &db,
+        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = '0' \
+         WHERE key = 'late-1'",
+    )
+    .await;
+    idem_sqlx::Sweeper::new(db.pool.clone())
+        .sweep_once()
+        .await
+        .expect("sweep");
 
     let protect = [
         "keys",
@@ -186,6 +199,7 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
     let (code, report) = idem(&db, &protect).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["protected"], 3, "{report}");
+    assert_eq!(report["tombstones"], 1, "{report}");
     let stored: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT tenant_id, key, binding FROM idem.keys ORDER BY tenant_id, binding, key",
     )
@@ -211,7 +225,19 @@ async fn keys_protect_stores_clear_keys_as_the_protecting_layer_finds_them() {
     for key in [r"p\1", "p2"] {
         assert!(replayed(&pay(&after, key).await), "{key} replays");
     }
-    assert_eq!(db.payments().await, 3, "nothing ran again");
+    let late = pay(&after, "late-1").await;
+    assert_eq!(
+        late.status(),
+        410,
+        "its tombstone, protected, still answers"
+    );
+    assert_eq!(db.payments().await, 4, "nothing ran again");
+    let clear: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM idem.tombstones WHERE key NOT LIKE 'hmac:%'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("tombstones");
+    assert_eq!(clear, 0, "no tombstone keeps a clear key");
     let show = ["keys", "show", "--tenant", "acme", "--key", r"p\1"];
     let with_secret = ["--key-secret-hex", &secret, "--key-secret-id", "k1"];
     let (code, shown) = idem(&db, &[&show[..], &with_secret].concat()).await;

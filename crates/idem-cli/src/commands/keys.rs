@@ -149,27 +149,77 @@ async fn evict(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
 /// stores it with `Protection::keys`: the HMAC computed here by the layer's own code, the
 /// rows changed by (tenant, clear key), a batch at a time. An in-progress phased key
 /// keeps its clear key in `binding` (its derived keys and kept request stay bound to
-/// it). The same statements on plain Postgres and on a Citus coordinator (no function
+/// it). Tombstones are rewritten too. The same statements on plain Postgres and on a Citus coordinator (no function
 /// runs over the table's columns); a key claimed in the clear meanwhile is left for
 /// the next run.
 async fn protect(pool: &PgPool, args: &ProtectArgs) -> Result<Value, Failure> {
     let protection = protection(&args.key_secret_id, &args.key_secret_hex)?;
+    let mut skipped = Vec::new();
+    let protected = rewrite(pool, args, &protection, &KEYS, &mut skipped).await?;
+    let tombstones = rewrite(pool, args, &protection, &TOMBSTONES, &mut skipped).await?;
+    Ok(json!({
+        "protected": protected,
+        "tombstones": tombstones,
+        "secret_id": protection.id(),
+        "tenant": args.tenant,
+        "skipped": skipped,
+    }))
+}
+
+/// A table whose clear keys `keys protect` rewrites: how a batch of them is found
+/// (`$1` tenant or `NULL`, `$2`/`$3` the last (tenant, key) of the batch before, `$4`
+/// the batch size), and how they are rewritten (`$1` tenants, `$2` clear keys, `$3`
+/// protected keys).
+struct Rewrite {
+    find: &'static str,
+    update: &'static str,
+}
+
+const KEYS: Rewrite = Rewrite {
+    find: "SELECT tenant_id, key FROM idem.keys \
+           WHERE key NOT LIKE 'hmac:%' AND ($1::text IS NULL OR tenant_id = $1) \
+             AND ($2::text IS NULL OR (tenant_id, key) > ($2, $3)) \
+           ORDER BY tenant_id, key LIMIT $4",
+    update: "UPDATE idem.keys k SET \
+               binding = CASE WHEN k.completed_at IS NULL AND k.fence IS NOT NULL \
+                 THEN coalesce(k.binding, k.key) END, \
+               key = u.protected \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, clear, protected) \
+             WHERE k.tenant_id = u.tenant_id AND k.key = u.clear",
+};
+
+/// Tombstones left before the switch: under their clear key a late retry, looked up
+/// under its HMAC, would not find them and would run again.
+const TOMBSTONES: Rewrite = Rewrite {
+    find: "SELECT tenant_id, key FROM idem.tombstones \
+           WHERE key NOT LIKE 'hmac:%' AND ($1::text IS NULL OR tenant_id = $1) \
+             AND ($2::text IS NULL OR (tenant_id, key) > ($2, $3)) \
+           ORDER BY tenant_id, key LIMIT $4",
+    update: "UPDATE idem.tombstones t SET key = u.protected \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, clear, protected) \
+             WHERE t.tenant_id = u.tenant_id AND t.key = u.clear",
+};
+
+/// Rewrites the clear keys of `table` as `protection` stores them, a batch at a time;
+/// how many rows changed. Keys the layer would refuse are added to `skipped`.
+async fn rewrite(
+    pool: &PgPool,
+    args: &ProtectArgs,
+    protection: &KeyProtection,
+    table: &Rewrite,
+    skipped: &mut Vec<Value>,
+) -> Result<u64, Failure> {
     let batch_size = args.batch_size.max(1);
-    let (mut protected, mut skipped) = (0u64, Vec::new());
+    let mut protected = 0u64;
     let mut after: Option<(String, String)> = None;
     loop {
-        let clear: Vec<(String, String)> = sqlx::query_as(
-            "SELECT tenant_id, key FROM idem.keys \
-             WHERE key NOT LIKE 'hmac:%' AND ($1::text IS NULL OR tenant_id = $1) \
-               AND ($2::text IS NULL OR (tenant_id, key) > ($2, $3)) \
-             ORDER BY tenant_id, key LIMIT $4",
-        )
-        .bind(args.tenant.as_deref())
-        .bind(after.as_ref().map(|(tenant, _)| tenant))
-        .bind(after.as_ref().map(|(_, key)| key))
-        .bind(batch_size)
-        .fetch_all(pool)
-        .await?;
+        let clear: Vec<(String, String)> = sqlx::query_as(table.find)
+            .bind(args.tenant.as_deref())
+            .bind(after.as_ref().map(|(tenant, _)| tenant))
+            .bind(after.as_ref().map(|(_, key)| key))
+            .bind(batch_size)
+            .fetch_all(pool)
+            .await?;
         let full = clear.len() == usize::try_from(batch_size).unwrap_or(usize::MAX);
         after = clear.last().cloned();
         let (mut tenants, mut keys, mut hashed) = (Vec::new(), Vec::new(), Vec::new());
@@ -185,31 +235,18 @@ async fn protect(pool: &PgPool, args: &ProtectArgs) -> Result<Value, Failure> {
             }
         }
         if !tenants.is_empty() {
-            let done = sqlx::query(
-                "UPDATE idem.keys k SET \
-                   binding = CASE WHEN k.completed_at IS NULL AND k.fence IS NOT NULL \
-                     THEN coalesce(k.binding, k.key) END, \
-                   key = u.protected \
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, clear, protected) \
-                 WHERE k.tenant_id = u.tenant_id AND k.key = u.clear",
-            )
-            .bind(&tenants)
-            .bind(&keys)
-            .bind(&hashed)
-            .execute(pool)
-            .await?;
+            let done = sqlx::query(table.update)
+                .bind(&tenants)
+                .bind(&keys)
+                .bind(&hashed)
+                .execute(pool)
+                .await?;
             protected += done.rows_affected();
         }
         if !full {
-            break;
+            return Ok(protected);
         }
     }
-    Ok(json!({
-        "protected": protected,
-        "secret_id": protection.id(),
-        "tenant": args.tenant,
-        "skipped": skipped,
-    }))
 }
 
 /// One day's keys of one route, as `keys stats` reports them.

@@ -67,10 +67,11 @@ impl From<idem_sqlx::StoreError> for Failure {
 
 /// Runs the command and returns its report.
 pub async fn run(cli: &Cli) -> Result<Value, Failure> {
-    if let Command::Probe(args) = &cli.command {
-        return probe::probe(args).await;
-    }
-    let pool = connect(cli).await?;
+    let pool = match &cli.command {
+        // The probe speaks HTTP only.
+        Command::Probe(args) => return probe::probe(args).await,
+        _ => connect(cli).await?,
+    };
     match &cli.command {
         Command::Keys(command) => keys::run(&pool, command).await,
         Command::Outbox(command) => outbox::run(&pool, command).await,

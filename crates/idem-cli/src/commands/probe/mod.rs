@@ -7,7 +7,7 @@ mod table;
 
 use std::time::Duration;
 
-use idem_core::conformance::{self, Answer, Check, Outcome};
+use idem_core::conformance::{self, Answer, Check, Judgment};
 use serde_json::{Value, json};
 
 use super::{Error, Failure};
@@ -22,13 +22,13 @@ pub(super) async fn probe(args: &ProbeArgs) -> Result<Value, Failure> {
     let target = Target::new(args)?;
     let results = run_checks(&target, args).await?;
     let failed = results.iter().filter(|(_, o)| o.failed()).count();
-    let count = |f: fn(&Outcome) -> bool| results.iter().filter(|(_, o)| f(o)).count();
+    let count = |f: fn(&Judgment) -> bool| results.iter().filter(|(_, o)| f(o)).count();
     let report = json!({
         "url": args.url,
         "checks": results.iter().map(|(check, outcome)| row(*check, outcome)).collect::<Vec<_>>(),
-        "passed": count(|o| *o == Outcome::Pass),
+        "passed": count(|o| *o == Judgment::Pass),
         "failed": failed,
-        "not_applicable": count(|o| matches!(o, Outcome::NotApplicable(_))),
+        "not_applicable": count(|o| matches!(o, Judgment::NotApplicable(_))),
     });
     if failed > 0 {
         Err(Failure::Checks(report))
@@ -38,11 +38,11 @@ pub(super) async fn probe(args: &ProbeArgs) -> Result<Value, Failure> {
 }
 
 /// One line of the report.
-fn row(check: Check, outcome: &Outcome) -> Value {
+fn row(check: Check, outcome: &Judgment) -> Value {
     let (result, detail) = match outcome {
-        Outcome::Pass => ("pass", None),
-        Outcome::Fail(why) => ("fail", Some(why.as_str())),
-        Outcome::NotApplicable(why) => ("n/a", Some(why.as_str())),
+        Judgment::Pass => ("pass", None),
+        Judgment::Fail(why) => ("fail", Some(why.as_str())),
+        Judgment::NotApplicable(why) => ("n/a", Some(why.as_str())),
     };
     json!({
         "check": check.name(),
@@ -54,7 +54,7 @@ fn row(check: Check, outcome: &Outcome) -> Value {
 
 /// The checks, in order: the key's validation, then the first request and what builds
 /// on it. A transport failure (no answer at all) ends the probe with an error.
-async fn run_checks(target: &Target, args: &ProbeArgs) -> Result<Vec<(Check, Outcome)>, Failure> {
+async fn run_checks(target: &Target, args: &ProbeArgs) -> Result<Vec<(Check, Judgment)>, Failure> {
     let body = args.body.as_bytes();
     let mut results = vec![
         (
@@ -77,12 +77,12 @@ async fn run_checks(target: &Target, args: &ProbeArgs) -> Result<Vec<(Check, Out
     let key = send::new_key();
     let first = target.send_keyed(&key, body).await?;
     let first_outcome = conformance::first_request(&first);
-    let succeeded = first_outcome == Outcome::Pass;
+    let succeeded = first_outcome == Judgment::Pass;
     results.push((Check::FirstRequest, first_outcome));
     if !succeeded {
         let skipped = "the first request did not succeed";
         for check in &Check::ALL[results.len()..] {
-            results.push((*check, Outcome::NotApplicable(skipped.into())));
+            results.push((*check, Judgment::NotApplicable(skipped.into())));
         }
         return Ok(results);
     }
@@ -112,13 +112,13 @@ async fn changed_body(
     args: &ProbeArgs,
     key: &str,
     first: &Answer,
-) -> Result<Outcome, Failure> {
+) -> Result<Judgment, Failure> {
     let other = match &args.other_body {
         Some(other) => other.clone(),
         None => match send::other_body(&args.body) {
             Some(other) => other,
             None => {
-                return Ok(Outcome::NotApplicable(
+                return Ok(Judgment::NotApplicable(
                     "no second body: the sample is no JSON object with a number or a \
                      string; pass --other-body"
                         .into(),
@@ -130,10 +130,10 @@ async fn changed_body(
     Ok(conformance::changed_body(first, &answer))
 }
 
-async fn after_disconnect(target: &Target, body: &[u8]) -> Result<Outcome, Failure> {
+async fn after_disconnect(target: &Target, body: &[u8]) -> Result<Judgment, Failure> {
     let key = send::new_key();
     if !target.send_and_hang_up(&key, body).await? {
-        return Ok(Outcome::NotApplicable(
+        return Ok(Judgment::NotApplicable(
             "the URL is not plain HTTP: the probe hangs up on plain HTTP only".into(),
         ));
     }
@@ -148,7 +148,8 @@ impl From<reqwest::Error> for Failure {
     }
 }
 
-/// How long the probe waits for an answer, and for a request still in flight.
+/// How long the probe waits for an answer, and for a request still in flight: the
+/// `--timeout`, between a second and an hour.
 fn patience(args: &ProbeArgs) -> Duration {
-    Duration::from_secs(args.timeout.max(1))
+    Duration::from_secs(args.timeout.clamp(1, 3600))
 }

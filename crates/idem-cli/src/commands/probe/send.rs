@@ -98,8 +98,8 @@ impl Target {
     }
 
     /// Sends `body` with `key` until the answer is not 409 (a request with the key
-    /// still in flight), waiting its Retry-After (at most a second) in between, for at
-    /// most the probe's patience; the last answer.
+    /// still in flight), 200 ms apart, for at most the probe's patience; the last
+    /// answer.
     pub(super) async fn send_until_settled(
         &self,
         key: &str,
@@ -122,6 +122,9 @@ impl Target {
         if self.url.scheme() != "http" {
             return Ok(false);
         }
+        let unreachable =
+            |e: std::io::Error| Failure::Error(Error::Invalid(format!("probe: {}: {e}", self.url)));
+        let addresses = self.url.socket_addrs(|| Some(80)).map_err(unreachable)?;
         let host = self.url.host_str().unwrap_or("localhost");
         let port = self.url.port_or_known_default().unwrap_or(80);
         let target = match self.url.query() {
@@ -142,10 +145,7 @@ impl Target {
         }
         request.extend_from_slice(format!("{}: {key}\r\n\r\n", self.key_header).as_bytes());
         request.extend_from_slice(body);
-        let unreachable = |e: std::io::Error| {
-            Failure::Error(Error::Invalid(format!("probe: {host}:{port}: {e}")))
-        };
-        let mut stream = tokio::net::TcpStream::connect((host, port))
+        let mut stream = tokio::net::TcpStream::connect(addresses.as_slice())
             .await
             .map_err(unreachable)?;
         stream.write_all(&request).await.map_err(unreachable)?;
