@@ -394,6 +394,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_key_expired_type_is_the_one_clients_stop_at() {
+        let problem = Problem::KeyExpired {
+            original_status: 201,
+            completed_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        assert_eq!(problem.type_uri(), idem_core::retry::KEY_EXPIRED_PROBLEM);
+        assert_eq!(problem.status(), StatusCode::GONE);
+    }
+
+    #[test]
     fn the_in_flight_type_is_the_one_clients_retry_on() {
         let problem = Problem::InFlight {
             retry_after: Duration::from_secs(1),

@@ -6,12 +6,12 @@
 //! only judges, so every rule is tested without a network.
 //!
 //! ```
-//! use idem_core::conformance::{Answer, Outcome, replay};
+//! use idem_core::conformance::{Answer, Judgment, replay};
 //!
 //! let first = Answer::new(201, [("content-type", "application/json")], br#"{"id":1}"#);
 //! let retry = Answer::new(201, [("content-type", "application/json")], br#"{"id":2}"#);
-//! assert!(matches!(replay(&first, &retry), Outcome::Fail(_)));
-//! assert_eq!(replay(&first, &first.clone()), Outcome::Pass);
+//! assert!(matches!(replay(&first, &retry), Judgment::Fail(_)));
+//! assert_eq!(replay(&first, &first.clone()), Judgment::Pass);
 //! ```
 
 use serde::Serialize;
@@ -27,8 +27,7 @@ pub enum Contract {
 }
 
 /// The checks, in the order the probe runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// A request without a key: 400 where the key is required.
     MissingKey,
@@ -99,9 +98,8 @@ impl Check {
 }
 
 /// What a check found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", content = "detail", rename_all = "snake_case")]
-pub enum Outcome {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgment {
     /// The service kept the contract.
     Pass,
     /// It did not; what was wrong.
@@ -110,10 +108,10 @@ pub enum Outcome {
     NotApplicable(String),
 }
 
-impl Outcome {
+impl Judgment {
     /// Whether the check failed.
     pub fn failed(&self) -> bool {
-        matches!(self, Outcome::Fail(_))
+        matches!(self, Judgment::Fail(_))
     }
 }
 
@@ -167,8 +165,9 @@ impl Answer {
     }
 }
 
-/// Header fields that belong to one transfer or one attempt, not to the answer.
-const PER_ATTEMPT_HEADERS: [&str; 13] = [
+/// Header fields that belong to one transfer or one attempt, not to the answer (rate
+/// limits count the attempts).
+const PER_ATTEMPT_HEADERS: [&str; 19] = [
     "date",
     "server",
     "connection",
@@ -182,39 +181,45 @@ const PER_ATTEMPT_HEADERS: [&str; 13] = [
     "request-id",
     "traceparent",
     "tracestate",
+    "ratelimit",
+    "ratelimit-policy",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
 ];
 
 /// A request without a key: the draft's 400 where the key is required; a success
 /// means the key is optional on this route (not applicable).
-pub fn missing_key(answer: &Answer) -> Outcome {
+pub fn missing_key(answer: &Answer) -> Judgment {
     match answer.status {
-        400 => Outcome::Pass,
-        200..=399 => Outcome::NotApplicable(format!(
+        400 => Judgment::Pass,
+        200..=399 => Judgment::NotApplicable(format!(
             "answered {} without a key: the key is optional here",
             answer.status
         )),
-        status => Outcome::Fail(format!("expected 400 for a missing key, got {status}")),
+        status => Judgment::Fail(format!("expected 400 for a missing key, got {status}")),
     }
 }
 
 /// A request with a malformed key, or with the key sent twice: 400, and never run.
-pub fn refused_key(answer: &Answer) -> Outcome {
+pub fn refused_key(answer: &Answer) -> Judgment {
     match answer.status {
-        400 => Outcome::Pass,
-        200..=399 => Outcome::Fail(format!(
+        400 => Judgment::Pass,
+        200..=399 => Judgment::Fail(format!(
             "the key was accepted and the request ran ({})",
             answer.status
         )),
-        status => Outcome::Fail(format!("expected 400, got {status}")),
+        status => Judgment::Fail(format!("expected 400, got {status}")),
     }
 }
 
 /// The first request with a new key: a success, which the later checks build on.
-pub fn first_request(answer: &Answer) -> Outcome {
+pub fn first_request(answer: &Answer) -> Judgment {
     if answer.is_success() {
-        Outcome::Pass
+        Judgment::Pass
     } else {
-        Outcome::Fail(format!(
+        Judgment::Fail(format!(
             "the sample request answered {}, not a success: check the URL, the body and \
              the headers it needs",
             answer.status
@@ -224,15 +229,15 @@ pub fn first_request(answer: &Answer) -> Outcome {
 
 /// The retry of the first request with its key: the same status, lasting headers and
 /// body, byte for byte.
-pub fn replay(first: &Answer, retry: &Answer) -> Outcome {
+pub fn replay(first: &Answer, retry: &Answer) -> Judgment {
     if retry.status != first.status {
-        return Outcome::Fail(format!(
+        return Judgment::Fail(format!(
             "the retry answered {}, the first request {}",
             retry.status, first.status
         ));
     }
     if retry.body != first.body {
-        return Outcome::Fail(
+        return Judgment::Fail(
             "the retry's body differs from the first answer's: the request ran again".into(),
         );
     }
@@ -243,9 +248,9 @@ pub fn replay(first: &Answer, retry: &Answer) -> Outcome {
         .map(|(name, _)| name.as_str())
         .collect();
     if missing.is_empty() {
-        Outcome::Pass
+        Judgment::Pass
     } else {
-        Outcome::Fail(format!(
+        Judgment::Fail(format!(
             "the retry lacks or changes header(s) {}",
             missing.join(", ")
         ))
@@ -253,56 +258,56 @@ pub fn replay(first: &Answer, retry: &Answer) -> Outcome {
 }
 
 /// idem's mark on a replay: `Idempotent-Replayed: true`.
-pub fn replay_marked(retry: &Answer) -> Outcome {
+pub fn replay_marked(retry: &Answer) -> Judgment {
     match retry.header("idempotent-replayed") {
-        Some(b"true") => Outcome::Pass,
-        Some(other) => Outcome::Fail(format!(
+        Some(b"true") => Judgment::Pass,
+        Some(other) => Judgment::Fail(format!(
             "Idempotent-Replayed is {:?}, not true",
             String::from_utf8_lossy(other)
         )),
-        None => Outcome::Fail("the replay carries no Idempotent-Replayed: true".into()),
+        None => Judgment::Fail("the replay carries no Idempotent-Replayed: true".into()),
     }
 }
 
 /// The same key with another body: refused with 422 (the draft's answer; 409 is idem's
 /// selectable one), never run and never answered with the first request's answer.
-pub fn changed_body(first: &Answer, other: &Answer) -> Outcome {
+pub fn changed_body(first: &Answer, other: &Answer) -> Judgment {
     match other.status {
-        422 | 409 => Outcome::Pass,
-        _ if other.is_success() && other.body == first.body => Outcome::Fail(
+        422 | 409 => Judgment::Pass,
+        _ if other.is_success() && other.body == first.body => Judgment::Fail(
             "the first answer was replayed for a different request: the body is not compared"
                 .into(),
         ),
         _ if other.is_success() => {
-            Outcome::Fail("the request with another body ran under the same key".into())
+            Judgment::Fail("the request with another body ran under the same key".into())
         }
-        status => Outcome::Fail(format!("expected 422, got {status}")),
+        status => Judgment::Fail(format!("expected 422, got {status}")),
     }
 }
 
 /// Concurrent requests with one new key: every success identical (status and body),
 /// every other answer 409, and at least one success.
-pub fn concurrent_duplicates(answers: &[Answer]) -> Outcome {
+pub fn concurrent_duplicates(answers: &[Answer]) -> Judgment {
     let successes: Vec<&Answer> = answers.iter().filter(|a| a.is_success()).collect();
     let Some(first) = successes.first() else {
         let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-        return Outcome::Fail(format!("no duplicate succeeded: {statuses:?}"));
+        return Judgment::Fail(format!("no duplicate succeeded: {statuses:?}"));
     };
     if let Some(other) = successes
         .iter()
         .find(|a| a.status != first.status || a.body != first.body)
     {
-        return Outcome::Fail(format!(
+        return Judgment::Fail(format!(
             "two different successes ({} and {}): the request ran more than once",
             first.status, other.status
         ));
     }
     match answers.iter().find(|a| !a.is_success() && a.status != 409) {
-        Some(odd) => Outcome::Fail(format!(
+        Some(odd) => Judgment::Fail(format!(
             "a duplicate answered {}, neither the shared answer nor 409",
             odd.status
         )),
-        None => Outcome::Pass,
+        None => Judgment::Pass,
     }
 }
 
@@ -311,16 +316,16 @@ pub fn concurrent_duplicates(answers: &[Answer]) -> Outcome {
 /// whether the attempt finished without its client (the retry replays it) or never
 /// began (the retry runs it); the next retry gets the same answer. A key left stuck (409
 /// for good), a failure, or two different successes fail.
-pub fn after_disconnect(retry: &Answer, again: &Answer) -> Outcome {
+pub fn after_disconnect(retry: &Answer, again: &Answer) -> Judgment {
     if !retry.is_success() {
-        return Outcome::Fail(format!(
+        return Judgment::Fail(format!(
             "the retry after the hang-up answered {} (a key left held, or a failure)",
             retry.status
         ));
     }
     match replay(retry, again) {
-        Outcome::Pass => Outcome::Pass,
-        Outcome::Fail(why) => Outcome::Fail(format!("the next retry differs: {why}")),
+        Judgment::Pass => Judgment::Pass,
+        Judgment::Fail(why) => Judgment::Fail(format!("the next retry differs: {why}")),
         other => other,
     }
 }
@@ -352,17 +357,17 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_refused_where_required_and_optional_elsewhere() {
-        assert_eq!(missing_key(&status(400)), Outcome::Pass);
+        assert_eq!(missing_key(&status(400)), Judgment::Pass);
         assert!(matches!(
             missing_key(&status(201)),
-            Outcome::NotApplicable(_)
+            Judgment::NotApplicable(_)
         ));
         assert!(missing_key(&status(401)).failed());
     }
 
     #[test]
     fn a_bad_key_that_runs_fails() {
-        assert_eq!(refused_key(&status(400)), Outcome::Pass);
+        assert_eq!(refused_key(&status(400)), Judgment::Pass);
         assert!(refused_key(&status(201)).failed());
         assert!(refused_key(&status(500)).failed());
     }
@@ -370,7 +375,7 @@ mod tests {
     #[test]
     fn a_replay_repeats_status_lasting_headers_and_body() {
         let first = created(b"{\"id\":1}");
-        assert_eq!(replay(&first, &replayed(b"{\"id\":1}")), Outcome::Pass);
+        assert_eq!(replay(&first, &replayed(b"{\"id\":1}")), Judgment::Pass);
         assert!(
             replay(&first, &replayed(b"{\"id\":2}")).failed(),
             "ran again"
@@ -385,18 +390,18 @@ mod tests {
 
     #[test]
     fn only_a_marked_replay_is_marked() {
-        assert_eq!(replay_marked(&replayed(b"x")), Outcome::Pass);
+        assert_eq!(replay_marked(&replayed(b"x")), Judgment::Pass);
         assert!(replay_marked(&created(b"x")).failed());
     }
 
     #[test]
     fn another_body_under_the_key_is_refused_not_run_or_replayed() {
         let first = created(b"{\"id\":1}");
-        assert_eq!(changed_body(&first, &status(422)), Outcome::Pass);
-        assert_eq!(changed_body(&first, &status(409)), Outcome::Pass);
+        assert_eq!(changed_body(&first, &status(422)), Judgment::Pass);
+        assert_eq!(changed_body(&first, &status(409)), Judgment::Pass);
         let replayed_first = changed_body(&first, &replayed(b"{\"id\":1}"));
         assert!(
-            matches!(&replayed_first, Outcome::Fail(why) if why.contains("not compared")),
+            matches!(&replayed_first, Judgment::Fail(why) if why.contains("not compared")),
             "{replayed_first:?}"
         );
         assert!(changed_body(&first, &created(b"{\"id\":2}")).failed());
@@ -408,7 +413,7 @@ mod tests {
         let one = created(b"{\"id\":1}");
         assert_eq!(
             concurrent_duplicates(&[one.clone(), status(409), replayed(b"{\"id\":1}")]),
-            Outcome::Pass
+            Judgment::Pass
         );
         assert!(concurrent_duplicates(&[one.clone(), created(b"{\"id\":2}")]).failed());
         assert!(concurrent_duplicates(&[status(409), status(409)]).failed());
@@ -418,11 +423,11 @@ mod tests {
     #[test]
     fn after_a_hang_up_the_retries_agree_on_one_success() {
         let answer = replayed(b"{\"id\":1}");
-        assert_eq!(after_disconnect(&answer, &answer.clone()), Outcome::Pass);
+        assert_eq!(after_disconnect(&answer, &answer.clone()), Judgment::Pass);
         // The attempt never began: the retry ran it, and the next one replays it.
         assert_eq!(
             after_disconnect(&created(b"{\"id\":1}"), &answer),
-            Outcome::Pass
+            Judgment::Pass
         );
         assert!(after_disconnect(&answer, &replayed(b"{\"id\":2}")).failed());
         assert!(after_disconnect(&status(409), &answer).failed(), "stuck");

@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut idempotency =
         payments::idempotency(pool.clone()).storage(Storage::default().outbox_waker(waker));
     let quota = env_number("KEY_QUOTA").unwrap_or(DEFAULT_KEY_QUOTA);
-    let new_keys = env_number("NEW_KEY_RATE").unwrap_or(DEFAULT_NEW_KEY_RATE);
+    let new_keys = env_number("NEW_KEY_RATE").unwrap_or(0);
     let new_keys = u32::try_from(new_keys).unwrap_or(u32::MAX);
     idempotency = idempotency.limits(
         Limits::default()
@@ -153,10 +153,6 @@ fn charging() -> Option<payments::charged::Charging> {
 
 /// The live keys each tenant may hold, unless `KEY_QUOTA` says otherwise.
 const DEFAULT_KEY_QUOTA: u64 = 1_000_000;
-
-/// The new keys per second each tenant may claim (twice as many in a burst), unless
-/// `NEW_KEY_RATE` says otherwise (0: no limit).
-const DEFAULT_NEW_KEY_RATE: u64 = 1_000;
 
 /// A number of milliseconds from the environment, when set and valid.
 fn env_ms(name: &str) -> Option<u64> {

@@ -73,7 +73,8 @@ fn layer_schema(response: &Value) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_openapi_and_says_what_the_layer_adds_to_each_route() {
     let db = test_db().await;
-    let service = ServiceProcess::start(PAYMENTS, &db.url, &[]).await;
+    // With a rate of new keys, so that its 429 is documented too.
+    let service = ServiceProcess::start(PAYMENTS, &db.url, &[("NEW_KEY_RATE", "1000")]).await;
     let document: Value = reqwest::get(service.url("/openapi.json"))
         .await
         .expect("served")
@@ -101,7 +102,11 @@ async fn the_document_is_valid_openapi_and_says_what_the_layer_adds_to_each_rout
         .expect("POST /payments takes an Idempotency-Key");
     assert_eq!(key["in"], "header");
     assert_eq!(key["required"], true, "a critical route requires its key");
-    assert_eq!(key["schema"]["maxLength"], 255);
+    assert_eq!(key["schema"]["maxLength"], 257, "a quoted 255-byte key");
+    assert_eq!(
+        key["schema"]["pattern"],
+        "^(?:[!-~]{1,255}|\"[!-~]{1,255}\")$"
+    );
     assert_eq!(key["schema"]["minLength"], 1);
     assert!(
         post["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object(),

@@ -109,15 +109,18 @@ fn key_parameter(contract: &Contract) -> utoipa::openapi::path::Parameter {
              draft-ietf-httpapi-idempotency-key-header): a retry with the same key and the \
              same request gets the first attempt's answer instead of running again; the \
              same key with another request is refused. 1 to {MAX_KEY_LEN} visible ASCII \
-             characters; a quoted structured-field string (`\"...\"`) is accepted and \
-             unquoted. Keys are per tenant."
+             characters; the same key as a quoted structured-field string (`\"...\"`, two \
+             more characters) is accepted and unquoted. Keys are per tenant."
         )))
         .schema(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .min_length(Some(1))
-                .max_length(Some(MAX_KEY_LEN))
-                .pattern(Some("^[!-~]+$")),
+                // A quoted key adds its two quotes.
+                .max_length(Some(MAX_KEY_LEN + 2))
+                .pattern(Some(format!(
+                    "^(?:[!-~]{{1,{MAX_KEY_LEN}}}|\"[!-~]{{1,{MAX_KEY_LEN}}}\")$"
+                ))),
         ))
         .build()
 }
@@ -191,7 +194,11 @@ fn merge(own: &mut Response, ours: Response) {
     for (media, content) in ours.content {
         match own.content.get_mut(&media) {
             Some(RefOr::T(existing)) => {
-                let (Some(theirs), RefOr::T(ours)) = (existing.schema.take(), content) else {
+                let RefOr::T(ours) = content else {
+                    continue;
+                };
+                let Some(theirs) = existing.schema.take() else {
+                    existing.schema = ours.schema;
                     continue;
                 };
                 let either = OneOfBuilder::new().item(theirs).item(
