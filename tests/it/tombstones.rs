@@ -275,3 +275,49 @@ async fn a_tombstone_keeps_no_response_and_is_a_fraction_of_its_key() {
         "a tombstone ({tombstone_bytes} B) is under half its stored key ({key_bytes} B)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_stopped_keeping_tombstones_ignores_those_left_before() {
+    let db = test_db().await;
+    let (before, _) = keyed_app_with(&db, RouteKind::Atomic, critical).await;
+    before.send("/effects", "t1", Some("policy-1"), "n").await;
+    expire_keys(&db).await;
+    sweep(&db).await;
+    assert_eq!(tombstones(&db).await, 1);
+    let (after, _) = keyed_app_with(&db, RouteKind::Atomic, |layer| {
+        layer.policy(Policy::for_risk(RiskClass::Critical).tombstones(None))
+    })
+    .await;
+    let again = after.send("/effects", "t1", Some("policy-1"), "n").await;
+    assert_eq!(again.status(), 201, "the route keeps no tombstones now");
+    assert_eq!(db.effects().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_swept_again_replaces_the_stale_tombstone_of_its_earlier_use() {
+    let db = test_db().await;
+    let (app, _) = keyed_app_with(&db, RouteKind::Atomic, critical).await;
+    app.send("/effects", "t1", Some("again-1"), "n").await;
+    expire_keys(&db).await;
+    sweep(&db).await;
+    end_windows(&db).await;
+    // The window passed: the key runs as new, and its old tombstone is not swept yet.
+    assert_eq!(
+        app.send("/effects", "t1", Some("again-1"), "n")
+            .await
+            .status(),
+        201
+    );
+    let completed = completed_at(&db).await;
+    expire_keys(&db).await;
+    let swept = sweep(&db).await;
+    assert_eq!(
+        (swept.keys, swept.tombstones),
+        (1, 0),
+        "the new tombstone replaced the stale one, which is not swept"
+    );
+    assert_eq!(tombstones(&db).await, 1);
+    let late = app.send("/effects", "t1", Some("again-1"), "n").await;
+    assert_expired(late, &completed, "the second use's tombstone").await;
+    assert_eq!(db.effects().await, 2);
+}

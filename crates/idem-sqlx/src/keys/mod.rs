@@ -171,7 +171,8 @@ pub async fn claim(
 /// statements call no function Citus refuses on a distributed table, and on
 /// [`Claim::Claimed`] the transaction's `lock_timeout` is set back to its default
 /// (the database's or role's; a value the session `SET` itself is not restored) in one
-/// more statement: three round trips where plain Postgres takes one.
+/// more statement: three round trips where plain Postgres takes one (four on a route
+/// that keeps tombstones: a winning insert reads the key's tombstone after it).
 pub async fn claim_on(
     tx: &mut PgTransaction<'_>,
     req: &ClaimRequest<'_>,
