@@ -279,6 +279,14 @@ async fn keys_evict_makes_the_next_request_run_as_new() {
         .await
         .expect("sweep");
     assert_eq!(pay(&app, "k2").await.status(), 410, "the tombstone answers");
+    let (code, shown) = idem(&db, &["keys", "show", "--tenant", "acme", "--key", "k2"]).await;
+    assert_eq!(
+        (code, &shown["status"]),
+        (0, &"tombstone".into()),
+        "{shown}"
+    );
+    assert_eq!(shown["response_status"], 201, "{shown}");
+    assert_eq!(shown["standing"], true, "{shown}");
     let (code, evicted) = idem(&db, &["keys", "evict", "--tenant", "acme", "--key", "k2"]).await;
     assert_eq!((code, &evicted["evicted"]), (0, &Value::Bool(true)));
     let after = pay(&app, "k2").await;

@@ -95,7 +95,19 @@ async fn show(pool: &PgPool, key: &KeyRef) -> Result<Value, Failure> {
     let sealing = sealing(&key.body_keys)?;
     let (tenant, key) = stored(key)?;
     let Some(details) = idem_sqlx::keys::inspect::details(pool, &tenant, &key).await? else {
-        return Err(not_found(&tenant, &key));
+        return match idem_sqlx::keys::inspect::tombstone(pool, &tenant, &key).await? {
+            Some(tombstone) => Ok(json!({
+                "found": true,
+                "tenant": tenant.as_str(),
+                "key": key.as_str(),
+                "status": "tombstone",
+                "response_status": tombstone.response_status,
+                "completed_at": tombstone.completed_at,
+                "tombstone_until": tombstone.until,
+                "standing": tombstone.standing,
+            })),
+            None => Err(not_found(&tenant, &key)),
+        };
     };
     let headers: Vec<Value> = details
         .response_headers

@@ -1,6 +1,6 @@
 //! One key as an operator reads it (the `idem keys show` and `evict` commands):
-//! everything stored of it ([`details`]), and its eviction ([`evict`]), through the
-//! store's own rules.
+//! everything stored of it ([`details`]), or of its [`tombstone`], and its eviction
+//! ([`evict`]), through the store's own rules.
 
 use chrono::{DateTime, Utc};
 use idem_core::{IdempotencyKey, TenantId};
@@ -145,4 +145,43 @@ pub async fn evict<'e>(
     .fetch_one(executor)
     .await?;
     Ok(deleted > 0)
+}
+
+/// What is left of a key past its retention on a route that keeps tombstones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneDetails {
+    /// When the original request completed.
+    pub completed_at: DateTime<Utc>,
+    /// The status it answered with.
+    pub response_status: i16,
+    /// The end of the tombstone's window.
+    pub until: DateTime<Utc>,
+    /// Whether the window still runs (a retry of the same request is answered 410
+    /// `key-expired`); past it the sweeper removes the tombstone.
+    pub standing: bool,
+}
+
+/// The tombstone of (`tenant`, `key`), if it has one.
+pub async fn tombstone<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<TombstoneDetails>, StoreError> {
+    let row = sqlx::query(
+        "SELECT completed_at, response_status, expires_at, expires_at > now() AS standing \
+         FROM idem.tombstones WHERE tenant_id = $1 AND key = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key.as_str())
+    .fetch_optional(executor)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(TombstoneDetails {
+        completed_at: row.try_get("completed_at")?,
+        response_status: row.try_get("response_status")?,
+        until: row.try_get("expires_at")?,
+        standing: row.try_get("standing")?,
+    }))
 }

@@ -25,7 +25,7 @@ pub(super) async fn probe(args: &ProbeArgs) -> Result<Value, Failure> {
     let count = |f: fn(&Judgment) -> bool| results.iter().filter(|(_, o)| f(o)).count();
     let report = json!({
         "url": args.url,
-        "checks": results.iter().map(|(check, outcome)| row(*check, outcome)).collect::<Vec<_>>(),
+        "checks": results.iter().map(|(check, judged)| row(*check, judged)).collect::<Vec<_>>(),
         "passed": count(|o| *o == Judgment::Pass),
         "failed": failed,
         "not_applicable": count(|o| matches!(o, Judgment::NotApplicable(_))),
@@ -38,8 +38,8 @@ pub(super) async fn probe(args: &ProbeArgs) -> Result<Value, Failure> {
 }
 
 /// One line of the report.
-fn row(check: Check, outcome: &Judgment) -> Value {
-    let (result, detail) = match outcome {
+fn row(check: Check, judged: &Judgment) -> Value {
+    let (result, detail) = match judged {
         Judgment::Pass => ("pass", None),
         Judgment::Fail(why) => ("fail", Some(why.as_str())),
         Judgment::NotApplicable(why) => ("n/a", Some(why.as_str())),
@@ -76,9 +76,9 @@ async fn run_checks(target: &Target, args: &ProbeArgs) -> Result<Vec<(Check, Jud
     ];
     let key = send::new_key();
     let first = target.send_keyed(&key, body).await?;
-    let first_outcome = conformance::first_request(&first);
-    let succeeded = first_outcome == Judgment::Pass;
-    results.push((Check::FirstRequest, first_outcome));
+    let first_judged = conformance::first_request(&first);
+    let succeeded = first_judged == Judgment::Pass;
+    results.push((Check::FirstRequest, first_judged));
     if !succeeded {
         let skipped = "the first request did not succeed";
         for check in &Check::ALL[results.len()..] {
