@@ -10,6 +10,37 @@ use crate::citus::{bounded_wait, is_lock_timeout, swept};
 use crate::keys::{sweep_expired, sweep_expired_citus};
 use crate::{Backend, StoreError};
 
+/// The statements that sweep a table keyed by `(tenant_id, key)` past its `expires_at`
+/// (observe mode's keys, tombstones): `.0` the Citus pair (read up to `$1` rows, then
+/// delete those that still have the expiry read: a key seen again, or swept again into
+/// a new tombstone, has moved it), `.1` the plain Postgres delete of up to `$1` rows.
+macro_rules! past_expiry {
+    ($table:literal) => {
+        (
+            (
+                concat!(
+                    "SELECT tenant_id, key, expires_at FROM ",
+                    $table,
+                    " WHERE expires_at <= now() LIMIT $1"
+                ),
+                concat!(
+                    "DELETE FROM ",
+                    $table,
+                    " WHERE (tenant_id, key, expires_at) IN \
+                       (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))"
+                ),
+            ),
+            concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE (tenant_id, key) IN (SELECT tenant_id, key FROM ",
+                $table,
+                " WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            ),
+        )
+    };
+}
+
 /// What one [`Sweeper::sweep_once`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -223,8 +254,14 @@ impl Sweeper {
             Table::Keys => sweep_expired(&self.pool, self.batch_size).await,
             Table::Outbox => self.delivered_outbox_postgres().await,
             Table::Inbox => self.old_inbox_postgres().await,
-            Table::Observed => self.old_observations_postgres().await,
-            Table::Tombstones => self.old_tombstones_postgres().await,
+            Table::Observed => {
+                self.past_expiry_postgres(past_expiry!("idem.observed_keys").1)
+                    .await
+            }
+            Table::Tombstones => {
+                self.past_expiry_postgres(past_expiry!("idem.tombstones").1)
+                    .await
+            }
         }
     }
 
@@ -237,8 +274,14 @@ impl Sweeper {
             Table::Keys => sweep_expired_citus(&mut tx, self.batch_size).await?,
             Table::Outbox => self.delivered_outbox_citus(&mut tx).await?,
             Table::Inbox => self.old_inbox_citus(&mut tx).await?,
-            Table::Observed => self.old_observations_citus(&mut tx).await?,
-            Table::Tombstones => self.old_tombstones_citus(&mut tx).await?,
+            Table::Observed => {
+                self.past_expiry_citus(&mut tx, past_expiry!("idem.observed_keys").0)
+                    .await?
+            }
+            Table::Tombstones => {
+                self.past_expiry_citus(&mut tx, past_expiry!("idem.tombstones").0)
+                    .await?
+            }
         };
         tx.commit().await?;
         Ok(n)
@@ -284,57 +327,13 @@ impl Sweeper {
         Ok(done.rows_affected())
     }
 
-    async fn old_observations_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
-        // A key seen again moves its expiry: deleted only while it has the one read.
-        self.past_expiry_citus(
-            conn,
-            "SELECT tenant_id, key, expires_at FROM idem.observed_keys \
-             WHERE expires_at <= now() LIMIT $1",
-            "DELETE FROM idem.observed_keys WHERE (tenant_id, key, expires_at) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
-        )
-        .await
-    }
-
-    async fn old_observations_postgres(&self) -> Result<u64, StoreError> {
-        self.past_expiry_postgres(
-            "DELETE FROM idem.observed_keys WHERE (tenant_id, key) IN ( \
-               SELECT tenant_id, key FROM idem.observed_keys WHERE expires_at <= now() \
-               LIMIT $1 FOR UPDATE SKIP LOCKED)",
-        )
-        .await
-    }
-
-    async fn old_tombstones_citus(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
-        // A key swept again into a new tombstone moves its end: deleted only while it
-        // has the one read.
-        self.past_expiry_citus(
-            conn,
-            "SELECT tenant_id, key, expires_at FROM idem.tombstones \
-             WHERE expires_at <= now() LIMIT $1",
-            "DELETE FROM idem.tombstones WHERE (tenant_id, key, expires_at) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))",
-        )
-        .await
-    }
-
-    async fn old_tombstones_postgres(&self) -> Result<u64, StoreError> {
-        self.past_expiry_postgres(
-            "DELETE FROM idem.tombstones WHERE (tenant_id, key) IN ( \
-               SELECT tenant_id, key FROM idem.tombstones WHERE expires_at <= now() \
-               ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
-        )
-        .await
-    }
-
-    /// One batch of a table keyed by `(tenant_id, key)` with an `expires_at`, on Citus:
-    /// `find` reads up to `$1` rows past it (tenant, key, expiry), `delete` deletes
-    /// those that still have the expiry read.
+    /// One batch of a table keyed by `(tenant_id, key)` past its `expires_at`, on Citus,
+    /// with the statements [`past_expiry!`] words for it: `find` reads up to `$1` rows
+    /// (tenant, key, expiry), `delete` deletes those that still have the expiry read.
     async fn past_expiry_citus(
         &self,
         conn: &mut PgConnection,
-        find: &'static str,
-        delete: &'static str,
+        (find, delete): (&'static str, &'static str),
     ) -> Result<u64, StoreError> {
         let found: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(find)
             .bind(self.batch_size)
@@ -358,7 +357,7 @@ impl Sweeper {
         Ok(swept(done.rows_affected(), tenants.len()))
     }
 
-    /// One batch on plain Postgres: `delete` removes up to `$1` rows.
+    /// One batch on plain Postgres: `delete` ([`past_expiry!`]'s) removes up to `$1` rows.
     async fn past_expiry_postgres(&self, delete: &'static str) -> Result<u64, StoreError> {
         let done = sqlx::query(delete)
             .bind(self.batch_size)
