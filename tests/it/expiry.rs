@@ -11,22 +11,13 @@ fn no_memory(layer: idem_axum::IdempotencyLayer) -> idem_axum::IdempotencyLayer 
     layer.storage(Storage::default().replay_cache(0))
 }
 
-async fn expire_all(db: &idem_tests::TestDb) {
-    sqlx::query(
-        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("expire keys");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_executes_again_and_replaces_the_old_record() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
     let first = app.send("/effects", "t1", Some("e1"), "n").await;
     let first_body = first.bytes().await.expect("body");
-    expire_all(&db).await;
+    db.expire_keys().await;
 
     let again = app.send("/effects", "t1", Some("e1"), "n").await;
     assert_eq!(again.status(), 201);
@@ -54,7 +45,7 @@ async fn an_expired_key_may_be_reused_for_a_different_request() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
     app.send("/effects", "t1", Some("e2"), "a").await;
-    expire_all(&db).await;
+    db.expire_keys().await;
     let other = app.send("/effects", "t1", Some("e2"), "b").await;
     assert_eq!(other.status(), 201, "no mismatch against an expired record");
     assert_eq!(db.effects().await, 2);
@@ -127,12 +118,7 @@ async fn the_sweeper_deletes_only_expired_keys() {
     let db = test_db().await;
     let (app, _) = effects_app(&db, no_memory).await;
     app.send("/effects", "t1", Some("old"), "n").await;
-    sqlx::query(
-        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("expire");
+    db.expire_keys().await;
     app.send("/effects", "t1", Some("new"), "n").await;
     let swept = idem_sqlx::Sweeper::new(db.pool.clone())
         .sweep_once()
@@ -154,7 +140,7 @@ async fn concurrent_retries_of_an_expired_key_execute_once() {
     })
     .await;
     app.send("/effects", "t1", Some("e4"), "n").await;
-    expire_all(&db).await;
+    db.expire_keys().await;
     let retries = (0..10).map(|_| app.send("/effects?sleep_ms=100", "t1", Some("e4"), "n"));
     let responses = futures_util::future::join_all(retries).await;
     let mut executed = 0;

@@ -19,16 +19,6 @@ fn critical(layer: idem_axum::IdempotencyLayer) -> idem_axum::IdempotencyLayer {
     layer.policy(Policy::for_risk(RiskClass::Critical))
 }
 
-/// Moves every key past its retention (not past its tombstone's window).
-async fn expire_keys(db: &TestDb) {
-    sqlx::query(
-        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("expire keys");
-}
-
 /// Moves every tombstone past its window.
 async fn end_windows(db: &TestDb) {
     sqlx::query("UPDATE idem.tombstones SET expires_at = now() - interval '1 second'")
@@ -78,7 +68,7 @@ async fn a_late_retry_is_told_the_key_expired_and_runs_nothing(kind: RouteKind) 
     let first = app.send("/effects", "t1", Some("late-1"), "n").await;
     assert_eq!(first.status(), 201, "{kind:?}");
     let completed = completed_at(&db).await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
 
     let late = app.send("/effects", "t1", Some("late-1"), "n").await;
     assert_expired(late, &completed, &format!("{kind:?}: before the sweep")).await;
@@ -99,7 +89,7 @@ async fn the_same_key_with_another_request_in_the_window_is_a_mismatch(kind: Rou
     let db = test_db().await;
     let (app, _) = keyed_app_with(&db, kind, critical).await;
     app.send("/effects", "t1", Some("late-2"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     for when in ["before the sweep", "after the sweep"] {
         let other = app.send("/effects", "t1", Some("late-2"), "other").await;
         assert_eq!(other.status(), 422, "{kind:?}: {when}");
@@ -117,7 +107,7 @@ async fn after_the_window_the_key_runs_as_new_and_its_tombstone_is_swept(kind: R
     let db = test_db().await;
     let (app, faults) = keyed_app_with(&db, kind, critical).await;
     app.send("/effects", "t1", Some("late-3"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     end_windows(&db).await;
 
@@ -139,7 +129,7 @@ async fn a_late_retry_racing_the_sweep_of_its_key_is_told_the_key_expired(kind: 
     let (app, faults) = keyed_app_with(&db, kind, critical).await;
     app.send("/effects", "t1", Some("race-1"), "n").await;
     let completed = completed_at(&db).await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     let (fingerprint, finished): (Vec<u8>, DateTime<Utc>) =
         sqlx::query_as("SELECT fingerprint, completed_at FROM idem.keys")
             .fetch_one(&db.pool)
@@ -190,7 +180,7 @@ async fn a_route_without_tombstones_leaves_none_and_runs_an_expired_key_again() 
     })
     .await;
     app.send("/effects", "t1", Some("gone-1"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     assert_eq!(tombstones(&db).await, 0);
     let again = app.send("/effects", "t1", Some("gone-1"), "n").await;
@@ -207,7 +197,7 @@ async fn a_window_set_on_the_route_is_the_one_its_keys_leave() {
     })
     .await;
     app.send("/effects", "t1", Some("w-1"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     // The key expired a second ago (its retention was set to zero): its tombstone
     // stands for the route's window from then.
@@ -234,7 +224,7 @@ async fn a_protected_key_leaves_a_protected_tombstone_that_still_answers() {
     app.send("/effects", "t1", Some("client-key-4711"), "n")
         .await;
     let completed = completed_at(&db).await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
 
     let stored: Vec<(String,)> = sqlx::query_as("SELECT t::text FROM idem.tombstones t")
@@ -263,7 +253,7 @@ async fn a_tombstone_keeps_no_response_and_is_a_fraction_of_its_key() {
         .fetch_one(&db.pool)
         .await
         .expect("key size");
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     let tombstone_bytes: i32 =
         sqlx::query_scalar("SELECT pg_column_size(t.*) FROM idem.tombstones t")
@@ -281,7 +271,7 @@ async fn a_route_that_stopped_keeping_tombstones_ignores_those_left_before() {
     let db = test_db().await;
     let (before, _) = keyed_app_with(&db, RouteKind::Atomic, critical).await;
     before.send("/effects", "t1", Some("policy-1"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     assert_eq!(tombstones(&db).await, 1);
     let (after, _) = keyed_app_with(&db, RouteKind::Atomic, |layer| {
@@ -298,7 +288,7 @@ async fn a_key_swept_again_replaces_the_stale_tombstone_of_its_earlier_use() {
     let db = test_db().await;
     let (app, _) = keyed_app_with(&db, RouteKind::Atomic, critical).await;
     app.send("/effects", "t1", Some("again-1"), "n").await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     sweep(&db).await;
     end_windows(&db).await;
     // The window passed: the key runs as new, and its old tombstone is not swept yet.
@@ -309,7 +299,7 @@ async fn a_key_swept_again_replaces_the_stale_tombstone_of_its_earlier_use() {
         201
     );
     let completed = completed_at(&db).await;
-    expire_keys(&db).await;
+    db.expire_keys().await;
     let swept = sweep(&db).await;
     assert_eq!(
         (swept.keys, swept.tombstones),

@@ -298,6 +298,19 @@ impl TestDb {
         self.count("SELECT count(*) FROM effects").await
     }
 
+    /// Moves every key past its retention, as if the store's clock had run on: its
+    /// expiry a second ago and its retention zero (a tombstone's window, counted from
+    /// then, still runs).
+    pub async fn expire_keys(&self) {
+        sqlx::query(
+            "UPDATE idem.keys SET expires_at = now() - interval '1 second', \
+             retention = interval '0'",
+        )
+        .execute(&self.pool)
+        .await
+        .expect("expire keys");
+    }
+
     /// Rows in `idem.keys`.
     pub async fn keys(&self) -> i64 {
         self.count("SELECT count(*) FROM idem.keys").await

@@ -408,9 +408,6 @@ mod tests {
         let problem = Problem::InFlight {
             retry_after: Duration::from_secs(1),
         };
-        assert_eq!(
-            format!("urn:idem:problem:{}", problem.slug()),
-            idem_core::retry::IN_FLIGHT_PROBLEM
-        );
+        assert_eq!(problem.type_uri(), idem_core::retry::IN_FLIGHT_PROBLEM);
     }
 }

@@ -269,11 +269,7 @@ async fn keys_evict_makes_the_next_request_run_as_new() {
     assert_eq!(code, 2, "nothing to evict");
 
     // An expired payment's tombstone (the example's route is critical) goes too.
-    exec(
-        &db,
-        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = '0'",
-    )
-    .await;
+    db.expire_keys().await;
     idem_sqlx::Sweeper::new(db.pool.clone())
         .sweep_once()
         .await

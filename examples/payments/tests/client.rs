@@ -176,12 +176,7 @@ async fn final_answers_are_returned_after_one_attempt() {
 
     // 410 key-expired: the first payment's retry, after its key's retention (the example's
     // route is critical, so its keys leave tombstones), reaching another replica.
-    sqlx::query(
-        "UPDATE idem.keys SET expires_at = now() - interval '1 second', retention = interval '0'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("expire the key");
+    db.expire_keys().await;
     let replica = ServiceProcess::start(PAYMENTS, &db.url, &[]).await;
     let late = pay(&client, &replica.url("/payments"), PAYMENT)
         .with_extension(operation)
